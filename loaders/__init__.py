@@ -1,0 +1,1 @@
+from . import pipelines  # noqa: F401
