@@ -49,8 +49,10 @@ if [ ! -x "$venv/bin/python" ]; then
     log "creating virtual environment $venv"
     "$python_bin" -m venv "$venv" || die "python -m venv failed (on Debian: apt-get install python3-venv)"
 fi
-pip=("$venv/bin/python" -m pip)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip's site config lists local mirrors that may lack a package; their warnings are noise here.
+pip_() { "$venv/bin/python" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+pip=(pip_)
 
 log "step 1/6: build tools"
 "${pip[@]}" install -q -c "$constraints" "setuptools>=77,<81" wheel
@@ -93,7 +95,7 @@ log "step 5/6: mmdet, nuscenes-devkit and the rest"
 # pillow-simd is optional, as in the original code: a faster drop-in PIL when it compiles here.
 # It is installed over Pillow (same import name) so packages that require "pillow" stay satisfied.
 if [ "${OPS_SKIP_PILLOW_SIMD:-0}" != 1 ] && ! "$venv/bin/python" -c "import PIL, sys; sys.exit('.post' not in PIL.__version__)" 2>/dev/null; then
-    if "${pip[@]}" install -q --no-deps pillow-simd >/dev/null 2>&1; then
+    if "${pip[@]}" install -q --no-deps -c "$constraints" pillow-simd >/dev/null 2>&1; then
         log "pillow-simd built and installed over Pillow"
     else
         log "pillow-simd did not build here (needs libjpeg and zlib headers); keeping Pillow"

@@ -1,0 +1,16 @@
+# The README's commands. Everything runs inside the project's virtual environment (.venv).
+PY := .venv/bin/python
+
+.PHONY: env demo test clean-env
+
+env:  ## create or update .venv (torch, mmcv-full with ops, mmdet, nuscenes-devkit, OPS itself)
+	bash tools/install_env.sh
+
+demo: env  ## synthetic world -> infos -> train the demo config on CPU -> evaluate -> picture
+	bash tools/run_demo.sh
+
+test: env  ## the test suite (CPU; GPU-only tests skip without a GPU)
+	$(PY) -m pytest tests -q
+
+clean-env:
+	rm -rf .venv

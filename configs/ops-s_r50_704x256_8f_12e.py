@@ -1,0 +1,14 @@
+# OPS-S: 1200 queries x 64 points, 2 sampling points per group and frame, 12 epochs.
+_base_ = ['./_base_/ops_r50_704x256_8f.py']
+
+num_query = 1200
+num_points = 2
+num_refines = [1, 4, 8, 16, 32, 64]
+total_epochs = 12
+
+model = dict(
+    pts_bbox_head=dict(
+        num_query=num_query,
+        transformer=dict(num_points=num_points, num_refines=num_refines)))
+
+eval_config = dict(interval=total_epochs)

@@ -1,0 +1,194 @@
+"""`evaluate_occupancy`: Occ3D mIoU + RayIoU of a list of sparse predictions (spec 7).
+
+Streams over the samples: for each one, the ground truth is read from its `labels.npz`, the dense
+prediction grid is built, both metrics accumulate counts, and the grids are dropped (a few samples
+are kept together only to cast their rays in one batch).
+"""
+import os.path as osp
+
+import numpy as np
+import torch
+
+from .ego_pose import RayOrigins
+from .occ_metrics import FREE_LABEL, OCC_CLASS_NAMES, OccMIoU, log_msg
+from .ray_metrics import OCC3D_PC_RANGE, OCC3D_VOXEL_SIZE, RayIoU
+
+OCC3D_GRID = (200, 200, 16)
+
+
+def occ_gt_path(info, occ_root):
+    """`info['occ_path']` if given, else `<occ_root>/<scene_name>/<token>/labels.npz` (Occ3D layout)."""
+    if info.get('occ_path'):
+        return info['occ_path']
+    if occ_root is None:
+        raise ValueError('occ_root is None and the data info has no "occ_path": pass the Occ3D gts/ folder '
+                         '(config key occ_root, e.g. data/nuscenes/gts/)')
+    return osp.join(occ_root, info['scene_name'], info['token'], 'labels.npz')
+
+
+def load_occ_gt(path):
+    """Read an Occ3D `labels.npz`: (semantics uint8 [X, Y, Z], mask_camera bool [X, Y, Z])."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Occ3D ground truth not found: {path}. Check occ_root (the gts/ folder of '
+                                f'Occ3D-nuScenes) or regenerate the info pickles with gen_sweep_info.py')
+    with np.load(path) as data:
+        missing = [k for k in ('semantics', 'mask_camera') if k not in data.files]
+        if missing:
+            raise KeyError(f'{path} lacks {missing}; an Occ3D labels.npz holds semantics, mask_lidar, mask_camera')
+        return data['semantics'], data['mask_camera'].astype(bool)
+
+
+def dense_prediction(result, shape=OCC3D_GRID, free_label=FREE_LABEL):
+    """Dense uint8 label grid [X, Y, Z] from a sparse result (free everywhere else).
+
+    Args:
+        result (dict): `sem_pred` int [M] labels and `occ_loc` int [M, 3] (x, y, z) voxel indices.
+    """
+    if 'sem_pred' not in result or 'occ_loc' not in result:
+        raise KeyError(f'a prediction must be dict(sem_pred=[M], occ_loc=[M, 3]); got keys {sorted(result)}')
+    sem = np.asarray(result['sem_pred']).reshape(-1)
+    loc = np.asarray(result['occ_loc']).reshape(-1, 3).astype(np.int64)
+    if sem.shape[0] != loc.shape[0]:
+        raise ValueError(f'sem_pred has {sem.shape[0]} labels but occ_loc {loc.shape[0]} voxels')
+    if loc.size and ((loc < 0).any() or (loc >= np.asarray(shape)).any()):
+        raise ValueError(f'occ_loc has voxel indices outside the grid {tuple(shape)} '
+                         f'(min {loc.min(0).tolist()}, max {loc.max(0).tolist()}); expected (x, y, z) indices')
+    if sem.size and (sem.min() < 0 or sem.max() > free_label):
+        raise ValueError(f'sem_pred has labels outside [0, {free_label}]')
+    dense = np.full(shape, free_label, dtype=np.uint8)
+    dense[loc[:, 0], loc[:, 1], loc[:, 2]] = sem
+    return dense
+
+
+class OccEvaluator:
+    """Accumulates mIoU and RayIoU sample by sample; `summary()` gives the final numbers.
+
+    Args:
+        data_infos (list[dict]): dataset infos (dataset order), see `RayOrigins` and `occ_gt_path`.
+        occ_root (str | None): Occ3D `gts/` folder.
+        device (str | torch.device | None): ray-casting device; None = CUDA when available.
+        ray_batch (int | None): samples cast together (default 8 on CUDA, 1 on CPU).
+        rays (array | None): ray directions (default: the 14,040 virtual LiDAR rays).
+    """
+
+    def __init__(self, data_infos, occ_root, device=None, ray_batch=None, rays=None,
+                 class_names=OCC_CLASS_NAMES, pc_range=OCC3D_PC_RANGE, voxel_size=OCC3D_VOXEL_SIZE,
+                 grid_shape=OCC3D_GRID):
+        if device is None:
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        device = torch.device(device)
+        self.data_infos = data_infos
+        self.occ_root = occ_root
+        self.grid_shape = tuple(grid_shape)
+        self.origins = RayOrigins(data_infos)
+        self.miou = OccMIoU(class_names)
+        self.ray_iou = RayIoU(class_names, rays=rays, pc_range=pc_range, voxel_size=voxel_size, device=device)
+        self.ray_batch = ray_batch or (8 if device.type == 'cuda' else 1)
+        self._pending = []
+
+    def update(self, index, result):
+        """Add the prediction for dataset sample `index`."""
+        info = self.data_infos[index]
+        gt, mask_camera = load_occ_gt(occ_gt_path(info, self.occ_root))
+        if tuple(gt.shape) != self.grid_shape:
+            raise ValueError(f'{occ_gt_path(info, self.occ_root)}: semantics has shape {gt.shape}, '
+                             f'expected {self.grid_shape}')
+        pred = dense_prediction(result, self.grid_shape)
+        self.miou.add_batch(pred, gt, mask_camera)
+        self._pending.append((pred, gt, self.origins[index]))
+        if len(self._pending) >= self.ray_batch:
+            self.flush()
+
+    def flush(self):
+        if self._pending:
+            preds, gts, origins = zip(*self._pending)
+            self.ray_iou.add_batch(list(preds), list(gts), list(origins))
+            self._pending = []
+
+    def summary(self, logger=None):
+        """Log the per-class tables and return dict(mIoU=percent, RayIoU, RayIoU@1/2/4 as fractions)."""
+        self.flush()
+        for line in self.miou.summary_lines():
+            log_msg(line, logger)
+        self.ray_iou.log(logger)
+        out = {'mIoU': self.miou.miou()}
+        out.update(self.ray_iou.summary())
+        return out
+
+
+def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, ray_batch=None,
+                       show_progress=True, rays=None):
+    """Occ3D mIoU and RayIoU of `results` against the ground truth of `data_infos`.
+
+    Args:
+        results (Sequence[dict]): one `dict(sem_pred=int [M], occ_loc=int [M, 3])` per sample, in
+            dataset order (any Sequence, e.g. a lazy loader of saved predictions).
+        data_infos (list[dict]): the dataset's infos (sorted by timestamp), with `scene_name`,
+            `token`, `lidar2ego_*`, `ego2global_*` and optionally `occ_path`.
+        occ_root (str | None): Occ3D `gts/` folder (used when an info has no `occ_path`).
+        logger (logging.Logger | str | None): where tables go (None = print, 'silent' = nowhere).
+        device: ray-casting device (None = CUDA when available, else CPU).
+        ray_batch (int | None): samples whose rays are cast together.
+        show_progress (bool): tqdm bar.
+        rays (array | None): float32 [R, 3] ray directions (default: the protocol's 14,040).
+    Returns:
+        dict(mIoU=percent rounded to 2 decimals, RayIoU, RayIoU@1, RayIoU@2, RayIoU@4 as fractions).
+    """
+    if len(results) != len(data_infos):
+        raise ValueError(f'{len(results)} predictions for {len(data_infos)} samples: results must hold one entry '
+                         f'per dataset sample, in dataset order')
+    evaluator = OccEvaluator(data_infos, occ_root, device=device, ray_batch=ray_batch, rays=rays)
+    indices = range(len(data_infos))
+    if show_progress:
+        from tqdm import tqdm
+        indices = tqdm(indices, desc='evaluating', dynamic_ncols=True)
+    for index in indices:
+        evaluator.update(index, results[index])
+    return evaluator.summary(logger)
+
+
+def compact_result(result):
+    """The smallest integer dtypes that hold a result (uint8 labels, uint8/int16 indices).
+
+    A full val set of int64 results takes ~15 GB; compacted, under 2 GB. Values are unchanged.
+    """
+    sem = np.asarray(result['sem_pred']).reshape(-1)
+    loc = np.asarray(result['occ_loc']).reshape(-1, 3)
+    loc_dtype = np.uint8 if (loc.size == 0 or (loc.min() >= 0 and loc.max() < 256)) else np.int16
+    return dict(sem_pred=sem.astype(np.uint8), occ_loc=loc.astype(loc_dtype))
+
+
+def save_prediction(path, result):
+    """Write one result as `.npz` with arrays `sem_pred` [M] and `occ_loc` [M, 3] (x, y, z)."""
+    result = compact_result(result)
+    np.savez(path, sem_pred=result['sem_pred'], occ_loc=result['occ_loc'])
+
+
+class SavedPredictions:
+    """Read-only sequence of results saved by `val.py --save-dir`, one `<token>.npz` per sample.
+
+    Files are read on access, so evaluating saved predictions never holds them all in memory.
+
+    Args:
+        pred_dir (str): folder of `<token>.npz` files.
+        tokens (list[str]): sample tokens in dataset order.
+    Returns (per item):
+        dict(sem_pred=int64 [M], occ_loc=int64 [M, 3]).
+    """
+
+    def __init__(self, pred_dir, tokens):
+        if not osp.isdir(pred_dir):
+            raise FileNotFoundError(f'prediction folder not found: {pred_dir} (write it with val.py --save-dir)')
+        self.paths = [osp.join(pred_dir, f'{token}.npz') for token in tokens]
+        missing = [p for p in self.paths if not osp.isfile(p)]
+        if missing:
+            raise FileNotFoundError(
+                f'{len(missing)} of {len(self.paths)} predictions are missing in {pred_dir}, e.g. {missing[0]}; '
+                f'it must hold one <sample token>.npz per sample of the evaluated split (val.py --save-dir)')
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        with np.load(self.paths[index]) as data:
+            return dict(sem_pred=data['sem_pred'].astype(np.int64), occ_loc=data['occ_loc'].astype(np.int64))

@@ -1,0 +1,227 @@
+"""The OPS detector (spec 3.1, 3.7): image branch, GPU photometric distortion, online/offline test.
+
+Batch format (docs/architecture.md): `img` uint8 `[B, T*N, 3, H, W]` BGR, frame-major (index t*N + n,
+t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... In online test mode
+only the N key-frame images are given and the history features come from a per-frame cache.
+"""
+from collections import OrderedDict
+
+import torch
+from mmcv.runner import get_dist_info
+from mmdet.models import DETECTORS
+from mmdet.models.builder import build_backbone, build_head, build_neck
+from mmdet.models.detectors.base import BaseDetector
+
+from .photometric import GpuPhotoMetricDistortion
+
+__all__ = ['OPS']
+
+
+@DETECTORS.register_module()
+class OPS(BaseDetector):
+    """Camera-only occupancy as a sparse point set.
+
+    Args:
+        img_backbone, img_neck, pts_bbox_head (dict): mmdet configs (ResNet, FPN, OPSHead).
+        data_aug (dict): `img_color_aug` (bool, photometric distortion in training), `img_norm_cfg`
+            (mean, std, to_rgb; applied on the device), `img_pad_cfg` (`size_divisor`).
+        stop_prev_grad (int): > 0 computes the history frames' image features without gradient;
+            0 (the published configs) back-propagates through all frames.
+        use_grid_mask (bool): must be False (GridMask is disabled in every published config).
+        online (bool | None): test mode. True: online (N current images, history features from the
+            cache); False: offline (all T*N images); None: offline when the world size is > 1 or all
+            T*N images are given, online otherwise (spec 3.7). val.py may set the attribute.
+        train_cfg, test_cfg (dict): `pts` entries are handed to the head.
+    """
+    CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
+
+    def __init__(self, img_backbone, img_neck, pts_bbox_head, data_aug=None, stop_prev_grad=0,
+                 use_grid_mask=False, online=None, train_cfg=None, test_cfg=None, init_cfg=None):
+        super().__init__(init_cfg)
+        if use_grid_mask:
+            raise ValueError('OPS: use_grid_mask=True is not supported (GridMask is disabled in the published '
+                             'configs); set model.use_grid_mask=False')
+        self.img_backbone = build_backbone(img_backbone)
+        self.img_neck = build_neck(img_neck)
+        head = dict(pts_bbox_head)
+        head.update(train_cfg=train_cfg['pts'] if train_cfg else None,
+                    test_cfg=test_cfg['pts'] if test_cfg else None)
+        self.pts_bbox_head = build_head(head)
+        self.train_cfg, self.test_cfg = train_cfg, test_cfg
+
+        data_aug = dict(data_aug or {})
+        self.color_aug = GpuPhotoMetricDistortion() if data_aug.get('img_color_aug', False) else None
+        norm = data_aug.get('img_norm_cfg')
+        self.to_rgb = bool(norm.get('to_rgb', False)) if norm else False
+        # non-persistent: they are config, not weights, and the official state dicts do not have them
+        self.register_buffer('img_mean', torch.tensor(norm['mean'] if norm else [0.0, 0.0, 0.0],
+                                                      dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('img_std', torch.tensor(norm['std'] if norm else [1.0, 1.0, 1.0],
+                                                     dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.size_divisor = data_aug.get('img_pad_cfg', {}).get('size_divisor', 1)
+        self.stop_prev_grad = stop_prev_grad
+        self.online = online
+        # autocast dtype of the backbone on CUDA (train.py may set bfloat16: then no loss scaling is needed and
+        # autocast is used without the fp16 optimizer hook)
+        self.amp_dtype = torch.float16
+        self._feat_cache = OrderedDict()   # first camera's filename -> list of L [1, N, C, H_l, W_l]
+
+    # ------------------------------------------------------------------ image branch
+    @property
+    def num_views(self):
+        return self.pts_bbox_head.transformer.num_views
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            # cached features belong to the previous weights
+            self._feat_cache.clear()
+        return self
+
+    def preprocess(self, img):
+        """uint8/float `[n, 3, H, W]` BGR 0..255 -> normalised, padded float32 `[n, 3, H', W']`.
+
+        Photometric distortion (training only), BGR->RGB if `to_rgb`, (x - mean) / std, zero padding
+        right/bottom to a multiple of `size_divisor`.
+        """
+        x = img.float()
+        if self.training and self.color_aug is not None:
+            x = self.color_aug(x)
+        if self.to_rgb:
+            x = x.flip(1)
+        x = (x - self.img_mean) / self.img_std
+        H, W = x.shape[-2:]
+        pad_h, pad_w = -H % self.size_divisor, -W % self.size_divisor
+        if pad_h or pad_w:
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+        return x
+
+    def _set_shape_metas(self, img_metas, H, W):
+        """img/ori shape = augmented size, pad_shape = padded size, one entry per view of every frame."""
+        pad_h, pad_w = H + (-H % self.size_divisor), W + (-W % self.size_divisor)
+        for meta in img_metas:
+            n = len(meta['lidar2img'])
+            meta['ori_shape'] = [(H, W, 3)] * n
+            meta['img_shape'] = [(H, W, 3)] * n
+            meta['pad_shape'] = [(pad_h, pad_w, 3)] * n
+
+    def extract_img_feat(self, img, fp16=None):
+        """Backbone + FPN on normalised `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32.
+
+        Under autocast on CUDA (dtype `amp_dtype`, fp16 by default) when `fp16_enabled` (training with the
+        fp16 optimizer hook, multi-GPU test) or `amp_dtype` is bfloat16; `fp16` overrides the decision.
+        Outputs are float32. No autocast on the CPU.
+        """
+        if fp16 is None:
+            fp16 = self.fp16_enabled or self.amp_dtype == torch.bfloat16
+        if fp16 and img.is_cuda:
+            with torch.autocast('cuda', dtype=self.amp_dtype):
+                feats = self.img_neck(self.img_backbone(img))
+            return [f.float() for f in feats]
+        with torch.autocast(img.device.type, enabled=False):
+            return list(self.img_neck(self.img_backbone(img)))
+
+    def extract_feat(self, img, img_metas, fp16=None):
+        """`[B, V, 3, H, W]` BGR images -> L levels `[B, V, C, H_l, W_l]` (V = T*N, or N online)."""
+        if img.dim() != 5 or img.shape[2] != 3:
+            raise ValueError(f'OPS: img must be [B, views, 3, H, W] (BGR), got {tuple(img.shape)}')
+        B, V = img.shape[:2]
+        x = self.preprocess(img.flatten(0, 1))
+        if self.training and self.stop_prev_grad > 0 and V > self.num_views:
+            N = self.num_views
+            x = x.view(B, V, *x.shape[1:])
+            cur = self.extract_img_feat(x[:, :N].flatten(0, 1), fp16)
+            with torch.no_grad():
+                prev = self.extract_img_feat(x[:, N:].flatten(0, 1), fp16)
+            feats = [torch.cat([c.view(B, N, *c.shape[1:]), p.view(B, V - N, *p.shape[1:])], 1)
+                     for c, p in zip(cur, prev)]
+        else:
+            feats = [f.view(B, V, *f.shape[1:]) for f in self.extract_img_feat(x, fp16)]
+        self._set_shape_metas(img_metas, *img.shape[-2:])
+        return feats
+
+    def _extract_feat_online(self, img, img_metas):
+        """Online mode: features of the N key-frame images, history frames from the cache (batch 1).
+
+        Returns L levels `[1, T*N, C, H_l, W_l]`. The cache is keyed by the first camera's filename of
+        each frame; a history frame is found there when the samples arrive in dataset order in one
+        process (the previous key frames were the current frame of earlier samples).
+        """
+        if img.shape[0] != 1 or len(img_metas) != 1:
+            raise ValueError(f'OPS online test mode supports batch size 1, got {img.shape[0]}')
+        N = self.num_views
+        filenames = img_metas[0]['filename']
+        if len(filenames) % N:
+            raise ValueError(f'OPS online mode: {len(filenames)} filenames is not a multiple of {N} views')
+        keys = [filenames[t * N] for t in range(len(filenames) // N)]
+        if keys[0] not in self._feat_cache:
+            # fp32 backbone in online mode, as the original (it switches fp16 off there)
+            feats = self.extract_feat(img[:, :N], img_metas, fp16=False)
+            self._feat_cache[keys[0]] = [f.detach() for f in feats]
+            while len(self._feat_cache) > self.CACHE_SIZE:
+                self._feat_cache.popitem(last=False)
+        missing = [k for k in keys[1:] if k not in self._feat_cache]
+        if missing:
+            raise RuntimeError(
+                f'OPS online mode: features of history frame(s) {missing[:3]} are not in the cache. Online mode '
+                f'needs the samples of a scene in dataset order in one process; run offline instead (all '
+                f'T*N images loaded, model.online=False / dataset online=False).')
+        self._set_shape_metas(img_metas, *img.shape[-2:])
+        frames = [self._feat_cache[k] for k in keys]
+        return [torch.cat([f[lvl] for f in frames], dim=1) for lvl in range(len(frames[0]))]
+
+    def use_online(self, img, img_metas):
+        """The test mode for this input (see the `online` argument)."""
+        n_img, n_meta = img.shape[1], len(img_metas[0]['lidar2img'])
+        online = self.online
+        if online is None:
+            online = get_dist_info()[1] == 1 and n_img < n_meta
+        if not online and n_img != n_meta:
+            raise ValueError(f'OPS offline test mode needs all {n_meta} images (T*N), got {n_img}: load the '
+                             f'history images (dataset online=False) or use online mode (model.online=True)')
+        if online and n_img not in (self.num_views, n_meta):
+            raise ValueError(f'OPS online test mode needs the {self.num_views} key-frame images, got {n_img}')
+        return online
+
+    # ------------------------------------------------------------------ train / test
+    def forward(self, img=None, img_metas=None, return_loss=True, **kwargs):
+        """Training: `forward(img, img_metas, voxel_semantics=..., mask_camera=...)` -> dict of losses.
+        Test: `forward(img=[img], img_metas=[img_metas], return_loss=False, rescale=True)` -> list of
+        `dict(sem_pred=int64 [M], occ_loc=int64 [M, 3])`. (No fp16 decorator: only backbone+FPN use fp16.)"""
+        if return_loss:
+            return self.forward_train(img, img_metas, **kwargs)
+        return self.forward_test(img, img_metas, **kwargs)
+
+    def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):
+        """img uint8 `[B, T*N, 3, H, W]`; voxel_semantics uint8 and mask_camera bool `[B, X, Y, Z]`."""
+        if voxel_semantics is None or mask_camera is None:
+            raise ValueError('OPS.forward_train needs voxel_semantics and mask_camera (collect them in the '
+                             'train pipeline, spec 2.4)')
+        feats = self.extract_feat(img, img_metas)
+        voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
+        mask_camera = torch.as_tensor(mask_camera, device=img.device)
+        with torch.autocast(img.device.type, enabled=False):
+            outs = self.pts_bbox_head(feats, img_metas)
+            return self.pts_bbox_head.loss(voxel_semantics, mask_camera, outs)
+
+    def forward_test(self, img, img_metas, rescale=True, **kwargs):
+        """Test samples come wrapped in one-element lists (a single test-time augmentation)."""
+        if isinstance(img, (list, tuple)):
+            if len(img) != 1 or not isinstance(img_metas, (list, tuple)) or len(img_metas) != 1:
+                raise ValueError(f'OPS test: expected one-element lists img=[tensor], img_metas=[list of dicts] '
+                                 f'(one augmentation); got {len(img)} images')
+            img, img_metas = img[0], img_metas[0]
+        return self.simple_test(img, img_metas, rescale=rescale)
+
+    def simple_test(self, img, img_metas, rescale=False):
+        """`[B, V, 3, H, W]` images -> list of B `dict(sem_pred, occ_loc)` (numpy, CPU)."""
+        if self.use_online(img, img_metas):
+            feats = self._extract_feat_online(img, img_metas)
+        else:
+            feats = self.extract_feat(img, img_metas)
+        with torch.autocast(img.device.type, enabled=False):
+            outs = self.pts_bbox_head(feats, img_metas)
+            return self.pts_bbox_head.get_occ(outs, img_metas, rescale=rescale)
+
+    def aug_test(self, imgs, img_metas, **kwargs):
+        raise NotImplementedError('OPS has no test-time augmentation: pass one-element lists to forward_test')

@@ -1,0 +1,355 @@
+"""OPSHead: learnable initial points, set-to-set losses and occupancy post-processing.
+
+Spec 3.2 (head inputs), 3.6 (``get_occ``), 4 (losses). Coordinates: the decoder keeps points
+*normalised* to the range box, ``n = (p - range_min) / scene_size``; every distance, loss and
+voxelisation here works in *metres* in the ego frame of the key frame after decoding
+``p = n * scene_size + range_min``. Occupancy grids are indexed ``[x, y, z]``.
+"""
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.runner import BaseModule
+from mmdet.models import HEADS
+from mmdet.models.builder import build_loss
+from mmdet.models.utils import build_transformer
+
+from .knn import knn1_bidirectional
+from .voxelization import hard_voxelize
+
+# Code defaults of the original (spec 2.3); the configs set only cls_weights (None = all 1).
+TRAIN_DEFAULTS = dict(cls_weights=None, empty_dist_thr=0.2, empty_weights=5.0,
+                      rare_classes=(0, 2, 5, 8), rare_weights=10.0)
+TEST_DEFAULTS = dict(score_thr=0.5, padding=True, ctr_dist_thr=3.0)
+MAX_POINTS_PER_VOXEL = 10
+
+
+def _merge_cfg(name, cfg, defaults):
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        hint = (" (pass the 'pts' sub-dict of the model's train_cfg/test_cfg)"
+                if 'pts' in unknown else '')
+        raise ValueError(f'OPSHead: unknown {name} keys {unknown}{hint}; known keys are '
+                       f'{sorted(defaults)}')
+    out = dict(defaults)
+    out.update(cfg)
+    return out
+
+
+@HEADS.register_module()
+class OPSHead(BaseModule):
+    """Occupancy head of OPS (OPUS): predicts a set of semantic points per scene.
+
+    Args:
+        num_classes (int): semantic classes (17); logits have this many channels.
+        in_channels (int): query feature width (256).
+        num_query (int): Q, number of queries (600/1200/2400/4800 for T/S/M/L).
+        pc_range (sequence[6]): (x_min, y_min, z_min, x_max, y_max, z_max), metres.
+        voxel_size (sequence[3]): metres (0.4).
+        transformer (dict): config of the decoder, built with mmdet's ``build_transformer``;
+            called as ``transformer(init_points, query_feat, mlvl_feats, img_metas=...)`` and
+            returning ``(cls_scores, refine_pts)``, lists over layers of ``[B, Q, P_i, C]``
+            logits and ``[B, Q, P_i, 3]`` normalised points.
+        loss_cls (dict): mmdet FocalLoss config (sigmoid, gamma 2, alpha 0.25, weight 2).
+        loss_pts (dict): mmdet SmoothL1Loss config (beta 0.2, weight 0.5).
+        empty_label (int): label of free voxels in ``voxel_semantics`` (17).
+        train_cfg (dict): the ``pts`` part of the model train_cfg: ``cls_weights`` (C numbers,
+            default all 1), ``empty_dist_thr`` (0.2 m), ``empty_weights`` (5), ``rare_classes``
+            ((0, 2, 5, 8)), ``rare_weights`` (10).
+        test_cfg (dict): the ``pts`` part of the model test_cfg: ``score_thr`` (0.5),
+            ``padding`` (True), ``ctr_dist_thr`` (3.0 m).
+    """
+
+    def __init__(self,
+                 num_classes=17,
+                 in_channels=256,
+                 num_query=600,
+                 pc_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4),
+                 voxel_size=(0.4, 0.4, 0.4),
+                 transformer=None,
+                 loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                               loss_weight=2.0),
+                 loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5),
+                 empty_label=17,
+                 train_cfg=None,
+                 test_cfg=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if transformer is None:
+            raise ValueError("OPSHead: `transformer` config is required, e.g. "
+                             "dict(type='OPSTransformer', ...)")
+        if len(pc_range) != 6 or len(voxel_size) != 3:
+            raise ValueError(f'OPSHead: pc_range needs 6 numbers and voxel_size 3, got '
+                             f'{list(pc_range)} and {list(voxel_size)}')
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.num_query = int(num_query)
+        self.empty_label = int(empty_label)
+        self.train_cfg = _merge_cfg('train_cfg', train_cfg, TRAIN_DEFAULTS)
+        self.test_cfg = _merge_cfg('test_cfg', test_cfg, TEST_DEFAULTS)
+
+        cls_weights = self.train_cfg['cls_weights']
+        if cls_weights is None:
+            cls_weights = [1.0] * self.num_classes
+        if len(cls_weights) != self.num_classes:
+            raise ValueError(f'OPSHead: train_cfg.cls_weights needs one weight per class '
+                             f'({self.num_classes}), got {len(cls_weights)}')
+        self.cls_weights = [float(w) for w in cls_weights]
+        self.rare_classes = [int(c) for c in self.train_cfg['rare_classes']]
+
+        pc_range = torch.tensor([float(v) for v in pc_range], dtype=torch.float32)
+        scene_size = pc_range[3:] - pc_range[:3]
+        voxel_size = torch.tensor([float(v) for v in voxel_size], dtype=torch.float32)
+        if (scene_size <= 0).any() or (voxel_size <= 0).any():
+            raise ValueError(f'OPSHead: need pc_range max > min and positive voxel_size, got '
+                             f'{pc_range.tolist()} and {voxel_size.tolist()}')
+        self.register_buffer('pc_range', pc_range)
+        self.register_buffer('scene_size', scene_size)
+        self.register_buffer('voxel_size', voxel_size)
+        self.register_buffer('voxel_num', torch.round(scene_size / voxel_size).long())
+        # Plain-Python copies: used for shape checks and the voxeliser without device syncs.
+        self._pc_range = [float(v) for v in pc_range.tolist()]
+        self._voxel_size = [float(v) for v in voxel_size.tolist()]
+        self._voxel_num = [int(v) for v in self.voxel_num.tolist()]
+        # Distance factor of the focal weights (spec 4.3): xy distance from the ego origin over
+        # the xy diagonal of the scene (sqrt(80^2 + 80^2) m), so the factor lies in [1, ~1.5].
+        self._max_dist = math.hypot(float(scene_size[0]), float(scene_size[1]))
+
+        self.init_points = nn.Embedding(self.num_query, 3)
+        self.transformer = build_transformer(transformer)
+        self.loss_cls = build_loss(loss_cls)
+        self.loss_pts = build_loss(loss_pts)
+
+    def init_weights(self):
+        """Initial points U(0, 1) in normalised coordinates: uniform over the whole range box."""
+        self.transformer.init_weights()
+        nn.init.uniform_(self.init_points.weight, 0.0, 1.0)
+
+    # ------------------------------------------------------------------ coordinates
+    def decode_points(self, points):
+        """Normalised [..., 3] -> metres [..., 3] (ego frame)."""
+        return points * self.scene_size.to(points.dtype) + self.pc_range[:3].to(points.dtype)
+
+    def encode_points(self, points):
+        """Metres [..., 3] -> normalised [..., 3]."""
+        return (points - self.pc_range[:3].to(points.dtype)) / self.scene_size.to(points.dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, mlvl_feats, img_metas):
+        """Run the decoder from the learned initial points.
+
+        Args:
+            mlvl_feats (list[Tensor]): FPN levels, ``[B, T*N, C, H_l, W_l]`` (passed through).
+            img_metas (list[dict]): B meta dicts (passed through).
+
+        Returns:
+            dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_cls_scores`` list over layers of
+            [B, Q, P_i, C] logits; ``all_refine_pts`` list of [B, Q, P_i, 3] normalised points.
+        """
+        batch = len(img_metas)
+        init_points = self.init_points.weight[None, :, None, :].repeat(batch, 1, 1, 1)
+        query_feat = init_points.new_zeros(batch, self.num_query, self.in_channels)
+        cls_scores, refine_pts = self.transformer(init_points, query_feat, mlvl_feats,
+                                                  img_metas=img_metas)
+        if len(cls_scores) != len(refine_pts) or len(cls_scores) == 0:
+            raise RuntimeError(f'OPSHead: the transformer must return equally long non-empty '
+                               f'lists of logits and points, got {len(cls_scores)} and '
+                               f'{len(refine_pts)}')
+        return dict(init_points=init_points, all_cls_scores=list(cls_scores),
+                    all_refine_pts=list(refine_pts))
+
+    # ------------------------------------------------------------------ losses
+    def _gt_points(self, voxel_semantics, mask_camera, device):
+        """Per sample: centres of all non-free voxels (metres), labels, camera visibility.
+
+        Returns:
+            list of (points [Ng, 3] float32 metres, labels [Ng] long, visible [Ng] bool).
+        """
+        sem = torch.as_tensor(voxel_semantics).to(device)
+        vis = torch.as_tensor(mask_camera).to(device)
+        grid = tuple(self._voxel_num)
+        if sem.dim() != 4 or tuple(sem.shape[1:]) != grid:
+            raise ValueError(f'OPSHead.loss: voxel_semantics must be [B, {grid[0]}, {grid[1]}, '
+                             f'{grid[2]}] (indexed x, y, z), got {tuple(sem.shape)}')
+        if vis.shape != sem.shape:
+            raise ValueError(f'OPSHead.loss: mask_camera shape {tuple(vis.shape)} differs from '
+                             f'voxel_semantics shape {tuple(sem.shape)}')
+        vis = vis.bool()
+        out = []
+        for b in range(sem.shape[0]):
+            idx = torch.nonzero(sem[b] != self.empty_label, as_tuple=False)      # [Ng, 3] x,y,z
+            labels = sem[b][idx[:, 0], idx[:, 1], idx[:, 2]].long()
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                bad = sorted(set(labels.unique().tolist()) - set(range(self.num_classes)))
+                raise ValueError(f'OPSHead.loss: voxel_semantics of sample {b} holds labels {bad};'
+                                 f' occupied voxels need 0..{self.num_classes - 1} and free '
+                                 f'voxels {self.empty_label}')
+            points = (idx.float() + 0.5) * self.voxel_size + self.pc_range[:3]
+            out.append((points, labels, vis[b][idx[:, 0], idx[:, 1], idx[:, 2]]))
+        return out
+
+    def loss_single(self, cls_scores, pred_points, gts):
+        """Focal + Chamfer terms of one layer (spec 4.2-4.4).
+
+        Args:
+            cls_scores (Tensor | None): [B, Q, P, C] logits; None for the initial points, whose
+                classification term the original computes on zero logits and discards.
+            pred_points (Tensor): [B, Q, P, 3] normalised points.
+            gts (list): output of ``_gt_points``.
+
+        Returns:
+            tuple(Tensor | None, Tensor): loss_cls (None when cls_scores is None), loss_pts.
+        """
+        batch = pred_points.shape[0]
+        if len(gts) != batch:
+            raise ValueError(f'OPSHead.loss: {len(gts)} ground-truth samples for a prediction '
+                             f'batch of {batch}')
+        points = self.decode_points(pred_points).reshape(batch, -1, 3)
+        if cls_scores is not None:
+            logits = cls_scores.reshape(batch, -1, cls_scores.shape[-1])
+            if logits.shape[1] != points.shape[1]:
+                raise ValueError(f'OPSHead.loss: {logits.shape[1]} logit rows for '
+                                 f'{points.shape[1]} points per sample')
+        cls_weights = points.new_tensor(self.cls_weights)
+        rare = points.new_tensor(self.rare_classes, dtype=torch.long)
+
+        pred_cls, cls_labels, cls_w = [], [], []
+        pts_to_gt, gt_pts, gt_w = [], [], []          # GT -> prediction direction
+        pred_pts, pred_to_gt = [], []                  # prediction -> GT direction
+        for b, (gt_xyz, gt_labels, gt_vis) in enumerate(gts):
+            if gt_xyz.shape[0] == 0:
+                continue
+            gt_xyz = gt_xyz.to(points.dtype)
+            with torch.no_grad():
+                # a(j): nearest prediction of GT j; b(i): nearest GT of prediction i.
+                nn_pred, nn_gt = knn1_bidirectional(gt_xyz, points[b])
+            matched_gt = gt_xyz[nn_gt]                                       # [Np, 3]
+            pts_for_gt = points[b][nn_pred]                                  # [Ng, 3]
+            with torch.no_grad():
+                # [QUIRK 4.3] the class weight is taken per logit channel, not per target class.
+                dist_factor = 1 + matched_gt[:, :2].norm(dim=-1) / self._max_dist
+                weight_cls = cls_weights[None, :] * dist_factor[:, None]     # [Np, C]
+                gap = (gt_xyz - pts_for_gt).norm(dim=-1)
+                weight_gt = torch.ones_like(gap)
+                weight_gt[gt_vis & (gap > self.train_cfg['empty_dist_thr'])] = \
+                    float(self.train_cfg['empty_weights'])
+                is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
+                weight_gt = torch.where(
+                    is_rare, weight_gt.clamp(min=float(self.train_cfg['rare_weights'])),
+                    weight_gt)
+            if cls_scores is not None:
+                pred_cls.append(logits[b])
+                cls_labels.append(gt_labels[nn_gt])
+                cls_w.append(weight_cls)
+            pts_to_gt.append(pts_for_gt)
+            gt_pts.append(gt_xyz)
+            gt_w.append(weight_gt)
+            pred_pts.append(points[b])
+            pred_to_gt.append(matched_gt)
+
+        if not gt_pts:
+            # No occupied voxel in the whole batch: nothing to match. Zero losses that stay
+            # attached to the graph, so distributed training still sees every parameter.
+            zero_pts = points.sum() * 0
+            zero_cls = None if cls_scores is None else cls_scores.sum() * 0
+            return zero_cls, zero_pts
+
+        num_gts = sum(g.shape[0] for g in gt_pts)
+        num_preds = sum(p.shape[0] for p in pred_pts)
+        gt_cat = torch.cat(gt_pts)
+        weight = torch.cat(gt_w)[:, None].expand_as(gt_cat)
+        loss_pts = self.loss_pts(torch.cat(pts_to_gt), gt_cat, weight=weight,
+                                 avg_factor=num_gts) \
+            + self.loss_pts(torch.cat(pred_pts), torch.cat(pred_to_gt), avg_factor=num_preds)
+        loss_cls = None
+        if cls_scores is not None:
+            loss_cls = self.loss_cls(torch.cat(pred_cls), torch.cat(cls_labels),
+                                     weight=torch.cat(cls_w), avg_factor=num_preds)
+        return loss_cls, loss_pts
+
+    def loss(self, voxel_semantics, mask_camera, preds_dicts):
+        """All loss terms (spec 4.4).
+
+        Args:
+            voxel_semantics (Tensor): uint8 [B, X, Y, Z] labels, ``empty_label`` = free.
+            mask_camera (Tensor): bool [B, X, Y, Z] camera visibility.
+            preds_dicts (dict): output of ``forward``.
+
+        Returns:
+            dict: ``init_loss_pts``, ``loss_cls``/``loss_pts`` (last layer) and
+            ``d{i}.loss_cls``/``d{i}.loss_pts`` for the earlier layers; 13 entries for 6 layers.
+
+        A sample without any occupied voxel (the original crashes in kNN) contributes no term:
+        its predictions are left out of the sums and of the normalisers, with a warning. If no
+        sample of the batch has one, every loss is an exact zero attached to the graph.
+        """
+        init_points = preds_dicts['init_points']
+        all_cls = preds_dicts['all_cls_scores']
+        all_pts = preds_dicts['all_refine_pts']
+        gts = self._gt_points(voxel_semantics, mask_camera, init_points.device)
+        empty = [b for b, g in enumerate(gts) if g[0].shape[0] == 0]
+        if empty:
+            warnings.warn(f'OPSHead.loss: samples {empty} of the batch have no occupied voxel; '
+                          'they contribute no loss term')
+
+        losses = dict()
+        _, losses['init_loss_pts'] = self.loss_single(None, init_points, gts)
+        num_layers = len(all_cls)
+        for i, (cls_scores, points) in enumerate(zip(all_cls, all_pts)):
+            loss_cls, loss_pts = self.loss_single(cls_scores, points, gts)
+            prefix = '' if i == num_layers - 1 else f'd{i}.'
+            losses[f'{prefix}loss_cls'] = loss_cls
+            losses[f'{prefix}loss_pts'] = loss_pts
+        return losses
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def get_occ(self, preds_dicts, img_metas=None, rescale=False):
+        """Sparse semantic occupancy from the last layer (spec 3.6), any batch size.
+
+        Returns:
+            list (one per sample) of dict(sem_pred=np.int64 [M] class ids,
+            occ_loc=np.int64 [M, 3] voxel indices (x, y, z)), on the CPU.
+        """
+        cls_scores = preds_dicts['all_cls_scores'][-1]               # [B, Q, P, C] logits
+        points = self.decode_points(preds_dicts['all_refine_pts'][-1]).float()
+        results = []
+        for b in range(cls_scores.shape[0]):
+            results.append(self._occ_single(cls_scores[b].float().sigmoid(), points[b]))
+        return results
+
+    def _occ_single(self, probs, points):
+        """probs [Q, P, C] in (0, 1), points [Q, P, 3] metres -> result dict."""
+        cfg = self.test_cfg
+        thr = float(cfg['score_thr'])
+        num_classes = probs.shape[-1]
+        centre = points.mean(dim=1, keepdim=True)
+        keep = (points - centre).norm(dim=-1) <= float(cfg['ctr_dist_thr'])
+        keep &= probs.max(dim=-1).values > thr
+        feats = torch.cat([points[keep], probs[keep]], dim=-1)            # [n, 3 + C]
+        voxels, coords, num = hard_voxelize(
+            feats, self._voxel_size, self._pc_range, MAX_POINTS_PER_VOXEL,
+            max_voxels=points.shape[0] * points.shape[1])
+        coords = coords.flip(-1)                                          # (z,y,x) -> (x,y,z)
+        scores = voxels[:, :, 3:].sum(dim=1) / num[:, None].to(voxels.dtype)   # [V, C] mean
+
+        if cfg['padding'] and coords.shape[0] > 0:
+            x_n, y_n, z_n = self._voxel_num
+            dense = scores.new_zeros(num_classes, x_n, y_n, z_n)
+            dense[:, coords[:, 0], coords[:, 1], coords[:, 2]] = scores.t()
+            # Closing per class channel; max_pool pads with -inf, so border cells dilate/erode
+            # over their in-bounds neighbours only.
+            dilated = F.max_pool3d(dense[None], 3, stride=1, padding=1)
+            closed = -F.max_pool3d(-dilated, 3, stride=1, padding=1)[0]
+            original = (dense > thr).any(dim=0)
+            closed = torch.where(original[None], dense, closed)
+            coords = torch.nonzero((closed > thr).any(dim=0), as_tuple=False)
+            scores = closed[:, coords[:, 0], coords[:, 1], coords[:, 2]].t()
+
+        labels = scores.argmax(dim=-1) if scores.shape[0] else scores.new_zeros(0).long()
+        return dict(sem_pred=labels.cpu().numpy().astype(np.int64),
+                    occ_loc=coords.cpu().numpy().astype(np.int64).reshape(-1, 3))

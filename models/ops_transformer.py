@@ -1,0 +1,362 @@
+"""The OPS decoder (spec 3.3/3.4): position encoder, consistent point sampling, adaptive mixing,
+scale-adaptive self-attention, FFN and coarse-to-fine point refinement, 6 layers.
+
+Point conventions: the decoder stores points normalised to `pc_range` (n = (p - min) / (max - min),
+no clamping); sampling offsets, regression offsets and attention distances are in metres, ego frame
+of the key frame.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import bias_init_with_prob
+from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
+from mmcv.runner import BaseModule
+from mmdet.models.utils.builder import TRANSFORMER
+from torch.utils.checkpoint import checkpoint
+
+from .ops_sampling import sampling_4d
+
+__all__ = ['OPSTransformer', 'OPSTransformerDecoder', 'OPSTransformerDecoderLayer', 'OPSSampling',
+           'AdaptiveMixing', 'OPSSelfAttention', 'encode_points', 'decode_points']
+
+
+def decode_points(points, pc_range):
+    """Normalised `[..., 3]` -> metres (ego frame), `pc_range` = [x0, y0, z0, x1, y1, z1]."""
+    lo = points.new_tensor(pc_range[:3])
+    return points * (points.new_tensor(pc_range[3:]) - lo) + lo
+
+
+def encode_points(points, pc_range):
+    """Metres `[..., 3]` -> normalised to `pc_range` (inverse of `decode_points`)."""
+    lo = points.new_tensor(pc_range[:3])
+    return (points - lo) / (points.new_tensor(pc_range[3:]) - lo)
+
+
+class OPSSampling(BaseModule):
+    """Consistent point sampling: G*np points around the query's centroid, scaled by the spread of its points.
+
+    Sampling points (metres) = mean(points) + offset * std(points) (unbiased std per axis; 0 when the
+    query has a single point, which collapses all samples onto it), identical for all T frames; level
+    weights = softmax over L, identical for all frames.
+    """
+
+    def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_levels=4,
+                 pc_range=None, init_cfg=None):
+        super().__init__(init_cfg)
+        self.num_frames, self.num_views, self.num_groups = num_frames, num_views, num_groups
+        self.num_points, self.num_levels, self.pc_range = num_points, num_levels, list(pc_range)
+        self.sampling_offset = nn.Linear(embed_dims, num_groups * num_points * 3)
+        self.scale_weights = nn.Linear(embed_dims, num_groups * num_points * num_levels)
+
+    @torch.no_grad()
+    def init_weights(self):
+        nn.init.zeros_(self.sampling_offset.weight)
+        nn.init.uniform_(self.sampling_offset.bias, -0.5, 0.5)
+
+    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+        """
+        Args:
+            query_points (Tensor): `[B, Q, P_in, 3]` normalised, detached.
+            query_feat (Tensor): `[B, Q, C]`.
+            mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
+            occ2img (Tensor): `[B, T*N, 4, 4]`; image_h, image_w: augmented image size (pixels).
+        Returns:
+            Tensor: `[B, Q, G, T*np, C/G]`.
+        """
+        B, Q, P_in, _ = query_points.shape
+        T, G, P, L = self.num_frames, self.num_groups, self.num_points, self.num_levels
+        points = decode_points(query_points, self.pc_range)
+        if P_in == 1:
+            centre, scale = points[:, :, 0], torch.zeros_like(points[:, :, 0])
+        else:
+            centre, scale = points.mean(2), points.std(2, unbiased=True)
+        offset = self.sampling_offset(query_feat).view(B, Q, G * P, 3)
+        sample_points = centre[:, :, None] + offset * scale[:, :, None]        # [B, Q, G*np, 3] metres
+        sample_points = sample_points.view(B, Q, 1, G, P, 3).expand(B, Q, T, G, P, 3)
+        weights = self.scale_weights(query_feat).view(B, Q, G, 1, P, L).softmax(-1)
+        weights = weights.expand(B, Q, G, T, P, L)
+        return sampling_4d(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, self.num_views)
+
+
+class AdaptiveMixing(nn.Module):
+    """Query-conditioned channel then point mixing per group (AdaMixer style), with residual.
+
+    Per query and group, M `[C_g, C_g]` and S `[out_points, in_points]` are generated from the query;
+    x `[in_points, C_g]` -> x @ M -> LN(last 2 dims, no affine) -> ReLU -> S @ x -> LN -> ReLU;
+    all groups flattened -> Linear -> + query.
+    """
+
+    def __init__(self, in_dim=64, in_points=32, n_groups=4, query_dim=256, out_dim=None, out_points=None):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim if out_dim is not None else in_dim
+        self.in_points = in_points
+        self.out_points = out_points if out_points is not None else in_points
+        self.n_groups, self.query_dim = n_groups, query_dim
+        self.m_parameters = self.in_dim * self.out_dim
+        self.s_parameters = self.in_points * self.out_points
+        self.parameter_generator = nn.Linear(query_dim, n_groups * (self.m_parameters + self.s_parameters))
+        self.out_proj = nn.Linear(self.out_dim * self.out_points * n_groups, query_dim)
+        self.act = nn.ReLU(inplace=True)
+
+    @torch.no_grad()
+    def init_weights(self):
+        # zero weight: every query starts from the same (bias-only) mixing matrices
+        nn.init.zeros_(self.parameter_generator.weight)
+
+    def forward(self, x, query):
+        """
+        Args:
+            x (Tensor): `[B, Q, G, in_points, C_g]` sampled features.
+            query (Tensor): `[B, Q, query_dim]`.
+        Returns:
+            Tensor: `[B, Q, query_dim]` = query + mixed features.
+        """
+        B, Q, G, P, C = x.shape
+        if (G, P, C) != (self.n_groups, self.in_points, self.in_dim):
+            raise ValueError(f'AdaptiveMixing: x has shape {tuple(x.shape)}, expected [B, Q, G={self.n_groups}, '
+                             f'in_points={self.in_points}, C_g={self.in_dim}]')
+        params = self.parameter_generator(query).reshape(B * Q, G, -1)
+        M, S = params.split([self.m_parameters, self.s_parameters], dim=2)
+        M = M.reshape(B * Q, G, self.in_dim, self.out_dim)
+        S = S.reshape(B * Q, G, self.out_points, self.in_points)
+        out = torch.matmul(x.reshape(B * Q, G, P, C), M)                       # channel mixing
+        out = self.act(F.layer_norm(out, out.shape[-2:]))
+        out = torch.matmul(S, out)                                             # point mixing
+        out = self.act(F.layer_norm(out, out.shape[-2:]))
+        out = self.out_proj(out.reshape(B, Q, -1))
+        return query + out
+
+
+class OPSSelfAttention(BaseModule):
+    """Self-attention with an additive bias -tau[b, q, h] * ||c_q - c_k|| between query centroids (metres).
+
+    tau comes per head and per *query row* from the query feature; mmcv MultiheadAttention adds the
+    residual inside.
+    """
+
+    def __init__(self, embed_dims=256, num_heads=8, dropout=0.1, pc_range=None, init_cfg=None):
+        super().__init__(init_cfg)
+        self.num_heads, self.pc_range = num_heads, list(pc_range)
+        self.attention = MultiheadAttention(embed_dims, num_heads, attn_drop=dropout, batch_first=True)
+        self.gen_tau = nn.Linear(embed_dims, num_heads)
+
+    @torch.no_grad()
+    def init_weights(self):
+        nn.init.zeros_(self.gen_tau.weight)
+        nn.init.uniform_(self.gen_tau.bias, 0.0, 2.0)
+
+    def forward(self, query_points, query_feat):
+        """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`."""
+        with torch.no_grad():
+            centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
+            dist = torch.cdist(centres, centres, compute_mode='donot_use_mm_for_euclid_dist')  # [B, Q, Q]
+        tau = self.gen_tau(query_feat).permute(0, 2, 1)                        # [B, H, Q]
+        attn_mask = (-tau[..., None] * dist[:, None]).flatten(0, 1)            # [B*H, Q, Q], index b*H + h
+        return self.attention(query_feat, attn_mask=attn_mask)
+
+
+class OPSTransformerDecoderLayer(BaseModule):
+    """One decoder layer: pos-enc -> sampling -> mixing + LN1 -> self-attn + LN2 -> FFN + LN3 -> heads.
+
+    Args:
+        in_points (int): points per query entering the layer (P_in).
+        out_points (int): points per query predicted by the layer (P_out).
+        scale (float): factor on the regression output (metres).
+        with_cp (bool): gradient checkpointing of sampling, mixing and self-attention in training.
+    """
+
+    def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_levels=4,
+                 num_classes=17, in_points=1, out_points=1, scale=0.5, pc_range=None, num_heads=8,
+                 ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1, with_cp=True,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        self.embed_dims, self.num_classes = embed_dims, num_classes
+        self.in_points, self.out_points, self.scale = in_points, out_points, scale
+        self.pc_range, self.with_cp = list(pc_range), with_cp
+
+        self.position_encoder = nn.Sequential(
+            nn.Linear(3 * in_points, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True),
+            nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True))
+        self.sampling = OPSSampling(embed_dims, num_frames, num_views, num_groups, num_points, num_levels,
+                                    pc_range)
+        self.mixing = AdaptiveMixing(in_dim=embed_dims // num_groups, in_points=num_points * num_frames,
+                                     n_groups=num_groups, query_dim=embed_dims, out_points=mixing_out_points)
+        self.self_attn = OPSSelfAttention(embed_dims, num_heads, attn_drop, pc_range)
+        self.ffn = FFN(embed_dims, feedforward_channels=ffn_dims, num_fcs=2, ffn_drop=ffn_drop,
+                       act_cfg=dict(type='ReLU', inplace=True), add_identity=True)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.norm3 = nn.LayerNorm(embed_dims)
+        self.cls_branch = nn.Sequential(
+            nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True),
+            nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True),
+            nn.Linear(embed_dims, num_classes * out_points))
+        self.reg_branch = nn.Sequential(
+            nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True),
+            nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True),
+            nn.Linear(embed_dims, 3 * out_points))
+
+    @torch.no_grad()
+    def init_weights(self):
+        self.sampling.init_weights()
+        self.mixing.init_weights()
+        self.self_attn.init_weights()
+        nn.init.constant_(self.cls_branch[-1].bias, bias_init_with_prob(0.01))
+
+    def _cp(self, fn, *args):
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def refine_points(self, query_points, offsets):
+        """New points around the centroid of the previous ones: `[B, Q, P_in, 3]`, `[B, Q, P_out, 3]` (metres)
+        -> `[B, Q, P_out, 3]` normalised."""
+        centre = decode_points(query_points, self.pc_range).mean(2, keepdim=True)
+        return encode_points(centre + offsets, self.pc_range)
+
+    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+        """
+        Args:
+            query_points (Tensor): `[B, Q, P_in, 3]` normalised (detached by the decoder).
+            query_feat (Tensor): `[B, Q, C]`.
+            mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
+            occ2img (Tensor): `[B, T*N, 4, 4]`.
+        Returns:
+            tuple: query_feat `[B, Q, C]`, cls logits `[B, Q, P_out, num_classes]`,
+            new points `[B, Q, P_out, 3]` normalised.
+        """
+        B, Q, P_in, _ = query_points.shape
+        if P_in != self.in_points:
+            raise ValueError(f'decoder layer expects {self.in_points} points per query, got {P_in}')
+        query_feat = query_feat + self.position_encoder(query_points.flatten(2))
+        sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+        query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat))
+        query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat))
+        query_feat = self.norm3(self.ffn(query_feat))
+        cls_score = self.cls_branch(query_feat).reshape(B, Q, self.out_points, self.num_classes)
+        offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
+        return query_feat, cls_score, self.refine_points(query_points, offsets)
+
+
+class OPSTransformerDecoder(BaseModule):
+    """Stack of decoder layers; layer i turns `([1] + num_refines)[i]` points per query into `num_refines[i]`."""
+
+    def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_layers=6,
+                 num_levels=4, num_classes=17, num_refines=(1, 4, 16, 32, 64, 128), scales=(0.5,),
+                 pc_range=None, num_heads=8, ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1,
+                 with_cp=True, init_cfg=None):
+        super().__init__(init_cfg)
+        if len(num_refines) != num_layers:
+            raise ValueError(f'num_refines {list(num_refines)} must have one entry per decoder layer '
+                             f'(num_layers={num_layers})')
+        scales = list(scales)
+        if len(scales) == 1:
+            scales = scales * num_layers
+        if len(scales) != num_layers:
+            raise ValueError(f'scales {scales} must have 1 or num_layers={num_layers} entries')
+        if embed_dims % num_groups or embed_dims % num_heads:
+            raise ValueError(f'embed_dims={embed_dims} must be divisible by num_groups={num_groups} and '
+                             f'num_heads={num_heads}')
+        self.embed_dims, self.num_frames, self.num_views = embed_dims, num_frames, num_views
+        self.num_groups, self.num_levels, self.num_layers = num_groups, num_levels, num_layers
+        self.pc_range = list(pc_range)
+        in_points = [1] + list(num_refines[:-1])
+        self.decoder_layers = nn.ModuleList([
+            OPSTransformerDecoderLayer(embed_dims, num_frames, num_views, num_groups, num_points, num_levels,
+                                       num_classes, in_points[i], num_refines[i], scales[i], pc_range,
+                                       num_heads, ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
+            for i in range(num_layers)])
+
+    @torch.no_grad()
+    def init_weights(self):
+        for layer in self.decoder_layers:
+            layer.init_weights()
+
+    def _occ2img(self, img_metas, device):
+        """`[B, T*N, 4, 4]` float32: ego (key frame) -> pixels = lidar2img @ ego2lidar, per view."""
+        TN = self.num_frames * self.num_views
+        lidar2img, ego2lidar = [], []
+        for i, meta in enumerate(img_metas):
+            for key in ('lidar2img', 'ego2lidar', 'img_shape'):
+                if key not in meta:
+                    raise KeyError(f'img_metas[{i}] has no "{key}" (the pipeline must collect it, spec 2.4)')
+            mats = np.asarray(meta['lidar2img'], dtype=np.float32)
+            if mats.shape != (TN, 4, 4):
+                raise ValueError(f'img_metas[{i}]["lidar2img"] has shape {mats.shape}, expected ({TN}, 4, 4) '
+                                 f'= num_frames {self.num_frames} x num_views {self.num_views}')
+            lidar2img.append(mats)
+            ego2lidar.append(np.asarray(meta['ego2lidar'], dtype=np.float32).reshape(4, 4))
+        lidar2img = torch.from_numpy(np.stack(lidar2img)).to(device)
+        ego2lidar = torch.from_numpy(np.stack(ego2lidar)).to(device)
+        return torch.matmul(lidar2img, ego2lidar[:, None])
+
+    def _to_channel_last(self, feat):
+        """`[B, T*N, C, H, W]` -> `[B*T*G, N, H, W, C/G]`, batch (b*T + t)*G + g, channel g*C/G + c."""
+        B, TN, C, H, W = feat.shape
+        T, N, G = self.num_frames, self.num_views, self.num_groups
+        if TN != T * N or C != self.embed_dims:
+            raise ValueError(f'image features have shape {tuple(feat.shape)}, expected [B, T*N={T * N}, '
+                             f'C={self.embed_dims}, H, W] (num_frames={T}, num_views={N})')
+        feat = feat.reshape(B, T, N, G, C // G, H, W).permute(0, 1, 3, 2, 5, 6, 4)
+        return feat.reshape(B * T * G, N, H, W, C // G)
+
+    def forward(self, query_points, query_feat, mlvl_feats, img_metas):
+        """
+        Args:
+            query_points (Tensor): `[B, Q, 1, 3]` initial points, normalised.
+            query_feat (Tensor): `[B, Q, C]`.
+            mlvl_feats (list[Tensor]): L FPN levels `[B, T*N, C, H_l, W_l]`, frame-major views.
+            img_metas (list[dict]): B dicts with `lidar2img` (T*N 4x4), `ego2lidar` (4x4), `img_shape`.
+        Returns:
+            tuple(list[Tensor], list[Tensor]): per layer, logits `[B, Q, P_i, num_classes]` and points
+            `[B, Q, P_i, 3]` (normalised), both passed through `nan_to_num`.
+        """
+        if len(mlvl_feats) != self.num_levels:
+            raise ValueError(f'got {len(mlvl_feats)} feature levels, the decoder was built for {self.num_levels}')
+        if len(img_metas) != query_points.shape[0]:
+            raise ValueError(f'{len(img_metas)} img_metas for a batch of {query_points.shape[0]}')
+        occ2img = self._occ2img(img_metas, query_points.device)
+        image_h, image_w = img_metas[0]['img_shape'][0][:2]
+        feats = [self._to_channel_last(feat) for feat in mlvl_feats]
+        cls_scores, refine_pts = [], []
+        for layer in self.decoder_layers:
+            # each layer refines around the previous points without back-propagating into them
+            query_points = query_points.detach()
+            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w)
+            cls_scores.append(cls_score)
+            refine_pts.append(query_points)
+        return ([torch.nan_to_num(c) for c in cls_scores], [torch.nan_to_num(p) for p in refine_pts])
+
+
+@TRANSFORMER.register_module()
+class OPSTransformer(BaseModule):
+    """Container of the OPS decoder (config type 'OPSTransformer'; state-dict prefix `decoder.`).
+
+    Args mirror the published configs: embed_dims 256, num_frames 8, num_points np, num_layers 6,
+    num_levels 4, num_classes 17, num_refines (points per query after each layer), scales [0.5],
+    pc_range; num_views 6 and num_groups 4 are code defaults.
+    """
+
+    def __init__(self, embed_dims=256, num_frames=8, num_points=4, num_layers=6, num_levels=4, num_classes=17,
+                 num_refines=(1, 4, 16, 32, 64, 128), scales=(0.5,), pc_range=None, num_views=6, num_groups=4,
+                 num_heads=8, ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1, with_cp=True,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        if pc_range is None or len(pc_range) != 6:
+            raise ValueError(f'OPSTransformer needs pc_range=[x0, y0, z0, x1, y1, z1] (metres), got {pc_range}')
+        self.embed_dims, self.num_frames, self.num_points = embed_dims, num_frames, num_points
+        self.num_layers, self.num_levels, self.num_classes = num_layers, num_levels, num_classes
+        self.num_refines, self.num_views, self.num_groups = list(num_refines), num_views, num_groups
+        self.pc_range = list(pc_range)
+        self.decoder = OPSTransformerDecoder(embed_dims, num_frames, num_views, num_groups, num_points, num_layers,
+                                             num_levels, num_classes, num_refines, scales, pc_range, num_heads,
+                                             ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
+
+    @torch.no_grad()
+    def init_weights(self):
+        self.decoder.init_weights()
+
+    def forward(self, query_points, query_feat, mlvl_feats, img_metas):
+        """See `OPSTransformerDecoder.forward`: returns (cls_scores, refine_pts), lists over layers."""
+        return self.decoder(query_points, query_feat, mlvl_feats, img_metas)

@@ -1,0 +1,114 @@
+"""Photometric distortion of the input images on the device (spec 3.1 step 2), training only.
+
+Every image gets its own draw from numpy's global RNG, in this order per image (images in batch
+order): brightness coin [delta], contrast mode, (mode 0: contrast coin [alpha]), saturation coin
+[factor], hue coin [delta], (mode 1: contrast coin [alpha]), channel-swap coin [permutation].
+Values are never clipped: intermediate values may leave [0, 255] and the HSV maths runs on them as is.
+"""
+import numpy as np
+import torch
+
+__all__ = ['GpuPhotoMetricDistortion', 'rgb_to_hsv', 'hsv_to_rgb']
+
+
+def rgb_to_hsv(rgb):
+    """`[..., 3, H, W]` RGB (any scale) -> H in degrees [0, 360), S = (max - min) / max, V = max (same scale).
+
+    Grey pixels (max == min) get H = 0; max == 0 gives S = 0.
+    """
+    r, g, b = rgb.unbind(-3)
+    maxc, _ = rgb.max(-3)
+    minc, _ = rgb.min(-3)
+    delta = maxc - minc
+    safe_delta = torch.where(delta == 0, torch.ones_like(delta), delta)
+    hue_r = torch.remainder((g - b) / safe_delta, 6.0)
+    hue_g = (b - r) / safe_delta + 2.0
+    hue_b = (r - g) / safe_delta + 4.0
+    # ties resolved in the order r, g, b (first channel holding the maximum)
+    hue = torch.where(maxc == r, hue_r, torch.where(maxc == g, hue_g, hue_b))
+    hue = torch.where(delta == 0, torch.zeros_like(hue), hue) * 60.0
+    sat = torch.where(maxc == 0, torch.zeros_like(maxc), delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc))
+    return torch.stack([hue, sat, maxc], dim=-3)
+
+
+def hsv_to_rgb(hsv):
+    """Inverse of `rgb_to_hsv`: H in degrees, S, V -> `[..., 3, H, W]` RGB in V's scale.
+
+    channel_n = V - V*S*clamp(min(k, 4 - k), 0, 1), k = (n + H/60) mod 6, n = 5, 3, 1 for R, G, B
+    (linear in S and V, so out-of-range values extrapolate like the sector formula).
+    """
+    h, s, v = hsv.unbind(-3)
+    chroma = v * s
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + h / 60.0, 6.0)
+        out.append(v - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=-3)
+
+
+class GpuPhotoMetricDistortion:
+    """Random brightness, contrast, saturation, hue and channel swap, one draw per image.
+
+    Args:
+        brightness_delta (float): brightness shift drawn from U(-delta, delta) (0..255 pixel units).
+        contrast_range (tuple): contrast factor range.
+        saturation_range (tuple): saturation factor range.
+        hue_delta (float): hue shift in degrees, U(-delta, delta).
+    """
+
+    def __init__(self, brightness_delta=32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta=18):
+        self.brightness_delta = brightness_delta
+        self.contrast_lower, self.contrast_upper = contrast_range
+        self.saturation_lower, self.saturation_upper = saturation_range
+        self.hue_delta = hue_delta
+
+    def draw(self, num_images):
+        """Draw the parameters of `num_images` images from numpy's global RNG (order: class docstring).
+
+        Returns:
+            dict of numpy arrays: brightness [n] (0 = none), contrast_first [n], contrast_last [n]
+            (1 = none), saturation [n] (1 = none), hue [n] (0 = none), perm [n, 3] (identity = none).
+        """
+        p = dict(brightness=np.zeros(num_images), contrast_first=np.ones(num_images),
+                 contrast_last=np.ones(num_images), saturation=np.ones(num_images), hue=np.zeros(num_images),
+                 perm=np.tile(np.arange(3), (num_images, 1)))
+        for i in range(num_images):
+            if np.random.randint(2):
+                p['brightness'][i] = np.random.uniform(-self.brightness_delta, self.brightness_delta)
+            mode = np.random.randint(2)
+            if mode == 0 and np.random.randint(2):
+                p['contrast_first'][i] = np.random.uniform(self.contrast_lower, self.contrast_upper)
+            if np.random.randint(2):
+                p['saturation'][i] = np.random.uniform(self.saturation_lower, self.saturation_upper)
+            if np.random.randint(2):
+                p['hue'][i] = np.random.uniform(-self.hue_delta, self.hue_delta)
+            if mode == 1 and np.random.randint(2):
+                p['contrast_last'][i] = np.random.uniform(self.contrast_lower, self.contrast_upper)
+            if np.random.randint(2):
+                p['perm'][i] = np.random.permutation(3)
+        return p
+
+    def __call__(self, imgs):
+        """`[n, 3, H, W]` float BGR in 0..255 -> distorted `[n, 3, H, W]` BGR (not clipped)."""
+        if imgs.dim() != 4 or imgs.shape[1] != 3 or not imgs.is_floating_point():
+            raise ValueError(f'GpuPhotoMetricDistortion expects float images [n, 3, H, W], got '
+                             f'{tuple(imgs.shape)} {imgs.dtype}')
+        n = imgs.shape[0]
+        p = self.draw(n)
+
+        def col(name):
+            return torch.as_tensor(p[name], dtype=imgs.dtype, device=imgs.device).view(n, 1, 1)
+
+        # the identity values of skipped steps (+0, *1) leave those images bit-identical
+        rgb = imgs.flip(1) + col('brightness')[:, None]
+        rgb = rgb * col('contrast_first')[:, None]
+        hsv = rgb_to_hsv(rgb / 255.0)
+        hue = hsv[:, 0] + col('hue')
+        hue = torch.where(hue > 360, hue - 360, hue)
+        hue = torch.where(hue < 0, hue + 360, hue)
+        hsv = torch.stack([hue, hsv[:, 1] * col('saturation'), hsv[:, 2]], dim=1)
+        rgb = hsv_to_rgb(hsv) * 255.0
+        rgb = rgb * col('contrast_last')[:, None]
+        perm = torch.as_tensor(p['perm'], device=imgs.device)
+        rgb = rgb.gather(1, perm[:, :, None, None].expand_as(rgb))
+        return rgb.flip(1)
