@@ -328,7 +328,7 @@ class OPSHead(BaseModule):
         thr = float(cfg['score_thr'])
         num_classes = probs.shape[-1]
         centre = points.mean(dim=1, keepdim=True)
-        keep = (points - centre).norm(dim=-1) <= float(cfg['ctr_dist_thr'])
+        keep = (points - centre).norm(dim=-1) < float(cfg['ctr_dist_thr'])
         keep &= probs.max(dim=-1).values > thr
         feats = torch.cat([points[keep], probs[keep]], dim=-1)            # [n, 3 + C]
         voxels, coords, num = hard_voxelize(
