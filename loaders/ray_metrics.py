@@ -71,7 +71,10 @@ def _ray_setup(origins, ends):
     """Amanatides-Woo initial state per ray (float64 tensors [R, 3])."""
     delta = ends - origins
     # Summed left to right like the C expression rx*rx + ry*ry + rz*rz.
-    length = torch.sqrt(delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1] + delta[:, 2] * delta[:, 2])
+    squared = delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1] + delta[:, 2] * delta[:, 2]
+    # torch's float64 sqrt on the CPU (SIMD path) is not always correctly rounded (1 ulp off for
+    # ~1% of inputs); numpy's is, like the C/CUDA sqrt of the original, so take it from numpy.
+    length = torch.from_numpy(np.sqrt(squared.cpu().numpy())).to(delta.device)
     if bool((length == 0).any()):
         raise ValueError('a ray has its end point equal to its origin, so no direction; '
                          'give end points that differ from the origins')

@@ -2,8 +2,9 @@
 
 The original matches with ``mmcv.ops.knn(k=1)``: brute force over all reference points, squared L2
 in float32, ties to the lowest reference index, CUDA only. Here the same semantics in pure PyTorch,
-tiled so memory stays bounded whatever the set sizes, on CPU and GPU, plus an optional dispatch to
-``mmcv.ops.knn`` for CUDA tensors (the original's own kernel, much faster than the tiled path).
+tiled so memory stays bounded whatever the set sizes, on CPU and GPU. For CUDA tensors it
+dispatches to a compiled kernel when one is built (this project's ``models/csrc/knn_cuda.cu``,
+else ``mmcv.ops.knn``), which is far faster than the tiled path.
 
 Distances are formed from explicit coordinate differences, ``(dx*dx + dy*dy) + dz*dz`` with every
 product and sum rounded to float32, never through the ``|a|^2 - 2ab + |b|^2`` expansion: that
@@ -88,27 +89,68 @@ def _tiled_nn(query, ref, want_rows, want_cols, max_pairs):
     return (row_idx if want_rows else None), (col_idx if want_cols else None)
 
 
-def _mmcv_knn1(query, ref):
-    """``mmcv.ops.knn`` on CUDA (the original's kernel); None when it is unavailable."""
-    try:
-        from mmcv.ops import knn as mmcv_knn
-    except Exception:  # no mmcv, or mmcv built without ops
-        return None
-    # mmcv.ops.knn: xyz [B, N, 3] (refs), center_xyz [B, M, 3] (queries) -> int32 [B, k, M].
-    idx = mmcv_knn(1, ref.float()[None].contiguous(), query.float()[None].contiguous())
-    return idx[0, 0].long()
+BACKENDS = ('auto', 'torch', 'csrc', 'mmcv')
+_compiled = {}
 
 
-def knn1(query, ref, max_pairs=DEFAULT_MAX_PAIRS, use_mmcv=True):
+def _load(backend):
+    """The compiled 1-NN for CUDA tensors, or None when it cannot be imported (cached)."""
+    if backend not in _compiled:
+        fn = None
+        try:
+            if backend == 'csrc':
+                # This project's kernel (models/csrc/knn_cuda.cu): the same fp32 rounding as the
+                # PyTorch path below, so both pick the same neighbour.
+                from .csrc._msmv_sampling_cuda import knn1 as fn
+            else:
+                from mmcv.ops import knn as mmcv_knn
+
+                def fn(query, ref):
+                    # mmcv.ops.knn: refs [B, N, 3], queries [B, M, 3] -> int32 [B, k, M].
+                    return mmcv_knn(1, ref[None], query[None])[0, 0].long()
+        except Exception:  # not built / no mmcv ops
+            fn = None
+        _compiled[backend] = fn
+    return _compiled[backend]
+
+
+def _compiled_knn1(query, ref, backend):
+    names = ('csrc', 'mmcv') if backend == 'auto' else (backend,)
+    for name in names:
+        fn = _load(name)
+        if fn is not None:
+            return fn(query.float().contiguous(), ref.float().contiguous())
+    if backend != 'auto':
+        raise RuntimeError(f"knn1: backend '{backend}' is not available (build the project's "
+                           f"CUDA extension or mmcv-full with ops), or use backend='torch'")
+    return None
+
+
+def _check_common(query, ref, max_pairs, backend, fn_name):
+    if query.device != ref.device:
+        raise ValueError(f'{fn_name}: inputs are on {query.device} and {ref.device}; '
+                         'move both to the same device')
+    if max_pairs < 1:
+        raise ValueError(f'{fn_name}: max_pairs must be >= 1, got {max_pairs}')
+    if backend not in BACKENDS:
+        raise ValueError(f'{fn_name}: backend must be one of {BACKENDS}, got {backend!r}')
+    if backend in ('csrc', 'mmcv') and not query.is_cuda:
+        raise ValueError(f"{fn_name}: backend '{backend}' needs CUDA tensors; use 'auto' or "
+                         "'torch' on the CPU")
+
+
+def knn1(query, ref, max_pairs=DEFAULT_MAX_PAIRS, backend='auto'):
     """Index of the nearest reference point for every query point (exact, brute force).
 
     Args:
         query (Tensor): [M, 3] points (any consistent unit; the head passes metres).
         ref (Tensor): [K, 3] points on the same device, K >= 1 (M may be 0).
-        max_pairs (int): tile size bound of the pure-PyTorch path; peak extra memory is about
+        max_pairs (int): tile size bound of the PyTorch path; peak extra memory is about
             8 bytes x max_pairs (default 2^24 pairs = 128 MiB).
-        use_mmcv (bool): for CUDA tensors, call ``mmcv.ops.knn`` when it is importable (same
-            semantics, far faster); CPU tensors always use the PyTorch path.
+        backend (str): 'auto' = for CUDA tensors the project's compiled kernel
+            (``models/csrc/knn_cuda.cu``) if built, else ``mmcv.ops.knn`` if built, else the
+            tiled PyTorch path; CPU tensors always take the PyTorch path. 'torch', 'csrc',
+            'mmcv' force one (the compiled ones raise when unavailable).
 
     Returns:
         LongTensor [M]: ``idx[i] = argmin_j |query_i - ref_j|^2`` computed in float32, lowest j
@@ -116,26 +158,22 @@ def knn1(query, ref, max_pairs=DEFAULT_MAX_PAIRS, use_mmcv=True):
     """
     _check_points('query', query)
     _check_points('ref', ref)
-    if query.device != ref.device:
-        raise ValueError(f'knn1: query is on {query.device} but ref is on {ref.device}; '
-                         'move both to the same device')
+    _check_common(query, ref, max_pairs, backend, 'knn1')
     if ref.shape[0] == 0:
         raise ValueError('knn1: `ref` is empty, every query needs at least one reference point '
                          '(skip the matching for empty sets before calling knn1)')
-    if max_pairs < 1:
-        raise ValueError(f'knn1: max_pairs must be >= 1, got {max_pairs}')
     if query.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=query.device)
     with torch.no_grad():
-        if use_mmcv and query.is_cuda:
-            idx = _mmcv_knn1(query, ref)
+        if query.is_cuda and backend != 'torch':
+            idx = _compiled_knn1(query, ref, backend)
             if idx is not None:
                 return idx
         idx, _ = _tiled_nn(query, ref, True, False, max_pairs)
     return idx
 
 
-def knn1_bidirectional(a, b, max_pairs=DEFAULT_MAX_PAIRS, use_mmcv=True):
+def knn1_bidirectional(a, b, max_pairs=DEFAULT_MAX_PAIRS, backend='auto'):
     """Both directions of the Chamfer matching, ``(knn1(a, b), knn1(b, a))``.
 
     The PyTorch path computes each distance tile once and reduces it along both axes, halving
@@ -144,23 +182,20 @@ def knn1_bidirectional(a, b, max_pairs=DEFAULT_MAX_PAIRS, use_mmcv=True):
     Args:
         a (Tensor): [M, 3], M >= 1.
         b (Tensor): [K, 3], K >= 1, same device.
+        max_pairs, backend: as for ``knn1``.
 
     Returns:
         tuple(LongTensor [M], LongTensor [K]): nearest b for each a, nearest a for each b.
     """
     _check_points('a', a)
     _check_points('b', b)
-    if a.device != b.device:
-        raise ValueError(f'knn1_bidirectional: a is on {a.device} but b is on {b.device}; '
-                         'move both to the same device')
+    _check_common(a, b, max_pairs, backend, 'knn1_bidirectional')
     if a.shape[0] == 0 or b.shape[0] == 0:
         raise ValueError(f'knn1_bidirectional: both sets need at least one point, got '
                          f'{a.shape[0]} and {b.shape[0]}')
-    if use_mmcv and a.is_cuda:
-        ab = knn1(a, b, max_pairs, use_mmcv=True)
-        ba = knn1(b, a, max_pairs, use_mmcv=True)
-        return ab, ba
-    if max_pairs < 1:
-        raise ValueError(f'knn1_bidirectional: max_pairs must be >= 1, got {max_pairs}')
     with torch.no_grad():
+        if a.is_cuda and backend != 'torch':
+            ab = _compiled_knn1(a, b, backend)
+            if ab is not None:
+                return ab, _compiled_knn1(b, a, backend)
         return _tiled_nn(a, b, True, True, max_pairs)

@@ -4,6 +4,7 @@ Batch format (docs/architecture.md): `img` uint8 `[B, T*N, 3, H, W]` BGR, frame-
 t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... In online test mode
 only the N key-frame images are given and the history features come from a per-frame cache.
 """
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -114,12 +115,14 @@ class OPS(BaseDetector):
         """
         if fp16 is None:
             fp16 = self.fp16_enabled or self.amp_dtype == torch.bfloat16
-        if fp16 and img.is_cuda:
-            with torch.autocast('cuda', dtype=self.amp_dtype):
+        use_amp = bool(fp16 and img.is_cuda)
+        with warnings.catch_warnings():
+            # mmdet 2.28's ResNet(with_cp=True) calls torch.utils.checkpoint without `use_reentrant`; the
+            # reentrant variant it gets is the original's behaviour, the per-block warning is noise
+            warnings.filterwarnings('ignore', message='torch.utils.checkpoint: the use_reentrant parameter')
+            with torch.autocast(img.device.type, dtype=self.amp_dtype if use_amp else None, enabled=use_amp):
                 feats = self.img_neck(self.img_backbone(img))
-            return [f.float() for f in feats]
-        with torch.autocast(img.device.type, enabled=False):
-            return list(self.img_neck(self.img_backbone(img)))
+        return [f.float() for f in feats]
 
     def extract_feat(self, img, img_metas, fp16=None):
         """`[B, V, 3, H, W]` BGR images -> L levels `[B, V, C, H_l, W_l]` (V = T*N, or N online)."""

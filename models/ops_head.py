@@ -253,9 +253,10 @@ class OPSHead(BaseModule):
 
         if not gt_pts:
             # No occupied voxel in the whole batch: nothing to match. Zero losses that stay
-            # attached to the graph, so distributed training still sees every parameter.
-            zero_pts = points.sum() * 0
-            zero_cls = None if cls_scores is None else cls_scores.sum() * 0
+            # attached to the graph, so distributed training still sees every parameter
+            # (multiplied before summing: a sum of float-max values would overflow to inf).
+            zero_pts = (points * 0).sum()
+            zero_cls = None if cls_scores is None else (cls_scores * 0).sum()
             return zero_cls, zero_pts
 
         num_gts = sum(g.shape[0] for g in gt_pts)

@@ -81,14 +81,33 @@ def test_bad_inputs_raise_clear_errors():
         knn1_bidirectional(torch.zeros(0, 3), torch.zeros(2, 3))
 
 
+def test_backend_choice_is_validated():
+    with pytest.raises(ValueError, match='backend must be one of'):
+        knn1(torch.zeros(2, 3), torch.zeros(2, 3), backend='faiss')
+    with pytest.raises(ValueError, match='needs CUDA tensors'):
+        knn1(torch.zeros(2, 3), torch.zeros(2, 3), backend='csrc')
+
+
+def _backend_available(backend):
+    from models.knn import _load
+    return backend == 'torch' or _load(backend) is not None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
-@pytest.mark.parametrize('use_mmcv', [False, True])
-def test_gpu_matches_cpu(use_mmcv):
+@pytest.mark.parametrize('backend', ['torch', 'csrc', 'mmcv', 'auto'])
+def test_gpu_matches_cpu(backend):
+    if not _backend_available(backend):
+        pytest.skip(f'{backend} kernel not built')
     g = torch.Generator().manual_seed(2)
     a = torch.rand(3000, 3, generator=g) * 80 - 40
     b = torch.rand(2000, 3, generator=g) * 80 - 40
-    ab, ba = knn1_bidirectional(a.cuda(), b.cuda(), use_mmcv=use_mmcv)
-    d = ((a.double()[:, None] - b.double()[None]) ** 2).sum(-1)
+    b[1000:1100] = b[:100]                      # exact duplicates: lowest index must win
+    ab, ba = knn1_bidirectional(a.cuda(), b.cuda(), backend=backend)
     ab_cpu, ba_cpu = knn1_bidirectional(a, b)
+    if backend in ('torch', 'csrc'):
+        # Same fp32 rounding (no FMA) on both sides: identical indices.
+        assert torch.equal(ab.cpu(), ab_cpu) and torch.equal(ba.cpu(), ba_cpu)
+    d = ((a.double()[:, None] - b.double()[None]) ** 2).sum(-1)
     assert torch.allclose(d[torch.arange(3000), ab.cpu()], d[torch.arange(3000), ab_cpu])
     assert torch.allclose(d[ba.cpu(), torch.arange(2000)], d[ba_cpu, torch.arange(2000)])
+    assert not ((ab.cpu() >= 1000) & (ab.cpu() < 1100)).any()

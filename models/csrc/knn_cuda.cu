@@ -26,9 +26,30 @@ constexpr int kThreads = 256;
 constexpr int kQueriesPerThread = 4;
 constexpr int kTile = 1024;  // references per shared-memory tile (16 KB as float4)
 
-__device__ __forceinline__ float squared_distance(float qx, float qy, float qz, const float4 r) {
-  const float dx = qx - r.x, dy = qy - r.y, dz = qz - r.z;
-  return __fadd_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), __fmul_rn(dz, dz));
+// IEEE fp32 arithmetic written out in PTX: the extension is built with --use_fast_math, which
+// would flush denormals (.ftz) and could fuse the products into FMAs; neither happens in PyTorch's
+// eager ops that models/knn.py uses.
+__device__ __forceinline__ float sub_rn(float a, float b) {
+  float r;
+  asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float mul_rn(float a, float b) {
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+  float r;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
+// Bit pattern of a distance: for the non-negative values here (sums of squares, +inf, NaN) it
+// orders like the value, exactly, denormals included; NaN sorts above +inf.
+__device__ __forceinline__ unsigned squared_distance_bits(float qx, float qy, float qz, const float4 r) {
+  const float dx = sub_rn(qx, r.x), dy = sub_rn(qy, r.y), dz = sub_rn(qz, r.z);
+  return __float_as_uint(add_rn(add_rn(mul_rn(dx, dx), mul_rn(dy, dy)), mul_rn(dz, dz)));
 }
 
 // query [M, 3], ref [K, 3] fp32 contiguous; best [M] keys, initialised to all ones.
@@ -42,7 +63,7 @@ knn1_kernel(const float* __restrict__ query, const float* __restrict__ ref, cons
 
   const int64_t q_base = static_cast<int64_t>(blockIdx.x) * (kThreads * kQueriesPerThread) + threadIdx.x;
   float qx[kQueriesPerThread], qy[kQueriesPerThread], qz[kQueriesPerThread];
-  float bd[kQueriesPerThread];
+  unsigned bd[kQueriesPerThread];  // best distance, as bits
   int bi[kQueriesPerThread];
 #pragma unroll
   for (int j = 0; j < kQueriesPerThread; ++j) {
@@ -51,9 +72,9 @@ knn1_kernel(const float* __restrict__ query, const float* __restrict__ ref, cons
     qx[j] = valid ? query[3 * q] : 0.f;
     qy[j] = valid ? query[3 * q + 1] : 0.f;
     qz[j] = valid ? query[3 * q + 2] : 0.f;
-    // Starting from (inf, first index) keeps the "lowest index" rule when every distance is
+    // Starting from (+inf, first index) keeps the "lowest index" rule when every distance is
     // infinite; NaN distances never compare smaller and are therefore never chosen.
-    bd[j] = INFINITY;
+    bd[j] = 0x7f800000u;
     bi[j] = r_begin;
   }
 
@@ -70,7 +91,7 @@ knn1_kernel(const float* __restrict__ query, const float* __restrict__ ref, cons
       const float4 r = tile[i];
 #pragma unroll
       for (int j = 0; j < kQueriesPerThread; ++j) {
-        const float d = squared_distance(qx[j], qy[j], qz[j], r);
+        const unsigned d = squared_distance_bits(qx[j], qy[j], qz[j], r);
         // Strict '<' in increasing index order: the first of equal distances is kept.
         if (d < bd[j]) {
           bd[j] = d;
@@ -85,7 +106,7 @@ knn1_kernel(const float* __restrict__ query, const float* __restrict__ ref, cons
     const int64_t q = q_base + j * kThreads;
     if (q < M) {
       const unsigned long long key =
-          (static_cast<unsigned long long>(__float_as_uint(bd[j])) << 32) | static_cast<unsigned>(bi[j]);
+          (static_cast<unsigned long long>(bd[j]) << 32) | static_cast<unsigned>(bi[j]);
       atomicMin(best + q, key);
     }
   }

@@ -107,14 +107,15 @@ __device__ __forceinline__ void atomic_add_vec(float* p, const float (&g)[V]) {
 #pragma unroll
     for (int i = 0; i < V; i += 4)
       atomicAdd(reinterpret_cast<float4*>(p + i), make_float4(g[i], g[i + 1], g[i + 2], g[i + 3]));
-    return;
-  } else if constexpr (V == 2) {
-    atomicAdd(reinterpret_cast<float2*>(p), make_float2(g[0], g[1]));
-    return;
-  }
-#endif
+  } else if constexpr (V % 2 == 0) {
 #pragma unroll
-  for (int i = 0; i < V; ++i) atomicAdd(p + i, g[i]);
+    for (int i = 0; i < V; i += 2) atomicAdd(reinterpret_cast<float2*>(p + i), make_float2(g[i], g[i + 1]));
+  } else
+#endif
+  {
+#pragma unroll
+    for (int i = 0; i < V; ++i) atomicAdd(p + i, g[i]);
+  }
 }
 
 template <int V>

@@ -1,0 +1,111 @@
+"""Python face of the CUDA extension ``models.csrc._msmv_sampling_cuda``.
+
+* :func:`msmv_sampling_cuda` - multi-scale multi-view bilinear sampling (spec 5.1) with autograd;
+  ``models.csrc.wrapper.msmv_sampling`` dispatches here for CUDA tensors.
+* :func:`knn1_cuda` - exact 1-nearest-neighbour indices for the head's matching (spec 4.2).
+
+Build the extension with ``cd models/csrc && python setup.py build_ext --inplace`` (or
+``pip install -e .`` with a CUDA toolkit). Importing this module never fails; the functions raise
+a clear error when the extension is missing.
+"""
+import torch
+from torch.autograd.function import once_differentiable
+
+try:
+    from . import _msmv_sampling_cuda as _ext
+    _IMPORT_ERROR = None
+except ImportError as err:  # not built, or built against another torch
+    _ext = None
+    _IMPORT_ERROR = err
+
+__all__ = ['msmv_sampling_cuda', 'knn1_cuda', 'extension_available', 'MAX_LEVELS']
+
+MAX_LEVELS = _ext.MAX_LEVELS if _ext is not None else 6
+
+
+def extension_available():
+    """True when the compiled extension imported."""
+    return _ext is not None
+
+
+def _require_ext(what):
+    if _ext is None:
+        raise RuntimeError(
+            f'{what}: the CUDA extension models.csrc._msmv_sampling_cuda is not available '
+            f'({_IMPORT_ERROR}); build it with `cd models/csrc && FORCE_CUDA=1 python setup.py '
+            f'build_ext --inplace`, or use models.csrc.wrapper.msmv_sampling (PyTorch fallback).')
+
+
+class MSMVSamplingCUDA(torch.autograd.Function):
+    """Autograd wrapper of the CUDA kernels; inputs must already be prepared (see
+    :func:`msmv_sampling_cuda`). Argument order puts the variable-length level list last."""
+
+    @staticmethod
+    def forward(ctx, sampling_locations, scale_weights, *mlvl_feats):
+        out = _ext.msmv_forward(list(mlvl_feats), sampling_locations, scale_weights)
+        ctx.save_for_backward(sampling_locations, scale_weights, *mlvl_feats)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        loc, weights, *feats = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        # Feature gradients are the scattered (atomic) part of the cost; skip them when unused.
+        feat_grad = any(need[2:])
+        grads = _ext.msmv_backward(feats, loc, weights, grad_output.contiguous(), feat_grad)
+        grad_loc = grads[0] if need[0] else None
+        grad_weights = grads[1] if need[1] else None
+        if feat_grad:
+            grad_feats = [g if n else None for g, n in zip(grads[2:], need[2:])]
+        else:
+            grad_feats = [None] * len(feats)
+        return (grad_loc, grad_weights, *grad_feats)
+
+
+def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
+    """Sample L feature levels at one view per point and blend the levels.
+
+    Args:
+        mlvl_feats (list[Tensor]): L (1..6) channel-last CUDA tensors ``[BB, N, H_l, W_l, C]``
+            (BB = B*T*G, N views), all float32, all float64, all float16 or all bfloat16.
+        sampling_locations (Tensor): ``[BB, Q, P, 3]`` = (u, v, view/(N-1)), normalised to [0, 1]
+            of the image (u along W, v along H). Cast to float32 (float64 for float64 features).
+        scale_weights (Tensor): ``[BB, Q, P, L]`` level weights. Cast like the locations.
+
+    Returns:
+        Tensor ``[BB, Q, C, P]`` in the features' dtype (accumulated in fp32, fp64 for fp64):
+        ``sum_l w_l * bilinear(feat_l[bb, round(view*(N-1))], v*(H_l-1), u*(W_l-1))`` with
+        align_corners=True pixel centres and zero padding (no contribution outside
+        (-1, H_l) x (-1, W_l)). Gradients flow to every level, to u and v, and to the weights;
+        the view coordinate gets zero gradient. A view coordinate outside [0, 1] is clamped to
+        the first / last view (the published op does not guard it).
+    """
+    _require_ext('msmv_sampling_cuda')
+    if not isinstance(mlvl_feats, (list, tuple)) or not 1 <= len(mlvl_feats) <= MAX_LEVELS:
+        raise ValueError(f'msmv_sampling_cuda: `mlvl_feats` must be a list of 1 to {MAX_LEVELS} '
+                         f'[BB, N, H, W, C] tensors, got {type(mlvl_feats).__name__} of length '
+                         f'{len(mlvl_feats) if isinstance(mlvl_feats, (list, tuple)) else "-"}')
+    feats = [f.contiguous() for f in mlvl_feats]
+    acc = torch.float64 if feats[0].dtype == torch.float64 else torch.float32
+    # Casting here (not inside the Function) lets autograd return gradients in the caller's dtype.
+    loc = sampling_locations.to(acc).contiguous()
+    weights = scale_weights.to(acc).contiguous()
+    return MSMVSamplingCUDA.apply(loc, weights, *feats)
+
+
+def knn1_cuda(query, ref):
+    """Exact nearest neighbour: for each query point, the index of the closest reference point.
+
+    Args:
+        query (Tensor): ``[M, 3]`` float32 CUDA, points (any common frame and unit, e.g. metres).
+        ref (Tensor): ``[K, 3]`` float32 CUDA, K >= 1.
+
+    Returns:
+        int64 ``[M]``: argmin_j of ``((dx*dx + dy*dy) + dz*dz)`` in IEEE fp32 (the rounding of
+        ``models.knn.knn1``), lowest index on ties. Reference points at NaN distance are never
+        chosen; a query with NaN coordinates gets index 0.
+        Not differentiable (matching only).
+    """
+    _require_ext('knn1_cuda')
+    return _ext.knn1(query.contiguous(), ref.contiguous())
