@@ -11,6 +11,7 @@ images per sample), each on every W-th sample as mmdet's DistributedSampler deal
 are gathered through a temporary folder on CPU and rank 0 evaluates.
 """
 import argparse
+import json
 import logging
 import os
 import os.path as osp
@@ -31,7 +32,9 @@ def parse_args(argv=None):
     from mmcv import DictAction
     parser = argparse.ArgumentParser(description='Evaluate OPS (Occ3D mIoU and RayIoU)')
     parser.add_argument('--config', required=True, help='model/data config file')
-    parser.add_argument('--weights', help='checkpoint to evaluate (required unless --load-preds)')
+    parser.add_argument('--weights', help='checkpoint to evaluate (required unless --load-preds or --random-init)')
+    parser.add_argument('--random-init', action='store_true',
+                        help='evaluate the randomly initialised model (seed 0) instead of a checkpoint: a baseline')
     parser.add_argument('--batch_size', '--batch-size', type=int, default=1,
                         help='samples per process and step; inference supports 1 (as the original)')
     parser.add_argument('--save-dir', help='also write one <sample token>.npz per prediction here')
@@ -42,13 +45,15 @@ def parse_args(argv=None):
                         help='auto = CUDA when available (one GPU per process), else CPU')
     parser.add_argument('--workers', type=int, default=None,
                         help='data-loading workers per process (default: config data.workers_per_gpu)')
+    parser.add_argument('--summary-json', help='also write the metrics dict (mIoU percent, RayIoU fractions) here')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help='set by torch.distributed.launch; torchrun uses the LOCAL_RANK variable')
     args = parser.parse_args(argv)
-    if args.load_preds and args.weights:
-        parser.error('give either --weights (run the model) or --load-preds (evaluate saved predictions), not both')
-    if not args.load_preds and not args.weights:
-        parser.error('--weights is required (or --load-preds DIR to evaluate saved predictions)')
+    sources = [name for name, given in (('--weights', args.weights), ('--load-preds', args.load_preds),
+                                        ('--random-init', args.random_init)) if given]
+    if len(sources) != 1:
+        parser.error('give exactly one of --weights CKPT (run the model), --load-preds DIR (evaluate saved '
+                     f'predictions) or --random-init (untrained baseline); got {sources or "none"}')
     if args.weights and not osp.isfile(args.weights):
         parser.error(f'--weights: checkpoint not found: {args.weights}')
     if args.batch_size != 1:
@@ -60,11 +65,23 @@ def parse_args(argv=None):
     return args
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time of the message (it may be redirected after setup)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def make_logger(rank):
     """Rank 0 logs to stdout; other ranks only log errors."""
     logger = logging.getLogger('ops.val')
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter('[%(asctime)s][%(levelname)s] - %(message)s', '%H:%M:%S'))
         logger.addHandler(handler)
         logger.propagate = False
@@ -73,37 +90,10 @@ def make_logger(rank):
 
 
 def load_weights(model, path, logger):
-    """Strict checkpoint loading through the model code's loader (models/weights.py)."""
-    try:
-        from models.weights import load_checkpoint_strict
-    except ImportError:
-        load_checkpoint_strict = _load_checkpoint_strict_local
+    """Strict checkpoint loading (models/weights.py: names and shapes must match exactly)."""
+    from models.weights import load_checkpoint_strict
     load_checkpoint_strict(model, path)
     logger.info(f'loaded {path}')
-
-
-def _load_checkpoint_strict_local(model, path):
-    """Fallback strict loader: `{'state_dict': ...}` or a bare state dict, `module.` prefixes stripped."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f'{path} holds no state dict (expected {{"state_dict": ...}} or a dict of tensors)')
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mismatched:
-        def head(keys):
-            return ', '.join(keys[:10]) + (f' ... (+{len(keys) - 10})' if len(keys) > 10 else '')
-        raise RuntimeError(
-            f'checkpoint {path} does not match the model built from the config:\n'
-            f'  missing keys ({len(missing)}): {head(missing)}\n'
-            f'  unexpected keys ({len(unexpected)}): {head(unexpected)}\n'
-            f'  shape mismatches ({len(mismatched)}): '
-            + head([f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched])
-            + '\n  Use the config of the variant the checkpoint was trained with (T/S/M/L).')
-    model.load_state_dict(state, strict=True)
 
 
 def sampler_indices(num_samples, rank, world_size):
@@ -168,9 +158,14 @@ def collect_results_cpu(result_part, size, tmpdir=None):
 
 
 def build_model(cfg, weights, device, world_size, logger):
+    """The detector from `cfg.model` with `weights` loaded strictly (None: random init, seed 0)."""
     from mmdet.models import build_detector
     model = build_detector(cfg.model)
-    load_weights(model, weights, logger)
+    if weights is None:
+        model.init_weights()
+        logger.info('no checkpoint: evaluating the randomly initialised model (--random-init)')
+    else:
+        load_weights(model, weights, logger)
     model.to(device).eval()
     # The original enables fp16 for evaluation; it only takes effect in offline (multi-process)
     # mode, where the backbone runs under CUDA autocast. The online mode runs fp32 (spec 3.7).
@@ -179,20 +174,25 @@ def build_model(cfg, weights, device, world_size, logger):
 
 
 @torch.no_grad()
-def run_inference(model, data_loader, indices, device, rank, data_infos, save_dir=None):
-    """Run the model over this rank's samples; returns the compacted results in sampler order."""
+def run_inference(model, data_loader, indices, device, rank, data_infos, save_dir=None, save_count=None):
+    """Run the model over this rank's samples; returns the compacted results in sampler order.
+
+    Only the first `save_count` results are written to `save_dir`: the rest are the sampler's padding,
+    copies of samples another rank writes (two processes must not write one file at once).
+    """
     from mmcv.parallel import scatter
     from tqdm import tqdm
     target = [device.index if device.type == 'cuda' else -1]
     results = []
     bar = tqdm(total=len(indices), desc='inference', dynamic_ncols=True, disable=rank != 0)
-    for index, data in zip(indices, data_loader):
+    save_count = len(indices) if save_count is None else save_count
+    for position, (index, data) in enumerate(zip(indices, data_loader)):
         data = scatter(data, target)[0]
         outputs = model(return_loss=False, rescale=True, **data)
         if len(outputs) != 1:
             raise RuntimeError(f'the model returned {len(outputs)} results for one sample')
         result = compact_result(outputs[0])
-        if save_dir is not None:
+        if save_dir is not None and position < save_count:
             save_prediction(osp.join(save_dir, f'{data_infos[index]["token"]}.npz'), result)
         results.append(result)
         bar.update(1)
@@ -213,9 +213,11 @@ def main(argv=None):
     args = parse_args(argv)
     from engine.config import load_config
     from engine.dist import init_distributed
+    # Every rank reads the config before joining the process group, so a bad config stops all of
+    # them instead of leaving the others waiting at a barrier.
+    cfg = load_config(args.config, args.cfg_options, required=('model', 'data'))
     rank, world_size, device = init_distributed(args.device)
     logger = make_logger(rank)
-    cfg = load_config(args.config, args.cfg_options, required=('model', 'data'))
     if args.workers is not None:
         cfg.data.workers_per_gpu = args.workers
 
@@ -240,9 +242,14 @@ def main(argv=None):
         model = build_model(cfg, args.weights, device, world_size, logger)
         data_loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get('workers_per_gpu', 4),
                                        num_gpus=1, dist=world_size > 1, shuffle=False)
-        indices = sampler_indices(len(dataset), rank, world_size)
+        indices = list(iter(data_loader.sampler))
+        if indices != sampler_indices(len(dataset), rank, world_size):
+            raise RuntimeError('the data loader does not deal samples like mmdet\'s DistributedSampler(shuffle=False); '
+                               'collect_results_cpu could not restore the dataset order')
+        # padded position of item k on this rank: k * world_size + rank; < len(dataset) = a real sample
+        real = sum(1 for k in range(len(indices)) if k * world_size + rank < len(dataset))
         start = time.time()
-        part = run_inference(model, data_loader, indices, device, rank, data_infos, args.save_dir)
+        part = run_inference(model, data_loader, indices, device, rank, data_infos, args.save_dir, real)
         logger.info(f'inference: {len(part)} samples on rank {rank} in {time.time() - start:.1f} s')
         results = collect_results_cpu(part, len(dataset))
         if args.save_dir:
@@ -252,11 +259,22 @@ def main(argv=None):
     if rank == 0:
         metrics = evaluate_occupancy(results, data_infos, occ_root, logger=logger, device=device)
         logger.info(format_summary(metrics))
+        if args.summary_json:
+            os.makedirs(osp.dirname(osp.abspath(args.summary_json)), exist_ok=True)
+            with open(args.summary_json, 'w') as f:
+                json.dump(dict(metrics, config=args.config, weights=args.weights, num_samples=len(data_infos)), f,
+                          indent=2)
     if world_size > 1:
-        dist.barrier()
+        # No barrier here: the other ranks would wait (and could time out) while rank 0 evaluates.
         dist.destroy_process_group()
     return metrics
 
 
 if __name__ == '__main__':
-    main()
+    from engine.config import ConfigError
+    from models.weights import CheckpointMismatchError
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, CheckpointMismatchError) as exc:
+        # Problems the user fixes by changing a path or a flag: the message, not a traceback.
+        sys.exit(f'val.py: error: {exc}')

@@ -111,6 +111,17 @@ class OccMIoU:
         """mIoU in percent over the semantic classes (free excluded), rounded to 2 decimals like Occ3D."""
         return round(nanmean_or_nan(self.per_class_iou()[:-1]) * 100, 2)
 
+    def table(self):
+        """Per-class IoU (percent, 2 decimals) as a PrettyTable with a MEAN row."""
+        from prettytable import PrettyTable
+        ious = self.per_class_iou()
+        table = PrettyTable(['Class Names', 'IoU (%)'])
+        table.float_format = '.2'
+        for i, (name, iou) in enumerate(zip(self.class_names[:-1], ious[:-1])):
+            table.add_row([name, iou * 100], divider=(i == len(self.class_names) - 2))
+        table.add_row(['MEAN', self.miou()])
+        return table.get_string()
+
     def summary_lines(self):
         """The Occ3D printout: one line per semantic class, then the mIoU."""
         ious = self.per_class_iou()

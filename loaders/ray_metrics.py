@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .occ_metrics import FREE_LABEL, OCC_CLASS_NAMES, check_label_grid, log_msg, nanmean_or_nan
+from .occ_metrics import OCC_CLASS_NAMES, check_label_grid, nanmean_or_nan
 
 OCC3D_PC_RANGE = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
 OCC3D_VOXEL_SIZE = 0.4
@@ -371,6 +371,3 @@ class RayIoU:
         summary = self.summary()
         table.add_row(['MEAN'] + [summary[f'RayIoU@{tau:g}'] for tau in self.thresholds])
         return table.get_string()
-
-    def log(self, logger=None):
-        log_msg(self.table(), logger)

@@ -137,6 +137,17 @@ def test_summary_lines_follow_the_occ3d_printout():
     assert OCC_CLASS_NAMES[-1] == 'free' and len(OCC_CLASS_NAMES) == 18
 
 
+def test_table():
+    pred, gt = hand_case()
+    metric = OccMIoU()
+    metric.add_batch(pred, gt, np.ones_like(gt, dtype=bool))
+    rows = [line for line in metric.table().splitlines() if line.startswith('|')]
+    assert rows[0].split('|')[1].strip() == 'Class Names' and len(rows) == 1 + 17 + 1
+    assert rows[2].split('|')[2].strip() == '33.33'    # barrier
+    assert rows[3].split('|')[2].strip() == 'nan'      # bicycle
+    assert rows[-1].split('|')[1].strip() == 'MEAN' and rows[-1].split('|')[2].strip() == '44.44'
+
+
 def test_bad_inputs_name_the_problem():
     gt = np.zeros((2, 2, 2), np.uint8)
     metric = OccMIoU()

@@ -12,8 +12,9 @@
 // For non-negative floats the bit pattern orders like the value, so the minimum key is the smallest
 // distance and, among equal distances, the lowest index.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -117,7 +118,7 @@ knn1_kernel(const float* __restrict__ query, const float* __restrict__ ref, cons
 // query [M, 3], ref [K, 3]: fp32, contiguous, same CUDA device, K >= 1 (checked by the caller).
 // Returns int64 [M]: index of the nearest reference of each query.
 at::Tensor knn1_launch(const at::Tensor& query, const at::Tensor& ref) {
-  const at::cuda::CUDAGuard guard(query.device());
+  const c10::cuda::CUDAGuard guard(query.device());
   const int64_t M = query.size(0), K = ref.size(0);
   // All ones = the largest key; every query is then lowered at least by the split holding index 0.
   auto keys = at::full({M}, -1, query.options().dtype(at::kLong));
@@ -130,15 +131,16 @@ at::Tensor knn1_launch(const at::Tensor& query, const at::Tensor& ref) {
   TORCH_CHECK(q_blocks <= INT32_MAX, "knn1_cuda: too many queries");
   int resident = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, knn1_kernel, kThreads, 0));
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, query.get_device()));
   // As many reference splits as keep one full wave of blocks busy, none smaller than a tile.
-  int64_t splits = std::max<int64_t>(1, (sms * std::max(resident, 1)) / q_blocks);
+  int64_t splits = std::max<int64_t>(1, (static_cast<int64_t>(sms) * std::max(resident, 1)) / q_blocks);
   splits = std::min<int64_t>({splits, (K + kTile - 1) / kTile, 65535});
   const int64_t refs_per_split = (K + splits - 1) / splits;
   splits = (K + refs_per_split - 1) / refs_per_split;
 
   const dim3 grid(static_cast<unsigned>(q_blocks), static_cast<unsigned>(splits));
-  knn1_kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  knn1_kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       query.data_ptr<float>(), ref.data_ptr<float>(), static_cast<int>(M), static_cast<int>(K),
       static_cast<int>(refs_per_split), reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -4,36 +4,22 @@
   ``models.csrc.wrapper.msmv_sampling`` dispatches here for CUDA tensors.
 * :func:`knn1_cuda` - exact 1-nearest-neighbour indices for the head's matching (spec 4.2).
 
-Build the extension with ``cd models/csrc && python setup.py build_ext --inplace`` (or
-``pip install -e .`` with a CUDA toolkit). Importing this module never fails; the functions raise
-a clear error when the extension is missing.
+Importing this module raises ImportError when the extension is not built (callers fall back to
+PyTorch on that signal). Build it with ``cd models/csrc && FORCE_CUDA=1 python setup.py build_ext
+--inplace`` (or ``pip install -e .`` where a CUDA toolkit is present).
 """
 import torch
 from torch.autograd.function import once_differentiable
 
 try:
     from . import _msmv_sampling_cuda as _ext
-    _IMPORT_ERROR = None
-except ImportError as err:  # not built, or built against another torch
-    _ext = None
-    _IMPORT_ERROR = err
+except ImportError as err:  # not built, or built against another torch / CUDA
+    raise ImportError(f'models.csrc._msmv_sampling_cuda is not available ({err}); build it with '
+                      f'`cd models/csrc && FORCE_CUDA=1 python setup.py build_ext --inplace`') from err
 
-__all__ = ['msmv_sampling_cuda', 'knn1_cuda', 'extension_available', 'MAX_LEVELS']
+__all__ = ['msmv_sampling_cuda', 'knn1_cuda', 'MAX_LEVELS']
 
-MAX_LEVELS = _ext.MAX_LEVELS if _ext is not None else 6
-
-
-def extension_available():
-    """True when the compiled extension imported."""
-    return _ext is not None
-
-
-def _require_ext(what):
-    if _ext is None:
-        raise RuntimeError(
-            f'{what}: the CUDA extension models.csrc._msmv_sampling_cuda is not available '
-            f'({_IMPORT_ERROR}); build it with `cd models/csrc && FORCE_CUDA=1 python setup.py '
-            f'build_ext --inplace`, or use models.csrc.wrapper.msmv_sampling (PyTorch fallback).')
+MAX_LEVELS = _ext.MAX_LEVELS  # feature levels one call accepts
 
 
 class MSMVSamplingCUDA(torch.autograd.Function):
@@ -81,7 +67,6 @@ def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
         the view coordinate gets zero gradient. A view coordinate outside [0, 1] is clamped to
         the first / last view (the published op does not guard it).
     """
-    _require_ext('msmv_sampling_cuda')
     if not isinstance(mlvl_feats, (list, tuple)) or not 1 <= len(mlvl_feats) <= MAX_LEVELS:
         raise ValueError(f'msmv_sampling_cuda: `mlvl_feats` must be a list of 1 to {MAX_LEVELS} '
                          f'[BB, N, H, W, C] tensors, got {type(mlvl_feats).__name__} of length '
@@ -107,5 +92,4 @@ def knn1_cuda(query, ref):
         chosen; a query with NaN coordinates gets index 0.
         Not differentiable (matching only).
     """
-    _require_ext('knn1_cuda')
     return _ext.knn1(query.contiguous(), ref.contiguous())

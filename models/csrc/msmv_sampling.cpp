@@ -17,8 +17,8 @@ at::Tensor knn1_launch(const at::Tensor& query, const at::Tensor& ref);
 
 namespace {
 
-constexpr const char* kFix = " (models.csrc.msmv_cuda.msmv_sampling_cuda prepares inputs; "
-                             "models.csrc.wrapper.msmv_sampling also handles CPU tensors)";
+// Direct callers of the extension get this hint; msmv_cuda.msmv_sampling_cuda never trips these.
+constexpr const char* kFix = " (models.csrc.msmv_cuda.msmv_sampling_cuda casts and makes inputs contiguous)";
 
 void check_sampling_inputs(const std::vector<at::Tensor>& feats, const at::Tensor& loc,
                            const at::Tensor& wts) {
@@ -27,7 +27,7 @@ void check_sampling_inputs(const std::vector<at::Tensor>& feats, const at::Tenso
               "msmv_sampling: expected 1 to ", max_levels, " feature levels, got ", feats.size());
   const auto& f0 = feats[0];
   TORCH_CHECK(f0.is_cuda(), "msmv_sampling: features must be CUDA tensors, level 0 is on ", f0.device(),
-              kFix);
+              "; models.csrc.wrapper.msmv_sampling runs the PyTorch fallback for CPU tensors");
   const auto dtype = f0.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
               "msmv_sampling: features must be float32, float64, float16 or bfloat16, got ", dtype);

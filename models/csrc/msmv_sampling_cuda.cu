@@ -15,8 +15,9 @@
 // gradients are warp reductions written by one lane: no atomics and no contention on them.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -445,13 +446,13 @@ LevelArgs<store_t, acc_t> make_levels(const std::vector<at::Tensor>& feats,
 
 at::Tensor msmv_forward_launch(const std::vector<at::Tensor>& feats, const at::Tensor& loc,
                                const at::Tensor& wts) {
-  const at::cuda::CUDAGuard guard(feats[0].device());
+  const c10::cuda::CUDAGuard guard(feats[0].device());
   const auto& f0 = feats[0];
   auto out = at::empty({loc.size(0), loc.size(1), f0.size(4), loc.size(2)}, f0.options());
   const int64_t rows = loc.size(0) * loc.size(1);
   if (out.numel() == 0) return out;
   TORCH_CHECK(rows <= INT32_MAX, "msmv_sampling: BB * Q = ", rows, " exceeds the grid limit 2^31-1");
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, f0.scalar_type(),
                                   "msmv_forward", [&] {
@@ -478,7 +479,7 @@ at::Tensor msmv_forward_launch(const std::vector<at::Tensor>& feats, const at::T
 std::vector<at::Tensor> msmv_backward_launch(const std::vector<at::Tensor>& feats, const at::Tensor& loc,
                                              const at::Tensor& wts, const at::Tensor& grad_out,
                                              bool feat_grad) {
-  const at::cuda::CUDAGuard guard(feats[0].device());
+  const c10::cuda::CUDAGuard guard(feats[0].device());
   const auto& f0 = feats[0];
   const auto acc_type = f0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   // The kernel writes every element of these when it runs; zeros cover the empty cases.
@@ -492,7 +493,7 @@ std::vector<at::Tensor> msmv_backward_launch(const std::vector<at::Tensor>& feat
   const int64_t rows = loc.size(0) * loc.size(1);
   if (launch) {
     TORCH_CHECK(rows <= INT32_MAX, "msmv_sampling: BB * Q = ", rows, " exceeds the grid limit 2^31-1");
-    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, f0.scalar_type(),
                                     "msmv_backward", [&] {
       using store_t = typename Traits<scalar_t>::store_t;

@@ -1,0 +1,228 @@
+"""Loading steps: key-frame images, past camera sweeps with their projection matrices, Occ3D labels.
+
+Frames: `lidar2img` maps homogeneous points of the *current key frame's LiDAR* frame to pixels
+(rows (u*d, v*d, d, 1)); images are BGR uint8 [H, W, 3]. Lists are frame-major: index t*N + n,
+t = 0 current key frame, t = 1..T-1 increasingly older, n in CAMERA_TYPES order.
+"""
+import os.path as osp
+
+import numpy as np
+from mmcv.runner import get_dist_info
+from mmdet.datasets.builder import PIPELINES
+
+from .image_io import BACKENDS, imread_bgr, missing_file_message
+
+CAMERA_TYPES = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
+
+
+def compose_lidar2img(ego2global_translation_curr, ego2global_rotation_curr, lidar2ego_translation_curr,
+                      lidar2ego_rotation_curr, sensor2global_translation_past, sensor2global_rotation_past,
+                      cam_intrinsic_past):
+    """Projection of a past camera image seen from the current key frame's LiDAR (spec 6.3).
+
+    Args:
+        *_rotation_curr: 3x3 rotations (column convention) ego->global and lidar->ego of the
+            current key frame; *_translation_curr: their translations (metres).
+        sensor2global_rotation_past: 3x3 ROW-convention rotation stored by gen_sweep_info.py (the
+            transpose of camera->global); sensor2global_translation_past: camera centre (global).
+        cam_intrinsic_past: 3x3.
+    Returns:
+        float32 [4, 4] lidar2img = K_pad @ inverse(camera -> current LiDAR).
+    """
+    lidar2global = np.eye(4)
+    lidar2global[:3, :3] = np.asarray(ego2global_rotation_curr) @ np.asarray(lidar2ego_rotation_curr)
+    lidar2global[:3, 3] = np.asarray(ego2global_rotation_curr) @ np.asarray(lidar2ego_translation_curr) + \
+        np.asarray(ego2global_translation_curr)
+    cam2global = np.eye(4)
+    cam2global[:3, :3] = np.asarray(sensor2global_rotation_past)
+    cam2global[:3, 3] = sensor2global_translation_past
+    cam2lidar = np.linalg.inv(lidar2global) @ cam2global
+    return (intrinsic_pad(cam_intrinsic_past) @ rigid_inverse(cam2lidar)).astype(np.float32)
+
+
+def intrinsic_pad(intrinsic):
+    k = np.eye(4)
+    k[:3, :3] = intrinsic
+    return k
+
+
+def rigid_inverse(transform):
+    """Inverse of a 4x4 rigid transform (exact transpose of the rotation block)."""
+    inv = np.eye(4)
+    inv[:3, :3] = transform[:3, :3].T
+    inv[:3, 3] = -transform[:3, :3].T @ transform[:3, 3]
+    return inv
+
+
+@PIPELINES.register_module()
+class LoadMultiViewImageFromFiles:
+    """Load the N key-frame images of `results['img_filename']` (mmdet3d's step of the same name).
+
+    Adds `img` (list of N BGR uint8 [H, W, 3], float32 if to_float32), `filename`, `img_shape`,
+    `ori_shape`, `pad_shape` (lists of (H, W, 3)), `scale_factor` 1.0, `img_norm_cfg` (identity).
+    """
+
+    def __init__(self, to_float32=False, color_type='color', backend='auto'):
+        if color_type != 'color':
+            raise ValueError(f'LoadMultiViewImageFromFiles: color_type={color_type!r} is not supported; the method '
+                             f'uses colour images (color_type="color")')
+        if backend not in BACKENDS:
+            raise ValueError(f'LoadMultiViewImageFromFiles: unknown backend {backend!r}; choose one of {BACKENDS}')
+        self.to_float32 = to_float32
+        self.color_type = color_type
+        self.backend = backend
+
+    def __call__(self, results):
+        filenames = results['img_filename']
+        imgs = [imread_bgr(name, self.backend) for name in filenames]
+        if self.to_float32:
+            imgs = [img.astype(np.float32) for img in imgs]
+        results['filename'] = list(filenames)
+        results['img'] = imgs
+        results['img_shape'] = [img.shape for img in imgs]
+        results['ori_shape'] = [img.shape for img in imgs]
+        results['pad_shape'] = [img.shape for img in imgs]
+        results['scale_factor'] = 1.0
+        results['img_norm_cfg'] = dict(mean=np.zeros(3, dtype=np.float32), std=np.ones(3, dtype=np.float32),
+                                       to_rgb=False)
+        results.setdefault('img_fields', []).append('img')
+        return results
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}(to_float32={self.to_float32}, color_type={self.color_type!r})'
+
+
+@PIPELINES.register_module()
+class LoadMultiViewImageFromMultiSweeps:
+    """Append `sweeps_num` past frames (N images each) chosen from `results['cam_sweeps']['prev']`.
+
+    Frame choice (spec 6.3), L = number of history entries (6 per key-frame interval):
+    * L == 0: the current frame is repeated;
+    * test_mode: entries (k+1)*test_interval - 1 (the previous key frames), clamped to L-1;
+    * training, L <= sweeps_num: all entries, the last one repeated;
+    * training, L > sweeps_num: interval ~ randint[min(max_int, lo), max_int] with
+      max_int = min(L // sweeps_num, hi), (lo, hi) = train_interval; entries (k+1)*interval - 1.
+    An entry with fewer than N cameras is replaced by the one before it.
+
+    Online mode (test mode in a single process, spec 3.7): the past images are not loaded (the model
+    takes their features from its cache), but `filename`, `img_timestamp` and `lidar2img` still get
+    all T*N entries. `online=None` decides from the world size when the step is built, True/False
+    forces it (only allowed in test mode).
+    """
+
+    def __init__(self, sweeps_num=7, color_type='color', test_mode=False, train_interval=(4, 8), test_interval=6,
+                 online=None, backend='auto'):
+        if sweeps_num < 0:
+            raise ValueError(f'sweeps_num must be >= 0, got {sweeps_num}')
+        if color_type != 'color':
+            raise ValueError(f'LoadMultiViewImageFromMultiSweeps: color_type={color_type!r} is not supported')
+        if len(train_interval) != 2 or not 1 <= train_interval[0] <= train_interval[1]:
+            raise ValueError(f'train_interval must be (lo, hi) with 1 <= lo <= hi, got {train_interval}')
+        if online and not test_mode:
+            raise ValueError('online=True only exists in test mode (training always loads every frame); '
+                             'set test_mode=True or online=False')
+        self.sweeps_num = sweeps_num
+        self.test_mode = test_mode
+        self.train_interval = tuple(train_interval)
+        self.test_interval = test_interval
+        self.backend = backend
+        if online is None:
+            online = test_mode and get_dist_info()[1] == 1
+        self.online = bool(online)
+        if self.online and test_interval % 6 != 0:
+            raise ValueError(f'online mode needs test_interval to be a multiple of 6 (whole key frames, whose '
+                             f'features the model caches), got {test_interval}')
+
+    def choose(self, num_history):
+        """Indices into the history list (ascending, nearest first)."""
+        if num_history == 0:
+            return []
+        if self.test_mode:
+            choices = [(k + 1) * self.test_interval - 1 for k in range(self.sweeps_num)]
+        elif num_history <= self.sweeps_num:
+            choices = list(range(num_history)) + [num_history - 1] * (self.sweeps_num - num_history)
+        else:
+            max_int = min(num_history // self.sweeps_num, self.train_interval[1])
+            min_int = min(max_int, self.train_interval[0])
+            interval = np.random.randint(min_int, max_int + 1)
+            choices = [(k + 1) * interval - 1 for k in range(self.sweeps_num)]
+        return sorted(min(c, num_history - 1) for c in choices)
+
+    def __call__(self, results):
+        if self.sweeps_num == 0:
+            return results
+        num_cams = len(results['img_filename'])
+        history = results['cam_sweeps']['prev']
+        if not history:
+            # first sample of a scene: the current frame stands in for every past frame
+            for _ in range(self.sweeps_num):
+                for j in range(num_cams):
+                    if not self.online:
+                        results['img'].append(results['img'][j].copy())
+                    results['img_timestamp'].append(results['img_timestamp'][j])
+                    results['filename'].append(results['filename'][j])
+                    results['lidar2img'].append(np.copy(results['lidar2img'][j]))
+            return results
+        e2g_t, e2g_r = results['ego2global_translation'], results['ego2global_rotation']
+        l2e_t, l2e_r = results['lidar2ego_translation'], results['lidar2ego_rotation']
+        for idx in self.choose(len(history)):
+            sweep = history[idx]
+            if len(sweep) < num_cams:
+                sweep = history[idx - 1]
+            for cam in CAMERA_TYPES[:num_cams]:
+                entry = sweep[cam]
+                path = entry['data_path']
+                if not self.online:
+                    results['img'].append(imread_bgr(path, self.backend))
+                elif not osp.isfile(path):
+                    raise FileNotFoundError(missing_file_message(path))
+                results['img_timestamp'].append(entry['timestamp'] / 1e6)
+                results['filename'].append(path)
+                results['lidar2img'].append(compose_lidar2img(
+                    e2g_t, e2g_r, l2e_t, l2e_r, entry['sensor2global_translation'],
+                    entry['sensor2global_rotation'], entry['cam_intrinsic']))
+        return results
+
+    def __repr__(self):
+        return (f'{self.__class__.__name__}(sweeps_num={self.sweeps_num}, test_mode={self.test_mode}, '
+                f'online={self.online})')
+
+
+@PIPELINES.register_module()
+class LoadOccFromFile:
+    """Occ3D labels of the key frame (spec 6.4).
+
+    Reads `<occ_root>/<scene_name>/<sample_idx>/labels.npz` (or `results['occ_path']` when
+    occ_root is None) and adds `voxel_semantics` uint8 [200, 200, 16] (0..16 classes, 17 free),
+    `mask_lidar` and `mask_camera` bool [200, 200, 16], indexed [x, y, z] in the key frame's ego frame.
+    """
+
+    def __init__(self, occ_root=None, ignore_class_names=None):
+        if ignore_class_names:
+            raise ValueError('LoadOccFromFile: ignore_class_names is not supported (the original crashes on it); '
+                             'remove the argument')
+        self.occ_root = occ_root
+
+    def __call__(self, results):
+        if self.occ_root is not None:
+            path = osp.join(self.occ_root, results['scene_name'], results['sample_idx'], 'labels.npz')
+        elif results.get('occ_path'):
+            path = results['occ_path']
+        else:
+            raise ValueError('LoadOccFromFile: no occ_root given and the info has no occ_path; set occ_root to the '
+                             'Occ3D gts/ folder')
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'Occ3D labels not found: {path}. occ_root must be the Occ3D gts/ folder '
+                                    f'(gts/<scene_name>/<sample_token>/labels.npz). ' + missing_file_message(path))
+        with np.load(path) as occ:
+            missing = [k for k in ('semantics', 'mask_lidar', 'mask_camera') if k not in occ]
+            if missing:
+                raise KeyError(f'{path} lacks array(s) {missing}; an Occ3D labels.npz holds semantics, mask_lidar '
+                               f'and mask_camera')
+            results['voxel_semantics'] = occ['semantics'].astype(np.uint8)
+            results['mask_lidar'] = occ['mask_lidar'].astype(bool)
+            results['mask_camera'] = occ['mask_camera'].astype(bool)
+        return results
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}(occ_root={self.occ_root!r})'

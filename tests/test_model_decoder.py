@@ -1,0 +1,287 @@
+"""Decoder pieces (spec 3.3/3.4) against direct float64 computations, gradient checks, wiring."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import models.ops_transformer as opt
+from models.ops_transformer import (AdaptiveMixing, OPSSampling, OPSSelfAttention, OPSTransformer,
+                                    OPSTransformerDecoderLayer, decode_points, encode_points)
+
+PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+
+
+def layer_norm_ref(x, axes):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5)
+
+
+def np64(t):
+    return t.detach().double().numpy()
+
+
+# ----------------------------------------------------------------------------- adaptive mixing
+def test_adaptive_mixing_matches_reference():
+    torch.manual_seed(0)
+    B, Q, G, Pin, Cg, Pout, D = 2, 3, 2, 5, 4, 3, 8
+    mix = AdaptiveMixing(in_dim=Cg, in_points=Pin, n_groups=G, query_dim=D, out_points=Pout)
+    nn_params = {k: np64(v) for k, v in mix.state_dict().items()}
+    x, query = torch.randn(B, Q, G, Pin, Cg), torch.randn(B, Q, D)
+    out = mix(x, query)
+
+    params = np64(query) @ nn_params['parameter_generator.weight'].T + nn_params['parameter_generator.bias']
+    params = params.reshape(B, Q, G, Cg * Cg + Pout * Pin)
+    M = params[..., :Cg * Cg].reshape(B, Q, G, Cg, Cg)
+    S = params[..., Cg * Cg:].reshape(B, Q, G, Pout, Pin)
+    y = np.maximum(layer_norm_ref(np.einsum('bqgpc,bqgcd->bqgpd', np64(x), M), (-2, -1)), 0)
+    z = np.maximum(layer_norm_ref(np.einsum('bqgop,bqgpd->bqgod', S, y), (-2, -1)), 0)
+    ref = z.reshape(B, Q, -1) @ nn_params['out_proj.weight'].T + nn_params['out_proj.bias'] + np64(query)
+    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_adaptive_mixing_gradcheck_and_shape_error():
+    torch.manual_seed(1)
+    mix = AdaptiveMixing(in_dim=3, in_points=4, n_groups=2, query_dim=6, out_points=2).double()
+    x = torch.randn(1, 2, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mix, (x, q), eps=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match='in_points=4'):
+        mix(torch.randn(1, 2, 2, 5, 3, dtype=torch.float64), q)
+
+
+def test_official_mixing_sizes():
+    """T: in_points 4*8 = 32 -> generator 4*(64*64 + 32*32) = 20480; S/M/L: 18432; out_proj 8192 -> 256."""
+    for num_points, width in ((4, 20480), (2, 18432)):
+        mix = AdaptiveMixing(in_dim=64, in_points=num_points * 8, n_groups=4, query_dim=256, out_points=32)
+        assert mix.parameter_generator.weight.shape == (width, 256)
+        assert mix.out_proj.weight.shape == (256, 8192)
+
+
+# ----------------------------------------------------------------------------- self-attention
+def test_scale_adaptive_self_attention_matches_reference():
+    torch.manual_seed(2)
+    B, Q, P, E, H = 2, 5, 3, 16, 4
+    sa = OPSSelfAttention(E, H, dropout=0.1, pc_range=PC_RANGE).eval()
+    points, feat = torch.rand(B, Q, P, 3), torch.randn(B, Q, E)
+    out = sa(points, feat)
+
+    sd = {k: np64(v) for k, v in sa.state_dict().items()}
+    f = np64(feat)
+    centres = np64(decode_points(points, PC_RANGE)).mean(2)
+    dist = np.linalg.norm(centres[:, :, None] - centres[:, None], axis=-1)            # [B, Q, Q]
+    tau = f @ sd['gen_tau.weight'].T + sd['gen_tau.bias']                              # [B, Q, H]
+    w_in, b_in = sd['attention.attn.in_proj_weight'], sd['attention.attn.in_proj_bias']
+    q, k, v = [(f @ w_in[i * E:(i + 1) * E].T + b_in[i * E:(i + 1) * E]).reshape(B, Q, H, E // H) for i in range(3)]
+    scores = np.einsum('bihd,bjhd->bhij', q, k) / math.sqrt(E // H)
+    scores = scores - tau.transpose(0, 2, 1)[..., None] * dist[:, None]                # bias -tau[b, i, h] * D[i, j]
+    attn = np.exp(scores - scores.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    o = np.einsum('bhij,bjhd->bihd', attn, v).reshape(B, Q, E)
+    ref = o @ sd['attention.attn.out_proj.weight'].T + sd['attention.attn.out_proj.bias'] + f
+    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- consistent point sampling
+def test_sampling_points_centre_unbiased_std_and_single_point(monkeypatch):
+    calls = {}
+
+    def record(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, num_views):
+        calls.update(points=sample_points, weights=weights)
+        B, Q, T, G, P, _ = sample_points.shape
+        return sample_points.new_zeros(B, Q, G, T * P, 4)
+
+    monkeypatch.setattr(opt, 'sampling_4d', record)
+    torch.manual_seed(3)
+    B, Q, T, G, P, L, E = 1, 4, 3, 2, 2, 3, 8
+    sampler = OPSSampling(E, T, 6, G, P, L, PC_RANGE)
+    nn.init.normal_(sampler.sampling_offset.weight)
+    feat = torch.randn(B, Q, E)
+    offsets = np64(sampler.sampling_offset(feat)).reshape(B, Q, G * P, 3)
+    logits = np64(sampler.scale_weights(feat)).reshape(B, Q, G, P, L)
+    soft = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+    for P_in in (1, 5):
+        pts = torch.rand(B, Q, P_in, 3)
+        sampler(pts, feat, None, None, 10, 20)
+        metres = np64(decode_points(pts, PC_RANGE))
+        centre = metres.mean(2)
+        scale = metres.std(2, ddof=1) if P_in > 1 else np.zeros_like(centre)   # unbiased; 0 for one point
+        expected = (centre[:, :, None] + offsets * scale[:, :, None]).reshape(B, Q, G, P, 3)
+        got = np64(calls['points'])
+        assert got.shape == (B, Q, T, G, P, 3)
+        for t in range(T):    # the same 3D points for every frame
+            np.testing.assert_allclose(got[:, :, t], expected, rtol=1e-5, atol=1e-4)
+        w = np64(calls['weights'])
+        assert w.shape == (B, Q, G, T, P, L)
+        for t in range(T):
+            np.testing.assert_allclose(w[:, :, :, t], soft, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- decoder layer
+def make_rig(T, N, H, W):
+    K = np.array([[W / 2, 0, W / 2, 0], [0, W / 2, H / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    mats = []
+    for t in range(T):
+        for n in range(N):
+            y = 2 * math.pi * n / N
+            R = np.stack([[math.sin(y), -math.cos(y), 0], [0, 0, -1], [math.cos(y), math.sin(y), 0]])
+            E = np.eye(4)
+            E[:3, :3] = R
+            E[:3, 3] = -R @ np.array([-0.5 * t, 0.0, 1.5])
+            mats.append((K @ E).astype(np.float32))
+    return mats
+
+
+def small_layer(with_cp=False, in_points=3, out_points=4):
+    return OPSTransformerDecoderLayer(embed_dims=32, num_frames=2, num_views=3, num_groups=4, num_points=2,
+                                      num_levels=2, num_classes=17, in_points=in_points, out_points=out_points,
+                                      scale=0.5, pc_range=PC_RANGE, num_heads=8, ffn_dims=48, mixing_out_points=5,
+                                      attn_drop=0.0, ffn_drop=0.0, with_cp=with_cp)
+
+
+def layer_inputs(B=2, Q=6, P=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T, N, G, E, H, W = 2, 3, 4, 32, 24, 40
+    feats = [torch.randn(B * T * G, N, h, w, E // G, generator=g) for h, w in ((6, 10), (3, 5))]
+    occ2img = torch.from_numpy(np.stack([np.stack(make_rig(T, N, H, W))] * B))
+    # points within 15 m of the car so that they project into the images
+    pts = 0.5 + (torch.rand(B, Q, P, 3, generator=g) - 0.5) * torch.tensor([0.3, 0.3, 0.5])
+    return pts, torch.randn(B, Q, E, generator=g), feats, occ2img, H, W
+
+
+def test_layer_wiring_and_refinement():
+    torch.manual_seed(4)
+    layer = small_layer().eval()
+    pts, qf, feats, occ2img, H, W = layer_inputs()
+    qf_out, cls, new_pts = layer(pts, qf, feats, occ2img, H, W)
+    B, Q = qf.shape[:2]
+    with torch.no_grad():
+        x = qf + layer.position_encoder(pts.flatten(2))
+        x = layer.norm1(layer.mixing(layer.sampling(pts, x, feats, occ2img, H, W), x))
+        x = layer.norm2(layer.self_attn(pts, x))
+        x = layer.norm3(layer.ffn(x))
+        torch.testing.assert_close(qf_out, x)
+        torch.testing.assert_close(cls, layer.cls_branch(x).reshape(B, Q, 4, 17))
+        centre = np64(decode_points(pts, PC_RANGE)).mean(2, keepdims=True)                # metres
+        offsets = np64(layer.reg_branch(x)).reshape(B, Q, 4, 3) * 0.5
+        expected = (centre + offsets - np.array(PC_RANGE[:3])) / (np.array(PC_RANGE[3:]) - np.array(PC_RANGE[:3]))
+    np.testing.assert_allclose(np64(new_pts), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(encode_points(decode_points(pts, PC_RANGE), PC_RANGE), pts, atol=1e-6)
+
+
+def test_gradient_checkpointing_is_transparent():
+    torch.manual_seed(5)
+    a = small_layer(with_cp=False).train()
+    b = small_layer(with_cp=True).train()
+    b.load_state_dict(a.state_dict())
+    pts, qf, feats, occ2img, H, W = layer_inputs(seed=1)
+    feats = [f.requires_grad_(True) for f in feats]
+    grads = []
+    for layer in (a, b):
+        layer.zero_grad()
+        for f in feats:
+            f.grad = None
+        out = layer(pts, qf, feats, occ2img, H, W)
+        (out[0].square().sum() + out[1].sum() + out[2].sum()).backward()
+        grads.append([p.grad.clone() for p in layer.parameters()] + [f.grad.clone() for f in feats])
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+
+
+def test_init_weights_as_spec():
+    torch.manual_seed(6)
+    layer = small_layer()
+    layer.init_weights()
+    assert torch.all(layer.sampling.sampling_offset.weight == 0)
+    b = layer.sampling.sampling_offset.bias
+    assert b.min() >= -0.5 and b.max() <= 0.5 and b.std() > 0.1
+    assert torch.all(layer.mixing.parameter_generator.weight == 0)
+    assert torch.all(layer.self_attn.gen_tau.weight == 0)
+    tau = layer.self_attn.gen_tau.bias
+    assert tau.min() >= 0 and tau.max() <= 2
+    assert torch.allclose(layer.cls_branch[-1].bias, torch.full((4 * 17,), -math.log(0.99 / 0.01)))
+
+
+# ----------------------------------------------------------------------------- full decoder
+def small_transformer(**kw):
+    cfg = dict(embed_dims=32, num_frames=2, num_points=2, num_layers=3, num_levels=2, num_classes=17,
+               num_refines=[1, 2, 4], scales=[0.5], pc_range=PC_RANGE, num_views=3, num_groups=4, ffn_dims=48,
+               mixing_out_points=5)
+    cfg.update(kw)
+    return OPSTransformer(**cfg)
+
+
+def decoder_inputs(B=1, Q=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T, N, E, H, W = 2, 3, 32, 24, 40
+    feats = [torch.randn(B, T * N, E, h, w, generator=g) for h, w in ((6, 10), (3, 5))]
+    ego2lidar = np.eye(4, dtype=np.float32)
+    ego2lidar[:3, 3] = [0.9, -0.2, 0.3]
+    metas = [dict(lidar2img=make_rig(T, N, H, W), ego2lidar=ego2lidar, img_shape=[(H, W, 3)] * (T * N))
+             for _ in range(B)]
+    pts = 0.5 + (torch.rand(B, Q, 1, 3, generator=g) - 0.5) * 0.3
+    return pts, torch.zeros(B, Q, E), feats, metas
+
+
+def test_decoder_outputs_and_detached_points():
+    torch.manual_seed(7)
+    tr = small_transformer().train()
+    tr.init_weights()
+    pts, qf, feats, metas = decoder_inputs(B=2)
+    cls_scores, refine_pts = tr(pts, qf, feats, metas)
+    assert [tuple(c.shape) for c in cls_scores] == [(2, 5, p, 17) for p in (1, 2, 4)]
+    assert [tuple(p.shape) for p in refine_pts] == [(2, 5, p, 3) for p in (1, 2, 4)]
+    # a loss on the last layer's points reaches no earlier regression branch: points are detached
+    refine_pts[-1].sum().backward()
+    layers = tr.decoder.decoder_layers
+    assert layers[2].reg_branch[-1].weight.grad.abs().sum() > 0
+    for layer in layers[:2]:
+        assert layer.reg_branch[-1].weight.grad is None or torch.all(layer.reg_branch[-1].weight.grad == 0)
+
+
+def test_occ2img_is_lidar2img_times_ego2lidar():
+    tr = small_transformer()
+    _, _, _, metas = decoder_inputs(B=2)
+    occ2img = tr.decoder._occ2img(metas, 'cpu')
+    ref = np.stack([np.stack(m['lidar2img']).astype(np.float64) @ m['ego2lidar'] for m in metas])
+    np.testing.assert_allclose(occ2img.double().numpy(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_feature_layout_channel_groups():
+    """[B, T*N, C, H, W] -> [B*T*G, N, H, W, C/G]: batch (b*T + t)*G + g holds channels g*C/G..."""
+    tr = small_transformer()
+    B, T, N, C, H, W, G = 2, 2, 3, 32, 2, 3, 4
+    feat = torch.randn(B, T * N, C, H, W)
+    cl = tr.decoder._to_channel_last(feat)
+    for b in range(B):
+        for t in range(T):
+            for g in range(G):
+                for n in range(N):
+                    expect = feat[b, t * N + n, g * 8:(g + 1) * 8].permute(1, 2, 0)
+                    assert torch.equal(cl[(b * T + t) * G + g, n], expect)
+
+
+def test_nan_outputs_are_replaced():
+    tr = small_transformer().eval()
+    pts, qf, feats, metas = decoder_inputs()
+    feats = [torch.full_like(f, float('nan')) for f in feats]
+    cls_scores, refine_pts = tr(pts, qf, feats, metas)
+    for t in cls_scores + refine_pts:
+        assert torch.isfinite(t).all()
+
+
+def test_decoder_input_errors():
+    tr = small_transformer()
+    pts, qf, feats, metas = decoder_inputs()
+    with pytest.raises(ValueError, match='feature levels'):
+        tr(pts, qf, feats[:1], metas)
+    bad = [dict(metas[0], lidar2img=metas[0]['lidar2img'][:3])]
+    with pytest.raises(ValueError, match=r'expected \(6, 4, 4\)'):
+        tr(pts, qf, feats, bad)
+    with pytest.raises(ValueError, match='T\\*N=6'):
+        tr(pts, qf, [f[:, :4] for f in feats], metas)
+    with pytest.raises(ValueError, match='one entry per decoder layer'):
+        small_transformer(num_refines=[1, 2])

@@ -1,0 +1,486 @@
+"""GPU tests of the CUDA sampling op and the CUDA 1-NN kernel (models/csrc/*.cu, msmv_cuda.py).
+
+Skipped without a GPU or without the built extension. References are written here, independently
+of the kernels and of the PyTorch fallback: the sampling formula of spec 5.1 in float64 with
+advanced indexing (its autograd gives the reference gradients), hand-computed values at borders,
+and a float32 brute force for the 1-NN. One run checks forward and backward for 1 to 6 levels,
+odd channel counts (every vector width and lane layout of the kernel), several point tiles,
+fp64/fp32/fp16/bf16, misaligned and non-contiguous inputs, empty inputs and input errors.
+
+Locations are mostly multiples of 1/4096: then u*(W-1) and v*(H-1) are exact in float32, the
+kernel and the float64 reference interpolate at the same coordinates, and the only differences
+left are float32 accumulation errors, so a 1e-5 relative bound is meaningful. One test uses
+arbitrary float32 locations, where float32 rounding of the pixel coordinate itself is allowed.
+"""
+import math
+
+import pytest
+import torch
+
+DEVICE = 'cuda'
+
+if not torch.cuda.is_available():
+    pytest.skip('needs a CUDA GPU (the ops under test are CUDA kernels)', allow_module_level=True)
+msmv_cuda = pytest.importorskip(
+    'models.csrc.msmv_cuda',
+    reason='CUDA extension not built: cd models/csrc && FORCE_CUDA=1 python setup.py build_ext --inplace')
+msmv_sampling_cuda = msmv_cuda.msmv_sampling_cuda
+knn1_cuda = msmv_cuda.knn1_cuda
+
+# Level sizes (H, W): odd sizes, and 1-pixel maps from level 5 on.
+SIZES = [(9, 17), (5, 9), (3, 5), (2, 3), (1, 4), (1, 1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# References
+
+def reference_sampling(feats, loc, weights):
+    """Spec 5.1 written out: feats L x [BB, N, H, W, C], loc [BB, Q, P, 3], weights [BB, Q, P, L]
+    -> [BB, Q, C, P]; differentiable in feats, loc[..., :2] and weights (use float64)."""
+    BB, Q, P, _ = loc.shape
+    N = feats[0].shape[1]
+    view = torch.floor((loc[..., 2].detach() * (N - 1)).clamp(0, N - 1) + 0.5).long()
+    bidx = torch.arange(BB, device=loc.device).view(BB, 1, 1).expand(BB, Q, P)
+    out = 0
+    for lvl, feat in enumerate(feats):
+        H, W = feat.shape[2], feat.shape[3]
+        h = loc[..., 1] * (H - 1)
+        w = loc[..., 0] * (W - 1)
+        inside = (h > -1) & (h < H) & (w > -1) & (w < W)
+        h = torch.where(inside, h, torch.zeros_like(h))   # keeps the integer casts below defined
+        w = torch.where(inside, w, torch.zeros_like(w))
+        h0, w0 = torch.floor(h.detach()), torch.floor(w.detach())
+        lh, lw = h - h0, w - w0
+        val = 0
+        for dy in (0, 1):
+            for dx in (0, 1):
+                y, x = h0 + dy, w0 + dx
+                ok = inside & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+                corner = feat[bidx, view, y.clamp(0, H - 1).long(), x.clamp(0, W - 1).long()]
+                cw = (lh if dy else 1 - lh) * (lw if dx else 1 - lw)
+                val = val + (cw * ok)[..., None] * corner
+        out = out + weights[..., lvl, None] * val
+    return out.permute(0, 1, 3, 2)
+
+
+def make_inputs(BB=2, N=3, C=32, Q=5, P=7, L=4, dtype=torch.float32, seed=0, dyadic=True,
+                margin=0.15, sizes=SIZES):
+    """Random features (cast to dtype), locations in [-margin, 1+margin] (so some corners and
+    samples fall outside), valid views k/(N-1), positive level weights. Locations and weights are
+    float32 (float64 for float64 features)."""
+    g = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(BB, N, H, W, C, generator=g, dtype=torch.float64).to(dtype)
+             for H, W in sizes[:L]]
+    if dyadic:
+        lo, hi = int(-margin * 4096), int((1 + margin) * 4096)
+        uv = torch.randint(lo, hi + 1, (BB, Q, P, 2), generator=g).double() / 4096
+    else:
+        uv = torch.rand(BB, Q, P, 2, generator=g, dtype=torch.float64) * (1 + 2 * margin) - margin
+    view = torch.randint(0, N, (BB, Q, P, 1), generator=g).double() / max(N - 1, 1)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    loc = torch.cat([uv, view], -1).to(acc)
+    weights = torch.rand(BB, Q, P, L, generator=g, dtype=torch.float64).to(acc)
+    return [f.to(DEVICE) for f in feats], loc.to(DEVICE), weights.to(DEVICE)
+
+
+def run_op(feats, loc, weights, grad_out, op=None):
+    """Forward + backward of the CUDA op; returns out, grad feats, grad loc, grad weights."""
+    op = op or msmv_sampling_cuda
+    feats = [f.detach().requires_grad_(True) for f in feats]  # detach keeps storage (and offset)
+    loc = loc.detach().clone().requires_grad_(True)
+    weights = weights.detach().clone().requires_grad_(True)
+    out = op(feats, loc, weights)
+    out.backward(grad_out)
+    return out.detach(), [f.grad for f in feats], loc.grad, weights.grad
+
+
+def run_reference(feats, loc, weights, grad_out):
+    """The same quantities from reference_sampling in float64."""
+    feats = [f.detach().double().requires_grad_(True) for f in feats]
+    loc = loc.detach().double().requires_grad_(True)
+    weights = weights.detach().double().requires_grad_(True)
+    out = reference_sampling(feats, loc, weights)
+    out.backward(grad_out.double())
+    return out.detach(), [f.grad for f in feats], loc.grad, weights.grad
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b| (0 when both are empty or b is all zeros and a equals it)."""
+    if b.numel() == 0:
+        return 0.0
+    scale = b.abs().max().item()
+    diff = (a.double() - b.double()).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def assert_all_close(got, ref, tol, what):
+    out, gfeats, gloc, gw = got
+    rout, rfeats, rloc, rw = ref
+    errors = {'out': rel_err(out, rout), 'grad u,v': rel_err(gloc[..., :2], rloc[..., :2]),
+              'grad weights': rel_err(gw, rw)}
+    errors.update({f'grad feat {i}': rel_err(a, b) for i, (a, b) in enumerate(zip(gfeats, rfeats))})
+    bad = {k: v for k, v in errors.items() if not v < tol}
+    assert not bad, f'{what}: relative errors above {tol}: {bad} (all: {errors})'
+    assert torch.all(gloc[..., 2] == 0), f'{what}: the view coordinate must get zero gradient'
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling op: agreement with the float64 reference
+
+CASES = [  # (L, C, P): C picks the kernel's vector width / lanes per texel / channel chunks
+    (4, 32, 7), (4, 64, 33), (5, 64, 7), (6, 16, 5), (4, 8, 1), (4, 48, 9), (4, 20, 7),
+    (4, 3, 7), (2, 256, 3), (1, 64, 40), (5, 6, 32),
+]
+
+
+@pytest.mark.parametrize('L,C,P', CASES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_matches_float64_reference(L, C, P, dtype):
+    feats, loc, weights = make_inputs(C=C, P=P, L=L, dtype=dtype, seed=L * 1000 + C + P)
+    grad_out = torch.randn(loc.shape[0], loc.shape[1], C, P, device=DEVICE, dtype=torch.float64).to(dtype)
+    got = run_op(feats, loc, weights, grad_out)
+    ref = run_reference(feats, loc, weights, grad_out)
+    assert got[0].dtype == dtype and got[0].shape == (2, 5, C, P)
+    assert all(g.dtype == dtype for g in got[1]) and got[2].dtype == loc.dtype
+    assert_all_close(got, ref, 1e-12 if dtype == torch.float64 else 1e-5, f'L={L} C={C} P={P} {dtype}')
+
+
+def test_model_like_shape_float32():
+    """The model's layout (C = 64, 6 views, 4 levels of a 704x256 image / 16) at a moderate size."""
+    sizes = [(16, 44), (8, 22), (4, 11), (2, 6)]
+    feats, loc, weights = make_inputs(BB=4, N=6, C=64, Q=60, P=16, L=4, sizes=sizes, seed=7)
+    grad_out = torch.randn(4, 60, 64, 16, device=DEVICE)
+    assert_all_close(run_op(feats, loc, weights, grad_out), run_reference(feats, loc, weights, grad_out),
+                     1e-5, 'model-like fp32')
+
+
+def test_arbitrary_float32_locations():
+    """Non-dyadic locations: float32 rounding of u*(W-1) (up to half an ulp of W, ~5e-7 px here)
+    moves the interpolation point, so the bound is looser than with exact coordinates."""
+    feats, loc, weights = make_inputs(C=32, P=9, L=4, seed=3, dyadic=False)
+    grad_out = torch.randn(2, 5, 32, 9, device=DEVICE)
+    assert_all_close(run_op(feats, loc, weights, grad_out), run_reference(feats, loc, weights, grad_out),
+                     1e-4, 'arbitrary fp32 locations')
+
+
+def test_gradcheck_float64():
+    """Finite differences of the CUDA op itself (float64), all inputs at once."""
+    feats, loc, weights = make_inputs(BB=1, N=2, C=4, Q=2, P=3, L=2, dtype=torch.float64, seed=11,
+                                      dyadic=False, margin=0.1, sizes=[(4, 5), (2, 3)])
+    inputs = [f.requires_grad_(True) for f in feats] + [loc.requires_grad_(True), weights.requires_grad_(True)]
+
+    def fn(f0, f1, loc_, w_):
+        return msmv_sampling_cuda([f0, f1], loc_, w_)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def assert_low_precision_close(got, ref, dtype, what):
+    """fp16/bf16 features: fp32 accumulation and one rounding to the feature dtype at the end. The
+    reference sees the same (rounded) inputs in float64, so the output and the feature gradients
+    may differ by that final rounding (half an ulp: 2^-11 fp16, 2^-8 bf16, relative) plus float32
+    accumulation error; the float32 location / weight gradients by accumulation error only."""
+    rel = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
+    out, gfeats, gloc, gw = got
+    rout, rfeats, rloc, rw = ref
+    assert out.dtype == dtype and all(g.dtype == dtype for g in gfeats)
+    assert gloc.dtype == torch.float32 and gw.dtype == torch.float32
+    for name, a, b in [('output', out, rout)] + [(f'grad feat {i}', a, b)
+                                                for i, (a, b) in enumerate(zip(gfeats, rfeats))]:
+        tol = rel * b.abs() + 1e-5 * b.abs().max()
+        excess = ((a.double() - b).abs() - tol).max().item()
+        assert excess <= 0, f'{what} {name}: exceeds the rounding bound by {excess}'
+    assert rel_err(gloc[..., :2], rloc[..., :2]) < 1e-5, what
+    assert rel_err(gw, rw) < 1e-5, what
+    assert torch.all(gloc[..., 2] == 0), what
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('L,C', [(4, 64), (5, 24), (4, 6)])
+def test_low_precision_features(dtype, L, C):
+    feats, loc, weights = make_inputs(C=C, P=9, L=L, dtype=dtype, seed=C + L)
+    grad_out = torch.randn(2, 5, C, 9, device=DEVICE).to(dtype)
+    assert_low_precision_close(run_op(feats, loc, weights, grad_out),
+                               run_reference(feats, loc, weights, grad_out), dtype, f'L={L} C={C}')
+
+
+# ------------------------------------------------------------------------------------------------
+# Borders, outside points, view rounding: hand-computed values
+
+def _texel(n, y, x, C):
+    """Feature value of the hand-made map: 100 n + 10 y + x + c/16 (exact in float32)."""
+    return 100.0 * n + 10.0 * y + x + torch.arange(C, dtype=torch.float64) / 16
+
+
+def test_borders_and_outside_hand_computed():
+    """One level H=3, W=5 (so v*(H-1) = 2v, u*(W-1) = 4u), two views, C=8, weight 1."""
+    H, W, N, C = 3, 5, 2, 8
+    fmap = torch.zeros(1, N, H, W, C, dtype=torch.float64)
+    for n in range(N):
+        for y in range(H):
+            for x in range(W):
+                fmap[0, n, y, x] = _texel(n, y, x, C)
+    T = lambda n, y, x: _texel(n, y, x, C)  # noqa: E731
+    zero = torch.zeros(C, dtype=torch.float64)
+    # (u, v, view_norm) -> expected value, from the bilinear formula with zero padding
+    cases = [
+        ((0.0, 0.0, 0.0), T(0, 0, 0)),                       # first texel centre
+        ((1.0, 1.0, 1.0), T(1, 2, 4)),                       # last texel centre, view 1
+        ((0.25, 0.5, 0.0), T(0, 1, 1)),                      # interior texel centre
+        ((-0.125, 0.5, 1.0), 0.5 * T(1, 1, 0)),              # w = -0.5: left corner outside
+        ((1.125, 0.5, 0.0), 0.5 * T(0, 1, 4)),               # w = 4.5: right corner outside
+        ((-0.1875, 0.5, 0.0), 0.25 * T(0, 1, 0)),            # w = -0.75
+        ((0.5, -0.25, 0.0), 0.5 * T(0, 0, 2)),               # h = -0.5: upper row outside
+        ((-0.125, -0.25, 1.0), 0.25 * T(1, 0, 0)),           # both outside half a pixel
+        ((1.125, 1.25, 1.0), 0.25 * T(1, 2, 4)),             # beyond the far corner
+        ((-0.25, 0.5, 0.0), zero),                           # w = -1 exactly: strict bound
+        ((1.25, 0.5, 0.0), zero),                            # w = W exactly: strict bound
+        ((0.5, -0.5, 0.0), zero),                            # h = -1 exactly
+        ((0.5, 1.5, 0.0), zero),                             # h = H exactly
+        ((7.0, -3.0, 0.0), zero),                            # far outside
+        ((0.6875, 0.125, 1.0),                               # h = 0.25, w = 2.75
+         0.75 * 0.25 * T(1, 0, 2) + 0.75 * 0.75 * T(1, 0, 3) + 0.25 * 0.25 * T(1, 1, 2)
+         + 0.25 * 0.75 * T(1, 1, 3)),
+        ((0.25, 0.5, 0.49), T(0, 1, 1)),                     # view 0.49 -> round to 0
+        ((0.25, 0.5, 0.51), T(1, 1, 1)),                     # view 0.51 -> 1
+        ((0.25, 0.5, 1.7), T(1, 1, 1)),                      # view beyond 1: clamped to the last
+        ((0.25, 0.5, -0.3), T(0, 1, 1)),                     # view below 0: clamped to the first
+    ]
+    loc = torch.tensor([[[c[0] for c in cases]]], dtype=torch.float64)          # [1, 1, P, 3]
+    expected = torch.stack([c[1] for c in cases], -1)[None, None]               # [1, 1, C, P]
+    P = len(cases)
+    for dtype in (torch.float32, torch.float64):
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        feats = [fmap.to(DEVICE, dtype)]
+        lo = loc.to(DEVICE, acc)
+        w = torch.ones(1, 1, P, 1, device=DEVICE, dtype=acc)
+        out = msmv_sampling_cuda(feats, lo, w)
+        torch.testing.assert_close(out.double(), expected.to(DEVICE), rtol=1e-6, atol=1e-6)
+        # the reference implements the same conventions (sanity check of the reference itself)
+        ref = reference_sampling([fmap.to(DEVICE)], loc.to(DEVICE), w.double())
+        torch.testing.assert_close(ref, expected.to(DEVICE), rtol=1e-12, atol=1e-12)
+
+
+def test_border_gradients_hand_computed():
+    """d out / d(u, v) at w = -0.5, h = 1 (H=3, W=5, C=8, all upstream grads 1):
+    out = lw * T(1, 0) with lw = w + 1 -> d/du = (W-1) * sum_c T(1,0)_c;
+    h is an integer, lh = 0, rows 1 and 2 with column weight 0.5 -> d/dv = (H-1) * 0.5 * sum_c
+    (T(2,0) - T(1,0))_c = 2 * 0.5 * 10 * 8 = 80; d/dweight = sum_c out_c. Strictly outside
+    (w = -1): everything zero."""
+    H, W, N, C = 3, 5, 1, 8
+    fmap = torch.zeros(1, N, H, W, C, dtype=torch.float64)
+    for y in range(H):
+        for x in range(W):
+            fmap[0, 0, y, x] = _texel(0, y, x, C)
+    feats = [fmap.to(DEVICE, torch.float32).requires_grad_(True)]
+    loc = torch.tensor([[[[-0.125, 0.5, 0.0], [-0.25, 0.5, 0.0]]]], device=DEVICE, requires_grad=True)
+    w = torch.full((1, 1, 2, 1), 2.0, device=DEVICE, requires_grad=True)
+    out = msmv_sampling_cuda(feats, loc, w)
+    out.backward(torch.ones_like(out))
+    s10 = _texel(0, 1, 0, C).sum().item()
+    expect_loc = torch.tensor([[[[2.0 * 4 * s10, 2.0 * 80.0, 0.0], [0.0, 0.0, 0.0]]]])
+    torch.testing.assert_close(loc.grad.cpu(), expect_loc, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w.grad.cpu(), torch.tensor([[[[0.5 * s10], [0.0]]]]), rtol=1e-6, atol=1e-6)
+    expect_feat = torch.zeros(1, N, H, W, C)
+    expect_feat[0, 0, 1, 0] = 2.0 * 0.5    # level weight x corner weight, per channel
+    torch.testing.assert_close(feats[0].grad.cpu(), expect_feat, rtol=0, atol=0)
+
+
+def test_nan_location_reads_nothing():
+    feats, loc, weights = make_inputs(C=16, P=4, L=4, seed=5)
+    loc[0, 0, 1, 0] = float('nan')
+    loc[1, 2, 3, 1] = float('nan')
+    loc[0, 3, 0, 2] = float('nan')  # NaN view -> view 0 (no out-of-bounds read)
+    out, gfeats, gloc, gw = run_op(feats, loc, weights, torch.ones(2, 5, 16, 4, device=DEVICE))
+    assert torch.all(out[0, 0, :, 1] == 0) and torch.all(out[1, 2, :, 3] == 0)
+    assert torch.all(gloc[0, 0, 1] == 0) and torch.all(gw[1, 2, 3] == 0)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in gfeats)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout edge cases
+
+@pytest.mark.parametrize('dtype,offset', [(torch.float32, 1), (torch.float32, 2), (torch.float16, 2),
+                                          (torch.bfloat16, 1)])
+def test_misaligned_feature_pointers(dtype, offset):
+    """Features that are contiguous views at an odd storage offset: the kernel must drop to
+    narrower loads instead of faulting or reading wrong channels."""
+    feats, loc, weights = make_inputs(C=32, P=5, L=4, dtype=dtype, seed=offset)
+    shifted = []
+    for f in feats:
+        buf = torch.zeros(f.numel() + offset, device=DEVICE, dtype=dtype)
+        buf[offset:] = f.reshape(-1)
+        shifted.append(buf[offset:].view(f.shape))
+    assert all(f.data_ptr() % 16 != 0 for f in shifted) and all(f.is_contiguous() for f in shifted)
+    grad_out = torch.randn(2, 5, 32, 5, device=DEVICE).to(dtype)
+    got = run_op(shifted, loc, weights, grad_out)
+    ref = run_reference(feats, loc, weights, grad_out)
+    if dtype == torch.float32:
+        assert_all_close(got, ref, 1e-5, f'misaligned by {offset} elements')
+    else:
+        assert_low_precision_close(got, ref, dtype, f'misaligned by {offset} elements')
+
+
+def test_non_contiguous_inputs_and_grad_output():
+    feats, loc, weights = make_inputs(C=16, P=6, L=4, seed=9)
+    # channel-first storage seen through a channel-last permutation, and transposed locations
+    feats_cf = [f.permute(0, 1, 4, 2, 3).contiguous().requires_grad_(True) for f in feats]
+    loc_t = loc.transpose(1, 2).contiguous().requires_grad_(True)       # [BB, P, Q, 3]
+    w = weights.clone().requires_grad_(True)
+    out = msmv_sampling_cuda([f.permute(0, 1, 3, 4, 2) for f in feats_cf], loc_t.transpose(1, 2), w)
+    R = torch.randn(2, 16, 5, 6, device=DEVICE)
+    (out.permute(0, 2, 1, 3) * R).sum().backward()   # upstream gradient is non-contiguous
+    grad_out = R.permute(0, 2, 1, 3)
+    rout, rfeats, rloc, rw = run_reference(feats, loc, weights, grad_out)
+    assert rel_err(out, rout) < 1e-5
+    for f, rf in zip(feats_cf, rfeats):
+        assert rel_err(f.grad.permute(0, 1, 3, 4, 2), rf) < 1e-5
+    assert rel_err(loc_t.grad.transpose(1, 2)[..., :2], rloc[..., :2]) < 1e-5
+    assert rel_err(w.grad, rw) < 1e-5
+
+
+def test_feature_gradients_skipped_when_not_needed():
+    feats, loc, weights = make_inputs(C=32, P=7, L=4, seed=13)
+    grad_out = torch.randn(2, 5, 32, 7, device=DEVICE)
+    full = run_op(feats, loc, weights, grad_out)
+    loc2 = loc.clone().requires_grad_(True)
+    w2 = weights.clone().requires_grad_(True)
+    msmv_sampling_cuda(feats, loc2, w2).backward(grad_out)
+    assert all(f.grad is None for f in feats)
+    torch.testing.assert_close(loc2.grad, full[2], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w2.grad, full[3], rtol=1e-6, atol=1e-6)
+
+
+def test_locations_in_other_dtypes_get_gradients_in_their_dtype():
+    feats, loc, weights = make_inputs(C=8, P=3, L=4, seed=17)
+    loc64 = loc.double().requires_grad_(True)
+    w16 = weights.half().requires_grad_(True)
+    out = msmv_sampling_cuda(feats, loc64, w16)
+    out.sum().backward()
+    assert loc64.grad.dtype == torch.float64 and w16.grad.dtype == torch.float16
+    rout = reference_sampling([f.double() for f in feats], loc64.detach(), w16.detach().double())
+    assert rel_err(out, rout) < 1e-5
+
+
+def test_empty_inputs():
+    feats, _, _ = make_inputs(C=8, P=3, L=4)
+    for Q, P in [(0, 3), (4, 0)]:
+        loc = torch.rand(2, Q, P, 3, device=DEVICE, requires_grad=True)
+        w = torch.rand(2, Q, P, 4, device=DEVICE, requires_grad=True)
+        fs = [f.clone().requires_grad_(True) for f in feats]
+        out = msmv_sampling_cuda(fs, loc, w)
+        assert out.shape == (2, Q, 8, P)
+        out.sum().backward()
+        assert loc.grad.shape == loc.shape and all(torch.all(f.grad == 0) for f in fs)
+
+
+def test_input_errors_are_explained():
+    feats, loc, weights = make_inputs(C=8, P=3, L=4)
+    with pytest.raises(RuntimeError, match='CUDA'):
+        msmv_sampling_cuda([f.cpu() for f in feats], loc.cpu(), weights.cpu())
+    with pytest.raises(RuntimeError, match='float32, float64, float16 or bfloat16'):
+        msmv_sampling_cuda([(f * 10).int() for f in feats], loc, weights)
+    with pytest.raises(RuntimeError, match='share one dtype'):
+        msmv_sampling_cuda([feats[0].double()] + feats[1:], loc, weights)
+    with pytest.raises(RuntimeError, match='BB, N, C of level 0'):
+        msmv_sampling_cuda([feats[0], feats[1][..., :4]] + feats[2:], loc, weights)
+    with pytest.raises(RuntimeError, match=r'\[BB, Q, P, 3\]'):
+        msmv_sampling_cuda(feats, loc[..., :2], weights)
+    with pytest.raises(RuntimeError, match=r'\[BB, Q, P, L\]'):
+        msmv_sampling_cuda(feats, loc, weights[..., :3])
+    with pytest.raises(RuntimeError, match='channel-last'):
+        msmv_sampling_cuda([f[0] for f in feats], loc, weights)
+    with pytest.raises(ValueError, match='1 to 6'):
+        msmv_sampling_cuda(feats + feats, loc, weights.repeat(1, 1, 1, 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Agreement with the PyTorch fallback (models/csrc/wrapper.py), when present
+
+def test_agrees_with_pytorch_fallback_and_dispatch():
+    wrapper = pytest.importorskip('models.csrc.wrapper')
+    feats, loc, weights = make_inputs(BB=2, N=6, C=32, Q=8, P=8, L=4, seed=21, dyadic=False, margin=0.1)
+    grad_out = torch.randn(2, 8, 32, 8, device=DEVICE)
+    got = run_op(feats, loc, weights, grad_out)
+    fb = run_op(feats, loc, weights, grad_out, op=wrapper.msmv_sampling_pytorch)
+    assert_all_close(got, [t.double() if torch.is_tensor(t) else [x.double() for x in t] for t in fb],
+                     1e-4, 'vs PyTorch fallback')
+    # On CUDA tensors the dispatching entry point must be this op (bitwise: the forward has no atomics).
+    assert wrapper.cuda_op_available()
+    assert torch.equal(wrapper.msmv_sampling(feats, loc, weights), got[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# 1-NN kernel
+
+def knn_reference(query, ref):
+    """float32 distances rounded like models/knn.py, then the first minimum (lowest index)."""
+    d = (query[:, None, 0] - ref[None, :, 0]) ** 2 + (query[:, None, 1] - ref[None, :, 1]) ** 2
+    d = d + (query[:, None, 2] - ref[None, :, 2]) ** 2
+    return d, d.argmin(dim=1)
+
+
+@pytest.mark.parametrize('M,K', [(1000, 3000), (1, 1), (5, 50_000), (2049, 1024), (333, 7)])
+def test_knn1_matches_brute_force(M, K):
+    g = torch.Generator().manual_seed(M + K)
+    # metre-scale coordinates far from the origin, centimetres apart (where cancellation bites)
+    ref = (torch.rand(K, 3, generator=g) * 0.5 + torch.tensor([35.0, -38.0, 4.0])).to(DEVICE)
+    query = (torch.rand(M, 3, generator=g) * 0.5 + torch.tensor([35.0, -38.0, 4.0])).to(DEVICE)
+    idx = knn1_cuda(query, ref)
+    d, expect = knn_reference(query, ref)
+    assert idx.dtype == torch.long and idx.shape == (M,)
+    rows = torch.arange(M, device=DEVICE)
+    # same float32 distance (bitwise) and the lowest index among equals
+    assert torch.equal(d[rows, idx], d.min(dim=1).values)
+    assert torch.equal(idx, expect)
+    # and truly nearest in float64 up to float32 rounding
+    d64 = ((query.double()[:, None] - ref.double()[None]) ** 2).sum(-1)
+    assert torch.all(d64[rows, idx] - d64.min(dim=1).values <= 1e-5)
+
+
+def test_knn1_ties_go_to_the_lowest_index():
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randint(0, 4, (5000, 3), generator=g).float()        # many exact duplicates
+    query = torch.randint(0, 4, (700, 3), generator=g).float() + 0.5  # equidistant neighbours
+    idx = knn1_cuda(query.to(DEVICE), ref.to(DEVICE)).cpu()
+    d = ((query[:, None] - ref[None]) ** 2).sum(-1)
+    best = d.min(dim=1).values
+    first = torch.stack([torch.nonzero(d[i] == best[i])[0, 0] for i in range(len(query))])
+    assert torch.equal(idx, first)
+
+
+def test_knn1_ties_across_reference_splits():
+    """Few queries and many references: the kernel splits the references over blocks, and the
+    lowest index must still win when the equal neighbours sit in different splits."""
+    K = 60_000
+    ref = torch.full((K, 3), 100.0)
+    ref[[40_000, 123, 59_999, 7_000]] = torch.tensor([1.0, 2.0, 3.0])
+    query = torch.tensor([[1.0, 2.0, 3.0], [1.5, 2.0, 3.0], [100.0, 100.0, 100.0]])
+    idx = knn1_cuda(query.to(DEVICE), ref.to(DEVICE)).cpu()
+    assert idx.tolist() == [123, 123, 0]
+
+
+def test_knn1_non_finite_points():
+    ref = torch.tensor([[float('nan'), 0.0, 0.0], [5.0, 5.0, 5.0], [1.0, 1.0, 1.0]], device=DEVICE)
+    query = torch.tensor([[0.0, 0.0, 0.0], [float('nan'), 0.0, 0.0]], device=DEVICE)
+    assert knn1_cuda(query, ref).tolist() == [2, 0]
+
+
+def test_knn1_agrees_with_models_knn():
+    knn = pytest.importorskip('models.knn')
+    g = torch.Generator().manual_seed(5)
+    ref = (torch.randn(4000, 3, generator=g) * 20).to(DEVICE)
+    query = (torch.randn(1500, 3, generator=g) * 20).to(DEVICE)
+    assert torch.equal(knn1_cuda(query, ref), knn.knn1(query, ref, backend='torch'))
+
+
+def test_knn1_errors():
+    q = torch.rand(4, 3, device=DEVICE)
+    with pytest.raises(RuntimeError, match='reference set is empty'):
+        knn1_cuda(q, torch.zeros(0, 3, device=DEVICE))
+    with pytest.raises(RuntimeError, match='CUDA tensor'):
+        knn1_cuda(q.cpu(), q.cpu())
+    with pytest.raises(RuntimeError, match='float32'):
+        knn1_cuda(q.double(), q.double())
+    with pytest.raises(RuntimeError, match=r'\[N, 3\]'):
+        knn1_cuda(q[:, :2], q)
