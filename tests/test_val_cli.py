@@ -3,8 +3,8 @@ one process (online mode) and two gloo processes (offline mode) giving the same 
 import json
 import os
 import os.path as osp
+import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -49,6 +49,12 @@ _test_pipeline = [
 data = dict(workers_per_gpu=0, val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root,
                                         ann_file={ann_file!r}, pipeline=_test_pipeline, test_mode=True))
 '''
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
@@ -134,7 +140,7 @@ def test_two_processes_offline_mode_match_one_process(setup, single_run):
     work, config, checkpoint, _ = setup
     single, one, _ = single_run
     two = work / 'preds_two'
-    env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_PORT=str(29500 + os.getpid() % 1000))
+    env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_PORT=str(free_port()))
     proc = subprocess.run(['bash', osp.join(ROOT, 'dist_val.sh'), '2', config, checkpoint, '--device', 'cpu',
                            '--save-dir', str(two), '--summary-json', str(work / 'two.json')],
                           cwd=str(work), env=env, capture_output=True, text=True, timeout=300)

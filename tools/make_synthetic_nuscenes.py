@@ -1,7 +1,7 @@
 """Generate the synthetic test world in the nuScenes + Occ3D on-disk layout.
 
-    python tools/make_synthetic_nuscenes.py --out data/nuscenes_synthetic
-    python gen_sweep_info.py --data-root data/nuscenes_synthetic --version v1.0-mini
+    python tools/make_synthetic_nuscenes.py --out data/synthetic
+    python gen_sweep_info.py --data-root data/synthetic --version v1.0-mini
 
 Writes <out>/v1.0-mini/*.json (readable by nuscenes-devkit's NuScenes class), six camera JPEGs per
 key frame (samples/CAM_*) and per camera sweep (sweeps/CAM_*), a LiDAR scan per key frame
@@ -30,7 +30,7 @@ from tools.synthetic.world import FREE  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Write a synthetic nuScenes + Occ3D world (a test world, not nuScenes)')
-    p.add_argument('--out', default='data/nuscenes_synthetic', help='output root (becomes --data-root of gen_sweep_info.py)')
+    p.add_argument('--out', default='data/synthetic', help='output root (becomes --data-root of gen_sweep_info.py)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--train-scenes', type=int, default=3, help=f'1..{len(writer.MINI_TRAIN)} (names of the mini train split)')
     p.add_argument('--val-scenes', type=int, default=1, help=f'0..{len(writer.MINI_VAL)} (names of the mini val split)')
@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument('--jpeg-quality', type=int, default=92)
     p.add_argument('--workers', type=int, default=2, help='processes rendering frames in parallel')
     p.add_argument('--force', action='store_true', help='delete --out first if it exists')
+    p.add_argument('--skip-if-exists', action='store_true',
+                   help='do nothing when --out already holds a complete world generated with the same arguments')
     p.add_argument('--quiet', action='store_true')
     return p.parse_args(argv)
 
@@ -71,12 +73,26 @@ def make_scenes(args):
     return scenes
 
 
+PARAMS_FILE = 'synthetic_world.json'  # written last: its presence marks a complete world
+WORLD_KEYS = ('seed', 'train_scenes', 'val_scenes', 'keyframes', 'sweeps', 'scale', 'jpeg_quality')
+
+
 def generate(args):
     """Write the world; returns a summary dict (counts, class histogram, seconds)."""
     check_args(args)
     start = time.time()
     root = args.out
+    params = {k: getattr(args, k) for k in WORLD_KEYS}
     if osp.exists(root):
+        done = osp.join(root, PARAMS_FILE)
+        if args.skip_if_exists and not args.force and osp.isfile(done):
+            with open(done) as f:
+                existing = json.load(f)
+            if existing.get('params') == params:
+                existing['skipped'] = True
+                return existing
+            raise SystemExit(f'{root} holds a synthetic world made with other arguments ({existing.get("params")}); '
+                             f'pass --force to regenerate it or choose another --out')
         if not args.force:
             raise SystemExit(f'{root} exists; pass --force to overwrite it or choose another --out')
         shutil.rmtree(root)
@@ -119,14 +135,19 @@ def generate(args):
                                      scale=args.scale))
     summary = dict(root=root, scenes=[s.name for s in scenes], samples=len(tasks), images=n_images,
                    occupied_voxels=int(hist[:FREE].sum()), class_histogram=hist.tolist(),
-                   seconds=round(time.time() - start, 1))
+                   seconds=round(time.time() - start, 1), params=params)
+    with open(osp.join(root, PARAMS_FILE), 'w') as f:
+        json.dump(summary, f, indent=1)
     return summary
 
 
 def main(argv=None):
     args = parse_args(argv)
     summary = generate(args)
-    if not args.quiet:
+    if summary.get('skipped'):
+        if not args.quiet:
+            print(f'{args.out} already holds this synthetic world; nothing to do (--force regenerates it)')
+    elif not args.quiet:
         print(f"wrote {summary['samples']} samples ({summary['images']} images) of scenes {summary['scenes']} "
               f"to {summary['root']} in {summary['seconds']} s")
     return summary

@@ -34,7 +34,7 @@ def compose_lidar2img(ego2global_translation_curr, ego2global_rotation_curr, lid
     lidar2global[:3, 3] = np.asarray(ego2global_rotation_curr) @ np.asarray(lidar2ego_translation_curr) + \
         np.asarray(ego2global_translation_curr)
     cam2global = np.eye(4)
-    cam2global[:3, :3] = np.asarray(sensor2global_rotation_past)
+    cam2global[:3, :3] = np.asarray(sensor2global_rotation_past).T
     cam2global[:3, 3] = sensor2global_translation_past
     cam2lidar = np.linalg.inv(lidar2global) @ cam2global
     return (intrinsic_pad(cam_intrinsic_past) @ rigid_inverse(cam2lidar)).astype(np.float32)

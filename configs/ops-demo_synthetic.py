@@ -1,0 +1,76 @@
+# A small OPS for the CPU demo on the synthetic world (tools/make_synthetic_nuscenes.py defaults:
+# 3 train scenes + 1 held-out val scene in the v1.0-mini layout, 400x225 images).
+# Same method as OPS-T, scaled down so that a few minutes of CPU training learn something:
+# 2 frames instead of 8, 96x256 crops instead of 256x704, ResNet-18 from scratch instead of the
+# nuImages ResNet-50, 100 queries x 32 points instead of 600 x 128, a short schedule with a higher lr.
+# It is a smoke-and-learning test of the software, not a recipe for nuScenes.
+_base_ = ['./ops-t_r50_704x256_8f_12e.py']
+
+dataset_root = 'data/synthetic/'
+occ_root = 'data/synthetic/gts/'
+num_frames = 2
+num_query = 100
+num_points = 4
+num_refines = [1, 2, 4, 8, 16, 32]
+total_epochs = 12
+batch_size = 1
+
+model = dict(
+    img_backbone=dict(
+        _delete_=True,
+        type='ResNet',
+        depth=18,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        norm_cfg=dict(type='BN2d', requires_grad=True),
+        norm_eval=False,
+        style='pytorch',
+        with_cp=False),
+    img_neck=dict(in_channels=[64, 128, 256, 512]),
+    pts_bbox_head=dict(
+        num_query=num_query,
+        transformer=dict(num_frames=num_frames, num_points=num_points, num_refines=num_refines)))
+
+ida_aug_conf = {
+    'resize_lim': (0.58, 0.72),
+    'final_dim': (96, 256),
+    'bot_pct_lim': (0.0, 0.0),
+    'rot_lim': (0.0, 0.0),
+    'H': 225, 'W': 400,
+    'rand_flip': True,
+}
+_meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
+train_pipeline = [
+    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1),
+    dict(type='LoadOccFromFile', occ_root=occ_root),
+    dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=True),
+    dict(type='DefaultFormatBundle3D', class_names={{_base_.object_names}}),
+    dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'], meta_keys=_meta_keys),
+]
+test_pipeline = [
+    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1, test_mode=True),
+    dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=False),
+    dict(type='MultiScaleFlipAug3D', img_scale=(400, 225), pts_scale_ratio=1, flip=False,
+         transforms=[
+             dict(type='DefaultFormatBundle3D', class_names={{_base_.object_names}}, with_label=False),
+             dict(type='Collect3D', keys=['img'], meta_keys=_meta_keys + ('box_type_3d',))]),
+]
+data = dict(
+    workers_per_gpu=1,
+    train=dict(data_root=dataset_root, occ_root=occ_root, pipeline=train_pipeline,
+               ann_file=dataset_root + 'nuscenes_infos_train_mini_sweep.pkl'),
+    val=dict(data_root=dataset_root, occ_root=occ_root, pipeline=test_pipeline,
+             ann_file=dataset_root + 'nuscenes_infos_val_mini_sweep.pkl'),
+    test=dict(data_root=dataset_root, occ_root=occ_root, pipeline=test_pipeline,
+              ann_file=dataset_root + 'nuscenes_infos_val_mini_sweep.pkl'))
+
+# the backbone starts from scratch here, so it learns at the full lr
+optimizer = dict(lr=1e-3, paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=1.0)}))
+optimizer_config = dict(type='OptimizerHook')  # fp32: the demo runs on the CPU
+lr_config = dict(warmup_iters=20)
+load_from = None
+log_config = dict(interval=8, hooks=[dict(type='TextLoggerHook', interval=8, reset_flag=True)])
+eval_config = dict(interval=total_epochs)
