@@ -99,7 +99,7 @@ def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STE
     `max_steps` steps. The hit is the first in-grid voxel on the path that is occupied; its
     distance is the ray parameter where the ray *exits* that voxel. Without a hit: the last in-grid
     voxel and its exit parameter. A ray that never enters the grid gets distance 0 and voxel
-    (0, 0, 0) (the zero-initialised outputs of the original kernel).
+    (0, 0, 0), as zero-initialised outputs would give (only possible for origins outside the grid).
 
     Every grid of a sample is traced along the same path, so prediction and ground truth share one
     traversal; a ray stops early once it has hit in all grids.

@@ -4,7 +4,6 @@ Geometry is checked against the world's ground truth: 3D points seen at known pi
 T*N images project, through the pipeline's (augmented) lidar2img, onto pixels of the loaded images
 that show the same colour; occupancy voxels project through lidar2img @ ego2lidar onto pixels that
 show their class."""
-import os
 import os.path as osp
 import pickle
 

@@ -20,7 +20,7 @@ log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 
 inputs_hash() {
-    cat tools/install_env.sh requirements/*.txt setup.py models/csrc/setup.py 2>/dev/null | sha256sum | cut -d' ' -f1
+    cat tools/install_env.sh requirements/*.txt setup.py pyproject.toml models/csrc/setup.py 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 
 verify_imports() {

@@ -7,7 +7,6 @@ between consecutive key frames (5 -> 12 Hz like nuScenes). The ego drives along 
 lane at a constant speed; every image is rendered from the ego pose at its own timestamp.
 """
 import hashlib
-import json
 import os
 import os.path as osp
 from dataclasses import dataclass, field
