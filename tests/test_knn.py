@@ -111,3 +111,19 @@ def test_gpu_matches_cpu(backend):
     assert torch.allclose(d[torch.arange(3000), ab.cpu()], d[torch.arange(3000), ab_cpu])
     assert torch.allclose(d[ba.cpu(), torch.arange(2000)], d[ba_cpu, torch.arange(2000)])
     assert not ((ab.cpu() >= 1000) & (ab.cpu() < 1100)).any()
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_kdtree_path_equals_tiled_brute_force(seed):
+    """The CPU KD-tree path returns exactly the tiled float32 result, lattice ties included."""
+    g = torch.Generator().manual_seed(seed)
+    # voxel centres of a small lattice (many exact ties) + continuous points far from the origin
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(6.0) * 0.4 - 30.0] * 3, indexing='ij'), -1).reshape(-1, 3)
+    ref = torch.cat([lattice, torch.rand(300, 3, generator=g) * 4 - 32.0])
+    query = torch.cat([lattice[::7] + 0.2,  # cell corners: 8 equidistant centres
+                       torch.rand(500, 3, generator=g) * 4 - 32.0, ref[:20]])
+    expected_q, expected_r = knn1_bidirectional(query, ref, backend='torch')
+    got_q, got_r = knn1_bidirectional(query, ref, backend='kdtree')
+    assert torch.equal(got_q, expected_q)
+    assert torch.equal(got_r, expected_r)
+    assert torch.equal(knn1(query, ref, backend='kdtree'), knn1(query, ref, backend='torch'))

@@ -42,9 +42,9 @@ void check_sampling_inputs(const std::vector<at::Tensor>& feats, const at::Tenso
     TORCH_CHECK(f.size(0) == f0.size(0) && f.size(1) == f0.size(1) && f.size(4) == f0.size(4),
                 "msmv_sampling: feature level ", l, " has shape ", f.sizes(), " but BB, N, C of level 0 are ",
                 f0.size(0), ", ", f0.size(1), ", ", f0.size(4), "; every level must share them");
-    TORCH_CHECK(f.size(2) >= 1 && f.size(3) >= 1 && f.size(2) <= INT32_MAX && f.size(3) <= INT32_MAX,
-                "msmv_sampling: feature level ", l, " has an empty or oversized map H x W = ", f.size(2),
-                " x ", f.size(3));
+    TORCH_CHECK(f.size(2) >= 1 && f.size(3) >= 1 && f.size(2) * f.size(3) * f.size(4) <= INT32_MAX,
+                "msmv_sampling: feature level ", l, " has an empty or oversized map: H x W x C = ", f.size(2),
+                " x ", f.size(3), " x ", f.size(4), " must be between 1 and 2^31-1 elements");
     TORCH_CHECK(f.is_contiguous(), "msmv_sampling: feature level ", l, " must be contiguous; call .contiguous()",
                 kFix);
   }

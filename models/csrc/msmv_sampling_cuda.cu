@@ -174,6 +174,7 @@ struct LevelArgs {
   acc_t* grad[kMaxLevels];          // same shape, accumulation type; unused in the forward
   int H[kMaxLevels];
   int W[kMaxLevels];
+  int64_t plane[kMaxLevels];        // H * W * C: elements of one (bb, view) map (< 2^31, checked)
 };
 
 struct LaunchShape {
@@ -230,9 +231,10 @@ msmv_forward_kernel(const LevelArgs<typename Traits<scalar_t>::store_t, typename
               int y, x;
               acc_t wy, wx;
               if (corner_geometry(u, v, H, W, k & 3, y, x, wy, wx)) {
-                const int64_t texel = (view_row * H + y) * W + x;
+                // 64-bit only for the map's base; the offset inside one map fits 32 bits
+                const int in_map = (y * W + x) * sh.C + c0;
                 acc_t f[V];
-                load_vec<scalar_t, V>(lv.feat[l] + texel * sh.C + c0, f);
+                load_vec<scalar_t, V>(lv.feat[l] + view_row * lv.plane[l] + in_map, f);
                 const acc_t cw = wy * wx * ws[l];
 #pragma unroll
                 for (int i = 0; i < V; ++i) acc[i] += cw * f[i];
@@ -324,7 +326,7 @@ msmv_backward_kernel(const LevelArgs<typename Traits<scalar_t>::store_t, typenam
           int y, x;
           acc_t wy, wx;
           if (!corner_geometry(u, v, H, W, k & 3, y, x, wy, wx)) continue;
-          const int64_t elem = ((view_row * H + y) * W + x) * sh.C + c0;
+          const int64_t elem = view_row * lv.plane[l] + (y * W + x) * sh.C + c0;
           acc_t f[V];
           load_vec<scalar_t, V>(lv.feat[l] + elem, f);
           acc_t dot = acc_t(0);
@@ -438,6 +440,7 @@ LevelArgs<store_t, acc_t> make_levels(const std::vector<at::Tensor>& feats,
     lv.grad[l] = used && !grads.empty() ? reinterpret_cast<acc_t*>(grads[l].data_ptr()) : nullptr;
     lv.H[l] = used ? static_cast<int>(feats[l].size(2)) : 1;
     lv.W[l] = used ? static_cast<int>(feats[l].size(3)) : 1;
+    lv.plane[l] = used ? feats[l].size(2) * feats[l].size(3) * feats[l].size(4) : 0;
   }
   return lv;
 }
