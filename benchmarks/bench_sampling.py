@@ -15,6 +15,10 @@ the same run and against the original op's published numbers (1.17 ms / 12.0 ms,
 H100, environment.md"; their location distribution is not documented), and the effective
 bandwidth = compulsory DRAM bytes / time, against the card's peak DRAM bandwidth.
 
+A second table times the exact 1-NN kernel (``knn1_cuda``) at the loss-matching size (76,800
+queries against 50,000 and 100,000 points), next to ``mmcv.ops.knn`` when it is built and the
+environment.md figures (mmcv.ops.knn 6.5 ms, cdist + argmin 64 ms, at 50,000 points on an H100).
+
 Usage: python benchmarks/bench_sampling.py [--out bench_sampling.md] [--reps 30] [--warmup 10]
 """
 import argparse
@@ -31,6 +35,8 @@ BB, N, C, Q, P = 8, 6, 32, 4800, 32
 LEVELS = [(64, 176), (32, 88), (16, 44), (8, 22)]
 ORIGINAL = {'fwd': 1.17, 'fwdbwd': 12.0}          # original op, H100, environment.md
 ORIGINAL_FALLBACK = {'fwd': 3.9, 'fwdbwd': 26.0}  # its grid_sample fallback, same source
+KNN_QUERIES, KNN_REFS = 76_800, (50_000, 100_000)
+KNN_PUBLISHED = 'mmcv.ops.knn 6.5 ms, torch.cdist + argmin 64 ms (76,800 x 50,000, H100, environment.md)'
 DEFAULT_PEAK_TBS = 3.35                            # H100 SXM5 HBM3
 KNOWN_PEAKS_TBS = {'H100 PCIe': 2.0, 'H100 NVL': 3.9, 'H100': 3.35, 'H200': 4.8, 'A100-SXM4-80GB': 2.04,
                    'A100-PCIE-80GB': 1.94, 'A100': 1.56}
@@ -102,12 +108,39 @@ def compulsory_bytes(elem_size):
     return fwd, fwd + bwd
 
 
+def knn_table(warmup, reps):
+    """Markdown lines timing knn1_cuda (and mmcv.ops.knn when built) on metre-scale random points."""
+    from models.csrc.msmv_cuda import knn1_cuda
+    try:
+        from mmcv.ops import knn as mmcv_knn
+    except Exception:  # mmcv without compiled ops
+        mmcv_knn = None
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    scale = torch.tensor([80.0, 80.0, 6.4], device=DEVICE)
+    lines = ['| queries x references | knn1_cuda ms | mmcv.ops.knn ms | same indices |', '|---|---|---|---|']
+    for k in KNN_REFS:
+        query = torch.rand(KNN_QUERIES, 3, generator=g, device=DEVICE) * scale
+        ref = torch.rand(k, 3, generator=g, device=DEVICE) * scale
+        ours = time_ms(lambda: knn1_cuda(query, ref), warmup, reps)
+        theirs, same = 'n/a', 'n/a'
+        if mmcv_knn is not None:
+            theirs = f'{time_ms(lambda: mmcv_knn(1, ref[None], query[None]), warmup, reps):.2f}'
+            a = knn1_cuda(query, ref)
+            b = mmcv_knn(1, ref[None], query[None])[0, 0].long()
+            same = f'{(a == b).float().mean().item() * 100:.3f}%'
+        lines.append(f'| {KNN_QUERIES:,} x {k:,} | {ours:.2f} | {theirs} | {same} |')
+    lines += ['', f'* Published: {KNN_PUBLISHED}. knn1_cuda is exact in IEEE fp32 with lowest-index ties; '
+              'mmcv uses its own rounding, so a few near-ties may pick the other neighbour.']
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', help='also write the markdown table to this file')
     parser.add_argument('--reps', type=int, default=30, help='timed runs per measurement (median)')
     parser.add_argument('--warmup', type=int, default=10, help='untimed runs before timing')
     parser.add_argument('--distribution', choices=['uniform', 'clustered', 'both'], default='both')
+    parser.add_argument('--no-knn', action='store_true', help='skip the 1-NN table')
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -188,6 +221,8 @@ def main():
               'The gathers re-read features from L2 many times, so this is a lower bound of the traffic.',
               '* Speed-up = reference time / this time (higher is better). bf16/fp16 rows: 16-bit features and '
               'output, fp32 locations, weights and accumulation.']
+    if not args.no_knn:
+        lines += ['', '## knn1_cuda (exact 1-NN for the loss matching)', ''] + knn_table(args.warmup, args.reps)
     text = '\n'.join(lines)
     print(text)
     if args.out:
