@@ -16,10 +16,10 @@ import time
 import torch
 from mmcv import DictAction
 from mmcv.runner import DistSamplerSeedHook, build_optimizer
-from mmcv.parallel import MMDataParallel, MMDistributedDataParallel
+from mmcv.parallel import MMDataParallel
 
 from engine.config import ConfigError, load_config
-from engine.dist import init_distributed
+from engine.dist import init_distributed, wrap_distributed
 from engine.runner import AtomicEpochBasedRunner, EpochSeedHook, ProgressBarHook, find_latest_checkpoint
 
 
@@ -116,9 +116,7 @@ def main(argv=None):
 
     model = model.to(device)
     if world_size > 1:
-        model = MMDistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                          broadcast_buffers=False,
-                                          find_unused_parameters=cfg.get('find_unused_parameters', False))
+        model = wrap_distributed(model, device, cfg.get('find_unused_parameters', False))
     else:
         model = MMDataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, cfg.optimizer)

@@ -22,13 +22,16 @@ environment.md figures (mmcv.ops.knn 6.5 ms, cdist + argmin 64 ms, at 50,000 poi
 Usage: python benchmarks/bench_sampling.py [--out bench_sampling.md] [--reps 30] [--warmup 10]
 """
 import argparse
+import importlib
 import os
 import statistics
 import sys
+import types
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 DEVICE = 'cuda'
 BB, N, C, Q, P = 8, 6, 32, 4800, 32
@@ -40,6 +43,18 @@ KNN_PUBLISHED = 'mmcv.ops.knn 6.5 ms, torch.cdist + argmin 64 ms (76,800 x 50,00
 DEFAULT_PEAK_TBS = 3.35                            # H100 SXM5 HBM3
 KNOWN_PEAKS_TBS = {'H100 PCIe': 2.0, 'H100 NVL': 3.9, 'H100': 3.35, 'H200': 4.8, 'A100-SXM4-80GB': 2.04,
                    'A100-PCIE-80GB': 1.94, 'A100': 1.56}
+
+
+def import_csrc(name):
+    """Import a models.csrc module; when models/__init__.py cannot import (mmcv / mmdet missing on
+    a bare GPU machine), stand in an empty `models` package: models.csrc needs only torch."""
+    try:
+        import models  # noqa: F401
+    except ImportError:
+        pkg = types.ModuleType('models')
+        pkg.__path__ = [os.path.join(ROOT, 'models')]
+        sys.modules['models'] = pkg
+    return importlib.import_module(name)
 
 
 def peak_bandwidth(props):
@@ -110,7 +125,7 @@ def compulsory_bytes(elem_size):
 
 def knn_table(warmup, reps):
     """Markdown lines timing knn1_cuda (and mmcv.ops.knn when built) on metre-scale random points."""
-    from models.csrc.msmv_cuda import knn1_cuda
+    knn1_cuda = import_csrc('models.csrc.msmv_cuda').knn1_cuda
     try:
         from mmcv.ops import knn as mmcv_knn
     except Exception:  # mmcv without compiled ops
@@ -124,10 +139,13 @@ def knn_table(warmup, reps):
         ours = time_ms(lambda: knn1_cuda(query, ref), warmup, reps)
         theirs, same = 'n/a', 'n/a'
         if mmcv_knn is not None:
-            theirs = f'{time_ms(lambda: mmcv_knn(1, ref[None], query[None]), warmup, reps):.2f}'
-            a = knn1_cuda(query, ref)
-            b = mmcv_knn(1, ref[None], query[None])[0, 0].long()
-            same = f'{(a == b).float().mean().item() * 100:.3f}%'
+            try:
+                theirs = f'{time_ms(lambda: mmcv_knn(1, ref[None], query[None]), warmup, reps):.2f}'
+                a = knn1_cuda(query, ref)
+                b = mmcv_knn(1, ref[None], query[None])[0, 0].long()
+                same = f'{(a == b).float().mean().item() * 100:.3f}%'
+            except Exception as err:  # e.g. mmcv built without CUDA ops
+                theirs = f'failed ({type(err).__name__})'
         lines.append(f'| {KNN_QUERIES:,} x {k:,} | {ours:.2f} | {theirs} | {same} |')
     lines += ['', f'* Published: {KNN_PUBLISHED}. knn1_cuda is exact in IEEE fp32 with lowest-index ties; '
               'mmcv uses its own rounding, so a few near-ties may pick the other neighbour.']
@@ -148,12 +166,12 @@ def main():
                  'on a machine with an NVIDIA GPU (and the extension built: cd models/csrc && '
                  'python setup.py build_ext --inplace).')
     try:
-        from models.csrc.msmv_cuda import msmv_sampling_cuda
+        msmv_sampling_cuda = import_csrc('models.csrc.msmv_cuda').msmv_sampling_cuda
     except ImportError as err:
         sys.exit(f'bench_sampling: the CUDA op is not importable ({err}).')
     try:
-        from models.csrc.wrapper import msmv_sampling_pytorch
-    except ImportError as err:
+        msmv_sampling_pytorch = import_csrc('models.csrc.wrapper').msmv_sampling_pytorch
+    except (ImportError, AttributeError) as err:
         msmv_sampling_pytorch = None
         print(f'bench_sampling: PyTorch fallback not importable ({err}); its rows are skipped')
 

@@ -12,7 +12,7 @@ num_frames = 2
 num_query = 100
 num_points = 4
 num_refines = [1, 2, 4, 8, 16, 32]
-total_epochs = 12
+total_epochs = 6
 batch_size = 1
 
 model = dict(
@@ -30,7 +30,8 @@ model = dict(
     img_neck=dict(in_channels=[64, 128, 256, 512]),
     pts_bbox_head=dict(
         num_query=num_query,
-        transformer=dict(num_frames=num_frames, num_points=num_points, num_refines=num_refines)))
+        # no gradient checkpointing: memory is plentiful at this size and recomputation costs time
+        transformer=dict(num_frames=num_frames, num_points=num_points, num_refines=num_refines, with_cp=False)))
 
 ida_aug_conf = {
     'resize_lim': (0.58, 0.72),

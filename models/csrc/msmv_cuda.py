@@ -54,7 +54,9 @@ def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
 
     Args:
         mlvl_feats (list[Tensor]): L (1..6) channel-last CUDA tensors ``[BB, N, H_l, W_l, C]``
-            (BB = B*T*G, N views), all float32, all float64, all float16 or all bfloat16.
+            (BB = B*T*G, N views), all float32, all float64, all float16 or all bfloat16. Any
+            C from 1 to 6144 (3072 for float64); 16-byte loads (fastest) when C is a multiple of
+            16 bytes' worth of elements (4 fp32, 8 fp16/bf16) and the tensors are 16-byte aligned.
         sampling_locations (Tensor): ``[BB, Q, P, 3]`` = (u, v, view/(N-1)), normalised to [0, 1]
             of the image (u along W, v along H). Cast to float32 (float64 for float64 features).
         scale_weights (Tensor): ``[BB, Q, P, L]`` level weights. Cast like the locations.

@@ -1,0 +1,211 @@
+"""train.py end to end on the tiny synthetic world (CPU): checkpoints, resume, 2-process gloo, bad inputs."""
+import os
+import os.path as osp
+import pickle
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmcv.runner import HOOKS, Hook
+
+import train
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+# A down-sized OPS on the tiny world's 160x90 images: ResNet-18, 2 frames, 12 queries, 2 layers.
+CONFIG = '''
+point_cloud_range = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+occ_root = {occ_root!r}
+_norm = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+model = dict(
+    type='OPS', use_grid_mask=False, stop_prev_grad=0,
+    data_aug=dict(img_color_aug=True, img_norm_cfg=_norm, img_pad_cfg=dict(size_divisor=32)),
+    img_backbone=dict(type='ResNet', depth=18, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1,
+                      norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=True, style='pytorch'),
+    img_neck=dict(type='FPN', in_channels=[64, 128, 256, 512], out_channels=32, num_outs=4),
+    pts_bbox_head=dict(
+        type='OPSHead', num_classes=17, in_channels=32, num_query=12, pc_range=point_cloud_range,
+        voxel_size=[0.4, 0.4, 0.4],
+        transformer=dict(type='OPSTransformer', embed_dims=32, num_frames=2, num_points=2, num_layers=2,
+                         num_levels=4, num_classes=17, num_refines=[1, 4], scales=[0.5],
+                         pc_range=point_cloud_range, ffn_dims=64, mixing_out_points=8),
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
+        loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5)),
+    train_cfg=dict(pts=dict(cls_weights=[1] * 17)),
+    test_cfg=dict(pts=dict(score_thr=0.5, padding=True)))
+_ida = dict(resize_lim=(0.9, 1.1), final_dim=(64, 160), bot_pct_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), H=90, W=160,
+            rand_flip=True)
+_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
+_train_pipeline = [
+    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1),
+    dict(type='LoadOccFromFile', occ_root=occ_root),
+    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=True),
+    dict(type='DefaultFormatBundle3D', class_names=['car']),
+    dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'], meta_keys=_keys)]
+_test_pipeline = [
+    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1, test_mode=True),
+    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=False),
+    dict(type='MultiScaleFlipAug3D', img_scale=(160, 90), pts_scale_ratio=1, flip=False, transforms=[
+        dict(type='DefaultFormatBundle3D', class_names=['car'], with_label=False),
+        dict(type='Collect3D', keys=['img'], meta_keys=_keys)])]
+data = dict(
+    workers_per_gpu=0,
+    train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},
+               pipeline=_train_pipeline, test_mode=False),
+    val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={val_ann!r},
+             pipeline=_test_pipeline, test_mode=True))
+batch_size = 1
+total_epochs = 2
+optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
+                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1), 'sampling_offset': dict(lr_mult=0.1)}}))
+optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.0, grad_clip=dict(max_norm=35, norm_type=2))
+lr_config = dict(policy='CosineAnnealing', warmup='linear', warmup_iters=2, warmup_ratio=1.0 / 3, min_lr_ratio=1e-3)
+checkpoint_config = dict(interval=1, max_keep_ckpts=1)
+log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook', interval=1, reset_flag=True),
+                                     dict(type='TensorboardLoggerHook', interval=1, reset_flag=True)])
+eval_config = dict(interval=total_epochs)
+load_from = None
+'''
+
+
+@pytest.fixture(scope='module')
+def tiny_config(synthetic_infos, tmp_path_factory):
+    work = tmp_path_factory.mktemp('train')
+    path = work / 'tiny_train.py'
+    path.write_text(CONFIG.format(root=synthetic_infos.root, occ_root=osp.join(synthetic_infos.root, 'gts'),
+                                  train_ann=synthetic_infos.train, val_ann=synthetic_infos.val))
+    return str(path), synthetic_infos
+
+
+def run_train(config, work_dir, *extra):
+    train.main(['--config', config, '--work-dir', str(work_dir), '--device', 'cpu', '--no-progress', *extra])
+
+
+def final_weights(work_dir):
+    return torch.load(osp.join(work_dir, 'latest.pth'), map_location='cpu', weights_only=False)['state_dict']
+
+
+def epoch2_losses(work_dir):
+    """The logged total losses of the second epoch (JSON logs of all runs in the work dir)."""
+    import json
+    losses = []
+    for name in sorted(os.listdir(work_dir)):
+        if name.endswith('.log.json'):
+            with open(osp.join(work_dir, name)) as f:
+                losses += [r['loss'] for r in map(json.loads, f) if r.get('mode') == 'train' and r.get('epoch') == 2]
+    assert losses, f'no epoch-2 losses logged in {work_dir}'
+    return losses
+
+
+@HOOKS.register_module()
+class InterruptAfterFirstEpoch(Hook):
+    """Simulates a killed run: raises after the checkpoint of epoch 1 is written."""
+
+    def after_train_epoch(self, runner):
+        if runner.epoch == 0:
+            raise KeyboardInterrupt('simulated kill after epoch 1')
+
+
+def test_training_writes_logs_and_checkpoints_and_resumes_to_the_same_weights(tiny_config, tmp_path):
+    config, _ = tiny_config
+    # one thread: multi-threaded CPU reductions may differ in the last bit from run to run, and Adam turns
+    # last-bit noise in zero-mean gradients (the attention key bias) into lr-sized steps
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed_run_matches_straight_run(config, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def resumed_run_matches_straight_run(config, tmp_path):
+    straight = tmp_path / 'straight'
+    run_train(config, straight, '--no-validate')
+    assert os.readlink(straight / 'latest.pth') == 'epoch_2.pth'
+    assert not (straight / 'epoch_1.pth').exists(), 'max_keep_ckpts=1 keeps only the newest epoch'
+    logs = [f for f in os.listdir(straight) if f.endswith('.log.json')]
+    assert logs, 'mmcv JSON log missing'
+    assert any(d.startswith('tf_logs') for d in os.listdir(straight)), 'TensorBoard log missing'
+    with open(straight / logs[0]) as f:
+        text = f.read()
+    assert '"loss":' in text and 'nan' not in text.lower()
+
+    interrupted = tmp_path / 'interrupted'
+    killing_config = tmp_path / 'killed_after_epoch_1.py'
+    killing_config.write_text(f'_base_ = [{config!r}]\n'
+                              'custom_hooks = [dict(type="InterruptAfterFirstEpoch", priority="LOWEST")]\n')
+    with pytest.raises(KeyboardInterrupt):
+        run_train(str(killing_config), interrupted, '--no-validate')
+    assert os.readlink(interrupted / 'latest.pth') == 'epoch_1.pth'
+    run_train(config, interrupted, '--no-validate')  # auto-resume from latest.pth
+    expected, resumed = final_weights(straight), final_weights(interrupted)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(resumed[key], expected[key]), f'{key} differs after resume'
+    assert epoch2_losses(straight) == epoch2_losses(interrupted)
+
+
+def test_training_with_evaluation_reports_metrics(tiny_config, tmp_path):
+    config, _ = tiny_config
+    run_train(config, tmp_path, '--cfg-options', 'total_epochs=1', 'eval_config.interval=1')
+    logs = [f for f in os.listdir(tmp_path) if f.endswith('.log.json')]
+    with open(tmp_path / logs[0]) as f:
+        text = f.read()
+    assert '"mIoU"' in text and '"RayIoU"' in text
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_dist_train_two_gloo_processes(tiny_config, tmp_path):
+    config, _ = tiny_config
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable)
+    proc = subprocess.run(['bash', osp.join(ROOT, 'dist_train.sh'), '2', config, '--work-dir', str(tmp_path),
+                           '--device', 'cpu', '--no-validate', '--no-progress',
+                           '--cfg-options', 'total_epochs=1', 'batch_size=2'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'world size 2' in proc.stderr + proc.stdout
+    assert 'total batch 2, 2 process(es), 1 sample(s) per process' in proc.stderr + proc.stdout
+    assert os.readlink(tmp_path / 'latest.pth') == 'epoch_1.pth'
+    state = torch.load(tmp_path / 'latest.pth', map_location='cpu', weights_only=False)
+    # 3 training samples, 2 processes x 1: the distributed sampler pads to 4 -> 2 iterations
+    assert state['meta']['iter'] == 2
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tiny_config, tmp_path):
+    config, _ = tiny_config
+    (tmp_path / 'epoch_3.pth').write_bytes(b'PK\x03\x04 this is not a checkpoint')
+    with pytest.raises(SystemExit, match='cannot resume from .*epoch_3.pth.*corrupt'):
+        run_train(config, tmp_path, '--no-validate')
+
+
+@pytest.mark.parametrize('option, message', [
+    ('model.type=OPSS', 'OPSS is not in the'),
+    ('model.pts_bbox_head.num_qeury=3', 'num_qeury'),
+    ('totl_epochs=3', 'unknown top-level key'),
+])
+def test_bad_config_values_give_clear_errors(tiny_config, tmp_path, option, message):
+    config, _ = tiny_config
+    with pytest.raises(SystemExit, match=message):
+        run_train(config, tmp_path, '--no-validate', '--cfg-options', option)
+
+
+def test_missing_image_file_names_the_file(tiny_config, tmp_path):
+    config, infos = tiny_config
+    with open(infos.train, 'rb') as f:
+        data = pickle.load(f)
+    cam = data['infos'][0]['cams']['CAM_FRONT']
+    cam['data_path'] = cam['data_path'].replace('.jpg', '_missing.jpg')
+    broken = tmp_path / 'broken_infos.pkl'
+    with open(broken, 'wb') as f:
+        pickle.dump(data, f)
+    with pytest.raises(Exception, match='_missing.jpg'):
+        run_train(config, tmp_path, '--no-validate', '--cfg-options', f'data.train.ann_file={broken}')
