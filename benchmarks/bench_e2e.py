@@ -11,8 +11,8 @@ ground truth of about 90k occupied voxels, as the environment notes' measurement
 Two modes are measured in the same run, on the same random weights and inputs:
 * faithful: what the original computes: fp32 everywhere except the backbone in training (fp16
   autocast with the static loss scale), the CUDA sampling op in fp32.
-* fast: backbone + FPN under bf16 autocast (inference too), channels-last convolutions, the
-  project's CUDA kNN for matching; the decoder stays fp32.
+* fast: backbone + FPN under bf16 autocast (inference too); at inference the decoder is replayed
+  from a CUDA graph (removes the CPU launch overhead of ~600 small kernels); the decoder stays fp32.
 The fast mode's predictions are compared with the faithful ones (voxel agreement).
 Image content does not change the speed, so images are random; the camera rig is the nuScenes
 rig of the synthetic world (tools/synthetic/calib.py), so sampling points land in the images as
@@ -91,8 +91,7 @@ def build_model(cfg_path, device, fast):
     model = model.to(device)
     if fast:
         model.amp_dtype = torch.bfloat16
-        model.img_backbone.to(memory_format=torch.channels_last)
-        model.img_neck.to(memory_format=torch.channels_last)
+        model.pts_bbox_head.transformer.decoder.use_cuda_graph = True
     return model, cfg
 
 

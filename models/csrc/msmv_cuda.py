@@ -73,6 +73,11 @@ def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
         raise ValueError(f'msmv_sampling_cuda: `mlvl_feats` must be a list of 1 to {MAX_LEVELS} '
                          f'[BB, N, H, W, C] tensors, got {type(mlvl_feats).__name__} of length '
                          f'{len(mlvl_feats) if isinstance(mlvl_feats, (list, tuple)) else "-"}')
+    dtypes = {f.dtype for f in mlvl_feats}
+    if len(dtypes) != 1:
+        # checked here as well as in C++: the mixed-dtype case crashed the extension on the H100 run
+        raise RuntimeError(f'msmv_sampling: all feature levels must share one dtype, got '
+                           f'{[str(f.dtype) for f in mlvl_feats]}')
     feats = [f.contiguous() for f in mlvl_feats]
     acc = torch.float64 if feats[0].dtype == torch.float64 else torch.float32
     # Casting here (not inside the Function) lets autograd return gradients in the caller's dtype.
