@@ -23,14 +23,13 @@ __all__ = ['OPSTransformer', 'OPSTransformerDecoder', 'OPSTransformerDecoderLaye
 
 def decode_points(points, pc_range):
     """Normalised `[..., 3]` -> metres (ego frame), `pc_range` = [x0, y0, z0, x1, y1, z1]."""
-    lo = points.new_tensor(pc_range[:3])
-    return points * (points.new_tensor(pc_range[3:]) - lo) + lo
+    # per-axis Python scalars: no host-to-device copy, so this can run inside a CUDA graph capture
+    return torch.stack([points[..., i] * (pc_range[i + 3] - pc_range[i]) + pc_range[i] for i in range(3)], -1)
 
 
 def encode_points(points, pc_range):
     """Metres `[..., 3]` -> normalised to `pc_range` (inverse of `decode_points`)."""
-    lo = points.new_tensor(pc_range[:3])
-    return (points - lo) / (points.new_tensor(pc_range[3:]) - lo)
+    return torch.stack([(points[..., i] - pc_range[i]) / (pc_range[i + 3] - pc_range[i]) for i in range(3)], -1)
 
 
 class OPSSampling(BaseModule):

@@ -49,6 +49,38 @@ class MSMVSamplingCUDA(torch.autograd.Function):
         return (grad_loc, grad_weights, *grad_feats)
 
 
+def _check_inputs(feats, loc, weights):
+    """Shape/dtype/device checks in Python before the extension is called.
+
+    The C++ side checks the same, but on the H100 (torch 2.11) a failing check inside its
+    per-level loop crashed the process instead of raising, so bad inputs are stopped here.
+    """
+    f0 = feats[0]
+    if not all(f.is_cuda for f in feats) or not loc.is_cuda or not weights.is_cuda:
+        raise RuntimeError('msmv_sampling: features, locations and weights must be CUDA tensors; '
+                           'models.csrc.wrapper.msmv_sampling runs the PyTorch fallback for CPU tensors')
+    if f0.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise RuntimeError(f'msmv_sampling: features must be float32, float64, float16 or bfloat16, got {f0.dtype}')
+    for level, f in enumerate(feats):
+        if f.dim() != 5:
+            raise RuntimeError(f'msmv_sampling: feature level {level} must be channel-last [BB, N, H, W, C], '
+                               f'got shape {tuple(f.shape)}')
+        if f.device != f0.device:
+            raise RuntimeError(f'msmv_sampling: feature level {level} is on {f.device}, level 0 on {f0.device}')
+        if f.dtype != f0.dtype:
+            raise RuntimeError(f'msmv_sampling: all feature levels must share one dtype; level {level} is '
+                               f'{f.dtype}, level 0 is {f0.dtype}')
+        if (f.shape[0], f.shape[1], f.shape[4]) != (f0.shape[0], f0.shape[1], f0.shape[4]):
+            raise RuntimeError(f'msmv_sampling: feature level {level} has shape {tuple(f.shape)} but BB, N, C of '
+                               f'level 0 are {f0.shape[0]}, {f0.shape[1]}, {f0.shape[4]}')
+    if loc.dim() != 4 or loc.shape[3] != 3 or loc.shape[0] != f0.shape[0]:
+        raise RuntimeError(f'msmv_sampling: sampling_locations must be [BB, Q, P, 3] with BB = {f0.shape[0]}, '
+                           f'got {tuple(loc.shape)}')
+    if tuple(weights.shape) != (*loc.shape[:3], len(feats)):
+        raise RuntimeError(f'msmv_sampling: scale_weights must be [BB, Q, P, L] = {(*loc.shape[:3], len(feats))}, '
+                           f'got {tuple(weights.shape)}')
+
+
 def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
     """Sample L feature levels at one view per point and blend the levels.
 
@@ -73,11 +105,7 @@ def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
         raise ValueError(f'msmv_sampling_cuda: `mlvl_feats` must be a list of 1 to {MAX_LEVELS} '
                          f'[BB, N, H, W, C] tensors, got {type(mlvl_feats).__name__} of length '
                          f'{len(mlvl_feats) if isinstance(mlvl_feats, (list, tuple)) else "-"}')
-    dtypes = {f.dtype for f in mlvl_feats}
-    if len(dtypes) != 1:
-        # checked here as well as in C++: the mixed-dtype case crashed the extension on the H100 run
-        raise RuntimeError(f'msmv_sampling: all feature levels must share one dtype, got '
-                           f'{[str(f.dtype) for f in mlvl_feats]}')
+    _check_inputs(mlvl_feats, sampling_locations, scale_weights)
     feats = [f.contiguous() for f in mlvl_feats]
     acc = torch.float64 if feats[0].dtype == torch.float64 else torch.float32
     # Casting here (not inside the Function) lets autograd return gradients in the caller's dtype.
