@@ -12,7 +12,7 @@ num_frames = 2
 num_query = 100
 num_points = 4
 num_refines = [1, 2, 4, 8, 16, 32]
-total_epochs = 6
+total_epochs = 8
 batch_size = 1
 
 model = dict(
@@ -31,7 +31,10 @@ model = dict(
     pts_bbox_head=dict(
         num_query=num_query,
         # no gradient checkpointing: memory is plentiful at this size and recomputation costs time
-        transformer=dict(num_frames=num_frames, num_points=num_points, num_refines=num_refines, with_cp=False)))
+        transformer=dict(num_frames=num_frames, num_points=num_points, num_refines=num_refines, with_cp=False)),
+    # a few CPU minutes of training leave the class scores lower than the full schedule does:
+    # keep points above 0.3 instead of 0.5 (the published configs keep 0.5)
+    test_cfg=dict(pts=dict(score_thr=0.3)))
 
 ida_aug_conf = {
     'resize_lim': (0.58, 0.72),
@@ -69,7 +72,7 @@ data = dict(
               ann_file=dataset_root + 'nuscenes_infos_val_mini_sweep.pkl'))
 
 # the backbone starts from scratch here, so it learns at the full lr
-optimizer = dict(lr=1e-3, paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=1.0)}))
+optimizer = dict(lr=2e-3, paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=1.0)}))
 optimizer_config = dict(type='OptimizerHook')  # fp32: the demo runs on the CPU
 lr_config = dict(warmup_iters=20)
 load_from = None

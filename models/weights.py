@@ -53,6 +53,12 @@ def _fmt(keys, limit=20):
     return ', '.join(keys[:limit]) + more
 
 
+def non_persistent_buffer_names(model):
+    """Full names of the buffers `model.state_dict()` leaves out (registered with persistent=False)."""
+    return {f'{prefix}.{name}' if prefix else name
+            for prefix, module in model.named_modules() for name in module._non_persistent_buffers_set}
+
+
 def load_checkpoint_strict(model, path):
     """Load a full checkpoint into `model` with strict name and shape checking.
 
@@ -68,6 +74,9 @@ def load_checkpoint_strict(model, path):
     model = getattr(model, 'module', model)
     state, meta = read_state_dict(path, 'checkpoint')
     own = model.state_dict()
+    # mmcv 1.x's save_checkpoint also writes non-persistent buffers (e.g. the image mean/std), which
+    # are constants of the model, not weights: ignore them.
+    state = {k: v for k, v in state.items() if k not in non_persistent_buffer_names(model)}
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
     mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'

@@ -116,3 +116,24 @@ def test_real_nuimages_checkpoint_loads_resnet50_only():
     assert summary['not_loaded'] == []
     assert {k.split('.')[0] for k in summary['loaded']} == {'img_backbone'}
     assert len(summary['loaded']) == len(model.img_backbone.state_dict())
+
+
+def test_mmcv_training_checkpoints_load_strictly(tmp_path):
+    """mmcv's save_checkpoint also stores non-persistent buffers; the strict loader must accept them."""
+    import torch.nn as nn
+    from mmcv.runner.checkpoint import save_checkpoint
+    from models.weights import load_checkpoint_strict
+
+    class WithConstant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.register_buffer('mean', torch.ones(2), persistent=False)
+
+    model = WithConstant()
+    path = str(tmp_path / 'ckpt.pth')
+    save_checkpoint(model, path)
+    assert 'mean' in torch.load(path, weights_only=False)['state_dict']
+    fresh = WithConstant()
+    load_checkpoint_strict(fresh, path)
+    assert torch.equal(fresh.linear.weight, model.linear.weight)

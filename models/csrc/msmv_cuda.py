@@ -127,4 +127,15 @@ def knn1_cuda(query, ref):
         chosen; a query with NaN coordinates gets index 0.
         Not differentiable (matching only).
     """
+    for name, t in (('query', query), ('ref', ref)):  # see _check_inputs: C++ checks must not fail
+        if not t.is_cuda:
+            raise RuntimeError(f'knn1_cuda: `{name}` must be a CUDA tensor, got one on {t.device}')
+        if t.dim() != 2 or t.shape[1] != 3:
+            raise RuntimeError(f'knn1_cuda: `{name}` must be [N, 3] (xyz per row), got {tuple(t.shape)}')
+        if t.dtype != torch.float32:
+            raise RuntimeError(f'knn1_cuda: `{name}` must be float32, got {t.dtype}')
+    if ref.shape[0] == 0:
+        raise RuntimeError('knn1_cuda: the reference set is empty; every query needs a reference point')
+    if query.device != ref.device:
+        raise RuntimeError(f'knn1_cuda: query on {query.device}, ref on {ref.device}; use one GPU')
     return _ext.knn1(query.contiguous(), ref.contiguous())
