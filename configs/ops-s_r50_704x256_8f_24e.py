@@ -1,14 +1,5 @@
-# OPS-S: 1200 queries x 64 points, 2 sampling points per group and frame, 24 epochs.
-_base_ = ['./_base_/ops_r50_704x256_8f.py']
+# OPS-S: 1200 queries x 64 points, 2 sampling points per group and frame, 24 epochs (same model as the 12-epoch config).
+_base_ = ['./ops-s_r50_704x256_8f_12e.py']
 
-num_query = 1200
-num_points = 2
-num_refines = [1, 4, 8, 16, 32, 64]
 total_epochs = 24
-
-model = dict(
-    pts_bbox_head=dict(
-        num_query=num_query,
-        transformer=dict(num_points=num_points, num_refines=num_refines)))
-
 eval_config = dict(interval=total_epochs)

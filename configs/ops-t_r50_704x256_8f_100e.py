@@ -1,14 +1,5 @@
-# OPS-T: 600 queries x 128 points, 4 sampling points per group and frame, 100 epochs.
-_base_ = ['./_base_/ops_r50_704x256_8f.py']
+# OPS-T: 600 queries x 128 points, 4 sampling points per group and frame, 100 epochs (same model as the 12-epoch config).
+_base_ = ['./ops-t_r50_704x256_8f_12e.py']
 
-num_query = 600
-num_points = 4
-num_refines = [1, 4, 16, 32, 64, 128]
 total_epochs = 100
-
-model = dict(
-    pts_bbox_head=dict(
-        num_query=num_query,
-        transformer=dict(num_points=num_points, num_refines=num_refines)))
-
 eval_config = dict(interval=total_epochs)

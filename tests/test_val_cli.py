@@ -13,29 +13,12 @@ import torch
 import val
 from loaders.occ_eval import SavedPredictions, evaluate_occupancy
 
+from tiny_ops import TINY_MODEL_CONFIG
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-# A down-sized OPS on the synthetic world's 160x90 images: ResNet-18, 2 frames, 12 queries x 4 points.
-CONFIG = '''
-point_cloud_range = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
-occ_root = {occ_root!r}
-_norm = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-model = dict(
-    type='OPS', use_grid_mask=False, stop_prev_grad=0,
-    data_aug=dict(img_color_aug=True, img_norm_cfg=_norm, img_pad_cfg=dict(size_divisor=32)),
-    img_backbone=dict(type='ResNet', depth=18, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1,
-                      norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=True, style='pytorch'),
-    img_neck=dict(type='FPN', in_channels=[64, 128, 256, 512], out_channels=32, num_outs=4),
-    pts_bbox_head=dict(
-        type='OPSHead', num_classes=17, in_channels=32, num_query=12, pc_range=point_cloud_range,
-        voxel_size=[0.4, 0.4, 0.4],
-        transformer=dict(type='OPSTransformer', embed_dims=32, num_frames=2, num_points=2, num_layers=2,
-                         num_levels=4, num_classes=17, num_refines=[1, 4], scales=[0.5],
-                         pc_range=point_cloud_range, ffn_dims=64, mixing_out_points=8),
-        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
-        loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5)),
-    train_cfg=dict(pts=dict(cls_weights=[1] * 17)),
-    test_cfg=dict(pts=dict(score_thr=0.5, padding=True)))
+# The tiny OPS (tests/tiny_ops.py) on the synthetic world's 160x90 images.
+CONFIG = TINY_MODEL_CONFIG + '''
 _ida = dict(resize_lim=(1.0, 1.0), final_dim=(64, 160), bot_pct_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), H=90, W=160,
             rand_flip=False)
 _test_pipeline = [
