@@ -10,7 +10,9 @@ demo: env  ## synthetic world -> infos -> train the demo config on CPU -> evalua
 	bash tools/run_demo.sh
 
 test: env  ## the test suite (CPU; GPU-only tests skip without a GPU)
-	$(PY) -m pytest tests -q
+	@# pytest exits 5 when it collected nothing: a broken suite, not a pass
+	$(PY) -m pytest tests -q -rs; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 clean-env:
 	rm -rf .venv
