@@ -109,7 +109,7 @@ def cuda_time(fn, warmup, iters):
     return float(np.median(times)), times
 
 
-def bench_inference(model, num_frames, samples, warmup, fast):
+def bench_inference(model, num_frames, samples, warmup):
     """Online-mode inference over a stream of samples; returns (median ms, predictions of each sample)."""
     lidar2img, ego2lidar = lidar2img_rig(num_frames)
     device = next(model.parameters()).device
@@ -126,7 +126,7 @@ def bench_inference(model, num_frames, samples, warmup, fast):
         img = images[i].to(device, non_blocking=True)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16, enabled=False):
+        with torch.no_grad():
             result = model(return_loss=False, rescale=True, img=[img], img_metas=[[metas]])
         torch.cuda.synchronize()
         if i >= num_frames + warmup:
@@ -195,7 +195,7 @@ def main():
         fast = mode == 'fast'
         model, cfg = build_model(args.config, device, fast)
         num_frames = cfg.num_frames
-        infer_ms, preds[mode] = bench_inference(model, num_frames, args.samples, args.warmup, fast)
+        infer_ms, preds[mode] = bench_inference(model, num_frames, args.samples, args.warmup)
         train_ms, peak = bench_train(model, cfg, num_frames, args.train_iters, 3, fast)
         rows.append((mode, infer_ms, 1000.0 / infer_ms, train_ms, peak))
         del model

@@ -49,7 +49,6 @@ def main():
         feats = model.extract_feat(img_all, metas)
         t_head, outs = timed(lambda: head(feats, metas))
         t_occ, _ = timed(lambda: head.get_occ(outs, metas))
-        t_sampling = None
         print(f'inference stages: backbone+FPN on 6 images {t_feat:.2f} ms, decoder {t_head:.2f} ms, '
               f'post-processing {t_occ:.2f} ms')
         from torch.profiler import ProfilerActivity, profile

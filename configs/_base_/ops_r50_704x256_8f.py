@@ -124,39 +124,17 @@ test_pipeline = [
                              'img_timestamp', 'ego2lidar'))]),
 ]
 
+# fields shared by the train/val/test datasets
+_dataset = dict(type=dataset_type, data_root=dataset_root, occ_root=occ_root, classes=object_names,
+                modality=input_modality, box_type_3d='LiDAR')
 data = dict(
     workers_per_gpu=4,
-    train=dict(
-        type=dataset_type,
-        data_root=dataset_root,
-        occ_root=occ_root,
-        ann_file=dataset_root + 'nuscenes_infos_train_sweep.pkl',
-        pipeline=train_pipeline,
-        classes=object_names,
-        modality=input_modality,
-        test_mode=False,
-        use_valid_flag=True,
-        box_type_3d='LiDAR'),
-    val=dict(
-        type=dataset_type,
-        data_root=dataset_root,
-        occ_root=occ_root,
-        ann_file=dataset_root + 'nuscenes_infos_val_sweep.pkl',
-        pipeline=test_pipeline,
-        classes=object_names,
-        modality=input_modality,
-        test_mode=True,
-        box_type_3d='LiDAR'),
-    test=dict(
-        type=dataset_type,
-        data_root=dataset_root,
-        occ_root=occ_root,
-        ann_file=dataset_root + 'nuscenes_infos_test_sweep.pkl',
-        pipeline=test_pipeline,
-        classes=object_names,
-        modality=input_modality,
-        test_mode=True,
-        box_type_3d='LiDAR'),
+    train=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_train_sweep.pkl', pipeline=train_pipeline,
+               test_mode=False, use_valid_flag=True),
+    val=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_val_sweep.pkl', pipeline=test_pipeline,
+             test_mode=True),
+    test=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_test_sweep.pkl', pipeline=test_pipeline,
+              test_mode=True),
 )
 
 optimizer = dict(
