@@ -65,7 +65,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options, required=('model', 'data'))
     import loaders  # noqa: F401  (registers the dataset and pipelines)
     import models  # noqa: F401  (registers the detector)
-    from mmcv.parallel import scatter
+    from engine.parallel import unpack_batch
     from mmdet.apis import set_random_seed
     from mmdet.datasets import build_dataloader, build_dataset
     from mmdet.models import build_detector
@@ -103,14 +103,13 @@ def main(argv=None):
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
-    target = [device.index if device.type == 'cuda' else -1]
     timed = 0.0
     fps = float('nan')
     with torch.no_grad():
         for i, data in enumerate(data_loader):
             sync()
             start = time.perf_counter()
-            model(return_loss=False, rescale=True, **scatter(data, target)[0])
+            model(return_loss=False, rescale=True, **unpack_batch(data, device))
             sync()
             elapsed = time.perf_counter() - start
             if i >= args.num_warmup:

@@ -16,10 +16,10 @@ import time
 import torch
 from mmcv import DictAction
 from mmcv.runner import DistSamplerSeedHook, build_optimizer
-from mmcv.parallel import MMDataParallel
 
 from engine.config import ConfigError, load_config
 from engine.dist import init_distributed, wrap_distributed
+from engine.parallel import OPSDataParallel
 from engine.runner import AtomicEpochBasedRunner, EpochSeedHook, ProgressBarHook, find_latest_checkpoint
 
 
@@ -118,7 +118,7 @@ def main(argv=None):
     if world_size > 1:
         model = wrap_distributed(model, device, cfg.get('find_unused_parameters', False))
     else:
-        model = MMDataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else None)
+        model = OPSDataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, cfg.optimizer)
 
     runner = AtomicEpochBasedRunner(model, optimizer=optimizer, work_dir=work_dir, logger=logger,

@@ -179,14 +179,13 @@ def run_inference(model, data_loader, indices, device, rank, data_infos, save_di
     Only the first `save_count` results are written to `save_dir`: the rest are the sampler's padding,
     copies of samples another rank writes (two processes must not write one file at once).
     """
-    from mmcv.parallel import scatter
+    from engine.parallel import unpack_batch
     from tqdm import tqdm
-    target = [device.index if device.type == 'cuda' else -1]
     results = []
     bar = tqdm(total=len(indices), desc='inference', dynamic_ncols=True, disable=rank != 0)
     save_count = len(indices) if save_count is None else save_count
     for position, (index, data) in enumerate(zip(indices, data_loader)):
-        data = scatter(data, target)[0]
+        data = unpack_batch(data, device)
         outputs = model(return_loss=False, rescale=True, **data)
         if len(outputs) != 1:
             raise RuntimeError(f'the model returned {len(outputs)} results for one sample')

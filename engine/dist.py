@@ -32,29 +32,8 @@ def init_distributed(device='auto'):
 
 
 def wrap_distributed(model, device, find_unused_parameters=False):
-    """mmcv's MMDistributedDataParallel, made to work on torch 2.x and on the CPU (gloo)."""
-    from mmcv.parallel import MMDistributedDataParallel
-
-    class OPSDistributedDataParallel(MMDistributedDataParallel):
-        """Unpacks DataContainers before every call (mmcv only does it when `device_ids` is set, i.e.
-        never on the CPU, and its `_run_ddp_forward` reads an attribute torch 2.x no longer has)."""
-
-        def _unpack(self, inputs, kwargs):
-            inputs, kwargs = self.scatter(inputs, kwargs, self.device_ids or [-1])
-            return inputs[0], kwargs[0]
-
-        def train_step(self, *inputs, **kwargs):
-            inputs, kwargs = self._unpack(inputs, kwargs)
-            return super().train_step(*inputs, **kwargs)
-
-        def val_step(self, *inputs, **kwargs):
-            inputs, kwargs = self._unpack(inputs, kwargs)
-            return super().val_step(*inputs, **kwargs)
-
-        def _run_ddp_forward(self, *inputs, **kwargs):
-            inputs, kwargs = self._unpack(inputs, kwargs)
-            return self.module(*inputs, **kwargs)
-
+    """DDP over this process's device (see engine.parallel.OPSDistributedDataParallel)."""
+    from engine.parallel import OPSDistributedDataParallel
     device_ids = [device.index] if device.type == 'cuda' else None
     return OPSDistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
                                       find_unused_parameters=find_unused_parameters)
