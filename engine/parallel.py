@@ -7,6 +7,7 @@ unpacked: every ``DataContainer`` is replaced by its (single) chunk, and tensors
 ``cpu_only`` move to the device.
 """
 import torch
+import torch.nn as nn
 from mmcv.parallel import DataContainer, MMDataParallel, MMDistributedDataParallel
 
 __all__ = ['unpack_batch', 'OPSDataParallel', 'OPSDistributedDataParallel']
@@ -46,7 +47,26 @@ def _scatter_to(device_ids, inputs, kwargs):
 
 
 class OPSDataParallel(MMDataParallel):
-    """MMDataParallel for one device (CPU when `device_ids` is None) with a torch-2.x-safe scatter."""
+    """MMDataParallel for one device with a torch-2.x-safe scatter.
+
+    Args:
+        module (nn.Module): the detector, already on its device.
+        device_ids (list[int] | None): [gpu index], or None for the CPU. (torch's DataParallel
+            would read None as "all GPUs" on a machine that has them; here it means the CPU.)
+    """
+
+    def __init__(self, module, device_ids=None, dim=0):
+        if device_ids:
+            if len(device_ids) != 1:
+                raise ValueError(f'OPSDataParallel drives one device per process, got device_ids={device_ids}; '
+                                 f'use dist_train.sh for several GPUs')
+            super().__init__(module, device_ids=device_ids, dim=dim)
+        else:
+            # what DataParallel sets up on a machine without GPUs: train_step/forward then run on the CPU
+            nn.Module.__init__(self)
+            self.module = module
+            self.device_ids = []
+            self.dim = dim
 
     def scatter(self, inputs, kwargs, device_ids):
         return _scatter_to(device_ids, inputs, kwargs)

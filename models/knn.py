@@ -114,8 +114,9 @@ def _load(backend):
     return _compiled[backend]
 
 
-# Candidates per query taken from the KD-tree before the exact float32 re-ranking.
-KDTREE_CANDIDATES = 8
+# Candidates per query taken from the KD-tree before the exact float32 re-ranking. Two suffice:
+# whenever the second one is within float32 rounding of the first, the row is redone exactly.
+KDTREE_CANDIDATES = 2
 
 
 def _kdtree_nn(query, ref, max_pairs):
@@ -133,7 +134,9 @@ def _kdtree_nn(query, ref, max_pairs):
     k = min(KDTREE_CANDIDATES, ref.shape[0])
     q32 = query.detach().to(torch.float32).cpu()
     r32 = ref.detach().to(torch.float32).cpu()
-    d64, cand = cKDTree(r32.double().numpy()).query(q32.double().numpy(), k=k)
+    # an unbalanced, non-compact tree builds ~2x faster and answers as fast on these point sets
+    tree = cKDTree(r32.double().numpy(), balanced_tree=False, compact_nodes=False)
+    d64, cand = tree.query(q32.double().numpy(), k=k, workers=torch.get_num_threads())
     d64 = np.asarray(d64, dtype=np.float64).reshape(len(q32), k)
     cand = torch.from_numpy(np.asarray(cand, dtype=np.int64).reshape(len(q32), k))
     diff = q32[:, None, :] - r32[cand]                                      # [M, k, 3] float32
