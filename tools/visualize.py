@@ -63,7 +63,7 @@ def draw(pred, gt, mask=None, out='occupancy.png', title=''):
     if mask is not None:
         pred = np.where(mask, pred, FREE_LABEL)
         gt = np.where(mask, gt, FREE_LABEL)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 7.0))
     for ax, grid, name in zip(axes, (pred, gt), ('prediction', 'ground truth')):
         ax.imshow(bev_image(grid), extent=(-40, 40, -40, 40), interpolation='nearest')
         ax.set_title(name)
@@ -74,7 +74,7 @@ def draw(pred, gt, mask=None, out='occupancy.png', title=''):
     handles = [Patch(color=PALETTE[c] / 255.0, label=OCC_CLASS_NAMES[c]) for c in present if c != FREE_LABEL]
     fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 6) or 1, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.11, 1, 0.95))  # the bottom strip holds the class legend
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
