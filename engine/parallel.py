@@ -75,9 +75,9 @@ class OPSDataParallel(MMDataParallel):
 class OPSDistributedDataParallel(MMDistributedDataParallel):
     """mmcv's DDP wrapper made to work on torch 2.x, on GPUs (NCCL) and on the CPU (gloo).
 
-    mmcv unpacks DataContainers only when `device_ids` is set (never on the CPU), scatters with the
-    call torch 2.x rejects, and its `_run_ddp_forward` reads an attribute torch 2.x no longer has;
-    here every entry point unpacks the batch itself.
+    mmcv's train_step/val_step scatter the batch only when `device_ids` is set (GPUs), with a call
+    torch 2.x rejects: `scatter` is replaced, and on the CPU (no `device_ids`) the batch is unpacked
+    before them. Its `_run_ddp_forward` reads an attribute torch 2.x no longer has: replaced too.
     """
 
     def scatter(self, inputs, kwargs, device_ids):
@@ -88,11 +88,13 @@ class OPSDistributedDataParallel(MMDistributedDataParallel):
         return inputs[0], kwargs[0]
 
     def train_step(self, *inputs, **kwargs):
-        inputs, kwargs = self._unpack(inputs, kwargs)
+        if not self.device_ids:
+            inputs, kwargs = self._unpack(inputs, kwargs)
         return super().train_step(*inputs, **kwargs)
 
     def val_step(self, *inputs, **kwargs):
-        inputs, kwargs = self._unpack(inputs, kwargs)
+        if not self.device_ids:
+            inputs, kwargs = self._unpack(inputs, kwargs)
         return super().val_step(*inputs, **kwargs)
 
     def _run_ddp_forward(self, *inputs, **kwargs):
