@@ -10,6 +10,8 @@ import models.ops_transformer as opt
 from models.ops_transformer import (AdaptiveMixing, OPSSampling, OPSSelfAttention, OPSTransformer,
                                     OPSTransformerDecoderLayer, decode_points, encode_points)
 
+from camera_rig import pinhole_rig
+
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 
 
@@ -122,17 +124,8 @@ def test_sampling_points_centre_unbiased_std_and_single_point(monkeypatch):
 
 # ----------------------------------------------------------------------------- decoder layer
 def make_rig(T, N, H, W):
-    K = np.array([[W / 2, 0, W / 2, 0], [0, W / 2, H / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    mats = []
-    for t in range(T):
-        for n in range(N):
-            y = 2 * math.pi * n / N
-            R = np.stack([[math.sin(y), -math.cos(y), 0], [0, 0, -1], [math.cos(y), math.sin(y), 0]])
-            E = np.eye(4)
-            E[:3, :3] = R
-            E[:3, 3] = -R @ np.array([-0.5 * t, 0.0, 1.5])
-            mats.append((K @ E).astype(np.float32))
-    return mats
+    """N evenly spaced cameras per frame; list of T*N float32 [4, 4]."""
+    return list(pinhole_rig(range(T), [360 * n / N for n in range(N)], H, W, W / 2, 0.5).astype(np.float32))
 
 
 def small_layer(with_cp=False, in_points=3, out_points=4):

@@ -1,6 +1,5 @@
 """The OPS detector end to end on the CPU with a down-sized config: a training step, inference, online mode."""
 import logging
-import math
 
 import numpy as np
 import pytest
@@ -9,6 +8,8 @@ import torch
 import models  # noqa: F401
 import models.ops as ops_module
 from mmdet.models import build_detector
+
+from camera_rig import pinhole_rig
 
 logging.getLogger('mmcv').setLevel(logging.WARNING)   # init_weights logs one line per parameter
 
@@ -49,17 +50,7 @@ def build(seed=0, **kw):
 
 def rig(frames):
     """lidar2img of six cameras around the car, one set per frame (the car moved 0.5 m per frame)."""
-    K = np.array([[W / 2, 0, W / 2, 0], [0, W / 2, H / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    mats = []
-    for t in frames:
-        for n, yaw in enumerate([0, -55, 55, 180, 110, -110]):
-            y = math.radians(yaw)
-            R = np.stack([[math.sin(y), -math.cos(y), 0], [0, 0, -1], [math.cos(y), math.sin(y), 0]])
-            E = np.eye(4)
-            E[:3, :3] = R
-            E[:3, 3] = -R @ np.array([-0.5 * t, 0.0, 1.5])
-            mats.append((K @ E).astype(np.float32))
-    return mats
+    return list(pinhole_rig(frames, [0, -55, 55, 180, 110, -110], H, W, W / 2, 0.5).astype(np.float32))
 
 
 def metas_for(frames):

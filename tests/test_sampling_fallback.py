@@ -8,6 +8,8 @@ import torch
 from models.csrc.wrapper import msmv_sampling, msmv_sampling_pytorch
 from models.ops_sampling import level_weight_group, sampling_4d
 
+from camera_rig import pinhole_rig
+
 
 # ----------------------------------------------------------------------------- references
 def bilinear_ref(img, h, w):
@@ -119,18 +121,8 @@ def test_bad_inputs_raise_clear_errors():
 
 # ----------------------------------------------------------------------------- sampling_4d
 def make_rig(T, N, H, W, focal, yaws_deg, step=0.7):
-    """occ2img [T*N, 4, 4] float64 of pinhole cameras at (−step*t, 0, 1.5) looking at yaw angles."""
-    K = np.array([[focal, 0, W / 2, 0], [0, focal, H / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
-    mats = []
-    for t in range(T):
-        for n in range(N):
-            y = math.radians(yaws_deg[n])
-            R = np.stack([[math.sin(y), -math.cos(y), 0], [0, 0, -1], [math.cos(y), math.sin(y), 0]])
-            E = np.eye(4)
-            E[:3, :3] = R
-            E[:3, 3] = -R @ np.array([-step * t, 0.0, 1.5])
-            mats.append(K @ E)
-    return np.stack(mats)
+    """occ2img [T*N, 4, 4] float64 of pinhole cameras at (-step*t, 0, 1.5) looking at yaw angles."""
+    return pinhole_rig(range(T), yaws_deg[:N], H, W, focal, step)
 
 
 def sampling_4d_ref(points, feats_cf, weights, occ2img, H, W, N, G):

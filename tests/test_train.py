@@ -12,29 +12,12 @@ from mmcv.runner import HOOKS, Hook
 
 import train
 
-from tiny_ops import TINY_MODEL_CONFIG
+from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # The tiny OPS (tests/tiny_ops.py) on the tiny world's 160x90 images.
-CONFIG = TINY_MODEL_CONFIG + '''
-_ida = dict(resize_lim=(0.9, 1.1), final_dim=(64, 160), bot_pct_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), H=90, W=160,
-            rand_flip=True)
-_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
-_train_pipeline = [
-    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
-    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1),
-    dict(type='LoadOccFromFile', occ_root=occ_root),
-    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=True),
-    dict(type='DefaultFormatBundle3D', class_names=['car']),
-    dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'], meta_keys=_keys)]
-_test_pipeline = [
-    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
-    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1, test_mode=True),
-    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=False),
-    dict(type='MultiScaleFlipAug3D', img_scale=(160, 90), pts_scale_ratio=1, flip=False, transforms=[
-        dict(type='DefaultFormatBundle3D', class_names=['car'], with_label=False),
-        dict(type='Collect3D', keys=['img'], meta_keys=_keys)])]
+CONFIG = TINY_MODEL_CONFIG + TINY_PIPELINES + '''
 data = dict(
     workers_per_gpu=0,
     train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},

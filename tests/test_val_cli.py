@@ -13,22 +13,12 @@ import torch
 import val
 from loaders.occ_eval import SavedPredictions, evaluate_occupancy
 
-from tiny_ops import TINY_MODEL_CONFIG
+from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # The tiny OPS (tests/tiny_ops.py) on the synthetic world's 160x90 images.
-CONFIG = TINY_MODEL_CONFIG + '''
-_ida = dict(resize_lim=(1.0, 1.0), final_dim=(64, 160), bot_pct_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), H=90, W=160,
-            rand_flip=False)
-_test_pipeline = [
-    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
-    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1, test_mode=True),
-    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=False),
-    dict(type='MultiScaleFlipAug3D', img_scale=(160, 90), pts_scale_ratio=1, flip=False, transforms=[
-        dict(type='DefaultFormatBundle3D', class_names=['car'], with_label=False),
-        dict(type='Collect3D', keys=['img'], meta_keys=('filename', 'ori_shape', 'img_shape', 'pad_shape',
-                                                         'lidar2img', 'img_timestamp', 'ego2lidar'))])]
+CONFIG = TINY_MODEL_CONFIG + TINY_PIPELINES + '''
 data = dict(workers_per_gpu=0, val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root,
                                         ann_file={ann_file!r}, pipeline=_test_pipeline, test_mode=True))
 '''

@@ -1,7 +1,9 @@
 """The down-sized OPS used by the end-to-end tests (train.py, val.py) on the tiny synthetic world.
 
 ResNet-18, 2 frames, 12 queries, 2 decoder layers of 32 channels: a CPU step takes seconds. The text is
-the head of a config file; `{occ_root!r}` is filled by the tests.
+the head of a config file; `{occ_root!r}` is filled by the tests. TINY_PIPELINES follows it: the
+train and test pipelines on the tiny world's 160x90 images (the test pipeline's resize and crop come
+from final_dim alone, so `_ida`'s random ranges only affect training).
 """
 
 TINY_MODEL_CONFIG = """
@@ -25,3 +27,23 @@ model = dict(
     train_cfg=dict(pts=dict(cls_weights=[1] * 17)),
     test_cfg=dict(pts=dict(score_thr=0.5, padding=True)))
 """
+
+TINY_PIPELINES = '''
+_ida = dict(resize_lim=(0.9, 1.1), final_dim=(64, 160), bot_pct_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), H=90, W=160,
+            rand_flip=True)
+_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
+_train_pipeline = [
+    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1),
+    dict(type='LoadOccFromFile', occ_root=occ_root),
+    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=True),
+    dict(type='DefaultFormatBundle3D', class_names=['car']),
+    dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'], meta_keys=_keys)]
+_test_pipeline = [
+    dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1, test_mode=True),
+    dict(type='RandomTransformImage', ida_aug_conf=_ida, training=False),
+    dict(type='MultiScaleFlipAug3D', img_scale=(160, 90), pts_scale_ratio=1, flip=False, transforms=[
+        dict(type='DefaultFormatBundle3D', class_names=['car'], with_label=False),
+        dict(type='Collect3D', keys=['img'], meta_keys=_keys)])]
+'''
