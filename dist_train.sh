@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Usage: bash dist_train.sh NUM_PROCESSES CONFIG [train.py options...]
+# Multi-process training with torchrun, on one node or several (docs/distributed.md).
+#
+#   bash dist_train.sh GPUS_PER_NODE CONFIG [train.py options...]
+#
+# Variables (all optional):
+#   NNODES       number of nodes (default 1)
+#   NODE_RANK    this node's index, 0..NNODES-1 (default 0); start the script once on every node
+#   MASTER_ADDR  address of node 0 (default 127.0.0.1)
+#   PORT         port on node 0 (MASTER_PORT is read too); default: a free local port on one node,
+#                29500 on several (every node must be given the same one)
+#   PYTHON       interpreter (default: .venv/bin/python when it exists, else python3)
+#   OMP_NUM_THREADS  CPU threads per process (default 1)
 # One process per GPU (NCCL); on a machine without GPUs the processes use the CPU and gloo.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-    echo "usage: bash dist_train.sh NUM_PROCESSES CONFIG [train.py options]" >&2
+    echo "usage: [NNODES=N NODE_RANK=I MASTER_ADDR=HOST PORT=P] bash dist_train.sh GPUS_PER_NODE CONFIG [train.py options]" >&2
     exit 2
 fi
 nproc=$1
@@ -12,6 +23,18 @@ shift 2
 cd "$(dirname "$0")"
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && python=.venv/bin/python
+nnodes=${NNODES:-1}
+node_rank=${NODE_RANK:-0}
+master_addr=${MASTER_ADDR:-127.0.0.1}
+port=${PORT:-${MASTER_PORT:-}}
+if [ -z "$port" ]; then
+    if [ "$nnodes" = 1 ]; then
+        port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    else
+        port=29500
+    fi
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec "$python" -m torch.distributed.run --nproc_per_node "$nproc" --master_port "${PORT:-29500}" \
-    train.py --config "$config" "$@"
+exec "$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc" \
+    --master_addr "$master_addr" --master_port "$port" \
+    train.py --config "$config" --launcher pytorch "$@"

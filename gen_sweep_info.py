@@ -1,4 +1,4 @@
-"""Write the info pickles of OPS from raw nuScenes and the Occ3D labels (spec 6.1-6.2).
+"""Write the info pickles of OPS from raw nuScenes and the Occ3D labels (docs/data.md).
 
     python gen_sweep_info.py --data-root data/nuscenes --version v1.0-trainval
     python gen_sweep_info.py --data-root data/nuscenes --version v1.0-test
@@ -30,11 +30,11 @@ import argparse
 import os
 import os.path as osp
 import pickle
-import sys
 
 import numpy as np
 
-CAMERA_TYPES = ['CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT']
+from core.geometry import rigid_transform
+from core.occ3d import CAMERA_NAMES
 TABLES = ['category', 'attribute', 'visibility', 'instance', 'sensor', 'calibrated_sensor', 'ego_pose', 'log',
           'scene', 'sample', 'sample_data', 'sample_annotation', 'map']
 # version -> [(devkit split name, output tag, mmdet3d source pickle tag)]
@@ -49,6 +49,7 @@ NUM_LIDAR_SWEEPS = 10
 
 class DataPrepError(RuntimeError):
     """Raised for missing or inconsistent input data; the message names the file and the fix."""
+    user_error = True  # engine/cli.py: one line, no traceback
 
 
 def parse_args(argv=None):
@@ -59,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument('--occ-root', default=None, help='Occ3D labels folder (default: <data-root>/gts)')
     p.add_argument('--no-check-files', action='store_true', help='do not check that every image and label exists')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     return p.parse_args(argv)
 
 
@@ -74,13 +76,41 @@ def check_tables(data_root, version):
                             f'Extract the complete metadata archive of {version} into {data_root}')
 
 
-def pose_matrix(rotation, translation):
-    """nuScenes quaternion [w, x, y, z] + translation -> 4x4 (column convention)."""
-    from pyquaternion import Quaternion
-    m = np.eye(4)
-    m[:3, :3] = Quaternion(rotation).rotation_matrix
-    m[:3, 3] = translation
-    return m
+def corrupt_table(table_root, names=TABLES):
+    """(path, what is wrong) of the first nuScenes table in `table_root` that is not valid JSON, else None."""
+    import json
+    for name in names:
+        path = osp.join(table_root, f'{name}.json')
+        if not osp.isfile(path):
+            continue
+        if osp.getsize(path) == 0:
+            return path, 'the file is empty'
+        try:
+            with open(path, encoding='utf-8') as f:
+                json.load(f)
+        except UnicodeDecodeError as exc:
+            return path, f'not UTF-8 text ({exc.reason} at byte {exc.start})'
+        except ValueError as exc:  # json.JSONDecodeError
+            return path, f'not valid JSON ({getattr(exc, "msg", exc)} at line {getattr(exc, "lineno", "?")} ' \
+                         f'column {getattr(exc, "colno", "?")})'
+    return None
+
+
+def load_tables(version, data_root, verbose):
+    """nuscenes-devkit's NuScenes object; a corrupt table gives a DataPrepError naming the file."""
+    from nuscenes.nuscenes import NuScenes
+    table_root = osp.join(data_root, version)
+    try:
+        return NuScenes(version=version, dataroot=data_root, verbose=verbose)
+    except Exception as exc:  # noqa: BLE001 (the devkit raises JSONDecodeError, KeyError, ... on bad tables)
+        bad = corrupt_table(table_root)
+        if bad is not None:
+            raise DataPrepError(f'{bad[0]}: {bad[1]}: the file is truncated or corrupt; extract the {version} '
+                                f'metadata archive into {data_root} again') from exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+        raise DataPrepError(f'cannot read the nuScenes tables in {table_root} ({type(exc).__name__}: {detail}); '
+                            f'they are incomplete or inconsistent: extract the complete {version} metadata '
+                            f'archive again') from exc
 
 
 class InfoBuilder:
@@ -107,7 +137,8 @@ class InfoBuilder:
         sd = self.nusc.get('sample_data', sd_token)
         cs = self.nusc.get('calibrated_sensor', sd['calibrated_sensor_token'])
         pose = self.nusc.get('ego_pose', sd['ego_pose_token'])
-        sensor2global = pose_matrix(pose['rotation'], pose['translation']) @ pose_matrix(cs['rotation'], cs['translation'])
+        sensor2global = rigid_transform(pose['rotation'], pose['translation']) @ \
+            rigid_transform(cs['rotation'], cs['translation'])
         sensor2lidar = np.linalg.inv(lidar2global) @ sensor2global
         entry = dict(data_path=self.path(sd['filename'], required), type=sd['channel'], sample_data_token=sd_token,
                      sensor2ego_translation=cs['translation'], sensor2ego_rotation=cs['rotation'],
@@ -123,7 +154,8 @@ class InfoBuilder:
         sd = self.nusc.get('sample_data', sd_token)
         cs = self.nusc.get('calibrated_sensor', sd['calibrated_sensor_token'])
         pose = self.nusc.get('ego_pose', sd['ego_pose_token'])
-        sensor2global = pose_matrix(pose['rotation'], pose['translation']) @ pose_matrix(cs['rotation'], cs['translation'])
+        sensor2global = rigid_transform(pose['rotation'], pose['translation']) @ \
+            rigid_transform(cs['rotation'], cs['translation'])
         return dict(data_path=self.path(sd['filename']), sensor2global_rotation=sensor2global[:3, :3].T,
                     sensor2global_translation=sensor2global[:3, 3],
                     cam_intrinsic=np.array(cs['camera_intrinsic'], dtype=np.float64), timestamp=sd['timestamp'])
@@ -136,14 +168,15 @@ class InfoBuilder:
         lidar_sd = nusc.get('sample_data', lidar_token)
         cs = nusc.get('calibrated_sensor', lidar_sd['calibrated_sensor_token'])
         pose = nusc.get('ego_pose', lidar_sd['ego_pose_token'])
-        lidar2global = pose_matrix(pose['rotation'], pose['translation']) @ pose_matrix(cs['rotation'], cs['translation'])
+        lidar2global = rigid_transform(pose['rotation'], pose['translation']) @ \
+            rigid_transform(cs['rotation'], cs['translation'])
         info = dict(lidar_path=osp.join(self.data_root, lidar_sd['filename']), token=sample_token,
                     scene_name=scene['name'], scene_token=scene['token'], timestamp=sample['timestamp'],
                     lidar2ego_translation=cs['translation'], lidar2ego_rotation=cs['rotation'],
                     ego2global_translation=pose['translation'], ego2global_rotation=pose['rotation'])
 
         cams = {}
-        for cam in CAMERA_TYPES:
+        for cam in CAMERA_NAMES:
             if cam not in sample['data']:
                 raise DataPrepError(f'sample {sample_token} of {scene["name"]} has no {cam} image in the tables')
             entry, sensor2global = self.sensor_entry(sample['data'][cam], lidar2global)
@@ -157,16 +190,16 @@ class InfoBuilder:
 
         cam_sweeps = []
         if sample['prev']:
-            current = {cam: nusc.get('sample_data', sample['data'][cam]) for cam in CAMERA_TYPES}
+            current = {cam: nusc.get('sample_data', sample['data'][cam]) for cam in CAMERA_NAMES}
             for _ in range(NUM_CAM_SWEEPS):
-                if any(not current[cam]['prev'] for cam in CAMERA_TYPES):
+                if any(not current[cam]['prev'] for cam in CAMERA_NAMES):
                     # the start of the recording: repeat the oldest images we have
                     if not cam_sweeps:
                         break
                     cam_sweeps.append(cam_sweeps[-1])
                     continue
                 entry = {}
-                for cam in CAMERA_TYPES:
+                for cam in CAMERA_NAMES:
                     entry[cam] = self.camera_sweep(current[cam]['prev'])
                     current[cam] = nusc.get('sample_data', current[cam]['prev'])
                 cam_sweeps.append(entry)
@@ -218,7 +251,6 @@ def extend_mmdet3d_infos(old_infos, builder):
 
 
 def generate(args):
-    from nuscenes.nuscenes import NuScenes
     from nuscenes.utils.splits import create_splits_scenes
 
     data_root = args.data_root.rstrip('/') or '/'
@@ -229,7 +261,7 @@ def generate(args):
     if not is_test and not args.no_check_files and not osp.isdir(occ_root):
         raise DataPrepError(f'Occ3D labels folder not found: {occ_root}. Download Occ3D-nuScenes and extract gts/ '
                             f'there, or pass --occ-root')
-    nusc = NuScenes(version=args.version, dataroot=data_root, verbose=not args.quiet)
+    nusc = load_tables(args.version, data_root, verbose=not args.quiet)
     builder = InfoBuilder(nusc, data_root, occ_root, check_files=not args.no_check_files, require_occ=not is_test)
     splits = create_splits_scenes()
     known = {name for split, _, _ in SPLITS[args.version] for name in splits[split]}
@@ -242,8 +274,15 @@ def generate(args):
         source = osp.join(out_dir, f'nuscenes_infos_{mm_tag}.pkl')
         old = None
         if osp.isfile(source):
-            with open(source, 'rb') as f:
-                data = pickle.load(f)
+            try:
+                with open(source, 'rb') as f:
+                    data = pickle.load(f)
+            except Exception as exc:  # noqa: BLE001 (any unpickling failure: a truncated or foreign file)
+                raise DataPrepError(f'{source}: cannot read this mmdet3d info pickle ({type(exc).__name__}: {exc}); '
+                                    f'delete it (the infos are then built from the tables) or write it again') from exc
+            if not isinstance(data, dict) or not isinstance(data.get('infos'), list):
+                raise DataPrepError(f'{source}: not an mmdet3d info pickle (expected a dict with a list "infos"); '
+                                    f'delete or rename it')
             if data.get('metadata', {}).get('version') == args.version:
                 old = data['infos']
         items = old if old is not None else split_sample_tokens(nusc, splits[split])
@@ -267,12 +306,11 @@ def generate(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return generate(args)
-    except DataPrepError as exc:
-        sys.exit(f'gen_sweep_info.py: error: {exc}')
+    """Write the infos; a bad input raises SystemExit('gen_sweep_info.py: error: ...') (engine/cli.py)."""
+    from engine.cli import run_main
+    return run_main(lambda a: generate(parse_args(a)), 'gen_sweep_info.py', argv)
 
 
 if __name__ == '__main__':
-    main()
+    from engine.cli import entry_point
+    entry_point(lambda a: generate(parse_args(a)), 'gen_sweep_info.py')

@@ -1,4 +1,4 @@
-"""Inference speed (FPS) of OPS as the official protocol measures it (spec 8.4).
+"""Inference speed (FPS) of OPS as the official protocol measures it (docs/evaluation.md, "FPS").
 
   python timing.py --config configs/ops-t_r50_704x256_8f_24e.py --weights checkpoints/ops-t.pth
 
@@ -14,11 +14,12 @@ import os.path as osp
 import platform
 import time
 
-import torch
+# Only light imports before the arguments are parsed (`--help` answers at once); torch, mmcv and
+# mmdet come in main(). A bad input ends with one line (engine/cli.py; --debug for the traceback).
+from engine.cli import DictAction, UserError, add_common_arguments, entry_point, run_main
 
 
 def parse_args(argv=None):
-    from mmcv import DictAction
     parser = argparse.ArgumentParser(description='Measure OPS inference FPS (batch 1, online mode, fp32)')
     parser.add_argument('--config', required=True)
     parser.add_argument('--weights', help='checkpoint (optional: random init otherwise; see the note printed)')
@@ -28,19 +29,19 @@ def parse_args(argv=None):
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--workers', type=int, default=None, help='data-loading workers (default: config)')
     parser.add_argument('--cfg-options', '--override', nargs='+', action=DictAction, default={})
+    add_common_arguments(parser, trust_checkpoint=True)
     args = parser.parse_args(argv)
     if args.num_warmup < 0 or args.samples <= args.num_warmup:
         parser.error(f'--samples ({args.samples}) must exceed --num-warmup ({args.num_warmup}), which must be >= 0')
     if args.log_interval <= 0:
         parser.error('--log-interval must be positive')
-    if args.weights and not osp.isfile(args.weights):
-        parser.error(f'--weights: checkpoint not found: {args.weights}')
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
         parser.error('timing.py measures one process (online mode); run it with python, not torchrun')
     return args
 
 
 def device_name(device):
+    import torch
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
     try:
@@ -54,34 +55,35 @@ def device_name(device):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('--device cuda was asked for but no GPU is visible')
-    device = torch.device('cuda', 0) if args.device == 'cuda' else torch.device('cpu')
+    """Time inference; a bad input raises SystemExit('timing.py: error: ...') (engine/cli.py)."""
+    return run_main(_main, 'timing.py', argv)
 
+
+def _main(argv):
+    args = parse_args(argv)
+    if args.weights and not osp.isfile(args.weights):
+        raise UserError(f'--weights: checkpoint not found: {args.weights}')
+    from engine.logs import quiet_libraries
+    quiet_libraries(args.verbose)
+    import torch
     from engine.config import load_config
+    from engine.dist import init_distributed
     cfg = load_config(args.config, args.cfg_options, required=('model', 'data'))
-    import loaders  # noqa: F401  (registers the dataset and pipelines)
-    import models  # noqa: F401  (registers the detector)
-    from engine.parallel import unpack_batch
+    _, _, device = init_distributed(args.device, launcher='none')  # one process (parse_args refuses torchrun)
     from mmdet.apis import set_random_seed
-    from mmdet.datasets import build_dataloader, build_dataset
-    from mmdet.models import build_detector
-    from models.weights import load_checkpoint_strict
+
+    from engine.build import build_dataset, build_model, build_test_loader
+    from engine.parallel import unpack_batch
     set_random_seed(0, deterministic=True)
     torch.backends.cudnn.benchmark = True
 
-    dataset = build_dataset(cfg.data.val)
+    dataset = build_dataset(cfg.data.val, test_mode=True)
     workers = cfg.data.get('workers_per_gpu', 4) if args.workers is None else args.workers
-    data_loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=workers, dist=False, shuffle=False)
-    model = build_detector(cfg.model)
+    data_loader = build_test_loader(dataset, workers, dist=False)
+    model = build_model(cfg.model, checkpoint=args.weights, trust_checkpoint=args.trust_checkpoint)
     if args.weights:
-        load_checkpoint_strict(model, args.weights)
         weights_note = args.weights
     else:
-        model.init_weights()
         weights_note = ('none: random initialisation. Speed is the same for the backbone and decoder, but '
                         'fewer points pass the score threshold, so post-processing may be faster than with '
                         'trained weights')
@@ -125,9 +127,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from engine.config import ConfigError
-    from models.weights import CheckpointMismatchError
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, CheckpointMismatchError) as exc:
-        raise SystemExit(f'timing.py: error: {exc}')
+    entry_point(_main, 'timing.py')

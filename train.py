@@ -10,17 +10,11 @@ import argparse
 import logging
 import os
 import os.path as osp
-import sys
 import time
 
-import torch
-from mmcv import DictAction
-from mmcv.runner import DistSamplerSeedHook, build_optimizer
-
-from engine.config import ConfigError, load_config
-from engine.dist import init_distributed, wrap_distributed
-from engine.parallel import OPSDataParallel
-from engine.runner import AtomicEpochBasedRunner, EpochSeedHook, ProgressBarHook, find_latest_checkpoint
+# Only light imports before the arguments are parsed (`--help` answers at once); torch, mmcv and
+# mmdet come in main(). A bad input ends with one line (engine/cli.py; --debug for the traceback).
+from engine.cli import DictAction, UserError, add_common_arguments, entry_point, run_main
 
 
 def parse_args(argv=None):
@@ -34,56 +28,71 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--no-deterministic', action='store_true', help='allow non-deterministic cuDNN kernels')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
+    parser.add_argument('--launcher', choices=['auto', 'none', 'pytorch', 'slurm'], default='auto',
+                        help='how the processes were started: torchrun (pytorch), srun (slurm; rank, world size '
+                             'and master from SLURM\'s variables) or one process (none); auto detects it '
+                             '(docs/distributed.md)')
     parser.add_argument('--amp-dtype', choices=['fp16', 'bf16'], default='fp16',
                         help='autocast dtype of the backbone on GPU: fp16 with the static loss scale of the '
                              'original, or bf16 (no loss scaling; Ampere and newer)')
     parser.add_argument('--no-validate', action='store_true', help='skip the periodic evaluation')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar (logs only)')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='do not check before training that every image and label file of the infos exists')
+    add_common_arguments(parser, trust_checkpoint=True)
     return parser.parse_args(argv)
 
 
 def setup_logger(work_dir, rank):
+    """mmdet's root logger (console + a log file in the work dir on rank 0), printing above the progress bars."""
     from mmdet.utils import get_root_logger
+
+    from engine.logs import route_through_tqdm
     log_file = osp.join(work_dir, f'train_{time.strftime("%Y%m%d_%H%M%S")}.log') if rank == 0 else None
-    return get_root_logger(log_file=log_file, log_level=logging.INFO)
-
-
-def build_train_model(cfg, logger, resuming):
-    """Build the detector from cfg.model, initialise it and load the pretrained backbone."""
-    from mmdet.models import build_detector
-    from models.weights import load_pretrained_backbone
-    model = build_detector(cfg.model)
-    model.init_weights()
-    load_from = cfg.get('load_from')
-    if load_from and not resuming:
-        if not osp.isfile(load_from):
-            raise FileNotFoundError(
-                f'pretrained weights not found: {load_from}. Download them as described in pretrain/README.md, '
-                f'or train from scratch with --cfg-options load_from=None')
-        load_pretrained_backbone(model, load_from, revise_keys=cfg.get('revise_keys', [(r'^backbone', 'img_backbone')]),
-                                 logger=logger)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f'Trainable parameters: {n_trainable:,}')
-    return model
+    return route_through_tqdm(get_root_logger(log_file=log_file, log_level=logging.INFO))
 
 
 def main(argv=None):
+    """Train; a bad input raises SystemExit('train.py: error: ...') (engine/cli.py)."""
+    return run_main(_main, 'train.py', argv)
+
+
+def _main(argv):
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.cfg_options)
-    except ConfigError as exc:
-        sys.exit(f'train.py: {exc}')
+    from engine.logs import quiet_libraries
+    quiet_libraries(args.verbose)
+    from engine.config import load_config
+    cfg = load_config(args.config, args.cfg_options)
 
-    rank, world_size, device = init_distributed(args.device)
-    import models  # noqa: F401  (registers the detector, head and transformer)
-    import loaders  # noqa: F401  (registers the dataset and pipelines)
-    from mmdet.apis import set_random_seed
-    from mmdet.core import DistEvalHook, EvalHook
-    from mmdet.datasets import build_dataset
-    from loaders.builder import build_dataloader, per_gpu_batch_size
-
+    from engine.dist import init_distributed
+    rank, world_size, device = init_distributed(args.device, args.launcher)
     work_dir = args.work_dir or cfg.get('work_dir') or osp.join('outputs', osp.splitext(osp.basename(args.config))[0])
     work_dir = osp.abspath(work_dir)
+    if args.resume_from and not osp.isfile(args.resume_from):
+        raise UserError(f'--resume-from {args.resume_from}: no such file')
+
+    from engine.runner import remove_on_early_failure
+    # a run that fails before its first checkpoint leaves no (empty) work dir behind
+    with remove_on_early_failure(work_dir, enabled=rank == 0):
+        train(args, cfg, work_dir, rank, world_size, device)
+
+
+def train(args, cfg, work_dir, rank, world_size, device):
+    import torch
+    from mmcv.runner import DistSamplerSeedHook, build_optimizer
+    from mmdet.apis import set_random_seed
+    from mmdet.core import EvalHook
+
+    from engine.build import build_dataset, build_model, build_test_loader, build_train_loader
+    from engine.dist import agree_on_checkpoint, wrap_distributed
+    from engine.distributed_hooks import CollectiveDistEvalHook, SampleSeedHook
+    from engine.parallel import OPSDataParallel
+    from engine.runner import (AtomicEpochBasedRunner, EpochSeedHook, ProgressBarHook, find_latest_checkpoint,
+                               resume_failure_message)
+    from engine.scaling import apply_plan, continue_resumed_run, plan_from_config
+    from loaders.data_check import check_dataset
+    from models.weights import UntrustedCheckpointError
+
     if rank == 0:
         os.makedirs(work_dir, exist_ok=True)
         cfg.dump(osp.join(work_dir, osp.basename(args.config)))
@@ -95,24 +104,44 @@ def main(argv=None):
         resume_from = find_latest_checkpoint(work_dir)
         if resume_from:
             logger.info(f'auto-resume: found {resume_from}')
-    if resume_from and not osp.isfile(resume_from):
-        sys.exit(f'train.py: --resume-from {resume_from}: no such file')
+    try:  # rank 0 decides; every rank must be able to read it (nodes without a shared filesystem)
+        resume_from = agree_on_checkpoint(resume_from)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
 
     set_random_seed(args.seed, deterministic=not args.no_deterministic)
 
-    samples_per_gpu = per_gpu_batch_size(cfg.batch_size, world_size, logger)
-    logger.info(f'total batch {cfg.batch_size}, {world_size} process(es), {samples_per_gpu} sample(s) per process')
+    # batch, accumulation and lr for this world size (engine/scaling.py, docs/distributed.md)
+    try:
+        plan = plan_from_config(cfg, world_size)
+    except ValueError as exc:
+        raise UserError(f'{args.config}: {exc}') from exc
+    cfg.optimizer, cfg.lr_config, scale_messages = apply_plan(cfg.optimizer, cfg.lr_config, plan)
+    for message in plan.messages:
+        logger.warning(message)
+    for message in scale_messages:
+        logger.info(message)
+    logger.info(plan.summary())
+    samples_per_gpu = plan.samples_per_gpu
     try:
         train_dataset = build_dataset(cfg.data.train)
-        model = build_train_model(cfg, logger, resuming=bool(resume_from))
+        val_dataset = None if args.no_validate else build_dataset(cfg.data.val, test_mode=True)
+        if not args.skip_data_check:  # every rank: none of them may go on to wait for the others
+            check_dataset(train_dataset, 'train', progress=rank == 0, logger=logger)
+            if val_dataset is not None:
+                check_dataset(val_dataset, 'val', eval_labels=True, progress=rank == 0, logger=logger)
+        # a resumed run takes every weight from its checkpoint: no pretrained backbone then
+        model = build_model(cfg.model, pretrained=None if resume_from else cfg.get('load_from'),
+                            revise_keys=cfg.get('revise_keys'), logger=logger, trust_checkpoint=args.trust_checkpoint)
     except KeyError as exc:  # mmcv registries raise KeyError for an unknown `type`
-        sys.exit(f'train.py: {args.config}: {exc.args[0] if exc.args else exc} '
-                 f'(is the type spelled right, and is the module imported?)')
+        raise UserError(f'{args.config}: {exc.args[0] if exc.args else exc} '
+                        f'(is the type spelled right, and is the module imported?)') from exc
     except TypeError as exc:  # an unknown keyword in a config dict
-        sys.exit(f'train.py: {args.config}: {exc}')
+        raise UserError(f'{args.config}: {exc}') from exc
+    logger.info(f'Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}')
     model.amp_dtype = torch.bfloat16 if args.amp_dtype == 'bf16' else torch.float16
-    train_loader = build_dataloader(train_dataset, samples_per_gpu, cfg.data.workers_per_gpu,
-                                    num_gpus=1, dist=world_size > 1, shuffle=True, seed=args.seed)
+    train_loader = build_train_loader(train_dataset, samples_per_gpu, cfg.data.workers_per_gpu,
+                                      dist=world_size > 1, seed=args.seed, cumulative_iters=plan.cumulative_iters)
 
     model = model.to(device)
     if world_size > 1:
@@ -122,42 +151,54 @@ def main(argv=None):
     optimizer = build_optimizer(model, cfg.optimizer)
 
     runner = AtomicEpochBasedRunner(model, optimizer=optimizer, work_dir=work_dir, logger=logger,
-                                    meta=dict(config=cfg.pretty_text, seed=args.seed), max_epochs=cfg.total_epochs)
+                                    meta=dict(config=cfg.pretty_text, seed=args.seed, batch=plan.as_meta()),
+                                    max_epochs=cfg.total_epochs,
+                                    trust_checkpoint=args.trust_checkpoint)
     runner.timestamp = time.strftime('%Y%m%d_%H%M%S')
-    optimizer_config = optimizer_hook_config(cfg, device, args.amp_dtype)
+    optimizer_config = optimizer_hook_config(cfg, device, args.amp_dtype, plan.cumulative_iters)
     runner.register_training_hooks(cfg.lr_config, optimizer_config, cfg.checkpoint_config, cfg.log_config,
                                    cfg.get('momentum_config'), custom_hooks_config=cfg.get('custom_hooks'))
     runner.register_hook(EpochSeedHook(args.seed), priority='VERY_HIGH')
-    if world_size > 1:
-        runner.register_hook(DistSamplerSeedHook())
+    runner.register_hook(DistSamplerSeedHook())  # the sampler's epoch: its order depends on (seed, epoch) only
+    runner.register_hook(SampleSeedHook())  # photometric draws per sample, not per rank (loaders/samplers.py)
     if not args.no_progress:
         runner.register_hook(ProgressBarHook(), priority='LOW')
-    if not args.no_validate:
-        val_dataset = build_dataset(cfg.data.val, dict(test_mode=True))
-        val_loader = build_dataloader(val_dataset, 1, cfg.data.workers_per_gpu, num_gpus=1,
-                                      dist=world_size > 1, shuffle=False)
+    if val_dataset is not None:
+        val_loader = build_test_loader(val_dataset, cfg.data.workers_per_gpu, dist=world_size > 1)
         interval = cfg.get('eval_config', {}).get('interval', cfg.total_epochs)
-        hook = DistEvalHook(val_loader, interval=interval, gpu_collect=False,
-                            tmpdir=osp.join(work_dir, '.eval_hook')) if world_size > 1 else EvalHook(val_loader, interval=interval)
+        # several processes: results gathered through the process group, no shared folder
+        hook = CollectiveDistEvalHook(val_loader, interval=interval) if world_size > 1 else \
+            EvalHook(val_loader, interval=interval)
         runner.register_hook(hook, priority='LOW')
 
     if resume_from:
         try:
             runner.resume(resume_from, map_location='cpu')
+        except UntrustedCheckpointError:
+            raise  # the message names the file, the object and --trust-checkpoint
         except Exception as exc:
-            sys.exit(f'train.py: cannot resume from {resume_from}: {type(exc).__name__}: {exc}. The file is '
-                     f'corrupt or not an OPS training checkpoint; delete it to resume from an earlier epoch_N.pth, '
-                     f'or start afresh with --no-auto-resume.')
+            raise UserError(resume_failure_message(resume_from, exc, work_dir)) from exc
+        # another world size / total batch: iteration counter and lr scale follow this run's plan
+        continue_resumed_run(runner, plan, len(train_loader), logger)
     runner.run([train_loader], [('train', 1)])
     logger.info(f'training finished; checkpoints in {work_dir}')
 
 
-def optimizer_hook_config(cfg, device, amp_dtype):
-    """The optimizer hook: the config's grad clip and loss scale, mixed precision only on GPU."""
+def optimizer_hook_config(cfg, device, amp_dtype, cumulative_iters=1):
+    """The optimizer hook: the config's grad clip and loss scale, mixed precision only on GPU; with
+    `cumulative_iters` > 1 mmcv's gradient accumulation (engine/distributed_hooks.py)."""
     opt_cfg = dict(cfg.optimizer_config)
     grad_clip = opt_cfg.get('grad_clip')
-    use_fp16 = opt_cfg.get('type') == 'Fp16OptimizerHook' and device.type == 'cuda' and amp_dtype == 'fp16'
+    use_fp16 = opt_cfg.get('type') in ('Fp16OptimizerHook', 'GradientCumulativeFp16OptimizerHook') and \
+        device.type == 'cuda' and amp_dtype == 'fp16'
     max_nan = cfg.get('max_consecutive_nan_steps', 5)
+    if cumulative_iters > 1:
+        if use_fp16:
+            return dict(type='NanGuardGradientCumulativeFp16OptimizerHook', cumulative_iters=cumulative_iters,
+                        grad_clip=grad_clip, loss_scale=opt_cfg.get('loss_scale', 512.0),
+                        max_consecutive_nan_steps=max_nan)
+        return dict(type='NanGuardGradientCumulativeOptimizerHook', cumulative_iters=cumulative_iters,
+                    grad_clip=grad_clip, max_consecutive_nan_steps=max_nan)
     if use_fp16:
         return dict(type='NanGuardFp16OptimizerHook', grad_clip=grad_clip, loss_scale=opt_cfg.get('loss_scale', 512.0),
                     max_consecutive_nan_steps=max_nan)
@@ -165,4 +206,4 @@ def optimizer_hook_config(cfg, device, amp_dtype):
 
 
 if __name__ == '__main__':
-    main()
+    entry_point(_main, 'train.py')

@@ -1,25 +1,35 @@
-"""End-to-end speed of OPS on one GPU: inference FPS (official protocol) and training step time.
+"""End-to-end speed of OPS on one GPU: online inference and training steps, modes interleaved in one process.
 
-    python benchmarks/bench_e2e.py --config configs/ops-t_r50_704x256_8f_12e.py --out docs/e2e.md
+    python benchmarks/bench_e2e.py --configs configs/ops-t_r50_704x256_8f_12e.py configs/ops-l_r50_704x256_8f_12e.py \
+        --rounds 5 --out e2e.md
 
-Inference follows the official timing protocol (spec 8.4): batch 1, 704x256, 6 cameras x 8 frames,
-online mode (the backbone sees the 6 current images, history features come from the cache),
-`cuda.synchronize` around the model call, GPU->CPU copy of the result included, warm-up excluded.
-Training: one optimizer step (forward, backward, clip, AdamW) of batch 1 with 8 frames and a
-ground truth of about 90k occupied voxels, as the environment notes' measurement of the original.
+Rig (what every mode sees): 704x256 crops of the nuScenes camera rig (tools/synthetic/calib.py), 6
+cameras x 8 frames, random uint8 images normalised in the step (speed does not depend on content),
+random weights with every classifier bias at +0.2 so that most points pass score_thr 0.5 (the
+post-processing's worst case). Training: batch B (default 1) with 8 frames and 91,198 occupied
+ground-truth voxels, colour augmentation, grad clip 35, AdamW with the config's lr multipliers.
 
-Two modes are measured in the same run, on the same random weights and inputs:
-* faithful: what the original computes: fp32 everywhere except the backbone in training (fp16
-  autocast with the static loss scale), the CUDA sampling op in fp32.
-* fast: backbone + FPN under bf16 autocast (inference too); at inference the decoder is replayed
-  from a CUDA graph (removes the CPU launch overhead of ~600 small kernels); the decoder stays fp32.
-The fast mode's predictions are compared with the faithful ones (voxel agreement).
-Image content does not change the speed, so images are random; the camera rig is the nuScenes
-rig of the synthetic world (tools/synthetic/calib.py), so sampling points land in the images as
-they would on real data.
+Inference modes (batch 1, online: the backbone sees the 6 key-frame images, 7 history frames come
+from the feature cache; each timed call includes the host->device copy of the images and the
+device->host copy of the result, bracketed by cuda.synchronize):
+* eager: faithful arithmetic, each kernel launched from Python (test_cfg.cuda_graph=False);
+* faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
+* fast: graph, backbone + FPN under bf16 autocast (test_cfg.mode='fast').
+Training modes:
+* faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
+  checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
+  on the host every step (mmcv's optimizer hook + mmdet's loss parsing);
+* fast: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
+  skips non-finite steps on the device), no gradient checkpointing;
+* fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
+Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
+table gives the median over rounds of each round's median, the min-max of the round medians, and
+the ratio against the first mode.
 """
 import argparse
+import copy
 import os
+import platform
 import sys
 import time
 
@@ -31,10 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.synthetic import calib  # noqa: E402
 
 NUM_VIEWS = 6
+INFER_MODES = {'eager': dict(mode='faithful', cuda_graph=False), 'faithful': dict(mode='faithful', cuda_graph=True),
+               'fast': dict(mode='fast', cuda_graph=True)}
+TRAIN_MODES = ('faithful', 'fast', 'fast-bf16')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
-    """[T*6, 4, 4] current-LiDAR -> pixel matrices of the test-time 704x256 crop (spec 6.5).
+    """[T*6, 4, 4] current-LiDAR -> pixel matrices of the test-time 704x256 crop, and ego2lidar [4, 4].
 
     Frame t is t * 0.5 s old; the ego drove `metres_per_frame` forward per frame.
     """
@@ -65,156 +78,261 @@ def make_metas(frame_ids, lidar2img, ego2lidar, height=256, width=704):
                 pad_shape=[(height, width, 3)] * len(filenames))
 
 
-def random_occupancy(num_occupied, generator):
-    """uint8 [1, 200, 200, 16] labels with ~num_occupied non-free voxels, half of them camera-visible."""
-    sem = torch.full((200 * 200 * 16,), 17, dtype=torch.uint8)
-    idx = torch.randperm(sem.numel(), generator=generator)[:num_occupied]
-    sem[idx] = torch.randint(0, 17, (num_occupied,), generator=generator, dtype=torch.uint8)
-    mask = torch.rand(sem.numel(), generator=generator) < 0.5
-    return sem.view(1, 200, 200, 16), mask.view(1, 200, 200, 16)
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-def build_model(cfg_path, device, fast):
+def frame_images(frame, height=256, width=704):
+    """uint8 [6, 3, H, W] images of global frame `frame` (the same in every mode), pinned on GPU machines."""
+    g = torch.Generator().manual_seed(10_000 + frame)
+    img = torch.randint(0, 256, (NUM_VIEWS, 3, height, width), generator=g, dtype=torch.uint8)
+    return img.pin_memory() if torch.cuda.is_available() else img
+
+
+def random_occupancy(num_occupied, generator, batch=1):
+    """uint8 [B, 200, 200, 16] labels with ~num_occupied non-free voxels each, half camera-visible."""
+    sems, masks = [], []
+    for _ in range(batch):
+        sem = torch.full((200 * 200 * 16,), 17, dtype=torch.uint8)
+        idx = torch.randperm(sem.numel(), generator=generator)[:num_occupied]
+        sem[idx] = torch.randint(0, 17, (num_occupied,), generator=generator, dtype=torch.uint8)
+        sems.append(sem.view(200, 200, 16))
+        masks.append((torch.rand(sem.numel(), generator=generator) < 0.5).view(200, 200, 16))
+    return torch.stack(sems), torch.stack(masks)
+
+
+def build_model(cfg, device, test_cfg=None, with_cp=True, state=None):
     from mmdet.models import build_detector
-    from engine.config import load_config
-    import models  # noqa: F401
-    cfg = load_config(cfg_path)
+    cfg = copy.deepcopy(cfg)
+    cfg.model.test_cfg.update(test_cfg or {})
+    cfg.model.img_backbone.with_cp = with_cp
+    cfg.model.pts_bbox_head.transformer.with_cp = with_cp
     torch.manual_seed(0)
-    np.random.seed(0)
     model = build_detector(cfg.model)
-    model.init_weights()
-    # Random weights predict nothing (the classifier bias starts at -4.6, spec 3.4), which would make
-    # post-processing free and the agreement check empty: start every layer's classifier at +0.2 so
-    # most points pass the 0.5 threshold, the post-processing's worst case.
-    for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
-        torch.nn.init.constant_(layer.cls_branch[-1].bias, 0.2)
-    model = model.to(device)
-    if fast:
-        model.amp_dtype = torch.bfloat16
-        model.pts_bbox_head.transformer.decoder.use_cuda_graph = True
-    return model, cfg
+    if state is None:
+        model.init_weights()
+        # Random weights predict nothing (classifier bias -4.6): +0.2 makes most points pass 0.5.
+        for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
+            torch.nn.init.constant_(layer.cls_branch[-1].bias, 0.2)
+    else:
+        model.load_state_dict(state)
+    return model.to(device)
 
 
-def cuda_time(fn, warmup, iters):
-    """Median milliseconds of fn() over `iters` runs after `warmup`, each bracketed by synchronize."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times)), times
+class InferenceStream:
+    """One mode's online stream: frame i is the key frame of sample i, frames i-1..i-7 its history."""
 
+    def __init__(self, model, num_frames):
+        self.model, self.num_frames = model.eval(), num_frames
+        self.lidar2img, self.ego2lidar = lidar2img_rig(num_frames)
+        self.frame = 0
+        self.preds = {}
 
-def bench_inference(model, num_frames, samples, warmup):
-    """Online-mode inference over a stream of samples; returns (median ms, predictions of each sample)."""
-    lidar2img, ego2lidar = lidar2img_rig(num_frames)
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (samples + warmup + num_frames, 1, NUM_VIEWS, 3, 256, 704), generator=g,
-                           dtype=torch.uint8)
-    model.eval()
-    model.online = True
-    preds, times = [], []
-    # the first num_frames samples only fill the cache with history features (not timed)
-    for i in range(samples + warmup + num_frames):
-        frame_ids = [max(i - t, 0) for t in range(num_frames)]
-        metas = make_metas(frame_ids, lidar2img, ego2lidar)
-        img = images[i].to(device, non_blocking=True)
-        torch.cuda.synchronize()
+    def sample(self, keep=False):
+        i = self.frame
+        self.frame += 1
+        metas = make_metas([max(i - t, 0) for t in range(self.num_frames)], self.lidar2img, self.ego2lidar)
+        img = frame_images(i)
+        device = next(self.model.parameters()).device
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
-            result = model(return_loss=False, rescale=True, img=[img], img_metas=[[metas]])
-        torch.cuda.synchronize()
-        if i >= num_frames + warmup:
+            result = self.model(return_loss=False, rescale=True, img=[img.to(device, non_blocking=True)[None]],
+                                img_metas=[[metas]])
+        sync()
+        ms = (time.perf_counter() - start) * 1000
+        if keep:
+            self.preds[i] = result[0]
+        return ms
+
+
+def dense(pred):
+    grid = np.full((200, 200, 16), 17, np.uint8)
+    grid[tuple(pred['occ_loc'].T)] = pred['sem_pred']
+    return grid
+
+
+def agreement(preds_a, preds_b):
+    """(fraction of voxels occupied in either with the same label, number of differing voxels)."""
+    same = union = diff = 0
+    for i in preds_a:
+        a, b = dense(preds_a[i]), dense(preds_b[i])
+        either = (a != 17) | (b != 17)
+        union += int(either.sum())
+        same += int((a[either] == b[either]).sum())
+        diff += int((a != b).sum())
+    return same / max(union, 1), diff
+
+
+class TrainBench:
+    """One training mode: its own model copy, optimizer and the step of that mode."""
+
+    def __init__(self, cfg, mode, state, batch, device):
+        from mmcv.runner import build_optimizer
+        self.mode = mode
+        fast = mode != 'faithful'
+        self.model = build_model(cfg, device, with_cp=not fast, state=state).train()
+        self.model.fp16_enabled = mode in ('faithful', 'fast')   # fp16 autocast backbone, as the fp16 hook sets it
+        self.model.amp_dtype = torch.bfloat16 if mode == 'fast-bf16' else torch.float16
+        opt_cfg = copy.deepcopy(cfg.optimizer)
+        if fast:
+            opt_cfg['fused'] = True
+        self.optimizer = build_optimizer(self.model, opt_cfg)
+        num_frames = cfg.num_frames
+        lidar2img, ego2lidar = lidar2img_rig(num_frames)
+        g = torch.Generator().manual_seed(2)
+        self.img = torch.randint(0, 256, (batch, num_frames * NUM_VIEWS, 3, 256, 704), generator=g,
+                                 dtype=torch.uint8).to(device)
+        sem, mask = random_occupancy(91198, g, batch)
+        self.sem, self.mask = sem.to(device), mask.to(device)
+        self.metas = [make_metas(list(range(num_frames)), lidar2img, ego2lidar) for _ in range(batch)]
+        if fast:
+            from engine.train_step import SyncFreeStep
+            self.sync_free = SyncFreeStep(self.optimizer, dict(max_norm=35, norm_type=2),
+                                          512.0 if mode == 'fast' else 1.0)
+        else:
+            self.scaler = torch.amp.GradScaler(device.type, init_scale=512.0)   # static: update(512)
+
+    def step(self):
+        losses = self.model(img=self.img, img_metas=copy.deepcopy(self.metas), voxel_semantics=self.sem,
+                            mask_camera=self.mask, return_loss=True)
+        if self.mode == 'faithful':
+            loss, log_vars = self.model._parse_losses(losses)          # .item() per term, as mmdet does
+            if not bool(torch.isfinite(loss)):                          # the NaN guard's host read
+                return
+            self.optimizer.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+            float(torch.nn.utils.clip_grad_norm_(params, max_norm=35, norm_type=2))   # logged by mmcv
+            self.scaler.step(self.optimizer)
+            self.scaler.update(512.0)
+        else:
+            from engine.train_step import parse_losses_lazy
+            loss, _ = parse_losses_lazy(losses)
+            self.sync_free(loss)
+
+    def timed(self, iters):
+        times = []
+        for _ in range(iters):
+            sync()
+            start = time.perf_counter()
+            self.step()
+            sync()
             times.append((time.perf_counter() - start) * 1000)
-            preds.append(result[0])
-    return float(np.median(times)), preds
+        return float(np.median(times))
 
 
-def bench_train(model, cfg, num_frames, iters, warmup, fast):
-    """Median ms of one training step and the peak memory (GiB)."""
-    from mmcv.runner import build_optimizer
-    device = next(model.parameters()).device
-    lidar2img, ego2lidar = lidar2img_rig(num_frames)
-    g = torch.Generator().manual_seed(2)
-    img = torch.randint(0, 256, (1, num_frames * NUM_VIEWS, 3, 256, 704), generator=g, dtype=torch.uint8).to(device)
-    sem, mask = random_occupancy(91198, g)
-    sem, mask = sem.to(device), mask.to(device)
-    metas = [make_metas(list(range(num_frames)), lidar2img, ego2lidar)]
-    model.train()
-    optimizer = build_optimizer(model, cfg.optimizer)
-    scaler = torch.amp.GradScaler('cuda', init_scale=512.0, enabled=not fast)
-    model.fp16_enabled = not fast  # faithful: fp16 autocast backbone as Fp16OptimizerHook sets it
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        losses = model(img=img, img_metas=metas, voxel_semantics=sem, mask_camera=mask, return_loss=True)
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 35)
-        scaler.step(optimizer)
-        scaler.update(512.0)
-
-    torch.cuda.reset_peak_memory_stats()
-    ms, _ = cuda_time(step, warmup, iters)
-    return ms, torch.cuda.max_memory_allocated() / 2 ** 30
+def summarise(per_round):
+    """{mode: [round medians]} -> {mode: (median, min, max)}."""
+    return {m: (float(np.median(v)), float(np.min(v)), float(np.max(v))) for m, v in per_round.items()}
 
 
-def voxel_agreement(preds_a, preds_b):
-    """Fraction of voxels (occupied in either) with the same label, over all samples; and IoU of occupancy."""
-    same, union, inter = 0, 0, 0
-    for a, b in zip(preds_a, preds_b):
-        da = {tuple(l): s for l, s in zip(a['occ_loc'].tolist(), a['sem_pred'].tolist())}
-        db = {tuple(l): s for l, s in zip(b['occ_loc'].tolist(), b['sem_pred'].tolist())}
-        keys = set(da) | set(db)
-        union += len(keys)
-        inter += len(set(da) & set(db))
-        same += sum(1 for k in keys if da.get(k) == db.get(k))
-    return same / max(union, 1), inter / max(union, 1)
+def table(title, stats, unit='ms', extra=None):
+    base = next(iter(stats.values()))[0]
+    lines = [title, '', f'| mode | median {unit} | min-max {unit} (round medians) | vs {next(iter(stats))} |'
+             + (' ' + ' | '.join(extra[0]) + ' |' if extra else ''),
+             '|---|---|---|---|' + ('---|' * len(extra[0]) if extra else '')]
+    for mode, (med, lo, hi) in stats.items():
+        row = f'| {mode} | {med:.1f} | {lo:.1f}-{hi:.1f} | {base / med:.2f}x |'
+        if extra:
+            row += ' ' + ' | '.join(extra[1][mode]) + ' |'
+        lines.append(row)
+    return lines
+
+
+def bench_config(path, args, device):
+    from engine.config import load_config
+    import models  # noqa: F401
+    cfg = load_config(path)
+    name = os.path.basename(path)
+    lines = [f'## {name}', '']
+    base = build_model(cfg, device)
+    state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    del base
+    T = cfg.num_frames
+
+    if not args.skip_inference:
+        streams = {m: InferenceStream(build_model(cfg, device, INFER_MODES[m], state=state), T)
+                   for m in args.infer_modes}
+        for s in streams.values():          # fill the cache with 7 history frames, then warm up (graph capture)
+            for _ in range(T + args.warmup):
+                s.sample()
+        per_round = {m: [] for m in streams}
+        for r in range(args.rounds):
+            for m, s in streams.items():
+                per_round[m].append(float(np.median([s.sample(keep=(r == 0)) for _ in range(args.samples)])))
+        stats = summarise(per_round)
+        fps = {m: [f'{1000 / stats[m][0]:.1f}'] for m in stats}
+        lines += table(f'Online inference, batch 1, {args.samples} samples x {args.rounds} rounds', stats,
+                       extra=(['FPS'], fps))
+        modes = list(streams)
+        for m in modes[1:]:
+            frac, diff = agreement(streams[modes[0]].preds, streams[m].preds)
+            lines.append(f'\n{m} vs {modes[0]}: {frac * 100:.3f}% of the voxels occupied in either have the same '
+                         f'label; {diff} of {200 * 200 * 16 * len(streams[m].preds)} voxels differ')
+        lines.append('')
+        del streams
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    if not args.skip_train:
+        for batch in args.train_batches:
+            benches = {}
+            for m in args.train_modes if batch == 1 else ['fast']:
+                benches[m] = TrainBench(cfg, m, state, batch, device)
+                for _ in range(args.train_warmup):
+                    benches[m].step()
+            per_round = {m: [] for m in benches}
+            peaks = {}
+            for r in range(args.rounds):
+                for m, b in benches.items():
+                    if device.type == 'cuda':
+                        torch.cuda.reset_peak_memory_stats()
+                    per_round[m].append(b.timed(args.train_iters))
+                    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else float('nan')
+                    peaks[m] = max(peaks.get(m, 0.0), peak)
+            stats = summarise(per_round)
+            extra = {m: [f'{batch * 1000 / stats[m][0]:.2f}', f'{peaks[m]:.1f}'] for m in stats}
+            lines += table(f'Training step, batch {batch}, {args.train_iters} steps x {args.rounds} rounds', stats,
+                           extra=(['samples/s', 'peak GiB'], extra))
+            lines.append('')
+            del benches
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config', default='configs/ops-t_r50_704x256_8f_12e.py')
-    parser.add_argument('--samples', type=int, default=100)
-    parser.add_argument('--warmup', type=int, default=10)
-    parser.add_argument('--train-iters', type=int, default=20)
-    parser.add_argument('--out', help='also write the table (markdown) here')
+    parser.add_argument('--configs', nargs='+', default=['configs/ops-t_r50_704x256_8f_12e.py'])
+    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--samples', type=int, default=20, help='timed inference samples per mode and round')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--infer-modes', nargs='+', default=list(INFER_MODES), choices=list(INFER_MODES))
+    parser.add_argument('--train-modes', nargs='+', default=list(TRAIN_MODES), choices=list(TRAIN_MODES))
+    parser.add_argument('--train-iters', type=int, default=5, help='timed training steps per mode and round')
+    parser.add_argument('--train-warmup', type=int, default=3)
+    parser.add_argument('--train-batches', nargs='+', type=int, default=[1],
+                        help='per-GPU batch sizes; above 1 only the fast mode runs')
+    parser.add_argument('--skip-inference', action='store_true')
+    parser.add_argument('--skip-train', action='store_true')
+    parser.add_argument('--out', help='also write the tables (markdown) here')
+    parser.add_argument('--cpu-smoke', action='store_true', help='run on the CPU (checks the script, times nothing useful)')
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit('bench_e2e.py needs a CUDA GPU')
-    device = torch.device('cuda')
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        sys.exit('bench_e2e.py needs a CUDA GPU (--cpu-smoke runs it on the CPU to check the script)')
+    device = torch.device('cpu' if args.cpu_smoke else 'cuda')
     torch.backends.cudnn.benchmark = True
-    rows, preds = [], {}
-    for mode in ('faithful', 'fast'):
-        fast = mode == 'fast'
-        model, cfg = build_model(args.config, device, fast)
-        num_frames = cfg.num_frames
-        infer_ms, preds[mode] = bench_inference(model, num_frames, args.samples, args.warmup)
-        train_ms, peak = bench_train(model, cfg, num_frames, args.train_iters, 3, fast)
-        rows.append((mode, infer_ms, 1000.0 / infer_ms, train_ms, peak))
-        del model
-        torch.cuda.empty_cache()
-    agree, occ_iou = voxel_agreement(preds['faithful'], preds['fast'])
-    base = rows[0]
-    lines = [f'# OPS end-to-end on {torch.cuda.get_device_name()} (torch {torch.__version__})', '',
-             f'config `{args.config}`, {args.samples} timed inference samples after {args.warmup} warm-up, '
-             f'{args.train_iters} timed training steps', '',
-             '| mode | inference ms | FPS | vs faithful | vs original (22.2 FPS, environment.md) | '
-             'train step ms | vs faithful | vs original (270 ms) | peak GiB |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for mode, ims, fps, tms, peak in rows:
-        lines.append(f'| {mode} | {ims:.1f} | {fps:.1f} | {base[1] / ims:.2f}x | {fps / 22.2:.2f}x | '
-                     f'{tms:.0f} | {base[3] / tms:.2f}x | {270 / tms:.2f}x | {peak:.1f} |')
-    lines += ['', f'fast vs faithful predictions: {agree * 100:.2f}% of voxels (occupied in either) have the '
-                  f'same label; occupancy IoU {occ_iou * 100:.2f}%']
+    gpu = torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU (smoke run)'
+    lines = [f'# OPS end to end on {gpu}', '',
+             f'torch {torch.__version__}, CUDA {torch.version.cuda}, host {platform.processor() or platform.machine()} '
+             f'x {os.cpu_count()} cores; command: `python {" ".join(sys.argv)}`', '']
+    for path in args.configs:
+        lines += bench_config(path, args, device)
+        print('\n'.join(lines), flush=True)
     text = '\n'.join(lines)
-    print(text)
     if args.out:
         with open(args.out, 'w') as f:
             f.write(text + '\n')

@@ -54,17 +54,15 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1),
     dict(type='LoadOccFromFile', occ_root=occ_root),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=True),
-    dict(type='DefaultFormatBundle3D', class_names={{_base_.object_names}}),
+    dict(type='DefaultFormatBundle3D'),
     dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'], meta_keys=_meta_keys),
 ]
 test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1, test_mode=True),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=False),
-    dict(type='MultiScaleFlipAug3D', img_scale=(400, 225), pts_scale_ratio=1, flip=False,
-         transforms=[
-             dict(type='DefaultFormatBundle3D', class_names={{_base_.object_names}}, with_label=False),
-             dict(type='Collect3D', keys=['img'], meta_keys=_meta_keys + ('box_type_3d',))]),
+    dict(type='MultiScaleFlipAug3D',
+         transforms=[dict(type='DefaultFormatBundle3D'), dict(type='Collect3D', keys=['img'], meta_keys=_meta_keys)]),
 ]
 data = dict(
     workers_per_gpu=1,

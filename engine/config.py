@@ -1,7 +1,23 @@
-"""Loading and checking mmcv-style config files, with errors that say what to fix."""
-import os
+"""Loading and checking mmcv-style config files, with errors that say what to fix.
 
-from mmcv import Config
+`load_config` refuses, before anything is built:
+* a `_base_` file that does not exist (with a hint when the config was copied out of configs/);
+* top-level keys nothing reads (typos, and keys of the original code that OPS does not read);
+* nested keys the builders would reject or silently ignore, named by their path
+  (`lr_config.warmup_iter: unknown key; did you mean warmup_iters?`): optimizer, optimizer_config,
+  lr_config, momentum_config, checkpoint_config, log_config, custom_hooks, eval_config, data and its
+  datasets and pipeline steps. The accepted keys come from the signatures of the classes the builders
+  construct (mmcv hooks, torch optimisers, the registered datasets and pipeline steps), so they follow
+  the installed libraries. `model` is checked when it is built (its builders report unknown keys).
+It also keeps the final evaluation when `--cfg-options total_epochs=N` changes the schedule.
+"""
+import ast
+import difflib
+import inspect
+import os
+import os.path as osp
+
+CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 
 # Top-level keys a training/evaluation config may define. Anything else is almost always a typo
 # (`totl_epochs`) that mmcv would silently ignore; helper variables of a config start with '_'.
@@ -10,55 +26,347 @@ KNOWN_TOP_LEVEL_KEYS = {
     'occ_names', 'num_classes', 'point_cloud_range', 'voxel_size', 'embed_dims', 'num_layers',
     'num_frames', 'num_levels', 'num_query', 'num_points', 'num_refines', 'img_norm_cfg',
     'ida_aug_conf', 'train_pipeline', 'test_pipeline', 'batch_size', 'total_epochs', 'optimizer',
-    'optimizer_config', 'lr_config', 'momentum_config', 'load_from', 'revise_keys', 'resume_from',
-    'checkpoint_config', 'log_config', 'eval_config', 'evaluation', 'workflow', 'debug',
-    'custom_hooks', 'seed', 'deterministic', 'work_dir', 'dist_params', 'log_level', 'fp16',
-    'find_unused_parameters', 'max_consecutive_nan_steps', 'plugin', 'plugin_dir',
+    'optimizer_config', 'lr_config', 'momentum_config', 'load_from', 'revise_keys',
+    'checkpoint_config', 'log_config', 'eval_config', 'custom_hooks', 'work_dir',
+    'find_unused_parameters', 'max_consecutive_nan_steps',
+    'auto_scale_lr', 'custom_imports',  # issue 15: engine/scaling.py; mmcv imports custom_imports' modules
+}
+# Keys of the original code's configs that nothing in OPS reads: an error that says where the setting went.
+DEAD_TOP_LEVEL_KEYS = {
+    'resume_from': 'resume with train.py --resume-from PATH (a restarted run resumes from its latest.pth by itself)',
+    'seed': 'use train.py --seed N',
+    'deterministic': 'runs are deterministic unless train.py --no-deterministic is given',
+    'fp16': 'mixed precision follows optimizer_config.type (Fp16OptimizerHook) and train.py --amp-dtype',
+    'workflow': 'train.py always trains [("train", 1)] and evaluates every eval_config.interval epochs',
+    'evaluation': 'the evaluation interval is eval_config.interval',
+    'dist_params': "torchrun's environment sets up the process group (NCCL on GPUs, gloo on the CPU)",
+    'log_level': 'logs are at INFO level (--verbose adds the libraries\' messages)',
+    'plugin': 'OPS registers its modules when train.py / val.py import them',
+    'plugin_dir': 'OPS registers its modules when train.py / val.py import them',
+    'debug': 'use --debug on the command line (tracebacks)',
 }
 REQUIRED_TRAIN_KEYS = ('model', 'data', 'batch_size', 'total_epochs', 'optimizer',
                        'optimizer_config', 'lr_config', 'checkpoint_config', 'log_config')
+# Hints for nested keys that exist in other codebases but not here.
+NESTED_KEY_HINTS = {
+    'data.persistent_workers': 'not configurable here',
+}
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used as it is; the message names the key and the fix."""
+    user_error = True  # engine/cli.py prints it as one line
 
 
-def load_config(path, cfg_options=None, required=REQUIRED_TRAIN_KEYS):
+def _suggestion(key, candidates):
+    close = difflib.get_close_matches(str(key), [str(c) for c in candidates], n=1, cutoff=0.6)
+    if close:
+        return f'did you mean {close[0]}?'
+    shown = sorted(str(c) for c in candidates)
+    return f'accepted: {", ".join(shown)}' if len(shown) <= 16 else f'accepted: {", ".join(shown[:16])}, ...'
+
+
+def _literal_bases(path):
+    """The `_base_` entries of a config file, read without running it (None when computed)."""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        raise ConfigError(f'cannot read config {path}: SyntaxError at line {exc.lineno}: {exc.msg}') from None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == '_base_' for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            return [value] if isinstance(value, str) else list(value)
+    return []
+
+
+def check_base_files(path, _seen=None):
+    """Raise ConfigError when a `_base_` file of `path` (or of its bases) does not exist."""
+    _seen = set() if _seen is None else _seen
+    if osp.abspath(path) in _seen:
+        return
+    _seen.add(osp.abspath(path))
+    for base in _literal_bases(path) or []:
+        if not isinstance(base, str) or '{{' in base or '::' in base:
+            continue  # mmcv's predefined variables and package-relative bases: mmcv resolves them
+        full = osp.join(osp.dirname(path), osp.expanduser(base))
+        if osp.isfile(full):
+            check_base_files(full, _seen)
+            continue
+        hint = ''
+        in_configs = osp.normpath(osp.join(CONFIGS_DIR, base))
+        if not osp.isabs(base) and osp.isfile(in_configs) and \
+                osp.normpath(osp.dirname(osp.abspath(path))) != osp.normpath(CONFIGS_DIR):
+            hint = (f' The config seems to be copied out of configs/: relative _base_ paths are read from the '
+                    f'config\'s own folder. Write _base_ = [{in_configs!r}] or keep the file in configs/.')
+        raise ConfigError(f'{path}: _base_ file {base!r} not found (looked for {osp.normpath(full)}).{hint}')
+
+
+def load_config(path, cfg_options=None, required=REQUIRED_TRAIN_KEYS, check_nested=True):
     """Read `path` (a Python config with optional `_base_`), merge `--cfg-options`, and check it.
 
     Args:
         path (str): config file.
         cfg_options (dict | None): dotted `key=value` overrides from the command line.
         required (tuple[str]): top-level keys that must exist.
+        check_nested (bool): also check the nested keys (imports mmcv, mmdet and the OPS registries).
     Returns:
         mmcv.Config
+    Raises:
+        ConfigError: the message names the file, the key and the fix.
     """
+    from mmcv import Config
     if not os.path.isfile(path):
-        configs_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-        available = sorted(f for f in os.listdir(configs_dir) if f.endswith('.py')) if os.path.isdir(configs_dir) else []
+        available = sorted(f for f in os.listdir(CONFIGS_DIR) if f.endswith('.py')) if osp.isdir(CONFIGS_DIR) else []
         raise ConfigError(f'config file not found: {path}. Available configs in configs/: {", ".join(available)}')
+    check_base_files(path)
     try:
         cfg = Config.fromfile(path)
     except Exception as exc:  # mmcv raises many types (SyntaxError, KeyError for a missing _base_ ...)
-        raise ConfigError(f'cannot read config {path}: {type(exc).__name__}: {exc}') from exc
+        first = (str(exc).strip().splitlines() or [''])[0]
+        raise ConfigError(f'cannot read config {path}: {type(exc).__name__}: {first}') from exc
     if cfg_options:
         unknown = [k for k in cfg_options if k.split('.')[0] not in cfg and k.split('.')[0] not in KNOWN_TOP_LEVEL_KEYS]
         if unknown:
-            raise ConfigError(f'--cfg-options: unknown top-level key(s) {unknown} for {path}')
-        cfg.merge_from_dict(cfg_options)
+            raise ConfigError(f'--cfg-options: unknown top-level key(s) {unknown} for {path}; '
+                              f'{_suggestion(unknown[0].split(".")[0], KNOWN_TOP_LEVEL_KEYS)}')
+        eval_follows_schedule = ('total_epochs' in cfg_options and isinstance(cfg.get('eval_config'), dict)
+                                 and cfg.eval_config.get('interval') == cfg.get('total_epochs')
+                                 and not any(k == 'eval_config' or k.startswith('eval_config.') for k in cfg_options))
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except Exception as exc:
+            raise ConfigError(f'--cfg-options {cfg_options}: cannot merge into {path}: {exc}') from exc
+        if eval_follows_schedule:
+            # `eval_config = dict(interval=total_epochs)` was computed when the file was read: keep its
+            # meaning (evaluate at the end) for the new schedule
+            cfg.eval_config.interval = cfg.total_epochs
     check_config(cfg, path, required)
+    if check_nested:
+        check_nested_keys(cfg, path)
     return cfg
 
 
 def check_config(cfg, path='<config>', required=REQUIRED_TRAIN_KEYS):
-    """Raise ConfigError for unknown top-level keys, missing required keys, or a model without type."""
+    """Raise ConfigError for unknown or unread top-level keys, missing required keys, or a model without type."""
+    dead = sorted(k for k in cfg.keys() if k in DEAD_TOP_LEVEL_KEYS)
+    if dead:
+        raise ConfigError(f'{path}: {dead[0]}: not read by OPS; remove it ({DEAD_TOP_LEVEL_KEYS[dead[0]]})'
+                          + (f'; also {dead[1:]}' if len(dead) > 1 else ''))
     unknown = sorted(k for k in cfg.keys() if k not in KNOWN_TOP_LEVEL_KEYS and not k.startswith('_'))
     if unknown:
         raise ConfigError(
-            f'{path}: unknown top-level key(s) {unknown}. Check the spelling; helper variables in a '
-            f'config must start with "_" to be accepted.')
+            f'{path}: unknown top-level key(s) {unknown}; {_suggestion(unknown[0], KNOWN_TOP_LEVEL_KEYS)} '
+            f'(helper variables in a config must start with "_" to be accepted)')
     missing = [k for k in required if k not in cfg]
     if missing:
         raise ConfigError(f'{path}: missing required key(s) {missing} (see configs/_base_ for the defaults)')
     if 'model' in cfg and 'type' not in cfg.model:
         raise ConfigError(f'{path}: model has no "type" (expected e.g. type="OPS")')
+
+
+# ---------------------------------------------------------------------------------------------------
+# nested keys
+
+def accepted_arguments(obj):
+    """Keyword arguments a class (or function) accepts, following `**kwargs` up the class hierarchy.
+
+    Returns:
+        (set[str], bool): the names, and whether the set is complete (False: some **kwargs lead
+        somewhere that cannot be inspected, so any key may be valid).
+    """
+    if not inspect.isclass(obj):
+        try:
+            sig = inspect.signature(obj)
+        except (TypeError, ValueError):
+            return set(), False
+        names = {n for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        return names, not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    names = set()
+    for klass in obj.__mro__:
+        init = klass.__dict__.get('__init__')
+        if init is None:
+            continue
+        if klass is object:
+            return names, True
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):
+            return names, False
+        params = list(sig.parameters.values())[1:]  # self
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names, True
+    return names, True
+
+
+class _Checker:
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, where, message):
+        raise ConfigError(f'{self.path}: {where}: {message}')
+
+    def keys(self, where, value, accepted, complete=True):
+        """Every key of dict `value` (at `where`) must be in `accepted`."""
+        if not isinstance(value, dict):
+            self.fail(where, f'expected a dict, got {type(value).__name__} {value!r}')
+        if not complete:
+            return
+        for key in value:
+            if key not in accepted:
+                hint = NESTED_KEY_HINTS.get(f'{where}.{key}')
+                self.fail(f'{where}.{key}', f'unknown key; {hint or _suggestion(key, accepted)}')
+
+    def registered(self, where, value, registry, what, extra=(), skip=(), type_key='type', default_type=None):
+        """A dict built by `registry` from its `type`: the type must exist, its keys fit the class."""
+        if not isinstance(value, dict):
+            self.fail(where, f'expected a dict with type=..., got {type(value).__name__} {value!r}')
+        type_name = value.get(type_key, default_type)
+        if type_name is None:
+            self.fail(where, f'no {type_key}: give the {what} type (e.g. {type_key}={sorted(registry.module_dict)[0]!r})')
+        if not isinstance(type_name, str):
+            return None  # a class object: the builder handles it
+        cls = registry.get(type_name)
+        if cls is None:
+            self.fail(f'{where}.{type_key}', f'{type_name!r} is not a registered {what}; '
+                                             f'{_suggestion(type_name, registry.module_dict)}')
+        accepted, complete = accepted_arguments(cls)
+        self.keys(where, {k: v for k, v in value.items() if k not in skip},
+                  accepted | {type_key} | set(extra), complete)
+        return cls
+
+    # --- the sections ---
+
+    def optimizer(self, value):
+        from mmcv.runner.optimizer.builder import OPTIMIZERS
+        where = 'optimizer'
+        cls = self.registered(where, value, OPTIMIZERS, 'optimizer', extra=('constructor', 'paramwise_cfg'),
+                              skip=('params',))
+        if cls is not None and 'params' in value:
+            self.fail(f'{where}.params', 'unknown key; the parameters come from the model (paramwise_cfg sets '
+                                         'per-parameter options)')
+        paramwise = value.get('paramwise_cfg')
+        if paramwise is not None and value.get('constructor', 'DefaultOptimizerConstructor') == \
+                'DefaultOptimizerConstructor':
+            self.keys(f'{where}.paramwise_cfg', paramwise,
+                      {'custom_keys', 'bias_lr_mult', 'bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult',
+                       'dcn_offset_lr_mult', 'bypass_duplicate'})
+            for name, options in (paramwise.get('custom_keys') or {}).items():
+                self.keys(f'{where}.paramwise_cfg.custom_keys.{name}', options, {'lr_mult', 'decay_mult'})
+
+    def optimizer_config(self, value):
+        # train.py builds NanGuard(Fp16)OptimizerHook from these keys (optimizer_hook_config); cumulative_iters
+        # pins the gradient accumulation (engine/scaling.py)
+        where = 'optimizer_config'
+        self.keys(where, value, {'type', 'grad_clip', 'loss_scale', 'cumulative_iters'})
+        kind = value.get('type', 'OptimizerHook')
+        if kind not in ('OptimizerHook', 'Fp16OptimizerHook', 'GradientCumulativeOptimizerHook',
+                        'GradientCumulativeFp16OptimizerHook'):
+            self.fail(f'{where}.type', f'{kind!r} is not supported: OptimizerHook (fp32) or Fp16OptimizerHook '
+                                       f'(mixed precision on GPUs)')
+        if value.get('grad_clip') is not None:
+            import torch
+            accepted, _ = accepted_arguments(torch.nn.utils.clip_grad_norm_)
+            self.keys(f'{where}.grad_clip', value['grad_clip'], accepted - {'parameters'})
+
+    def updater(self, name, value, suffix):
+        from mmcv.runner import HOOKS
+        if not isinstance(value, dict):
+            return  # None (no hook) or a Hook object
+        if 'policy' not in value:
+            self.fail(name, f'no policy: give e.g. policy="CosineAnnealing" (the {suffix} hook is <policy>{suffix})')
+        policy = value['policy']
+        hook_type = (policy.title() if policy == policy.lower() else policy) + suffix
+        cls = HOOKS.get(hook_type)
+        if cls is None:
+            policies = [k[:-len(suffix)] for k in HOOKS.module_dict if k.endswith(suffix)]
+            self.fail(f'{name}.policy', f'unknown policy {policy!r}; {_suggestion(policy, policies)}')
+        accepted, complete = accepted_arguments(cls)
+        self.keys(name, value, accepted | {'policy'}, complete)
+
+    def checkpoint_config(self, value):
+        from mmcv.runner import HOOKS
+        from engine.runner import AtomicEpochBasedRunner
+        if not isinstance(value, dict):
+            return
+        # CheckpointHook passes its **kwargs on to runner.save_checkpoint
+        extra, _ = accepted_arguments(AtomicEpochBasedRunner.save_checkpoint)
+        self.registered('checkpoint_config', value, HOOKS, 'hook', extra=extra - {'self', 'out_dir'},
+                        default_type='CheckpointHook')
+
+    def log_config(self, value):
+        from mmcv.runner import HOOKS
+        self.keys('log_config', value, {'interval', 'hooks'})
+        for i, hook in enumerate(value.get('hooks') or []):
+            self.registered(f'log_config.hooks[{i}]', hook, HOOKS, 'logger hook')
+
+    def custom_hooks(self, value):
+        from mmcv.runner import HOOKS
+        for i, hook in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(hook, dict):
+                self.registered(f'custom_hooks[{i}]', hook, HOOKS, 'hook', extra=('priority',))
+
+    def eval_config(self, value):
+        self.keys('eval_config', value, {'interval'})  # train.py: EvalHook(interval=...)
+
+    def data(self, value):
+        # samples_per_gpu: optional, pins the per-process batch (engine/scaling.py)
+        self.keys('data', value, {'workers_per_gpu', 'samples_per_gpu', 'train', 'val', 'test'})
+        for split in ('train', 'val', 'test'):
+            if split in value:
+                self.dataset(f'data.{split}', value[split])
+
+    def dataset(self, where, value):
+        from mmdet.datasets import DATASETS
+        if isinstance(value, (list, tuple)):  # mmdet concatenates a list of datasets
+            for i, item in enumerate(value):
+                self.dataset(f'{where}[{i}]', item)
+            return
+        self.registered(where, value, DATASETS, 'dataset')
+        for key, sub in value.items():
+            if key == 'pipeline':
+                self.pipeline(f'{where}.pipeline', sub)
+            elif isinstance(sub, dict) and 'type' in sub and isinstance(sub['type'], str) and sub['type'] in DATASETS:
+                self.dataset(f'{where}.{key}', sub)  # wrappers (RepeatDataset(dataset=...), ...)
+
+    def pipeline(self, where, steps):
+        from mmdet.datasets import PIPELINES
+        if not isinstance(steps, (list, tuple)):
+            self.fail(where, f'expected a list of pipeline steps, got {type(steps).__name__}')
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict):
+                continue  # a callable: Compose accepts it
+            self.registered(f'{where}[{i}]', step, PIPELINES, 'pipeline step')
+            for key, sub in step.items():  # nested steps (MultiScaleFlipAug3D(transforms=[...]))
+                if isinstance(sub, (list, tuple)) and sub and all(isinstance(s, dict) and 'type' in s for s in sub):
+                    self.pipeline(f'{where}[{i}].{key}', sub)
+
+
+def check_nested_keys(cfg, path='<config>'):
+    """Raise ConfigError naming the first nested key that its builder would reject or ignore."""
+    import engine.runner  # noqa: F401  (registers the NanGuard hooks)
+    import loaders  # noqa: F401  (registers the dataset and the pipeline steps)
+    checker = _Checker(path)
+    if cfg.get('optimizer') is not None:
+        checker.optimizer(cfg.optimizer)
+    if cfg.get('optimizer_config') is not None:
+        checker.optimizer_config(cfg.optimizer_config)
+    if cfg.get('lr_config') is not None:
+        checker.updater('lr_config', cfg.lr_config, 'LrUpdaterHook')
+    if cfg.get('momentum_config') is not None:
+        checker.updater('momentum_config', cfg.momentum_config, 'MomentumUpdaterHook')
+    if cfg.get('checkpoint_config') is not None:
+        checker.checkpoint_config(cfg.checkpoint_config)
+    if cfg.get('log_config') is not None:
+        checker.log_config(cfg.log_config)
+    if cfg.get('custom_hooks') is not None:
+        checker.custom_hooks(cfg.custom_hooks)
+    if cfg.get('eval_config') is not None:
+        checker.eval_config(cfg.eval_config)
+    if cfg.get('data') is not None:
+        checker.data(cfg.data)

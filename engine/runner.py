@@ -1,11 +1,22 @@
 """The training runner and hooks: atomic checkpoints, per-epoch seeding, NaN guard, progress bar.
 
-mmcv's EpochBasedRunner is used as is, except that checkpoints are written to a temporary file
-and renamed into place, so a kill during the write never leaves a truncated `latest.pth`.
+mmcv's EpochBasedRunner is used as is, except that
+* checkpoints are written to a temporary file and renamed into place, so a kill during the write
+  never leaves a truncated `latest.pth`;
+* checkpoints are read without running code from them (models/weights.py; `trust_checkpoint=True`
+  for files the user vouches for);
+* every logger hook logs at the end of an epoch too (`ignore_last=False`), so an epoch shorter than
+  the log interval still logs its loss.
+`remove_on_early_failure` takes away what a run that failed before its first checkpoint wrote.
 """
+import contextlib
+import copy
 import glob
 import os
 import os.path as osp
+import re
+import shutil
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -27,7 +38,65 @@ def atomic_symlink(target_name, link_path):
 
 @RUNNERS.register_module()
 class AtomicEpochBasedRunner(EpochBasedRunner):
-    """EpochBasedRunner whose checkpoints are written atomically (temporary file + rename)."""
+    """EpochBasedRunner whose checkpoints are written atomically (temporary file + rename) and read safely.
+
+    Args (besides EpochBasedRunner's):
+        trust_checkpoint (bool): read checkpoints (resume) with the full unpickler, which can run code
+            stored in the file (train.py --trust-checkpoint).
+    """
+
+    def __init__(self, *args, trust_checkpoint=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trust_checkpoint = trust_checkpoint
+
+    def load_checkpoint(self, filename, map_location='cpu', strict=False, revise_keys=((r'^module\.', ''),)):
+        """mmcv's load_checkpoint on a local file, read with models.weights.load_checkpoint_file."""
+        from mmcv.runner.checkpoint import load_state_dict
+        from models.weights import CheckpointError, load_checkpoint_file
+        checkpoint = load_checkpoint_file(filename, 'checkpoint', trust=self.trust_checkpoint,
+                                          map_location='cpu' if map_location in (None, 'default') else map_location)
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f'{filename}: not a training checkpoint (it holds a {type(checkpoint).__name__})')
+        state_dict = checkpoint.get('state_dict', checkpoint)
+        metadata = getattr(state_dict, '_metadata', OrderedDict())
+        for pattern, repl in revise_keys:
+            state_dict = OrderedDict((re.sub(pattern, repl, k), v) for k, v in state_dict.items())
+        state_dict._metadata = metadata
+        load_state_dict(self.model, state_dict, strict, self.logger)
+        return checkpoint
+
+    def resume(self, checkpoint, resume_optimizer=True, map_location='cpu'):
+        """mmcv's resume without `mmcv.Config.fromstring(meta['config'])`, which runs the config text stored
+        in the checkpoint as Python (mmcv uses it only for a `gpu_ids` key OPS configs do not have)."""
+        from models.weights import CheckpointError
+        path = checkpoint
+        checkpoint = self.load_checkpoint(path, map_location=map_location)
+        meta = checkpoint.get('meta')
+        if not isinstance(meta, dict) or 'epoch' not in meta or 'iter' not in meta:
+            raise CheckpointError(f'{path}: not a training checkpoint (no meta.epoch / meta.iter): resume needs a '
+                                  f'checkpoint train.py wrote; to start from weights only, set load_from')
+        self._epoch = meta['epoch']
+        self._iter = meta['iter']
+        if self.meta is None:
+            self.meta = {}
+        self.meta.setdefault('hook_msgs', {})
+        self.meta['hook_msgs'].update(meta.get('hook_msgs', {}))
+        self.meta = meta
+        if 'optimizer' in checkpoint and resume_optimizer:
+            if isinstance(self.optimizer, dict):
+                for key in self.optimizer:
+                    self.optimizer[key].load_state_dict(checkpoint['optimizer'][key])
+            else:
+                self.optimizer.load_state_dict(checkpoint['optimizer'])
+        self.logger.info('resumed epoch %d, iter %d', self.epoch, self.iter)
+
+    def register_logger_hooks(self, log_config):
+        """mmcv's logger hooks, but each logs at the end of every epoch too (ignore_last=False)."""
+        if log_config is None:
+            return
+        log_config = copy.deepcopy(dict(log_config))
+        log_config['hooks'] = [dict(info, ignore_last=info.get('ignore_last', False)) for info in log_config['hooks']]
+        super().register_logger_hooks(log_config)
 
     def save_checkpoint(self, out_dir, filename_tmpl='epoch_{}.pth', save_optimizer=True,
                         meta=None, create_symlink=True):
@@ -44,15 +113,67 @@ class AtomicEpochBasedRunner(EpochBasedRunner):
             atomic_symlink(filename, osp.join(out_dir, 'latest.pth'))
 
 
+def _epoch_checkpoints(work_dir):
+    """epoch_N.pth files of `work_dir`, newest (highest N) first."""
+    found = []
+    for path in glob.glob(osp.join(work_dir, 'epoch_*.pth')):
+        number = osp.basename(path)[len('epoch_'):-len('.pth')]
+        if number.isdigit():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
 def find_latest_checkpoint(work_dir):
     """Return the newest complete checkpoint in `work_dir` (latest.pth, else the highest epoch_N.pth)."""
     latest = osp.join(work_dir, 'latest.pth')
     if osp.exists(latest):
         return latest
-    epochs = glob.glob(osp.join(work_dir, 'epoch_*.pth'))
-    if not epochs:
-        return None
-    return max(epochs, key=lambda p: int(osp.basename(p)[len('epoch_'):-len('.pth')]))
+    epochs = _epoch_checkpoints(work_dir)
+    return epochs[0] if epochs else None
+
+
+def resume_failure_message(path, exc, work_dir):
+    """What to do when resuming from `path` failed with `exc`: the other checkpoints kept, or start afresh."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if reason.startswith(f'{path}: '):
+        reason = reason[len(path) + 2:]
+    bad = {osp.realpath(path)}
+    others = [p for p in _epoch_checkpoints(work_dir) if osp.realpath(p) not in bad]
+    if others:
+        advice = (f'delete it (and latest.pth if it points to it) to resume from {osp.basename(others[0])}, '
+                  f'or start afresh with --no-auto-resume')
+    else:
+        advice = ('no other checkpoint is kept in the work dir (checkpoint_config.max_keep_ckpts): start afresh '
+                  'with --no-auto-resume (or delete the file)')
+    return f'cannot resume from {path}: {reason}\nThe file is corrupt or not an OPS training checkpoint; {advice}.'
+
+
+@contextlib.contextmanager
+def remove_on_early_failure(work_dir, enabled=True):
+    """Remove what a run wrote into `work_dir` when it fails before writing its first checkpoint.
+
+    A work dir the run created is removed entirely; in an existing one, only the entries the run added
+    (config copy, logs, TensorBoard folder) are. Once a checkpoint exists, nothing is removed.
+    """
+    existed = osp.isdir(work_dir)
+    before = set(os.listdir(work_dir)) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if enabled and osp.isdir(work_dir):
+            added = set(os.listdir(work_dir)) - before
+            if not any(name.endswith('.pth') for name in added):
+                if not existed:
+                    shutil.rmtree(work_dir, ignore_errors=True)
+                else:
+                    for name in added:
+                        target = osp.join(work_dir, name)
+                        if osp.isdir(target) and not osp.islink(target):
+                            shutil.rmtree(target, ignore_errors=True)
+                        else:
+                            with contextlib.suppress(OSError):
+                                os.remove(target)
+        raise
 
 
 @HOOKS.register_module()

@@ -1,7 +1,8 @@
 """Data side of OPS: the nuScenes occupancy dataset, its pipeline steps and loaders (registered in
-mmdet's DATASETS / PIPELINES on import)."""
+mmdet's DATASETS / PIPELINES on import). The protocol constants it uses live in core/occ3d.py, the
+metrics in evaluation/."""
 from . import pipelines  # noqa: F401
-from .builder import build_dataloader, per_gpu_batch_size
-from .nuscenes_occ_dataset import OCC_CLASS_NAMES, NuScenesOccDataset
+from .builder import build_dataloader, build_train_dataloader, per_gpu_batch_size
+from .nuscenes_occ_dataset import NuScenesOccDataset
 
-__all__ = ['NuScenesOccDataset', 'OCC_CLASS_NAMES', 'build_dataloader', 'per_gpu_batch_size']
+__all__ = ['NuScenesOccDataset', 'build_dataloader', 'build_train_dataloader', 'per_gpu_batch_size']

@@ -61,3 +61,25 @@ def build_dataloader(dataset, samples_per_gpu, workers_per_gpu, num_gpus=1, dist
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=partial(collate, samples_per_gpu=samples_per_gpu), worker_init_fn=init_fn,
                       **kwargs)
+
+
+def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, cumulative_iters=1, seed=0, **kwargs):
+    """Training loader of this process whose data order does not depend on the number of processes.
+
+    loaders/samplers.py: GlobalBatchSampler deals global batches of world_size * samples_per_gpu *
+    cumulative_iters samples from an order drawn from (seed, epoch) and cuts them into this rank's
+    micro-batches; SampleSeededDataset seeds each sample's random augmentation from its position in
+    the epoch, in whichever process or worker loads it. One process and several use the same
+    sampler. The sampler's `set_epoch` is called by mmcv's DistSamplerSeedHook (register it always).
+    """
+    from .samplers import GlobalBatchSampler, SampleSeededDataset
+    if samples_per_gpu < 1:
+        raise ValueError(f'samples_per_gpu must be >= 1, got {samples_per_gpu}')
+    rank, world_size = get_dist_info()
+    sampler = GlobalBatchSampler(dataset, samples_per_gpu, world_size, rank, cumulative_iters=cumulative_iters,
+                                 seed=seed)
+    init_fn = partial(worker_init_fn, num_workers=workers_per_gpu, rank=rank, seed=seed)
+    kwargs.setdefault('pin_memory', False)
+    return DataLoader(SampleSeededDataset(dataset), batch_size=samples_per_gpu, sampler=sampler,
+                      num_workers=workers_per_gpu, collate_fn=partial(collate, samples_per_gpu=samples_per_gpu),
+                      worker_init_fn=init_fn, **kwargs)

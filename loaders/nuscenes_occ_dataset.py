@@ -1,4 +1,4 @@
-"""NuScenesOccDataset: the nuScenes occupancy dataset of OPS (spec 6.3).
+"""NuScenesOccDataset: the nuScenes occupancy dataset of OPS (docs/method.md, "Camera history").
 
 Reads the info pickles of gen_sweep_info.py, sorted by timestamp (scenes stay contiguous, so index-1
 is the previous key frame of the same scene when there is one), and builds one input dict per key
@@ -13,21 +13,11 @@ from mmdet.datasets import DATASETS
 from mmdet.datasets.pipelines import Compose
 from torch.utils.data import Dataset
 
-from .pipelines.loading import CAMERA_TYPES, intrinsic_pad, rigid_inverse
+from core.geometry import pad_intrinsic, quaternion_to_matrix, rigid_inverse, rigid_transform
+from core.occ3d import CAMERA_NAMES, CLASS_NAMES
 
-OCC_CLASS_NAMES = ('others', 'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle', 'pedestrian',
-                   'traffic_cone', 'trailer', 'truck', 'driveable_surface', 'other_flat', 'sidewalk', 'terrain',
-                   'manmade', 'vegetation')
 INFO_KEYS = ('token', 'scene_name', 'timestamp', 'cams', 'cam_sweeps', 'lidar2ego_translation', 'lidar2ego_rotation',
              'ego2global_translation', 'ego2global_rotation')
-
-
-def quaternion_matrix(q):
-    """nuScenes quaternion [w, x, y, z] -> 3x3 rotation."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 @DATASETS.register_module()
@@ -40,30 +30,26 @@ class NuScenesOccDataset(Dataset):
         data_root (str): nuScenes root; only used to default occ_root to <data_root>/gts.
         occ_root (str): Occ3D gts/ folder, for evaluation (and LoadOccFromFile(occ_root=None) uses
             the infos' occ_path).
-        classes: the 3D-box class names of the original configs; accepted, unused (no box targets).
-        modality (dict): accepted; only cameras are used.
-        test_mode (bool): no train-only fields; switches the pipeline's test behaviour where configured.
+        test_mode (bool): every sample is returned as the pipeline makes it; in training (False) a
+            sample the pipeline drops (returns None) is replaced by a random other one.
         load_interval (int): keep every n-th sample (after sorting).
         into_past (int): maximum length of the camera history list (150 as the original).
-        box_type_3d, filter_empty_gt, use_valid_flag: accepted for config compatibility.
+
+    Every key frame is a sample (the original forces filter_empty_gt=False). The original's 3D-box
+    arguments (classes, modality, box_type_3d, use_valid_flag, filter_empty_gt) are gone: no box
+    reaches the model; passing one is an error naming it.
     """
 
-    CLASSES = OCC_CLASS_NAMES
+    CLASSES = CLASS_NAMES
 
-    def __init__(self, ann_file, pipeline=None, data_root=None, occ_root=None, classes=None, modality=None,
-                 box_type_3d='LiDAR', filter_empty_gt=False, test_mode=False, use_valid_flag=False, load_interval=1,
-                 into_past=150, file_client_args=None):
+    def __init__(self, ann_file, pipeline=None, data_root=None, occ_root=None, test_mode=False, load_interval=1,
+                 into_past=150):
         if load_interval < 1:
             raise ValueError(f'load_interval must be >= 1, got {load_interval}')
         self.ann_file = ann_file
         self.data_root = data_root
         self.occ_root = occ_root if occ_root is not None else (osp.join(data_root, 'gts') if data_root else None)
-        self.object_classes = classes
-        self.modality = modality or dict(use_camera=True, use_lidar=False)
-        self.box_type_3d = box_type_3d
-        self.filter_empty_gt = False  # as the original: every key frame is a sample
         self.test_mode = test_mode
-        self.use_valid_flag = use_valid_flag
         self.load_interval = load_interval
         self.into_past = into_past
         self.data_infos = self.load_annotations(ann_file)
@@ -94,7 +80,7 @@ class NuScenesOccDataset(Dataset):
 
     def collect_cam_sweeps(self, index):
         """Camera history of sample `index`, newest first: each key-frame interval contributes its
-        sweeps (most recent first) and then the previous key frame's `cams` (spec 6.3)."""
+        sweeps (most recent first) and then the previous key frame's `cams` (docs/method.md, "Camera history")."""
         prev = []
         cur = index
         scene = self.data_infos[index]['scene_name']
@@ -109,58 +95,31 @@ class NuScenesOccDataset(Dataset):
 
     def get_data_info(self, index):
         info = self.data_infos[index]
-        l2e_r = quaternion_matrix(info['lidar2ego_rotation'])
+        l2e_r = quaternion_to_matrix(info['lidar2ego_rotation'])
         l2e_t = np.asarray(info['lidar2ego_translation'], dtype=np.float64)
-        lidar2ego = np.eye(4)
-        lidar2ego[:3, :3], lidar2ego[:3, 3] = l2e_r, l2e_t
         input_dict = dict(
             sample_idx=info['token'], scene_name=info['scene_name'], timestamp=info['timestamp'] / 1e6,
-            ego2lidar=rigid_inverse(lidar2ego),
+            ego2lidar=rigid_inverse(rigid_transform(l2e_r, l2e_t)),
             ego2global_translation=np.asarray(info['ego2global_translation'], dtype=np.float64),
-            ego2global_rotation=quaternion_matrix(info['ego2global_rotation']),
+            ego2global_rotation=quaternion_to_matrix(info['ego2global_rotation']),
             lidar2ego_translation=l2e_t, lidar2ego_rotation=l2e_r, occ_path=info.get('occ_path'))
         img_filename, img_timestamp, lidar2img = [], [], []
-        for cam in CAMERA_TYPES:
+        for cam in CAMERA_NAMES:
             if cam not in info['cams']:
                 raise KeyError(f'sample {info["token"]} has no {cam} in its infos')
             c = info['cams'][cam]
-            cam2lidar = np.eye(4)
-            cam2lidar[:3, :3] = c['sensor2lidar_rotation']
-            cam2lidar[:3, 3] = c['sensor2lidar_translation']
+            cam2lidar = rigid_transform(c['sensor2lidar_rotation'], c['sensor2lidar_translation'])
             img_filename.append(c['data_path'])
             img_timestamp.append(c['timestamp'] / 1e6)
-            lidar2img.append((intrinsic_pad(c['cam_intrinsic']) @ rigid_inverse(cam2lidar)).astype(np.float32))
+            lidar2img.append((pad_intrinsic(c['cam_intrinsic']) @ rigid_inverse(cam2lidar)).astype(np.float32))
         input_dict.update(img_filename=img_filename, img_timestamp=img_timestamp, lidar2img=lidar2img,
                           cam_sweeps=dict(prev=self.collect_cam_sweeps(index), next=[]))
-        if not self.test_mode:
-            input_dict['ann_info'] = self.get_ann_info(index)
         return input_dict
-
-    def get_ann_info(self, index):
-        """3D boxes when the infos carry them (extended mmdet3d pickles); unused by the method."""
-        info = self.data_infos[index]
-        if 'gt_boxes' not in info:
-            return dict(gt_bboxes_3d=np.zeros((0, 7), dtype=np.float32), gt_labels_3d=np.zeros(0, dtype=np.int64),
-                        gt_names=np.zeros(0, dtype='<U1'))
-        keep = info['valid_flag'] if self.use_valid_flag and 'valid_flag' in info else np.ones(len(info['gt_boxes']), bool)
-        names = np.asarray(info['gt_names'])[keep]
-        classes = list(self.object_classes or [])
-        labels = np.array([classes.index(n) if n in classes else -1 for n in names], dtype=np.int64)
-        return dict(gt_bboxes_3d=np.asarray(info['gt_boxes'])[keep], gt_labels_3d=labels, gt_names=names)
-
-    def pre_pipeline(self, results):
-        results['img_fields'] = []
-        results['bbox3d_fields'] = []
-        results['pts_mask_fields'] = []
-        results['pts_seg_fields'] = []
-        results['box_type_3d'] = self.box_type_3d
 
     def prepare(self, index):
         if self.pipeline is None:
             raise RuntimeError('NuScenesOccDataset was built without a pipeline; pass pipeline=[...]')
-        results = self.get_data_info(index)
-        self.pre_pipeline(results)
-        return self.pipeline(results)
+        return self.pipeline(self.get_data_info(index))
 
     def __getitem__(self, index):
         if self.test_mode:
@@ -172,8 +131,11 @@ class NuScenesOccDataset(Dataset):
             index = np.random.randint(len(self))
 
     def evaluate(self, results, logger=None, **kwargs):
-        """mIoU and RayIoU of `results` (dataset order); returns loaders.occ_eval's dict."""
-        from .occ_eval import evaluate_occupancy
+        """mIoU and RayIoU of `results` (dataset order): `evaluation.evaluate_occupancy`'s dict.
+
+        Called by mmdet's EvalHook / DistEvalHook during training; val.py calls the evaluator itself.
+        """
+        from evaluation import evaluate_occupancy
         return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger)
 
     def __repr__(self):

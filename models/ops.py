@@ -5,7 +5,6 @@ t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... 
 only the N key-frame images are given and the history features come from a per-frame cache.
 """
 import warnings
-from collections import OrderedDict
 
 import torch
 from mmcv.runner import get_dist_info
@@ -13,6 +12,9 @@ from mmdet.models import DETECTORS
 from mmdet.models.builder import build_backbone, build_head, build_neck
 from mmdet.models.detectors.base import BaseDetector
 
+from .cuda_graph import GraphedFunction
+from .feature_cache import FrameFeatureCache
+from .occ_postprocess import grid_to_sparse
 from .photometric import GpuPhotoMetricDistortion
 
 __all__ = ['OPS']
@@ -32,9 +34,17 @@ class OPS(BaseDetector):
         online (bool | None): test mode. True: online (N current images, history features from the
             cache); False: offline (all T*N images); None: offline when the world size is > 1 or all
             T*N images are given, online otherwise (spec 3.7). val.py may set the attribute.
-        train_cfg, test_cfg (dict): `pts` entries are handed to the head.
+        train_cfg (dict): `pts` entries are handed to the head.
+        test_cfg (dict): `pts` entries are handed to the head; and the inference path:
+            `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (backbone and
+            FPN under bf16 autocast on CUDA); `cuda_graph` (default True): on CUDA, replay each test
+            step (backbone, feature cache, decoder, post-processing) from a CUDA graph, which computes
+            exactly what the same step computes eagerly.
     """
     CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
+    TEST_MODES = ('faithful', 'fast')
+    # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img
+    PROJECTION_KEY = 'lidar2img'
 
     def __init__(self, img_backbone, img_neck, pts_bbox_head, data_aug=None, stop_prev_grad=0,
                  use_grid_mask=False, online=None, train_cfg=None, test_cfg=None, init_cfg=None):
@@ -49,6 +59,14 @@ class OPS(BaseDetector):
                     test_cfg=test_cfg['pts'] if test_cfg else None)
         self.pts_bbox_head = build_head(head)
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
+        test_cfg = dict(test_cfg or {})
+        unknown = sorted(set(test_cfg) - {'pts', 'mode', 'cuda_graph'})
+        if unknown:
+            raise ValueError(f'OPS: unknown test_cfg keys {unknown}; known: pts, mode, cuda_graph')
+        self.test_mode = test_cfg.get('mode', 'faithful')
+        if self.test_mode not in self.TEST_MODES:
+            raise ValueError(f"OPS: test_cfg.mode must be one of {self.TEST_MODES}, got {self.test_mode!r}")
+        self.cuda_graph = bool(test_cfg.get('cuda_graph', True))
 
         data_aug = dict(data_aug or {})
         self.color_aug = GpuPhotoMetricDistortion() if data_aug.get('img_color_aug', False) else None
@@ -65,7 +83,9 @@ class OPS(BaseDetector):
         # autocast dtype of the backbone on CUDA (train.py may set bfloat16: then no loss scaling is needed and
         # autocast is used without the fp16 optimizer hook)
         self.amp_dtype = torch.float16
-        self._feat_cache = OrderedDict()   # first camera's filename -> list of L [1, N, C, H_l, W_l]
+        self.feature_cache = FrameFeatureCache(self.CACHE_SIZE)
+        self._online_step = GraphedFunction(self._online_step_fn)
+        self._offline_step = GraphedFunction(self._offline_step_fn)
 
     # ------------------------------------------------------------------ image branch
     @property
@@ -76,7 +96,7 @@ class OPS(BaseDetector):
         super().train(mode)
         if mode:
             # cached features belong to the previous weights
-            self._feat_cache.clear()
+            self.feature_cache.clear()
         return self
 
     def preprocess(self, img):
@@ -101,54 +121,93 @@ class OPS(BaseDetector):
         """img/ori shape = augmented size, pad_shape = padded size, one entry per view of every frame."""
         pad_h, pad_w = H + (-H % self.size_divisor), W + (-W % self.size_divisor)
         for meta in img_metas:
-            n = len(meta['lidar2img'])
+            n = len(meta[self.PROJECTION_KEY])
             meta['ori_shape'] = [(H, W, 3)] * n
             meta['img_shape'] = [(H, W, 3)] * n
             meta['pad_shape'] = [(pad_h, pad_w, 3)] * n
 
-    def extract_img_feat(self, img, fp16=None):
+    def extract_img_feat(self, img, amp_dtype=None):
         """Backbone + FPN on normalised `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32.
 
-        Under autocast on CUDA (dtype `amp_dtype`, fp16 by default) when `fp16_enabled` (training with the
-        fp16 optimizer hook, multi-GPU test) or `amp_dtype` is bfloat16; `fp16` overrides the decision.
-        Outputs are float32. No autocast on the CPU.
+        Under CUDA autocast with `amp_dtype` (None: no autocast; never on the CPU). Outputs are float32.
         """
-        if fp16 is None:
-            fp16 = self.fp16_enabled or self.amp_dtype == torch.bfloat16
-        use_amp = bool(fp16 and img.is_cuda)
+        use_amp = amp_dtype is not None and img.is_cuda
         with warnings.catch_warnings():
             # mmdet 2.28's ResNet(with_cp=True) calls torch.utils.checkpoint without `use_reentrant`; the
             # reentrant variant it gets is the original's behaviour, the per-block warning is noise
             warnings.filterwarnings('ignore', message='torch.utils.checkpoint: the use_reentrant parameter')
-            with torch.autocast(img.device.type, dtype=self.amp_dtype if use_amp else None, enabled=use_amp):
+            with torch.autocast(img.device.type, dtype=amp_dtype if use_amp else None, enabled=use_amp):
                 feats = self.img_neck(self.img_backbone(img))
         return [f.float() for f in feats]
 
-    def extract_feat(self, img, img_metas, fp16=None):
-        """`[B, V, 3, H, W]` BGR images -> L levels `[B, V, C, H_l, W_l]` (V = T*N, or N online)."""
+    def train_amp_dtype(self):
+        """Autocast dtype of the backbone in training: `amp_dtype` when the fp16 optimizer hook enabled
+        fp16 or `amp_dtype` is bfloat16 (no loss scaling needed), else None (fp32)."""
+        return self.amp_dtype if (self.fp16_enabled or self.amp_dtype == torch.bfloat16) else None
+
+    def extract_feat(self, img, img_metas):
+        """Training: `[B, V, 3, H, W]` BGR images -> L levels `[B, V, C, H_l, W_l]` (V = T*N)."""
         if img.dim() != 5 or img.shape[2] != 3:
             raise ValueError(f'OPS: img must be [B, views, 3, H, W] (BGR), got {tuple(img.shape)}')
         B, V = img.shape[:2]
+        amp_dtype = self.train_amp_dtype()
         x = self.preprocess(img.flatten(0, 1))
         if self.training and self.stop_prev_grad > 0 and V > self.num_views:
             N = self.num_views
             x = x.view(B, V, *x.shape[1:])
-            cur = self.extract_img_feat(x[:, :N].flatten(0, 1), fp16)
+            cur = self.extract_img_feat(x[:, :N].flatten(0, 1), amp_dtype)
             with torch.no_grad():
-                prev = self.extract_img_feat(x[:, N:].flatten(0, 1), fp16)
+                prev = self.extract_img_feat(x[:, N:].flatten(0, 1), amp_dtype)
             feats = [torch.cat([c.view(B, N, *c.shape[1:]), p.view(B, V - N, *p.shape[1:])], 1)
                      for c, p in zip(cur, prev)]
         else:
-            feats = [f.view(B, V, *f.shape[1:]) for f in self.extract_img_feat(x, fp16)]
+            feats = [f.view(B, V, *f.shape[1:]) for f in self.extract_img_feat(x, amp_dtype)]
         self._set_shape_metas(img_metas, *img.shape[-2:])
         return feats
 
-    def _extract_feat_online(self, img, img_metas):
-        """Online mode: features of the N key-frame images, history frames from the cache (batch 1).
+    # ------------------------------------------------------------------ test steps (static shapes)
+    def test_amp_dtype(self, online):
+        """Autocast dtype of the backbone at test time: bf16 in fast mode; in faithful mode fp32 online
+        (as the original) and offline the fp16 autocast that the original's multi-GPU test enables."""
+        if self.test_mode == 'fast':
+            return torch.bfloat16
+        return torch.float16 if (self.fp16_enabled and not online) else None
 
-        Returns L levels `[1, T*N, C, H_l, W_l]`. The cache is keyed by the first camera's filename of
-        each frame; a history frame is found there when the samples arrive in dataset order in one
-        process (the previous key frames were the current frame of earlier samples).
+    def _image_feats(self, img, amp_dtype):
+        """uint8 `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32."""
+        return self.extract_img_feat(self.preprocess(img), amp_dtype)
+
+    def _online_step_fn(self, img, occ2img, slot, frame_slots, image_h, image_w):
+        """One online sample on device tensors: `[1, N, 3, H, W]` uint8 images of the key frame,
+        `[1, T*N, 4, 4]` occ2img, int64 key-frame slot `[1]` and frame slots `[T]` -> uint8
+        `[1, X, Y, Z]` occupancy."""
+        feats = self._image_feats(img[0], self.test_amp_dtype(online=True))
+        self.feature_cache.write(slot, feats)
+        frames = self.feature_cache.read(frame_slots)              # L x [1, T*N, C, H_l, W_l]
+        with torch.autocast(img.device.type, enabled=False):
+            outs = self.pts_bbox_head.forward_geometry(frames, occ2img, image_h, image_w)
+            return self.pts_bbox_head.get_occ_grids(outs)
+
+    def _offline_step_fn(self, img, occ2img, image_h, image_w):
+        """B offline samples: uint8 `[B, T*N, 3, H, W]` -> uint8 `[B, X, Y, Z]` occupancy."""
+        B, V = img.shape[:2]
+        feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
+        feats = [f.view(B, V, *f.shape[1:]) for f in feats]
+        with torch.autocast(img.device.type, enabled=False):
+            outs = self.pts_bbox_head.forward_geometry(feats, occ2img, image_h, image_w)
+            return self.pts_bbox_head.get_occ_grids(outs)
+
+    def _run_step(self, step, *tensors, **static):
+        if self.cuda_graph:
+            return step(*tensors, **static)
+        return step.fn(*tensors, **static)
+
+    def online_grids(self, img, img_metas):
+        """Online mode (batch 1): the N key-frame images, history features from the cache.
+
+        The cache is keyed by the first camera's filename of each frame; a history frame is found
+        there when the samples arrive in dataset order in one process (the previous key frames were
+        the key frame of earlier samples). Returns uint8 `[1, X, Y, Z]` on the device.
         """
         if img.shape[0] != 1 or len(img_metas) != 1:
             raise ValueError(f'OPS online test mode supports batch size 1, got {img.shape[0]}')
@@ -157,25 +216,35 @@ class OPS(BaseDetector):
         if len(filenames) % N:
             raise ValueError(f'OPS online mode: {len(filenames)} filenames is not a multiple of {N} views')
         keys = [filenames[t * N] for t in range(len(filenames) // N)]
-        if keys[0] not in self._feat_cache:
-            # fp32 backbone in online mode, as the original (it switches fp16 off there)
-            feats = self.extract_feat(img[:, :N], img_metas, fp16=False)
-            self._feat_cache[keys[0]] = [f.detach() for f in feats]
-            while len(self._feat_cache) > self.CACHE_SIZE:
-                self._feat_cache.popitem(last=False)
-        missing = [k for k in keys[1:] if k not in self._feat_cache]
-        if missing:
+        img = img[:, :N]
+        H, W = img.shape[-2:]
+        if self.feature_cache.rings is None or self.feature_cache.rings[0].device != img.device:
+            with torch.no_grad():
+                probe = self._image_feats(img[0], None)
+            self.feature_cache.allocate([f.shape for f in probe], torch.float32, img.device)
+        try:
+            slot, frame_slots = self.feature_cache.assign(keys)
+        except KeyError as err:
             raise RuntimeError(
-                f'OPS online mode: features of history frame(s) {missing[:3]} are not in the cache. Online mode '
-                f'needs the samples of a scene in dataset order in one process; run offline instead (all '
-                f'T*N images loaded, model.online=False / dataset online=False).')
+                f'OPS online mode: features of history frame(s) {err.args[0][:3]} are not in the cache. Online '
+                f'mode needs the samples of a scene in dataset order in one process; run offline instead (all '
+                f'T*N images loaded, model.online=False / dataset online=False).') from None
+        self._set_shape_metas(img_metas, H, W)
+        occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
+        slots = torch.tensor([slot] + frame_slots, dtype=torch.long).to(img.device)
+        return self._run_step(self._online_step, img, occ2img, slots[:1], slots[1:],
+                              image_h=int(H), image_w=int(W))
+
+    def offline_grids(self, img, img_metas):
+        """Offline mode: all T*N images of B samples -> uint8 `[B, X, Y, Z]` on the device."""
         self._set_shape_metas(img_metas, *img.shape[-2:])
-        frames = [self._feat_cache[k] for k in keys]
-        return [torch.cat([f[lvl] for f in frames], dim=1) for lvl in range(len(frames[0]))]
+        occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
+        return self._run_step(self._offline_step, img, occ2img,
+                              image_h=int(img.shape[-2]), image_w=int(img.shape[-1]))
 
     def use_online(self, img, img_metas):
         """The test mode for this input (see the `online` argument)."""
-        n_img, n_meta = img.shape[1], len(img_metas[0]['lidar2img'])
+        n_img, n_meta = img.shape[1], len(img_metas[0][self.PROJECTION_KEY])
         online = self.online
         if online is None:
             online = get_dist_info()[1] == 1 and n_img < n_meta
@@ -217,14 +286,20 @@ class OPS(BaseDetector):
         return self.simple_test(img, img_metas, rescale=rescale)
 
     def simple_test(self, img, img_metas, rescale=False):
-        """`[B, V, 3, H, W]` images -> list of B `dict(sem_pred, occ_loc)` (numpy, CPU)."""
-        if self.use_online(img, img_metas):
-            feats = self._extract_feat_online(img, img_metas)
-        else:
-            feats = self.extract_feat(img, img_metas)
-        with torch.autocast(img.device.type, enabled=False):
-            outs = self.pts_bbox_head(feats, img_metas)
-            return self.pts_bbox_head.get_occ(outs, img_metas, rescale=rescale)
+        """`[B, V, 3, H, W]` images -> list of B `dict(sem_pred, occ_loc)` (numpy, CPU).
+
+        The whole step runs on the device with static shapes; its one result, the dense uint8 grids,
+        is copied to the host once.
+        """
+        if img.dim() != 5 or img.shape[2] != 3:
+            raise ValueError(f'OPS: img must be [B, views, 3, H, W] (BGR), got {tuple(img.shape)}')
+        with torch.no_grad():
+            if self.use_online(img, img_metas):
+                grids = self.online_grids(img, img_metas)
+            else:
+                grids = self.offline_grids(img, img_metas)
+            grids = grids.cpu().numpy()
+        return [grid_to_sparse(g, self.pts_bbox_head.empty_label) for g in grids]
 
     def aug_test(self, imgs, img_metas, **kwargs):
         raise NotImplementedError('OPS has no test-time augmentation: pass one-element lists to forward_test')

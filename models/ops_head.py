@@ -18,13 +18,29 @@ from mmdet.models.builder import build_loss
 from mmdet.models.utils import build_transformer
 
 from .knn import knn1_bidirectional
-from .voxelization import hard_voxelize
+from .occ_postprocess import dense_occupancy, grid_to_sparse
 
 # Code defaults of the original (spec 2.3); the configs set only cls_weights (None = all 1).
 TRAIN_DEFAULTS = dict(cls_weights=None, empty_dist_thr=0.2, empty_weights=5.0,
                       rare_classes=(0, 2, 5, 8), rare_weights=10.0)
 TEST_DEFAULTS = dict(score_thr=0.5, padding=True, ctr_dist_thr=3.0)
 MAX_POINTS_PER_VOXEL = 10
+
+
+def voxel_centres(idx, voxel_num, pc_range):
+    """Centres in metres of voxels `idx` `[M, 3]` (x, y, z indices) -> float32 `[M, 3]` ego frame.
+
+    Computed per axis as the original does, ``(i + 0.5) / num * (max - min) + min`` in float32,
+    not ``(i + 0.5) * voxel_size + min``: the two differ by 1-2 ulp for about a fifth of the
+    coordinates, and every loss term depends on them (docs/method.md, "float32 details").
+
+    Args:
+        idx (Tensor): `[M, 3]` integer voxel indices.
+        voxel_num (Tensor): `[3]` grid size (200, 200, 16).
+        pc_range (Tensor): `[6]` float32 (x_min, y_min, z_min, x_max, y_max, z_max) metres.
+    """
+    scene_size = pc_range[3:] - pc_range[:3]
+    return (idx.float() + 0.5) / voxel_num.to(idx.device) * scene_size + pc_range[:3]
 
 
 def _merge_cfg(name, cfg, defaults):
@@ -150,11 +166,22 @@ class OPSHead(BaseModule):
             dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_cls_scores`` list over layers of
             [B, Q, P_i, C] logits; ``all_refine_pts`` list of [B, Q, P_i, 3] normalised points.
         """
-        batch = len(img_metas)
+        occ2img, (image_h, image_w) = self.transformer.image_geometry(img_metas, mlvl_feats[0].device)
+        return self.forward_geometry(mlvl_feats, occ2img, image_h, image_w)
+
+    def forward_geometry(self, mlvl_feats, occ2img, image_h, image_w):
+        """`forward` with the camera geometry as device tensors (no host work: graph-capturable).
+
+        Args:
+            mlvl_feats (list[Tensor]): FPN levels ``[B, T*N, C, H_l, W_l]``.
+            occ2img (Tensor): ``[B, T*N, 4, 4]`` ego (key frame) -> pixels of the augmented images.
+            image_h, image_w (int): augmented image size in pixels.
+        """
+        batch = occ2img.shape[0]
         init_points = self.init_points.weight[None, :, None, :].repeat(batch, 1, 1, 1)
         query_feat = init_points.new_zeros(batch, self.num_query, self.in_channels)
-        cls_scores, refine_pts = self.transformer(init_points, query_feat, mlvl_feats,
-                                                  img_metas=img_metas)
+        cls_scores, refine_pts = self.transformer.run(init_points, query_feat, mlvl_feats, occ2img,
+                                                      image_h, image_w)
         if len(cls_scores) != len(refine_pts) or len(cls_scores) == 0:
             raise RuntimeError(f'OPSHead: the transformer must return equally long non-empty '
                                f'lists of logits and points, got {len(cls_scores)} and '
@@ -188,7 +215,7 @@ class OPSHead(BaseModule):
                 raise ValueError(f'OPSHead.loss: voxel_semantics of sample {b} holds labels {bad};'
                                  f' occupied voxels need 0..{self.num_classes - 1} and free '
                                  f'voxels {self.empty_label}')
-            points = (idx.float() + 0.5) * self.voxel_size + self.pc_range[:3]
+            points = voxel_centres(idx, self.voxel_num, self.pc_range)
             out.append((points, labels, vis[b][idx[:, 0], idx[:, 1], idx[:, 2]]))
         return out
 
@@ -297,60 +324,38 @@ class OPSHead(BaseModule):
             warnings.warn(f'OPSHead.loss: samples {empty} of the batch have no occupied voxel; '
                           'they contribute no loss term')
 
+        layer_losses = [self.loss_single(cls_scores, points, gts) for cls_scores, points in zip(all_cls, all_pts)]
+        # Key order as the original's: init, last layer, d0..d{L-2}. The runner sums the dict in this
+        # order, and a float32 sum depends on it.
         losses = dict()
         _, losses['init_loss_pts'] = self.loss_single(None, init_points, gts)
-        num_layers = len(all_cls)
-        for i, (cls_scores, points) in enumerate(zip(all_cls, all_pts)):
-            loss_cls, loss_pts = self.loss_single(cls_scores, points, gts)
-            prefix = '' if i == num_layers - 1 else f'd{i}.'
-            losses[f'{prefix}loss_cls'] = loss_cls
-            losses[f'{prefix}loss_pts'] = loss_pts
+        losses['loss_cls'], losses['loss_pts'] = layer_losses[-1]
+        for i, (loss_cls, loss_pts) in enumerate(layer_losses[:-1]):
+            losses[f'd{i}.loss_cls'] = loss_cls
+            losses[f'd{i}.loss_pts'] = loss_pts
         return losses
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
+    def get_occ_grids(self, preds_dicts):
+        """Dense occupancy from the last layer: uint8 `[B, X, Y, Z]` labels (free = `empty_label`), on the
+        device, with static shapes and no host synchronisation (models/occ_postprocess.py)."""
+        cls_scores = preds_dicts['all_cls_scores'][-1]               # [B, Q, P, C] logits
+        points = self.decode_points(preds_dicts['all_refine_pts'][-1]).float()
+        cfg = self.test_cfg
+        return torch.stack([
+            dense_occupancy(cls_scores[b].float().sigmoid(), points[b], self._pc_range, self._voxel_size,
+                            self._voxel_num, float(cfg['score_thr']), float(cfg['ctr_dist_thr']),
+                            bool(cfg['padding']), MAX_POINTS_PER_VOXEL, self.empty_label)
+            for b in range(cls_scores.shape[0])])
+
+    @torch.no_grad()
     def get_occ(self, preds_dicts, img_metas=None, rescale=False):
-        """Sparse semantic occupancy from the last layer (spec 3.6), any batch size.
+        """Sparse semantic occupancy from the last layer, any batch size.
 
         Returns:
             list (one per sample) of dict(sem_pred=np.int64 [M] class ids,
-            occ_loc=np.int64 [M, 3] voxel indices (x, y, z)), on the CPU.
+            occ_loc=np.int64 [M, 3] voxel indices (x, y, z), x-major order), on the CPU.
         """
-        cls_scores = preds_dicts['all_cls_scores'][-1]               # [B, Q, P, C] logits
-        points = self.decode_points(preds_dicts['all_refine_pts'][-1]).float()
-        results = []
-        for b in range(cls_scores.shape[0]):
-            results.append(self._occ_single(cls_scores[b].float().sigmoid(), points[b]))
-        return results
-
-    def _occ_single(self, probs, points):
-        """probs [Q, P, C] in (0, 1), points [Q, P, 3] metres -> result dict."""
-        cfg = self.test_cfg
-        thr = float(cfg['score_thr'])
-        num_classes = probs.shape[-1]
-        centre = points.mean(dim=1, keepdim=True)
-        keep = (points - centre).norm(dim=-1) < float(cfg['ctr_dist_thr'])
-        keep &= probs.max(dim=-1).values > thr
-        feats = torch.cat([points[keep], probs[keep]], dim=-1)            # [n, 3 + C]
-        voxels, coords, num = hard_voxelize(
-            feats, self._voxel_size, self._pc_range, MAX_POINTS_PER_VOXEL,
-            max_voxels=points.shape[0] * points.shape[1])
-        coords = coords.flip(-1)                                          # (z,y,x) -> (x,y,z)
-        scores = voxels[:, :, 3:].sum(dim=1) / num[:, None].to(voxels.dtype)   # [V, C] mean
-
-        if cfg['padding'] and coords.shape[0] > 0:
-            x_n, y_n, z_n = self._voxel_num
-            dense = scores.new_zeros(num_classes, x_n, y_n, z_n)
-            dense[:, coords[:, 0], coords[:, 1], coords[:, 2]] = scores.t()
-            # Closing per class channel; max_pool pads with -inf, so border cells dilate/erode
-            # over their in-bounds neighbours only.
-            dilated = F.max_pool3d(dense[None], 3, stride=1, padding=1)
-            closed = -F.max_pool3d(-dilated, 3, stride=1, padding=1)[0]
-            original = (dense > thr).any(dim=0)
-            closed = torch.where(original[None], dense, closed)
-            coords = torch.nonzero((closed > thr).any(dim=0), as_tuple=False)
-            scores = closed[:, coords[:, 0], coords[:, 1], coords[:, 2]].t()
-
-        labels = scores.argmax(dim=-1) if scores.shape[0] else scores.new_zeros(0).long()
-        return dict(sem_pred=labels.cpu().numpy().astype(np.int64),
-                    occ_loc=coords.cpu().numpy().astype(np.int64).reshape(-1, 3))
+        grids = self.get_occ_grids(preds_dicts).cpu().numpy()
+        return [grid_to_sparse(g, self.empty_label) for g in grids]

@@ -3,7 +3,7 @@ import torch
 
 from .csrc.wrapper import msmv_sampling
 
-__all__ = ['sampling_4d', 'level_weight_group']
+__all__ = ['sampling_4d', 'project_points', 'level_weight_group']
 
 
 def level_weight_group(t, g, num_frames, num_groups):
@@ -14,6 +14,29 @@ def level_weight_group(t, g, num_frames, num_groups):
     kept because the official checkpoints were trained with it.
     """
     return (t * num_groups + g) // num_frames
+
+
+def project_points(points, occ2img, num_views):
+    """Homogeneous projection of `[B, Q, T, GP, 3]` ego points (metres) into the N views of their frame.
+
+    Written as the original writes it, a broadcast `matmul` of `[..., 4, 4]` matrices with `[..., 4, 1]`
+    columns over `[B, T, N, Q, GP]`, because that fixes the float32 summation order (one small GEMM
+    per point); an `einsum` contracts in another order and differs by an ulp now and then, which
+    grows through six decoder layers (docs/method.md, "float32 details").
+
+    Args:
+        points (Tensor): `[B, Q, T, GP, 3]` metres, ego frame of the key frame.
+        occ2img (Tensor): `[B, T*N, 4, 4]` ego -> (u*d, v*d, d, 1) of view (t, n), frame-major.
+        num_views (int): N.
+    Returns:
+        Tensor: `[B, T, N, Q, GP, 4]` = (u*d, v*d, d, 1) in pixels of the augmented image.
+    """
+    B, Q, T, GP, _ = points.shape
+    N = num_views
+    mats = occ2img[:, :, None, None, :, :].expand(B, T * N, Q, GP, 4, 4).reshape(B, T, N, Q, GP, 4, 4)
+    homo = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)            # [B, Q, T, GP, 4]
+    homo = homo[:, :, None, :, :, :, None].expand(B, Q, N, T, GP, 4, 1).transpose(1, 3)  # [B, T, N, Q, GP, 4, 1]
+    return torch.matmul(mats, homo).squeeze(-1)
 
 
 def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, image_w, num_views=6, eps=1e-5):
@@ -42,10 +65,7 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
                          f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
     L = scale_weights.shape[-1]
 
-    pts = sample_points.reshape(B, Q, T, G * P, 3)
-    pts = torch.cat([pts, torch.ones_like(pts[..., :1])], dim=-1)                 # [B, Q, T, GP, 4]
-    # project every point with the matrices of all N views of its own frame
-    proj = torch.einsum('btnij,bqtpj->btnqpi', occ2img.reshape(B, T, N, 4, 4), pts)  # [B, T, N, Q, GP, 4]
+    proj = project_points(sample_points.reshape(B, Q, T, G * P, 3), occ2img, N)   # [B, T, N, Q, GP, 4]
     depth = proj[..., 2]
     depth_clamped = torch.clamp(depth, min=eps)
     u = proj[..., 0] / depth_clamped / image_w

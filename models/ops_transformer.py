@@ -53,6 +53,18 @@ class OPSSampling(BaseModule):
         nn.init.zeros_(self.sampling_offset.weight)
         nn.init.uniform_(self.sampling_offset.bias, -0.5, 0.5)
 
+    def sampling_points(self, query_points, query_feat):
+        """`[B, Q, P_in, 3]` normalised points, `[B, Q, C]` -> `[B, Q, G*np, 3]` sampling points (metres),
+        row g*np + p; the same for every frame (OPUS-V2 overrides this method)."""
+        B, Q, P_in, _ = query_points.shape
+        points = decode_points(query_points, self.pc_range)
+        if P_in == 1:
+            centre, scale = points[:, :, 0], torch.zeros_like(points[:, :, 0])
+        else:
+            centre, scale = points.mean(2), points.std(2, unbiased=True)
+        offset = self.sampling_offset(query_feat).view(B, Q, self.num_groups * self.num_points, 3)
+        return centre[:, :, None] + offset * scale[:, :, None]
+
     def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
         """
         Args:
@@ -63,15 +75,9 @@ class OPSSampling(BaseModule):
         Returns:
             Tensor: `[B, Q, G, T*np, C/G]`.
         """
-        B, Q, P_in, _ = query_points.shape
+        B, Q = query_points.shape[:2]
         T, G, P, L = self.num_frames, self.num_groups, self.num_points, self.num_levels
-        points = decode_points(query_points, self.pc_range)
-        if P_in == 1:
-            centre, scale = points[:, :, 0], torch.zeros_like(points[:, :, 0])
-        else:
-            centre, scale = points.mean(2), points.std(2, unbiased=True)
-        offset = self.sampling_offset(query_feat).view(B, Q, G * P, 3)
-        sample_points = centre[:, :, None] + offset * scale[:, :, None]        # [B, Q, G*np, 3] metres
+        sample_points = self.sampling_points(query_points, query_feat)        # [B, Q, G*np, 3] metres
         sample_points = sample_points.view(B, Q, 1, G, P, 3).expand(B, Q, T, G, P, 3)
         weights = self.scale_weights(query_feat).view(B, Q, G, 1, P, L).softmax(-1)
         weights = weights.expand(B, Q, G, T, P, L)
@@ -166,6 +172,7 @@ class OPSTransformerDecoderLayer(BaseModule):
         scale (float): factor on the regression output (metres).
         with_cp (bool): gradient checkpointing of sampling, mixing and self-attention in training.
     """
+    sampling_class = OPSSampling   # subclasses (OPUS-V2) swap the sampling module here
 
     def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_levels=4,
                  num_classes=17, in_points=1, out_points=1, scale=0.5, pc_range=None, num_heads=8,
@@ -179,8 +186,8 @@ class OPSTransformerDecoderLayer(BaseModule):
         self.position_encoder = nn.Sequential(
             nn.Linear(3 * in_points, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True),
             nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True))
-        self.sampling = OPSSampling(embed_dims, num_frames, num_views, num_groups, num_points, num_levels,
-                                    pc_range)
+        self.sampling = self.sampling_class(embed_dims, num_frames, num_views, num_groups, num_points,
+                                            num_levels, pc_range)
         self.mixing = AdaptiveMixing(in_dim=embed_dims // num_groups, in_points=num_points * num_frames,
                                      n_groups=num_groups, query_dim=embed_dims, out_points=mixing_out_points)
         self.self_attn = OPSSelfAttention(embed_dims, num_heads, attn_drop, pc_range)
@@ -210,6 +217,11 @@ class OPSTransformerDecoderLayer(BaseModule):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    def cls_head(self, query_feat):
+        """`[B, Q, C]` -> class logits `[B, Q, P_out, num_classes]` (point-major; OPUS-V2 overrides this)."""
+        B, Q = query_feat.shape[:2]
+        return self.cls_branch(query_feat).reshape(B, Q, self.out_points, self.num_classes)
+
     def refine_points(self, query_points, offsets):
         """New points around the centroid of the previous ones: `[B, Q, P_in, 3]`, `[B, Q, P_out, 3]` (metres)
         -> `[B, Q, P_out, 3]` normalised."""
@@ -235,13 +247,14 @@ class OPSTransformerDecoderLayer(BaseModule):
         query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat))
         query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat))
         query_feat = self.norm3(self.ffn(query_feat))
-        cls_score = self.cls_branch(query_feat).reshape(B, Q, self.out_points, self.num_classes)
+        cls_score = self.cls_head(query_feat)
         offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
         return query_feat, cls_score, self.refine_points(query_points, offsets)
 
 
 class OPSTransformerDecoder(BaseModule):
     """Stack of decoder layers; layer i turns `([1] + num_refines)[i]` points per query into `num_refines[i]`."""
+    layer_class = OPSTransformerDecoderLayer   # subclasses (OPUS-V2) swap the layer type here
 
     def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_layers=6,
                  num_levels=4, num_classes=17, num_refines=(1, 4, 16, 32, 64, 128), scales=(0.5,),
@@ -263,13 +276,10 @@ class OPSTransformerDecoder(BaseModule):
         self.num_groups, self.num_levels, self.num_layers = num_groups, num_levels, num_layers
         self.pc_range = list(pc_range)
         in_points = [1] + list(num_refines[:-1])
-        # inference speed option (benchmarks' fast mode): replay the layers from a CUDA graph
-        self.use_cuda_graph = False
-        self._graphs = {}
         self.decoder_layers = nn.ModuleList([
-            OPSTransformerDecoderLayer(embed_dims, num_frames, num_views, num_groups, num_points, num_levels,
-                                       num_classes, in_points[i], num_refines[i], scales[i], pc_range,
-                                       num_heads, ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
+            self.layer_class(embed_dims, num_frames, num_views, num_groups, num_points, num_levels,
+                             num_classes, in_points[i], num_refines[i], scales[i], pc_range,
+                             num_heads, ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
             for i in range(num_layers)])
 
     @torch.no_grad()
@@ -316,21 +326,22 @@ class OPSTransformerDecoder(BaseModule):
             tuple(list[Tensor], list[Tensor]): per layer, logits `[B, Q, P_i, num_classes]` and points
             `[B, Q, P_i, 3]` (normalised), both passed through `nan_to_num`.
         """
-        if len(mlvl_feats) != self.num_levels:
-            raise ValueError(f'got {len(mlvl_feats)} feature levels, the decoder was built for {self.num_levels}')
         if len(img_metas) != query_points.shape[0]:
             raise ValueError(f'{len(img_metas)} img_metas for a batch of {query_points.shape[0]}')
-        occ2img = self._occ2img(img_metas, query_points.device)
-        image_h, image_w = img_metas[0]['img_shape'][0][:2]
-        if self.use_cuda_graph and query_points.is_cuda and not self.training and not torch.is_grad_enabled():
-            return self._graphed_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+        occ2img, (image_h, image_w) = self.image_geometry(img_metas, query_points.device)
         return self.run_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+
+    def image_geometry(self, img_metas, device):
+        """(occ2img `[B, T*N, 4, 4]` float32 on `device`, (image_h, image_w) of the augmented images)."""
+        return self._occ2img(img_metas, device), tuple(img_metas[0]['img_shape'][0][:2])
 
     def run_layers(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
         """The decoder on device tensors only (no host work, so it can be captured in a CUDA graph).
 
         occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels).
         """
+        if len(mlvl_feats) != self.num_levels:
+            raise ValueError(f'got {len(mlvl_feats)} feature levels, the decoder was built for {self.num_levels}')
         feats = [self._to_channel_last(feat) for feat in mlvl_feats]
         cls_scores, refine_pts = [], []
         for layer in self.decoder_layers:
@@ -339,36 +350,9 @@ class OPSTransformerDecoder(BaseModule):
             query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w)
             cls_scores.append(cls_score)
             refine_pts.append(query_points)
-        return ([torch.nan_to_num(c) for c in cls_scores], [torch.nan_to_num(p) for p in refine_pts])
-
-    def _graphed_layers(self, *inputs):
-        """`run_layers` replayed from a CUDA graph captured at the first call of each input shape.
-
-        Inference only (no dropout, no autograd). The decoder launches ~600 small kernels per sample;
-        replaying them as one graph removes the CPU launch overhead that dominates OPS-T on an H100.
-        The results are the same function of the inputs as `run_layers`.
-        """
-        tensors = [x for x in inputs[:2]] + list(inputs[2]) + [inputs[3]]
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors) + tuple(inputs[4:])
-        entry = self._graphs.get(key)
-        if entry is None:
-            static = [t.clone() for t in tensors]
-            args = lambda: (static[0], static[1], static[2:-1], static[-1], *inputs[4:])  # noqa: E731
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: lazy initialisation and cuBLAS workspaces outside the capture
-                    self.run_layers(*args())
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = self.run_layers(*args())
-            entry = self._graphs[key] = (graph, static, outputs)
-        graph, static, (cls_scores, refine_pts) = entry
-        for dst, src in zip(static, tensors):
-            dst.copy_(src)
-        graph.replay()
-        return [c.clone() for c in cls_scores], [p.clone() for p in refine_pts]
+        # a layer may return no logits (None: OPUS-V2 in eval mode before the last layer)
+        return ([None if c is None else torch.nan_to_num(c) for c in cls_scores],
+                [torch.nan_to_num(p) for p in refine_pts])
 
 
 @TRANSFORMER.register_module()
@@ -379,6 +363,7 @@ class OPSTransformer(BaseModule):
     num_levels 4, num_classes 17, num_refines (points per query after each layer), scales [0.5],
     pc_range; num_views 6 and num_groups 4 are code defaults.
     """
+    decoder_class = OPSTransformerDecoder   # subclasses (OPUS-V2) swap the decoder type here
 
     def __init__(self, embed_dims=256, num_frames=8, num_points=4, num_layers=6, num_levels=4, num_classes=17,
                  num_refines=(1, 4, 16, 32, 64, 128), scales=(0.5,), pc_range=None, num_views=6, num_groups=4,
@@ -391,9 +376,9 @@ class OPSTransformer(BaseModule):
         self.num_layers, self.num_levels, self.num_classes = num_layers, num_levels, num_classes
         self.num_refines, self.num_views, self.num_groups = list(num_refines), num_views, num_groups
         self.pc_range = list(pc_range)
-        self.decoder = OPSTransformerDecoder(embed_dims, num_frames, num_views, num_groups, num_points, num_layers,
-                                             num_levels, num_classes, num_refines, scales, pc_range, num_heads,
-                                             ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
+        self.decoder = self.decoder_class(embed_dims, num_frames, num_views, num_groups, num_points, num_layers,
+                                          num_levels, num_classes, num_refines, scales, pc_range, num_heads,
+                                          ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
 
     @torch.no_grad()
     def init_weights(self):
@@ -402,3 +387,11 @@ class OPSTransformer(BaseModule):
     def forward(self, query_points, query_feat, mlvl_feats, img_metas):
         """See `OPSTransformerDecoder.forward`: returns (cls_scores, refine_pts), lists over layers."""
         return self.decoder(query_points, query_feat, mlvl_feats, img_metas)
+
+    def image_geometry(self, img_metas, device):
+        """See `OPSTransformerDecoder.image_geometry`."""
+        return self.decoder.image_geometry(img_metas, device)
+
+    def run(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+        """The decoder on device tensors (`OPSTransformerDecoder.run_layers`)."""
+        return self.decoder.run_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)

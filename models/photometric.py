@@ -4,6 +4,11 @@ Every image gets its own draw from numpy's global RNG, in this order per image (
 order): brightness coin [delta], contrast mode, (mode 0: contrast coin [alpha]), saturation coin
 [factor], hue coin [delta], (mode 1: contrast coin [alpha]), channel-swap coin [permutation].
 Values are never clipped: intermediate values may leave [0, 255] and the HSV maths runs on them as is.
+
+`set_sample_seeds(seeds)` (training with engine.distributed_hooks.SampleSeedHook) makes the draws of
+each sample come from its own RNG instead (same order of draws per image), so they no longer depend
+on which process, or which position of a per-process batch, holds the sample: results then do not
+depend on the number of processes. Without it (the default) nothing changes.
 """
 import numpy as np
 import torch
@@ -62,30 +67,50 @@ class GpuPhotoMetricDistortion:
         self.saturation_lower, self.saturation_upper = saturation_range
         self.hue_delta = hue_delta
 
+    # per-sample RNGs of the current batch (set_sample_seeds); None: numpy's global RNG
+    _sample_rngs = None
+
+    def set_sample_seeds(self, seeds):
+        """Draw the next batches' parameters from one RNG per sample (None: numpy's global RNG again).
+
+        Args:
+            seeds (list[int] | None): one seed per sample of the batch, in batch order; the images of
+                a call are split evenly among them (sample-major, as `OPS.extract_feat` flattens
+                `[B, V]`). The RNGs continue across calls until the next set_sample_seeds.
+        """
+        self._sample_rngs = None if seeds is None else [np.random.RandomState(int(s) % 2 ** 32) for s in seeds]
+
     def draw(self, num_images):
-        """Draw the parameters of `num_images` images from numpy's global RNG (order: class docstring).
+        """Draw the parameters of `num_images` images from numpy's global RNG (order: class docstring),
+        or from the per-sample RNGs of `set_sample_seeds`.
 
         Returns:
             dict of numpy arrays: brightness [n] (0 = none), contrast_first [n], contrast_last [n]
             (1 = none), saturation [n] (1 = none), hue [n] (0 = none), perm [n, 3] (identity = none).
         """
+        rngs = self._sample_rngs
+        if rngs is not None and (not rngs or num_images % len(rngs)):
+            raise ValueError(f'GpuPhotoMetricDistortion: {num_images} images cannot be split among the '
+                             f'{len(rngs)} samples given to set_sample_seeds')
+        per_sample = num_images // len(rngs) if rngs else num_images
         p = dict(brightness=np.zeros(num_images), contrast_first=np.ones(num_images),
                  contrast_last=np.ones(num_images), saturation=np.ones(num_images), hue=np.zeros(num_images),
                  perm=np.tile(np.arange(3), (num_images, 1)))
         for i in range(num_images):
-            if np.random.randint(2):
-                p['brightness'][i] = np.random.uniform(-self.brightness_delta, self.brightness_delta)
-            mode = np.random.randint(2)
-            if mode == 0 and np.random.randint(2):
-                p['contrast_first'][i] = np.random.uniform(self.contrast_lower, self.contrast_upper)
-            if np.random.randint(2):
-                p['saturation'][i] = np.random.uniform(self.saturation_lower, self.saturation_upper)
-            if np.random.randint(2):
-                p['hue'][i] = np.random.uniform(-self.hue_delta, self.hue_delta)
-            if mode == 1 and np.random.randint(2):
-                p['contrast_last'][i] = np.random.uniform(self.contrast_lower, self.contrast_upper)
-            if np.random.randint(2):
-                p['perm'][i] = np.random.permutation(3)
+            rng = np.random if rngs is None else rngs[i // per_sample]
+            if rng.randint(2):
+                p['brightness'][i] = rng.uniform(-self.brightness_delta, self.brightness_delta)
+            mode = rng.randint(2)
+            if mode == 0 and rng.randint(2):
+                p['contrast_first'][i] = rng.uniform(self.contrast_lower, self.contrast_upper)
+            if rng.randint(2):
+                p['saturation'][i] = rng.uniform(self.saturation_lower, self.saturation_upper)
+            if rng.randint(2):
+                p['hue'][i] = rng.uniform(-self.hue_delta, self.hue_delta)
+            if mode == 1 and rng.randint(2):
+                p['contrast_last'][i] = rng.uniform(self.contrast_lower, self.contrast_upper)
+            if rng.randint(2):
+                p['perm'][i] = rng.permutation(3)
         return p
 
     def __call__(self, imgs):

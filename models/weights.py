@@ -1,48 +1,169 @@
 """Loading weights: full official OPS/OPUS checkpoints (strict) and the nuImages ResNet-50 backbone.
 
+Checkpoints are read with torch's restricted unpickler (`weights_only=True`), which builds tensors,
+containers and numbers but never calls code named by the file. What mmcv-saved checkpoints hold beyond
+that (numpy scalars and arrays in `meta`) is allow-listed in `CHECKPOINT_SAFE_GLOBALS`; any other object
+is refused with a message naming the file and the object. `trust=True` (the entry points'
+`--trust-checkpoint`) lifts the restriction for a file the user vouches for.
+
 Where the files come from: pretrain/README.md.
 """
 import os
+import pickle
 import re
 import warnings
 
 import torch
 
-__all__ = ['load_checkpoint_strict', 'load_pretrained_backbone', 'read_state_dict', 'CheckpointMismatchError',
+__all__ = ['load_checkpoint_file', 'load_checkpoint_strict', 'load_pretrained_backbone', 'read_state_dict',
+           'CheckpointError', 'UntrustedCheckpointError', 'CheckpointMismatchError', 'CHECKPOINT_SAFE_GLOBALS',
            'PRETRAIN_BACKBONE']
 
 PRETRAIN_BACKBONE = 'pretrain/cascade_mask_rcnn_r50_fpn_coco-20e_20e_nuim_20201009_124951-40963960.pth'
+TRUST_HINT = 'pass --trust-checkpoint only if you trust where the file comes from'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as it is (empty, truncated, not a checkpoint); the message names it.
+
+    `user_error`: engine/cli.py prints the message without a traceback."""
+    user_error = True
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """The checkpoint holds an object a weights file does not need: unpickling it could run code."""
 
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's parameter names or shapes do not match the model."""
+    user_error = True
 
 
-def _load_file(path, what):
+def _numpy_globals():
+    """numpy's pickle entry points for scalars and arrays (numpy 1.x and 2.x module names)."""
+    import numpy as np
+    core = np.core.multiarray
+    found = [np.ndarray, np.dtype]
+    for name in ('_reconstruct', 'scalar'):
+        fn = getattr(core, name)
+        found += [fn, (fn, f'numpy._core.multiarray.{name}')]  # numpy 2 writes numpy._core
+    dtypes = getattr(np, 'dtypes', None)  # the dtype classes (numpy >= 1.25)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType') and n != 'ObjectDType']
+    return found
+
+
+def checkpoint_safe_globals():
+    """The objects besides tensors and Python containers that OPS/OPUS/mmcv checkpoints may hold.
+
+    mmcv's save_checkpoint writes `state_dict` (an OrderedDict of tensors, allowed by torch),
+    `optimizer` (dicts, lists, numbers) and `meta` (mmcv_version, time, config text, CLASSES, epoch,
+    iter, seed, hook_msgs); hooks and older tools may leave numpy scalars or small arrays in `meta`.
+    """
+    return _numpy_globals()
+
+
+CHECKPOINT_SAFE_GLOBALS = None  # filled on first use (numpy imported lazily)
+
+
+def _file_kind(path):
+    """'zip' (torch.save's format), 'pickle' (the legacy format, or a bare pickle) or None (neither)."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head.startswith(b'PK\x03\x04'):
+        return 'zip'
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
+        return 'pickle'
+    return None
+
+
+def _describe_failure(path, exc, size):
+    """(message, untrusted) for an exception of torch.load(weights_only=True) on `path`."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or 'Ran out of input' in text:
+        return f'{path}: the file is truncated ({size:,} bytes): the download or the save was interrupted', False
+    if 'PytorchStreamReader' in text or 'zip archive' in text or 'central directory' in text:
+        return (f'{path}: truncated or corrupt ({size:,} bytes, not a complete PyTorch zip archive): '
+                f'the download or the save was interrupted'), False
+    match = re.search(r'GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+)', text)
+    if match:
+        name = match.group(1)
+        try:  # zip checkpoints list all their globals without unpickling anything
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            allowed = {f'{g.__module__}.{g.__qualname__}' for g in CHECKPOINT_SAFE_GLOBALS if not isinstance(g, tuple)}
+            allowed |= {g[1] for g in CHECKPOINT_SAFE_GLOBALS if isinstance(g, tuple)}
+            names = [n for n in names if n not in allowed] or [name]
+        except Exception:
+            names = [name]
+        return (f'{path}: refused: the file holds {", ".join(names[:5])}, which a weights file does not need '
+                f'(loading it could run code from the file); {TRUST_HINT}'), True
+    if 'GLOBAL' in text:  # a name cut short: the file ends inside the pickle
+        return f'{path}: the file is truncated or corrupt ({size:,} bytes): the download or the save was interrupted', False
+    if 'Unsupported operand' in text or 'Unsupported class' in text:
+        return (f'{path}: not a checkpoint written by torch.save (it holds pickle code a weights file does not '
+                f'need); {TRUST_HINT}'), True
+    kind = _file_kind(path)
+    if kind is None or 'invalid load key' in text or 'magic number' in text:
+        return f'{path}: not a PyTorch checkpoint ({size:,} bytes that torch.load cannot read)', False
+    if kind == 'pickle' and isinstance(exc, (IndexError, KeyError, ValueError, pickle.UnpicklingError)):
+        return f'{path}: the file is truncated or corrupt ({size:,} bytes): the download or the save was interrupted', False
+    detail = text.split('WeightsUnpickler error:', 1)[1] if 'WeightsUnpickler error:' in text else text
+    first = next((line.strip() for line in detail.splitlines() if line.strip()), '')
+    return f'{path}: cannot read it as a PyTorch checkpoint ({type(exc).__name__}: {first[:200]})', False
+
+
+def load_checkpoint_file(path, what='checkpoint', trust=False, map_location='cpu'):
+    """torch.load `path` without running code from it.
+
+    Args:
+        path (str): the `.pth` file.
+        what (str): what the file is, for the messages ('checkpoint', 'pretrained backbone', ...).
+        trust (bool): the user vouches for the file: load it with the full unpickler.
+        map_location: as torch.load.
+    Returns:
+        the loaded object.
+    Raises:
+        FileNotFoundError: no such file (the message says where checkpoints come from).
+        CheckpointError: empty, truncated or not a checkpoint; UntrustedCheckpointError: it holds other objects.
+    """
+    global CHECKPOINT_SAFE_GLOBALS
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f'{what} not found: {path!r}. See pretrain/README.md for where to download it '
             f'(the nuImages backbone goes to {PRETRAIN_BACKBONE}; official OPS/OPUS checkpoints are passed '
             f'with --weights PATH).')
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f'{path}: the {what} file is empty (0 bytes): the download or the save was '
+                              f'interrupted; download or write it again')
+    if trust:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(_describe_failure(path, exc, size)[0]) from exc
+    if CHECKPOINT_SAFE_GLOBALS is None:
+        CHECKPOINT_SAFE_GLOBALS = checkpoint_safe_globals()
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # pickled extras in `meta` (numpy, mmcv objects) need the full unpickler
-        warnings.warn(f'{path}: not loadable with weights_only=True ({type(exc).__name__}); loading it with the '
-                      f'full unpickler, which runs code from the file: only do this for files you trust.')
-        return torch.load(path, map_location='cpu', weights_only=False)
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # e.g. "Detected pickle protocol 4": the error below says more
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        message, untrusted = _describe_failure(path, exc, size)
+        raise (UntrustedCheckpointError if untrusted else CheckpointError)(message) from exc
 
 
-def read_state_dict(path, what='checkpoint'):
+def read_state_dict(path, what='checkpoint', trust=False):
     """Read `path` -> (state_dict, meta). Accepts `{'state_dict': ...}` (mmcv) or a bare state dict; strips
-    a leading `module.` (saved from a DataParallel/DDP wrapper)."""
-    ckpt = _load_file(path, what)
+    a leading `module.` (saved from a DataParallel/DDP wrapper). `trust`: see load_checkpoint_file."""
+    ckpt = load_checkpoint_file(path, what, trust=trust)
     if not isinstance(ckpt, dict):
-        raise TypeError(f'{path}: expected a dict (a state dict or {{"state_dict": ...}}), got {type(ckpt).__name__}')
+        raise CheckpointError(f'{path}: not a model checkpoint: it holds a {type(ckpt).__name__}, expected a state '
+                              f'dict or {{"state_dict": ...}}')
     state = ckpt.get('state_dict', ckpt)
     meta = ckpt.get('meta', {}) if 'state_dict' in ckpt else {}
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:5]
-        raise TypeError(f'{path}: entries {bad} are not tensors; is this a model checkpoint?')
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:5] if isinstance(state, dict) else []
+        raise CheckpointError(f'{path}: not a model checkpoint: entries {bad} of its state dict are not tensors')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     return state, meta
 
@@ -59,20 +180,22 @@ def non_persistent_buffer_names(model):
             for prefix, module in model.named_modules() for name in module._non_persistent_buffers_set}
 
 
-def load_checkpoint_strict(model, path):
+def load_checkpoint_strict(model, path, trust=False):
     """Load a full checkpoint into `model` with strict name and shape checking.
 
     Args:
         model (nn.Module): the detector (unwrapped or DataParallel/DDP-wrapped).
         path (str): `.pth` file, `{'state_dict': ...}` or a bare state dict.
+        trust (bool): load with the full unpickler (see load_checkpoint_file).
     Returns:
         dict: the checkpoint's `meta` ({} when absent).
     Raises:
         FileNotFoundError: no such file (the message says where checkpoints come from).
-        CheckpointMismatchError: missing / unexpected keys or shape mismatches, all listed.
+        CheckpointError: the file is empty, truncated, not a checkpoint or holds other objects.
+        CheckpointMismatchError: missing / unexpected keys or shape mismatches (counts and the first names).
     """
     model = getattr(model, 'module', model)
-    state, meta = read_state_dict(path, 'checkpoint')
+    state, meta = read_state_dict(path, 'checkpoint', trust=trust)
     own = model.state_dict()
     # mmcv 1.x's save_checkpoint also writes non-persistent buffers (e.g. the image mean/std), which
     # are constants of the model, not weights: ignore them.
@@ -82,23 +205,24 @@ def load_checkpoint_strict(model, path):
     mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
                   for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        lines = [f'checkpoint {path} does not match the model {type(model).__name__} '
-                 f'({len(own)} entries in the model, {len(state)} in the file):']
+        parts = []
         if missing:
-            lines.append(f'  missing in the checkpoint ({len(missing)}): {_fmt(missing)}')
+            parts.append(f'missing in the checkpoint ({len(missing)}): {_fmt(missing, 8)}')
         if unexpected:
-            lines.append(f'  unexpected in the checkpoint ({len(unexpected)}): {_fmt(unexpected)}')
+            parts.append(f'unexpected in the checkpoint ({len(unexpected)}): {_fmt(unexpected, 8)}')
         if mismatched:
-            lines.append(f'  shape mismatches ({len(mismatched)}): {"; ".join(mismatched[:20])}')
-        lines.append('  Check that the config matches the checkpoint (variant T/S/M/L: num_query, num_points, '
-                     'num_refines).')
-        raise CheckpointMismatchError('\n'.join(lines))
+            more = f' ... and {len(mismatched) - 5} more' if len(mismatched) > 5 else ''
+            parts.append(f'shape mismatches ({len(mismatched)}): {", ".join(mismatched[:5])}{more}')
+        raise CheckpointMismatchError(
+            f'checkpoint {path} does not match the model {type(model).__name__} ({len(own)} entries in the model, '
+            f'{len(state)} in the file): {"; ".join(parts)}\n'
+            f'Check that the config matches the checkpoint (variant T/S/M/L: num_query, num_points, num_refines).')
     model.load_state_dict(state, strict=True)
     return meta
 
 
 def load_pretrained_backbone(model, path=PRETRAIN_BACKBONE, revise_keys=((r'^backbone', 'img_backbone'),),
-                             logger=None):
+                             logger=None, trust=False):
     """Load the image backbone from a detection checkpoint (nuImages Cascade Mask R-CNN R50), spec 2.5.
 
     Keys are renamed with `revise_keys` (regex, replacement) and only entries whose renamed key exists in
@@ -110,10 +234,11 @@ def load_pretrained_backbone(model, path=PRETRAIN_BACKBONE, revise_keys=((r'^bac
         dict: `loaded` (list of model keys loaded), `ignored` (checkpoint keys not used),
         `not_loaded` (model keys under the renamed prefixes that the checkpoint lacks).
     Raises:
-        FileNotFoundError, CheckpointMismatchError (shape mismatches, or nothing matched).
+        FileNotFoundError, CheckpointError (unreadable file),
+        CheckpointMismatchError (shape mismatches, or nothing matched).
     """
     model = getattr(model, 'module', model)
-    state, _ = read_state_dict(path, 'pretrained backbone')
+    state, _ = read_state_dict(path, 'pretrained backbone', trust=trust)
     renamed = {}
     for key, value in state.items():
         for pattern, repl in revise_keys:

@@ -7,6 +7,7 @@ import torch
 
 import models  # noqa: F401
 import models.ops as ops_module
+from models.feature_cache import FrameFeatureCache
 from mmdet.models import build_detector
 
 from camera_rig import pinhole_rig
@@ -138,37 +139,51 @@ def test_photometric_only_in_training_and_normalisation():
     assert model.preprocess(odd).shape == (1, 3, 64, 96)          # zero padding right/bottom
 
 
-def test_online_cache_equals_offline_features():
+def test_online_cache_equals_offline_features_and_predictions():
     model = build().eval()
+    torch.nn.init.constant_(model.pts_bbox_head.transformer.decoder.decoder_layers[-1].cls_branch[-1].bias, 4.0)
     seq = [[0, 0], [1, 0], [2, 1], [3, 2]]           # the first sample of a scene repeats its own frame
     with torch.no_grad():
         for frames in seq:
             metas = [metas_for(frames)]
-            online = model._extract_feat_online(images(frames[0])[None], metas)
+            online = model(img=[images(frames[0])[None]], img_metas=[metas], return_loss=False)[0]
+            slots = torch.tensor([model.feature_cache.slots[f'samples/CAM_0/frame{t}.jpg'] for t in frames])
+            cached = model.feature_cache.read(slots)
             full = torch.cat([images(t) for t in frames])[None]
-            offline = model.extract_feat(full, [metas_for(frames)])
-            for a, b in zip(online, offline):
+            offline_feats = model.extract_feat(full, [metas_for(frames)])
+            for a, b in zip(cached, offline_feats):
                 assert a.shape == b.shape == (1, T * N) + a.shape[2:]
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
             assert metas[0]['img_shape'] == [(H, W, 3)] * (T * N)
-    assert list(model._feat_cache) == [f'samples/CAM_0/frame{t}.jpg' for t in range(4)]
+            offline = model(img=[full], img_metas=[[metas_for(frames)]], return_loss=False)[0]
+            assert len(online['sem_pred']) > 0
+            np.testing.assert_array_equal(online['occ_loc'], offline['occ_loc'])
+            np.testing.assert_array_equal(online['sem_pred'], offline['sem_pred'])
+    assert list(model.feature_cache.slots) == [f'samples/CAM_0/frame{t}.jpg' for t in range(4)]
 
 
 def test_online_cache_is_fifo_of_15_and_needs_history():
+    cache = FrameFeatureCache(15)
+    seen = {}
+    for t in range(20):
+        slot, frame_slots = cache.assign([f'f{t}', f'f{max(t - 1, 0)}'])
+        seen[t] = slot
+        assert frame_slots == [slot, seen[max(t - 1, 0)]]
+    assert len(cache.slots) == 15 and next(iter(cache.slots)) == 'f5'
+    assert sorted(cache.slots.values()) == list(range(15))            # every slot used once
+    assert seen[15] == seen[0] and seen[19] == seen[4]                # a new frame takes the oldest's slot
+    assert cache.assign(['f19', 'f18']) == (seen[19], [seen[19], seen[18]])   # cached: same slot, no change
+    assert next(iter(cache.slots)) == 'f5'
+    with pytest.raises(KeyError):
+        cache.assign(['f30', 'f29'])
+    # the model turns that into an error that says what to do, and training drops the cache
     model = build().eval()
-    calls = []
-    # the cache logic does not need real features: a stand-in backbone that records what it computes
-    model.extract_feat = lambda img, metas, fp16=None: calls.append(metas[0]['filename'][0]) or [img[:, :, :1].float()]
     with torch.no_grad():
-        for t in range(20):
-            model._extract_feat_online(images(t)[None], [metas_for([t, max(t - 1, 0)])])
-        assert len(model._feat_cache) == 15
-        assert next(iter(model._feat_cache)) == 'samples/CAM_0/frame5.jpg'
-        assert calls == [f'samples/CAM_0/frame{t}.jpg' for t in range(20)]     # each frame computed once
+        model(img=[images(0)[None]], img_metas=[[metas_for([0, 0])]], return_loss=False)
         with pytest.raises(RuntimeError, match='not in the cache'):
-            model._extract_feat_online(images(30)[None], [metas_for([30, 29])])
+            model(img=[images(30)[None]], img_metas=[[metas_for([30, 29])]], return_loss=False)
     model.train()
-    assert len(model._feat_cache) == 0      # features of old weights are dropped when training resumes
+    assert len(model.feature_cache.slots) == 0      # features of old weights are dropped when training resumes
 
 
 def test_online_offline_decision(monkeypatch):
@@ -193,6 +208,7 @@ def test_stop_prev_grad_and_no_autocast_on_cpu():
     ref = model.extract_feat(full, [metas_for([1, 0])])
     model.stop_prev_grad = 1
     model.fp16_enabled = True                   # the fp16 hook's flag has no effect on the CPU
+    assert model.train_amp_dtype() == torch.float16
     got = model.extract_feat(full, [metas_for([1, 0])])
     for a, b in zip(ref, got):
         assert b.dtype == torch.float32

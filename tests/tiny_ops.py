@@ -37,13 +37,19 @@ _train_pipeline = [
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1),
     dict(type='LoadOccFromFile', occ_root=occ_root),
     dict(type='RandomTransformImage', ida_aug_conf=_ida, training=True),
-    dict(type='DefaultFormatBundle3D', class_names=['car']),
+    dict(type='DefaultFormatBundle3D'),
     dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'], meta_keys=_keys)]
 _test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=1, test_mode=True),
     dict(type='RandomTransformImage', ida_aug_conf=_ida, training=False),
-    dict(type='MultiScaleFlipAug3D', img_scale=(160, 90), pts_scale_ratio=1, flip=False, transforms=[
-        dict(type='DefaultFormatBundle3D', class_names=['car'], with_label=False),
+    dict(type='MultiScaleFlipAug3D', transforms=[
+        dict(type='DefaultFormatBundle3D'),
         dict(type='Collect3D', keys=['img'], meta_keys=_keys)])]
+'''
+
+# val.py / timing.py on the synthetic world's val scene (the `tiny_val_setup` fixture of conftest.py fills it)
+TINY_VAL_CONFIG = TINY_MODEL_CONFIG + TINY_PIPELINES + '''
+data = dict(workers_per_gpu=0, val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root,
+                                        ann_file={ann_file!r}, pipeline=_test_pipeline, test_mode=True))
 '''

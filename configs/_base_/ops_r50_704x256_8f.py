@@ -1,4 +1,4 @@
-# Everything shared by OPS-T/S/M/L (spec section 2). The variant files set num_query, num_points,
+# Everything shared by OPS-T/S/M/L (docs/method.md, "Configuration"). The variant files set num_query, num_points,
 # num_refines and total_epochs; this file alone is OPS-T. Helper variables start with '_'.
 # Changing num_frames here also changes the sweep loaders (sweeps_num = num_frames - 1); a config that
 # overrides num_frames must restate the pipelines, because values computed here are not re-evaluated.
@@ -7,12 +7,8 @@ dataset_type = 'NuScenesOccDataset'
 dataset_root = 'data/nuscenes/'
 occ_root = 'data/nuscenes/gts/'
 
-input_modality = dict(use_lidar=False, use_camera=True, use_radar=False, use_map=False, use_external=True)
-
-# nuScenes detection classes: only the dataset's class list uses them (the box steps of the original
-# pipelines are dropped, they never reached the model)
-object_names = ['car', 'truck', 'construction_vehicle', 'bus', 'trailer', 'barrier', 'motorcycle',
-                'bicycle', 'pedestrian', 'traffic_cone']
+# The original's input_modality and 3D-box class list (object_names) are gone with the box steps of
+# its pipelines: no box ever reached the model. The Occ3D classes (= core/occ3d.py CLASS_NAMES):
 occ_names = ['others', 'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle',
              'pedestrian', 'traffic_cone', 'trailer', 'truck', 'driveable_surface', 'other_flat',
              'sidewalk', 'terrain', 'manmade', 'vegetation']
@@ -77,7 +73,7 @@ model = dict(
         loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
         loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5)),
     train_cfg=dict(pts=dict(
-        # per class id 0..16, applied per logit channel (spec 4.3)
+        # per class id 0..16, applied per logit channel (docs/method.md, "Losses")
         cls_weights=[10, 5, 10, 5, 5, 10, 10, 5, 10, 5, 5, 1, 5, 1, 1, 2, 1],
         # the original's code defaults, written out
         empty_dist_thr=0.2,
@@ -104,7 +100,7 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1),
     dict(type='LoadOccFromFile', occ_root=occ_root),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=True),
-    dict(type='DefaultFormatBundle3D', class_names=object_names),
+    dict(type='DefaultFormatBundle3D'),
     dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'],
          meta_keys=('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')),
 ]
@@ -113,24 +109,21 @@ test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1, test_mode=True),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=False),
+    # one test-time "augmentation": the sample is wrapped in one-element lists (mmdet3d's test format)
     dict(type='MultiScaleFlipAug3D',
-         img_scale=(1600, 900),
-         pts_scale_ratio=1,
-         flip=False,
          transforms=[
-             dict(type='DefaultFormatBundle3D', class_names=object_names, with_label=False),
+             dict(type='DefaultFormatBundle3D'),
              dict(type='Collect3D', keys=['img'],
-                  meta_keys=('filename', 'box_type_3d', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img',
-                             'img_timestamp', 'ego2lidar'))]),
+                  meta_keys=('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp',
+                             'ego2lidar'))]),
 ]
 
 # fields shared by the train/val/test datasets
-_dataset = dict(type=dataset_type, data_root=dataset_root, occ_root=occ_root, classes=object_names,
-                modality=input_modality, box_type_3d='LiDAR')
+_dataset = dict(type=dataset_type, data_root=dataset_root, occ_root=occ_root)
 data = dict(
     workers_per_gpu=4,
     train=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_train_sweep.pkl', pipeline=train_pipeline,
-               test_mode=False, use_valid_flag=True),
+               test_mode=False),
     val=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_val_sweep.pkl', pipeline=test_pipeline,
              test_mode=True),
     test=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_test_sweep.pkl', pipeline=test_pipeline,
@@ -166,8 +159,6 @@ batch_size = 8  # total over all GPUs (per-GPU batch = batch_size // world_size)
 load_from = 'pretrain/cascade_mask_rcnn_r50_fpn_coco-20e_20e_nuim_20201009_124951-40963960.pth'
 revise_keys = [('backbone', 'img_backbone')]
 
-resume_from = None
-
 checkpoint_config = dict(interval=1, max_keep_ckpts=1)
 
 log_config = dict(
@@ -178,5 +169,3 @@ log_config = dict(
     ])
 
 eval_config = dict(interval=total_epochs)
-
-debug = False

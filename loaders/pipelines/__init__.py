@@ -1,10 +1,16 @@
-"""Data pipeline steps, registered in mmdet's PIPELINES (spec 2.4)."""
+"""Data pipeline steps, registered in mmdet's PIPELINES (docs/data.md, "Pipeline steps")."""
 from .formatting import Collect3D, DefaultFormatBundle3D
-from .loading import (CAMERA_TYPES, LoadMultiViewImageFromFiles, LoadMultiViewImageFromMultiSweeps, LoadOccFromFile,
+from .gpu_decode import (DeferredRandomTransformImage, JpegFormatBundle3D, LoadMultiViewJpegFromFiles,
+                         LoadMultiViewJpegFromMultiSweeps, gpu_decode_pipeline)
+from .loading import (LoadMultiViewImageFromFiles, LoadMultiViewImageFromMultiSweeps, LoadOccFromFile,
                       compose_lidar2img)
+from .opusv2_transforms import ComposeEgo2Img, RandomTransformOcc
 from .test_time_aug import MultiScaleFlipAug3D
 from .transforms import RandomTransformImage
 
-__all__ = ['CAMERA_TYPES', 'Collect3D', 'DefaultFormatBundle3D', 'LoadMultiViewImageFromFiles',
+__all__ = ['Collect3D', 'ComposeEgo2Img', 'DefaultFormatBundle3D', 'LoadMultiViewImageFromFiles',
            'LoadMultiViewImageFromMultiSweeps', 'LoadOccFromFile', 'MultiScaleFlipAug3D', 'RandomTransformImage',
-           'compose_lidar2img']
+           'RandomTransformOcc', 'compose_lidar2img',
+           # GPU decode path (loaders/pipelines/gpu_decode.py)
+           'DeferredRandomTransformImage', 'JpegFormatBundle3D', 'LoadMultiViewJpegFromFiles',
+           'LoadMultiViewJpegFromMultiSweeps', 'gpu_decode_pipeline']

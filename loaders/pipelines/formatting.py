@@ -1,4 +1,5 @@
-"""Formatting: stack the images into one tensor and collect the keys the model takes (spec 6.6)."""
+"""Formatting: stack the images into one tensor and collect the keys the model takes
+(docs/architecture.md, "Interfaces")."""
 import numpy as np
 import torch
 from mmcv.parallel import DataContainer as DC
@@ -12,14 +13,9 @@ class DefaultFormatBundle3D:
     """`img` (list of [H, W, 3]) -> DataContainer(stack=True) of a [T*N, 3, H, W] tensor (dtype kept: uint8).
 
     The occupancy arrays (`voxel_semantics`, `mask_camera`, `mask_lidar`) stay numpy arrays; mmcv's
-    collate turns them into [B, 200, 200, 16] tensors. `class_names`, `with_gt` and `with_label`
-    are accepted for config compatibility: this project has no 3D-box targets to format.
+    collate turns them into [B, 200, 200, 16] tensors. No arguments: the original's `class_names`,
+    `with_gt` and `with_label` format 3D-box targets, which this project does not have.
     """
-
-    def __init__(self, class_names=None, with_gt=True, with_label=True):
-        self.class_names = class_names
-        self.with_gt = with_gt
-        self.with_label = with_label
 
     def __call__(self, results):
         if 'img' in results:
@@ -37,7 +33,7 @@ class DefaultFormatBundle3D:
         return results
 
     def __repr__(self):
-        return f'{self.__class__.__name__}(class_names={self.class_names}, with_label={self.with_label})'
+        return f'{self.__class__.__name__}()'
 
 
 @PIPELINES.register_module()

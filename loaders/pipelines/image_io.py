@@ -72,3 +72,46 @@ def imread_bgr(path, backend='auto'):
     with Image.open(path) as im:
         rgb = np.asarray(im.convert('RGB'))
     return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def read_jpeg_bytes(path):
+    """The bytes of a JPEG file as a writable uint8 [nbytes] array (the GPU decode path decodes them
+    on the device; loaders/pipelines/gpu_decode.py)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(missing_file_message(path))
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        raise ValueError(f'{path} is not a JPEG file; the GPU decode path (nvJPEG) reads JPEG images only: use the '
+                         f'CPU loading steps for other formats')
+    return data
+
+
+# start-of-frame markers: baseline, extended, progressive, lossless (not DHT C4, JPG C8, DAC CC)
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data):
+    """(height, width) of a JPEG from its start-of-frame header (bytes or a uint8 array), without decoding."""
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        raise ValueError('not a JPEG stream (no SOI marker)')
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ValueError(f'corrupt JPEG stream: expected a marker at byte {i}')
+        marker = int(data[i + 1])
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        length = (int(data[i + 2]) << 8) | int(data[i + 3])
+        if marker in _SOF_MARKERS:
+            if i + 9 > n:
+                break
+            return (int(data[i + 5]) << 8) | int(data[i + 6]), (int(data[i + 7]) << 8) | int(data[i + 8])
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        i += 2 + length
+    raise ValueError('corrupt JPEG stream: no start-of-frame header')

@@ -2,7 +2,7 @@
 
 Frames: `lidar2img` maps homogeneous points of the *current key frame's LiDAR* frame to pixels
 (rows (u*d, v*d, d, 1)); images are BGR uint8 [H, W, 3]. Lists are frame-major: index t*N + n,
-t = 0 current key frame, t = 1..T-1 increasingly older, n in CAMERA_TYPES order.
+t = 0 current key frame, t = 1..T-1 increasingly older, n in `core.occ3d.CAMERA_NAMES` order.
 """
 import os.path as osp
 
@@ -10,15 +10,16 @@ import numpy as np
 from mmcv.runner import get_dist_info
 from mmdet.datasets.builder import PIPELINES
 
-from .image_io import BACKENDS, imread_bgr, missing_file_message
+from core.geometry import pad_intrinsic, rigid_inverse
+from core.occ3d import CAMERA_NAMES
 
-CAMERA_TYPES = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
+from .image_io import BACKENDS, imread_bgr, missing_file_message
 
 
 def compose_lidar2img(ego2global_translation_curr, ego2global_rotation_curr, lidar2ego_translation_curr,
                       lidar2ego_rotation_curr, sensor2global_translation_past, sensor2global_rotation_past,
                       cam_intrinsic_past):
-    """Projection of a past camera image seen from the current key frame's LiDAR (spec 6.3).
+    """Projection of a past camera image seen from the current key frame's LiDAR (docs/method.md, "Camera history").
 
     Args:
         *_rotation_curr: 3x3 rotations (column convention) ego->global and lidar->ego of the
@@ -37,21 +38,7 @@ def compose_lidar2img(ego2global_translation_curr, ego2global_rotation_curr, lid
     cam2global[:3, :3] = np.asarray(sensor2global_rotation_past).T
     cam2global[:3, 3] = sensor2global_translation_past
     cam2lidar = np.linalg.inv(lidar2global) @ cam2global
-    return (intrinsic_pad(cam_intrinsic_past) @ rigid_inverse(cam2lidar)).astype(np.float32)
-
-
-def intrinsic_pad(intrinsic):
-    k = np.eye(4)
-    k[:3, :3] = intrinsic
-    return k
-
-
-def rigid_inverse(transform):
-    """Inverse of a 4x4 rigid transform (exact transpose of the rotation block)."""
-    inv = np.eye(4)
-    inv[:3, :3] = transform[:3, :3].T
-    inv[:3, 3] = -transform[:3, :3].T @ transform[:3, 3]
-    return inv
+    return (pad_intrinsic(cam_intrinsic_past) @ rigid_inverse(cam2lidar)).astype(np.float32)
 
 
 @PIPELINES.register_module()
@@ -59,7 +46,7 @@ class LoadMultiViewImageFromFiles:
     """Load the N key-frame images of `results['img_filename']` (mmdet3d's step of the same name).
 
     Adds `img` (list of N BGR uint8 [H, W, 3], float32 if to_float32), `filename`, `img_shape`,
-    `ori_shape`, `pad_shape` (lists of (H, W, 3)), `scale_factor` 1.0, `img_norm_cfg` (identity).
+    `ori_shape`, `pad_shape` (lists of (H, W, 3)).
     """
 
     def __init__(self, to_float32=False, color_type='color', backend='auto'):
@@ -72,9 +59,14 @@ class LoadMultiViewImageFromFiles:
         self.color_type = color_type
         self.backend = backend
 
+    def read_image(self, path):
+        """One image as the pipeline carries it: BGR uint8 [H, W, 3] (loaders/pipelines/gpu_decode.py
+        overrides it to carry the JPEG file bytes instead)."""
+        return imread_bgr(path, self.backend)
+
     def __call__(self, results):
         filenames = results['img_filename']
-        imgs = [imread_bgr(name, self.backend) for name in filenames]
+        imgs = [self.read_image(name) for name in filenames]
         if self.to_float32:
             imgs = [img.astype(np.float32) for img in imgs]
         results['filename'] = list(filenames)
@@ -82,10 +74,6 @@ class LoadMultiViewImageFromFiles:
         results['img_shape'] = [img.shape for img in imgs]
         results['ori_shape'] = [img.shape for img in imgs]
         results['pad_shape'] = [img.shape for img in imgs]
-        results['scale_factor'] = 1.0
-        results['img_norm_cfg'] = dict(mean=np.zeros(3, dtype=np.float32), std=np.ones(3, dtype=np.float32),
-                                       to_rgb=False)
-        results.setdefault('img_fields', []).append('img')
         return results
 
     def __repr__(self):
@@ -96,7 +84,7 @@ class LoadMultiViewImageFromFiles:
 class LoadMultiViewImageFromMultiSweeps:
     """Append `sweeps_num` past frames (N images each) chosen from `results['cam_sweeps']['prev']`.
 
-    Frame choice (spec 6.3), L = number of history entries (6 per key-frame interval):
+    Frame choice (docs/method.md, "Camera history"), L = number of history entries (6 per key-frame interval):
     * L == 0: the current frame is repeated;
     * test_mode: entries (k+1)*test_interval - 1 (the previous key frames), clamped to L-1;
     * training, L <= sweeps_num: all entries, the last one repeated;
@@ -104,7 +92,7 @@ class LoadMultiViewImageFromMultiSweeps:
       max_int = min(L // sweeps_num, hi), (lo, hi) = train_interval; entries (k+1)*interval - 1.
     An entry with fewer than N cameras is replaced by the one before it.
 
-    Online mode (test mode in a single process, spec 3.7): the past images are not loaded (the model
+    Online mode (test mode in a single process, docs/method.md, "Test modes"): the past images are not loaded (the model
     takes their features from its cache), but `filename`, `img_timestamp` and `lidar2img` still get
     all T*N entries. `online=None` decides from the world size when the step is built, True/False
     forces it (only allowed in test mode).
@@ -148,6 +136,11 @@ class LoadMultiViewImageFromMultiSweeps:
             choices = [(k + 1) * interval - 1 for k in range(self.sweeps_num)]
         return sorted(min(c, num_history - 1) for c in choices)
 
+    def read_image(self, path):
+        """One image as the pipeline carries it: BGR uint8 [H, W, 3] (loaders/pipelines/gpu_decode.py
+        overrides it to carry the JPEG file bytes instead)."""
+        return imread_bgr(path, self.backend)
+
     def __call__(self, results):
         if self.sweeps_num == 0:
             return results
@@ -169,11 +162,11 @@ class LoadMultiViewImageFromMultiSweeps:
             sweep = history[idx]
             if len(sweep) < num_cams:
                 sweep = history[idx - 1]
-            for cam in CAMERA_TYPES[:num_cams]:
+            for cam in CAMERA_NAMES[:num_cams]:
                 entry = sweep[cam]
                 path = entry['data_path']
                 if not self.online:
-                    results['img'].append(imread_bgr(path, self.backend))
+                    results['img'].append(self.read_image(path))
                 elif not osp.isfile(path):
                     raise FileNotFoundError(missing_file_message(path))
                 results['img_timestamp'].append(entry['timestamp'] / 1e6)
@@ -190,7 +183,7 @@ class LoadMultiViewImageFromMultiSweeps:
 
 @PIPELINES.register_module()
 class LoadOccFromFile:
-    """Occ3D labels of the key frame (spec 6.4).
+    """Occ3D labels of the key frame (docs/method.md, "Occupancy labels").
 
     Reads `<occ_root>/<scene_name>/<sample_idx>/labels.npz` (or `results['occ_path']` when
     occ_root is None) and adds `voxel_semantics` uint8 [200, 200, 16] (0..16 classes, 17 free),

@@ -10,10 +10,9 @@ rear axle); camera = OpenCV camera frame (x right, y down, z along the optical a
 """
 import numpy as np
 
-from .geometry import rot_x, rot_y, rot_z
+from core.occ3d import CAMERA_NAMES  # noqa: F401  (the camera order of the infos and the loaders)
 
-# Same order as the info pickles and the loaders use (mmdet3d's camera order).
-CAMERA_NAMES = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
+from .geometry import rot_x, rot_y, rot_z
 FULL_WIDTH, FULL_HEIGHT = 1600, 900
 
 # name: (translation in ego [m], yaw [deg], pitch [deg], roll [deg], focal [px], cx [px], cy [px])

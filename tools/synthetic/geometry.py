@@ -1,6 +1,7 @@
-"""Rigid-transform helpers shared by the synthetic world (no dependency beyond numpy).
+"""Rotation helpers of the synthetic world: elementary rotations and matrix -> quaternion.
 
-Conventions: column vectors (p_dst = R @ p_src + t); quaternions are nuScenes' [w, x, y, z].
+Conventions: column vectors (p_dst = R @ p_src + t); quaternions are nuScenes' [w, x, y, z]. The
+quaternion -> matrix direction and 4x4 poses are the project's (core/geometry.py).
 """
 import numpy as np
 
@@ -18,15 +19,6 @@ def rot_y(a):
 def rot_z(a):
     c, s = np.cos(a), np.sin(a)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=np.float64)
-
-
-def quat_to_mat(q):
-    """[w, x, y, z] (any norm) -> 3x3 rotation matrix."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def mat_to_quat(m):
@@ -48,20 +40,3 @@ def mat_to_quat(m):
     q = np.array(q)
     q /= np.linalg.norm(q)
     return q if q[0] >= 0 else -q
-
-
-def make_pose(rotation, translation):
-    """3x3 rotation (or [w, x, y, z] quaternion) and a translation -> 4x4 homogeneous transform."""
-    rotation = np.asarray(rotation, dtype=np.float64)
-    if rotation.shape == (4,):
-        rotation = quat_to_mat(rotation)
-    pose = np.eye(4)
-    pose[:3, :3] = rotation
-    pose[:3, 3] = translation
-    return pose
-
-
-def transform_points(pose, points):
-    """Apply a 4x4 transform to points [..., 3]."""
-    points = np.asarray(points, dtype=np.float64)
-    return points @ pose[:3, :3].T + pose[:3, 3]

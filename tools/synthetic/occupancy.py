@@ -1,6 +1,6 @@
 """Occ3D-style labels of the synthetic world: semantics, LiDAR and camera visibility masks, LiDAR points.
 
-Grid (spec section 0): point_cloud_range [-40, -40, -1, 40, 40, 5.4] m in the ego frame of the key
+Grid (core/occ3d.py): point_cloud_range [-40, -40, -1, 40, 40, 5.4] m in the ego frame of the key
 frame, voxel 0.4 m, arrays [200, 200, 16] indexed [x, y, z]; label 17 = free.
 
 * semantics: a voxel takes the class of a shape if any of 2x2x2 sample points inside it lies in the
@@ -13,11 +13,12 @@ frame, voxel 0.4 m, arrays [200, 200, 16] indexed [x, y, z]; label 17 = free.
 """
 import numpy as np
 
+from core.occ3d import GRID_SHAPE as GRID, POINT_CLOUD_RANGE, VOXEL_SIZE
+
 from .world import BARRIER, BICYCLE, FREE, MANMADE, PEDESTRIAN, TRAFFIC_CONE, VEGETATION, World
 
-PC_RANGE = np.array([-40.0, -40.0, -1.0, 40.0, 40.0, 5.4])
-VOXEL = 0.4
-GRID = (200, 200, 16)
+PC_RANGE = np.array(POINT_CLOUD_RANGE)
+VOXEL = VOXEL_SIZE[0]  # cubic voxels
 VIS_TOL = 0.4
 LIDAR_ELEVATIONS = np.deg2rad(np.linspace(-30.67, 10.67, 32))
 LIDAR_AZIMUTH_STEP = np.deg2rad(0.5)

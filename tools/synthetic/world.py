@@ -12,9 +12,12 @@ Units: metres, radians; global frame = nuScenes global frame (z up).
 """
 import numpy as np
 
-# Occ3D-nuScenes class ids (spec section 0); 17 = free.
+from core.occ3d import FREE_LABEL as FREE, NUM_CLASSES
+
+# Occ3D-nuScenes class ids by name, in core.occ3d.CLASS_NAMES order (tests/core/test_occ3d.py checks
+# it); FREE = 17.
 OTHERS, BARRIER, BICYCLE, BUS, CAR, CONSTRUCTION_VEHICLE, MOTORCYCLE, PEDESTRIAN, TRAFFIC_CONE, \
-    TRAILER, TRUCK, DRIVEABLE_SURFACE, OTHER_FLAT, SIDEWALK, TERRAIN, MANMADE, VEGETATION, FREE = range(18)
+    TRAILER, TRUCK, DRIVEABLE_SURFACE, OTHER_FLAT, SIDEWALK, TERRAIN, MANMADE, VEGETATION = range(NUM_CLASSES)
 
 BOX, CYLINDER, ELLIPSOID = 0, 1, 2
 # Colour patterns (how a shape's base colour is textured).

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from core.geometry import rigid_transform
+
 from . import calib, occupancy
-from .geometry import make_pose, mat_to_quat, rot_z
+from .geometry import mat_to_quat, rot_z
 from .layout import generate_world
 from .render import render
 
@@ -61,7 +63,7 @@ class SceneConfig:
         """4x4 ego -> global at a timestamp (planar: the road is flat)."""
         s = self.speed * (timestamp_us - self.t0()) * 1e-6
         xy, psi = world.road.point(s, -1.75)
-        return make_pose(rot_z(float(psi)), [float(xy[0]), float(xy[1]), 0.0])
+        return rigid_transform(rot_z(float(psi)), [float(xy[0]), float(xy[1]), 0.0])
 
     def key_time(self, k):
         return self.t0() + int(round(k * KEY_INTERVAL * 1e6))
@@ -95,8 +97,8 @@ def lidar_filename(scene: SceneConfig, timestamp):
 
 def sensor2ego(cam):
     if cam == LIDAR:
-        return make_pose(calib.lidar_rotation(), calib.lidar_translation())
-    return make_pose(calib.camera_rotation(cam), calib.camera_translation(cam))
+        return rigid_transform(calib.lidar_rotation(), calib.lidar_translation())
+    return rigid_transform(calib.camera_rotation(cam), calib.camera_translation(cam))
 
 
 def render_frame(task):

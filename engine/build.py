@@ -1,0 +1,81 @@
+"""One way to build what train.py, val.py and timing.py run: the detector and the data loaders.
+
+    model = build_model(cfg.model, checkpoint=path)          # evaluation: strict weights
+    model = build_model(cfg.model, pretrained=cfg.load_from)   # training: init + pretrained backbone
+    dataset = build_dataset(cfg.data.val, test_mode=True)
+    loader = build_test_loader(dataset, workers, dist=world_size > 1)
+
+Building registers the project's modules first (the `models` and `loaders` packages), so a config's
+`type='OPS'`, `type='NuScenesOccDataset'` etc. resolve. Mode switches of the model (fp16, online,
+CUDA graphs) are set by the entry points after building.
+"""
+import os.path as osp
+
+DEFAULT_REVISE_KEYS = [(r'^backbone', 'img_backbone')]
+
+__all__ = ['register_modules', 'build_model', 'build_dataset', 'build_train_loader', 'build_test_loader']
+
+
+def register_modules():
+    """Import the packages whose modules register themselves in mmdet's registries."""
+    import loaders  # noqa: F401  (dataset and pipeline steps)
+    import models  # noqa: F401  (detector, head, transformer)
+
+
+def build_model(model_cfg, checkpoint=None, pretrained=None, revise_keys=None, logger=None, trust_checkpoint=False):
+    """The detector of `model_cfg`, with its weights.
+
+    Args:
+        model_cfg (dict): the config's `model`.
+        checkpoint (str | None): a full checkpoint, loaded strictly (models/weights.py: names and
+            shapes must match exactly). None: `init_weights()` (random init, seeded by the caller).
+        pretrained (str | None): without `checkpoint`, then load the backbone of this detection
+            checkpoint (the config's `load_from`: only the ResNet lands in the model).
+        revise_keys (list | None): regex renames of the pretrained keys (default backbone -> img_backbone).
+        logger: where the loading is reported.
+        trust_checkpoint (bool): read `checkpoint` / `pretrained` with the full unpickler, which can run
+            code stored in the file (the entry points' --trust-checkpoint); by default only tensors,
+            containers and numbers load (models/weights.py).
+    Returns:
+        the detector on the CPU, in training mode.
+    """
+    register_modules()
+    from mmdet.models import build_detector
+
+    from models.weights import load_checkpoint_strict, load_pretrained_backbone
+    model = build_detector(model_cfg)
+    if checkpoint is not None:
+        load_checkpoint_strict(model, checkpoint, trust=trust_checkpoint)
+        if logger is not None:
+            logger.info(f'loaded {checkpoint}')
+        return model
+    model.init_weights()
+    if pretrained:
+        if not osp.isfile(pretrained):
+            raise FileNotFoundError(
+                f'pretrained weights not found: {pretrained}. Download them as described in pretrain/README.md, '
+                f'or train from scratch with --cfg-options load_from=None')
+        load_pretrained_backbone(model, pretrained, revise_keys=revise_keys or DEFAULT_REVISE_KEYS, logger=logger,
+                                 trust=trust_checkpoint)
+    return model
+
+
+def build_dataset(data_cfg, test_mode=None):
+    """A dataset from one entry of the config's `data` (train / val / test); `test_mode` overrides it."""
+    register_modules()
+    from mmdet.datasets import build_dataset as mmdet_build_dataset
+    return mmdet_build_dataset(data_cfg, None if test_mode is None else dict(test_mode=test_mode))
+
+
+def build_train_loader(dataset, samples_per_gpu, workers_per_gpu, dist, seed, cumulative_iters=1):
+    """Shuffled training loader of one process whose global batches do not depend on the number of
+    processes (loaders.builder.build_train_dataloader; `dist` is read from the process group)."""
+    from loaders.builder import build_train_dataloader
+    return build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, cumulative_iters=cumulative_iters,
+                                  seed=seed)
+
+
+def build_test_loader(dataset, workers_per_gpu, dist):
+    """Batch-1 loader in dataset order; with `dist`, this rank's share as mmdet's DistributedSampler deals it."""
+    from loaders.builder import build_dataloader
+    return build_dataloader(dataset, 1, workers_per_gpu, num_gpus=1, dist=dist, shuffle=False)

@@ -1,0 +1,138 @@
+"""Running a detector over a test set, in one or several processes (what mmdet's apis/test.py does).
+
+* `sampler_indices`: the dataset indices of one rank, as mmdet's `DistributedSampler(shuffle=False)`
+  deals them (the list padded to a multiple of the process count by repeating its head, then rank r
+  takes positions r, r + W, r + 2W, ...);
+* `run_inference`: the loop over this rank's samples (batch 1), results compacted on the CPU and
+  optionally saved as `<token>.npz` (evaluation/predictions.py);
+* `collect_results`: gathers the per-rank lists into dataset order on rank 0 through the process
+  group (torch.distributed collectives, in chunks; no shared folder);
+* `inference`: all three, the way val.py runs a model (docs/evaluation.md, "One process vs. several").
+"""
+import os
+import os.path as osp
+import time
+
+import torch
+import torch.distributed as dist
+
+from engine.dist import DEFAULT_CHUNK_BYTES, gather_object_chunks
+from evaluation.predictions import compact_result, save_prediction
+
+__all__ = ['sampler_indices', 'real_sample_count', 'run_inference', 'collect_results', 'collect_results_cpu',
+           'inference']
+
+
+def sampler_indices(num_samples, rank, world_size):
+    """Dataset indices of one rank under mmdet's DistributedSampler(shuffle=False).
+
+    The index list is padded to a multiple of `world_size` by repeating it from the start, then
+    rank r takes positions r, r + W, r + 2W, ...
+    """
+    total = -(-num_samples // world_size) * world_size
+    padded = (list(range(num_samples)) * -(-total // max(num_samples, 1)))[:total]
+    return padded[rank:total:world_size]
+
+
+def real_sample_count(num_indices, num_samples, rank, world_size):
+    """How many of a rank's `num_indices` samples are real, not the sampler's padding.
+
+    Item k of rank r sits at padded position k * W + r; positions below `num_samples` are real.
+    """
+    return sum(1 for k in range(num_indices) if k * world_size + rank < num_samples)
+
+
+@torch.no_grad()
+def run_inference(model, data_loader, indices, device, data_infos, save_dir=None, save_count=None,
+                  show_progress=True):
+    """Run the model over this rank's samples; returns the compacted results in sampler order.
+
+    Args:
+        model: the detector in eval mode, on `device`; called as `model(return_loss=False,
+            rescale=True, **batch)` and returning one `dict(sem_pred, occ_loc)` per sample.
+        data_loader: batch-1 loader whose sampler yields `indices`.
+        indices (list[int]): the dataset index of every sample the loader yields.
+        data_infos (list[dict]): the dataset's infos (for the `token` of saved predictions).
+        save_dir (str | None): also write `<token>.npz` there.
+        save_count (int | None): only the first `save_count` results are written: the rest are the
+            sampler's padding, copies of samples another rank writes (two processes must not write
+            one file at once). None = all.
+        show_progress (bool): tqdm bar.
+    """
+    from tqdm import tqdm
+
+    from engine.parallel import unpack_batch
+    results = []
+    bar = tqdm(total=len(indices), desc='inference', dynamic_ncols=True, disable=not show_progress)
+    save_count = len(indices) if save_count is None else save_count
+    for position, (index, data) in enumerate(zip(indices, data_loader)):
+        data = unpack_batch(data, device)
+        outputs = model(return_loss=False, rescale=True, **data)
+        if len(outputs) != 1:
+            raise RuntimeError(f'the model returned {len(outputs)} results for one sample')
+        result = compact_result(outputs[0])
+        if save_dir is not None and position < save_count:
+            save_prediction(osp.join(save_dir, f'{data_infos[index]["token"]}.npz'), result)
+        results.append(result)
+        bar.update(1)
+    bar.close()
+    if len(results) != len(indices):
+        raise RuntimeError(f'the data loader yielded {len(results)} samples, expected {len(indices)}')
+    return results
+
+
+def collect_results(result_part, size, chunk_bytes=DEFAULT_CHUNK_BYTES):
+    """Gather per-rank result lists into dataset order on rank 0 through the process group.
+
+    The lists travel with torch.distributed (engine.dist.gather_object_chunks: pickled, at most
+    `chunk_bytes` per rank and collective), so the ranks need no shared folder (several nodes, each
+    with its own disk); rank 0 interleaves them (item k of rank r is sample k*W + r) and drops the
+    sampler's padding. gloo (CPU) or NCCL (through the current GPU, chunk by chunk).
+
+    Args:
+        result_part (list): this rank's results in sampler order.
+        size (int): dataset length.
+        chunk_bytes (int): bytes per rank and collective.
+    Returns:
+        list of `size` results on rank 0, None on the other ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(result_part)[:size]
+    world_size = dist.get_world_size()
+    parts = gather_object_chunks(list(result_part), dst=0, chunk_bytes=chunk_bytes)
+    if parts is None:
+        return None
+    lengths = [len(p) for p in parts]
+    if len(set(lengths)) != 1 or lengths[0] * world_size < size:
+        raise RuntimeError(f'ranks returned {lengths} results for {size} samples; every rank must process '
+                           f'the same padded number of samples (mmdet DistributedSampler)')
+    return [item for group in zip(*parts) for item in group][:size]
+
+
+def collect_results_cpu(result_part, size, tmpdir=None):
+    """collect_results under its former name; `tmpdir` is ignored (nothing is written to a folder any more)."""
+    return collect_results(result_part, size)
+
+
+def inference(model, data_loader, dataset, device, rank, world_size, save_dir=None, logger=None):
+    """Run `model` over the whole `dataset`, each rank on its share; results in dataset order on rank 0.
+
+    Args:
+        data_loader: batch-1, unshuffled loader of this rank (engine.build.build_test_loader).
+        save_dir (str | None): each rank also writes its real samples as `<token>.npz` there.
+    Returns:
+        list of `len(dataset)` results (`dict(sem_pred uint8 [M], occ_loc [M, 3])`) on rank 0, None elsewhere.
+    """
+    indices = list(iter(data_loader.sampler))
+    if indices != sampler_indices(len(dataset), rank, world_size):
+        raise RuntimeError('the data loader does not deal samples like mmdet\'s DistributedSampler(shuffle=False); '
+                           'collect_results could not restore the dataset order')
+    if save_dir:
+        os.makedirs(save_dir, exist_ok=True)
+    real = real_sample_count(len(indices), len(dataset), rank, world_size)
+    start = time.time()
+    part = run_inference(model, data_loader, indices, device, dataset.data_infos, save_dir, real,
+                         show_progress=rank == 0)
+    if logger is not None:
+        logger.info(f'inference: {len(part)} samples on rank {rank} in {time.time() - start:.1f} s')
+    return collect_results(part, len(dataset))

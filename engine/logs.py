@@ -1,0 +1,74 @@
+"""Readable console output: log lines above the progress bars, the libraries quiet unless --verbose.
+
+* `route_through_tqdm(logger)` makes the logger's console handlers write with `tqdm.write`, which
+  clears the bar line, prints the record and redraws the bar (no record glued onto a bar).
+* `quiet_libraries(verbose)` (call it right after argument parsing, before the heavy imports):
+  warnings raised outside OPS's own packages are ignored, and mmcv's dump of every parameter's
+  initialisation (hundreds of lines per model, written into the log file by `init_weights`) is
+  replaced by nothing. `--verbose` keeps both.
+"""
+import logging
+import sys
+import warnings
+
+__all__ = ['TqdmHandler', 'route_through_tqdm', 'quiet_libraries', 'OWN_PACKAGES']
+
+# modules whose warnings stay visible (our code); `__main__` is the script that was started
+OWN_PACKAGES = r'(__main__|train|val|timing|gen_sweep_info|models|loaders|engine|evaluation|tools|benchmarks)(\..*)?$'
+
+
+class TqdmHandler(logging.StreamHandler):
+    """A console handler that writes above any active tqdm bar (same stream, level and format)."""
+
+    def emit(self, record):
+        try:
+            message = self.format(record)
+            from tqdm import tqdm
+            tqdm.write(message, file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 (logging must not raise)
+            self.handleError(record)
+
+
+def route_through_tqdm(logger):
+    """Replace the console StreamHandlers of `logger` (not its FileHandlers) by TqdmHandlers."""
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler and getattr(handler, 'stream', None) in (sys.stderr, sys.stdout):
+            replacement = TqdmHandler(handler.stream)
+            replacement.setLevel(handler.level)
+            replacement.setFormatter(handler.formatter)
+            for f in handler.filters:
+                replacement.addFilter(f)
+            logger.removeHandler(handler)
+            logger.addHandler(replacement)
+    return logger
+
+
+_init_dump = None  # mmcv's BaseModule._dump_init_info while it is replaced
+
+
+def quiet_libraries(verbose=False):
+    """Hide library warnings and mmcv's per-parameter init dump, unless `verbose`."""
+    global _init_dump
+    if verbose:
+        return
+    warnings.filterwarnings('ignore')
+    warnings.filterwarnings('default', module=OWN_PACKAGES)
+    try:
+        from mmcv.runner import BaseModule
+    except ImportError:
+        return
+    if _init_dump is None:
+        _init_dump = BaseModule._dump_init_info
+        BaseModule._dump_init_info = lambda self, logger_name: None
+
+
+def restore_libraries():
+    """Undo quiet_libraries' replacement of mmcv's init dump (tests)."""
+    global _init_dump
+    if _init_dump is not None:
+        from mmcv.runner import BaseModule
+        BaseModule._dump_init_info = _init_dump
+        _init_dump = None

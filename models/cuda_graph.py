@@ -1,0 +1,49 @@
+"""Replay a function of device tensors from a CUDA graph, captured once per input signature.
+
+OPS's inference step launches several hundred small kernels per sample; on a Hopper GPU the host
+cannot issue them as fast as the GPU runs them. A graph replays the whole step with one launch.
+The function must be a pure function of its tensor inputs and of module state that does not change
+shape (weights, ring buffers): no host synchronisation, no data-dependent shapes, no Python
+branches on tensor values. Replay runs exactly the kernels of the capture, so its outputs equal
+those of calling the function eagerly with the same inputs.
+"""
+import torch
+
+__all__ = ['GraphedFunction']
+
+
+class GraphedFunction:
+    """`GraphedFunction(fn)(*tensors, **static)`: eager on the CPU, graph replay on CUDA.
+
+    `static` keyword arguments are Python values (image size, mode) that become part of the
+    signature. The returned tensors are the graph's own output buffers: they are overwritten by the
+    next call, so copy what you keep (the inference step copies its one result to the host).
+    """
+
+    def __init__(self, fn, warmup=2):
+        self.fn = fn
+        self.warmup = warmup
+        self.graphs = {}
+
+    def __call__(self, *tensors, **static):
+        if not tensors[0].is_cuda:
+            return self.fn(*tensors, **static)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors) + tuple(sorted(static.items()))
+        entry = self.graphs.get(key)
+        if entry is None:
+            inputs = [t.clone() for t in tensors]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):  # lazy initialisation, cuDNN/cuBLAS choices outside the capture
+                    self.fn(*inputs, **static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self.fn(*inputs, **static)
+            entry = self.graphs[key] = (graph, inputs, outputs)
+        graph, inputs, outputs = entry
+        for dst, src in zip(inputs, tensors):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()
+        return outputs

@@ -1,0 +1,40 @@
+"""The OPUS-V2 detector: V1's `OPS` (image branch, GPU photometric distortion, online/offline test,
+feature cache) with the V2 head (docs/opusv2.md).
+
+Batch format as V1 (docs/architecture.md) except the projection metas: `img_metas` carry `ego2img`
+(T*N float32 [4, 4]: key-frame ego -> pixels of the augmented image) and `ego2occ` ([4, 4]: ego ->
+occupancy frame, the BDA flip in training, identity at test) instead of `lidar2img`; `voxel_semantics`
+and `mask_camera` are in the occupancy frame (flipped with it).
+"""
+import warnings
+
+import torch
+from mmdet.models import DETECTORS
+
+from .ops import OPS
+
+__all__ = ['OPUSV2']
+
+
+@DETECTORS.register_module()
+class OPUSV2(OPS):
+    """OPUS-V2 detector (config type 'OPUSV2'; same arguments and state-dict prefixes as `OPS`).
+
+    Test steps run eagerly: the CPD module's sparse voxel sets have data-dependent sizes, which a CUDA
+    graph cannot capture, so `test_cfg.cuda_graph` is off (asking for it warns and is ignored).
+    """
+    PROJECTION_KEY = 'ego2img'
+
+    def __init__(self, *args, test_cfg=None, **kwargs):
+        super().__init__(*args, test_cfg=test_cfg, **kwargs)
+        if (test_cfg or {}).get('cuda_graph'):
+            warnings.warn('OPUSV2: test_cfg.cuda_graph=True is ignored (the sparse voxel sets of the CPD modules '
+                          'have data-dependent sizes); the test step runs eagerly')
+        self.cuda_graph = False
+
+    def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):
+        """As `OPS.forward_train`; without `mask_camera` every voxel counts as camera-visible (as the original)."""
+        if mask_camera is None and voxel_semantics is not None:
+            mask_camera = torch.ones(torch.as_tensor(voxel_semantics).shape, dtype=torch.bool)
+        return super().forward_train(img, img_metas, voxel_semantics=voxel_semantics, mask_camera=mask_camera,
+                                     **kwargs)

@@ -1,0 +1,247 @@
+"""OPUS-V2 heads: V1's `OPSHead` with classification on voxels (docs/opusv2.md).
+
+`OPUSV2Head` keeps V1's learned initial points, ground-truth set, nearest-neighbour matching and
+Chamfer point loss with its weights, and replaces the per-point classification:
+
+* forward: the decoder (models/opusv2_transformer.py) returns 32-channel point features per layer;
+  one CPD module per layer (models/densifier.py) turns them and the layer's points into logits on a
+  sparse voxel set;
+* loss: sigmoid focal loss on those voxels with the Occ3D label of the voxel itself as target (free
+  = all-negative), per-logit-channel class weights, normalised by the number of predicted voxels that
+  are occupied in GT; 11 terms (the initial points' Chamfer term, then cls + pts for 5 layers);
+* get_occ_grids / get_occ: the last layer's voxels whose max class probability exceeds `score_thr`
+  (0.25), label = argmax. No point filtering, voxelisation or closing.
+
+`OPUSV2DCDHead` replaces the Chamfer point loss by its density-normalised variant (`point_loss`).
+
+Coordinates: points normalised to pc_range in the decoder, metres in the occupancy frame in the
+losses; voxel indices (b, x, y, z) into the [B, 200, 200, 16] grid.
+
+Symbol legend:
+    B  batch size;  Q  queries;  P  points per query of a layer;  K  classes (17)
+    U' voxels of a layer's CPD output;  Ng / Np  GT / predicted points of one sample
+"""
+import warnings
+
+import torch
+import torch.nn as nn
+from mmdet.models import HEADS
+
+from .densifier import Densifier
+from .knn import knn1_bidirectional
+from .ops_head import OPSHead, _merge_cfg
+
+__all__ = ['OPUSV2Head', 'OPUSV2DCDHead']
+
+# the code default of the official head; every V2 config sets 0.25
+TEST_DEFAULTS = dict(score_thr=0.0)
+
+
+@HEADS.register_module()
+class OPUSV2Head(OPSHead):
+    """Occupancy head of OPUS-V2.
+
+    Args as `OPSHead` (num_classes, in_channels, num_query, pc_range, voxel_size, transformer,
+    loss_cls, loss_pts, empty_label, train_cfg), plus:
+        pfn_channels (sequence[int]): VFE widths of the CPD modules ([64, 64]).
+        test_cfg (dict): the `pts` part of the model test_cfg: `score_thr` (default 0.0; configs 0.25).
+
+    The transformer (type 'OPUSV2Transformer') gives the number of layers (one CPD module each) and
+    the point-feature width (`num_pt_channels`).
+    """
+
+    def __init__(self,
+                 num_classes=17,
+                 in_channels=256,
+                 num_query=600,
+                 pc_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4),
+                 voxel_size=(0.4, 0.4, 0.4),
+                 transformer=None,
+                 loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
+                 loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5),
+                 empty_label=17,
+                 pfn_channels=(64, 64),
+                 train_cfg=None,
+                 test_cfg=None,
+                 init_cfg=None):
+        super().__init__(num_classes, in_channels, num_query, pc_range, voxel_size, transformer, loss_cls,
+                         loss_pts, empty_label, train_cfg, None, init_cfg)
+        self.test_cfg = _merge_cfg('test_cfg', test_cfg, TEST_DEFAULTS)
+        num_pt_channels = getattr(self.transformer, 'num_pt_channels', None)
+        num_layers = getattr(self.transformer, 'num_layers', None)
+        if num_pt_channels is None or num_layers is None:
+            raise ValueError(f'{type(self).__name__}: the transformer must say its num_pt_channels and num_layers '
+                             f"(type='OPUSV2Transformer'), got {type(self.transformer).__name__}")
+        self.densifiers = nn.ModuleList([
+            Densifier(num_pt_channels, pfn_channels, self.num_classes, self.pc_range, self.voxel_num)
+            for _ in range(num_layers)])
+
+    def init_weights(self):
+        """V1's (decoder inits, initial points U(0, 1)), then each CPD module's prior bias."""
+        super().init_weights()
+        for densifier in self.densifiers:
+            densifier.init_weights()
+
+    # ------------------------------------------------------------------ forward
+    def forward_geometry(self, mlvl_feats, occ2img, image_h, image_w):
+        """Decoder (V1's `forward_geometry`), then the CPD module of every layer that produced point features.
+
+        Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and
+        calls this). Not CUDA-graph capturable: the sparse voxel sets have data-dependent sizes.
+
+        Returns:
+            dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_refine_pts`` list of [B, Q, P_i, 3]
+            normalised; ``all_cls_scores`` list of [U'_i, K] voxel logits or None (eval mode, layers
+            before the last); ``all_voxel_coors`` list of int64 [U'_i, 4] (b, x, y, z) or None.
+        """
+        outs = super().forward_geometry(mlvl_feats, occ2img, image_h, image_w)
+        pt_feats = outs.pop('all_cls_scores')
+        if len(pt_feats) != len(self.densifiers):
+            raise RuntimeError(f'{type(self).__name__}: {len(pt_feats)} decoder layers for {len(self.densifiers)} '
+                               f'CPD modules')
+        logits, coors = [], []
+        for densifier, feats, points in zip(self.densifiers, pt_feats, outs['all_refine_pts']):
+            if feats is None:
+                logits.append(None)
+                coors.append(None)
+                continue
+            layer_logits, layer_coors = densifier(feats, points)
+            logits.append(layer_logits)
+            coors.append(layer_coors)
+        outs.update(all_cls_scores=logits, all_voxel_coors=coors)
+        return outs
+
+    # ------------------------------------------------------------------ losses
+    def point_loss(self, pred_points, gts):
+        """Chamfer point loss of one layer (V1's, unchanged): [B, Q, P, 3] normalised points -> scalar."""
+        return self.loss_single(None, pred_points, gts)[1]
+
+    def voxel_cls_loss(self, logits, coors, voxel_semantics):
+        """Focal loss of one layer's voxels.
+
+        Args:
+            logits (Tensor): [U', K] logits.
+            coors (Tensor): int64 [U', 4] (b, x, y, z).
+            voxel_semantics (Tensor): [B, X, Y, Z] labels (``empty_label`` = free), after the BDA flips.
+        Returns:
+            Tensor: 2.0 * sum_v sum_c w_c FL(s_vc, [c == t_v]) / (N_occ + eps), t_v the label of voxel v
+            (no camera mask; free -> all-negative row), w_c the class weight of the logit channel,
+            N_occ the number of voxels with t_v != free ([QUIRK] kept: 0 divides by eps only).
+        """
+        target = voxel_semantics[coors[:, 0], coors[:, 1], coors[:, 2], coors[:, 3]].long()
+        free = target == self.empty_label
+        # mmdet's FocalLoss treats label == num_classes as background (an all-zero one-hot row)
+        target = torch.where(free, torch.full_like(target, self.num_classes), target)
+        weight = logits.new_tensor(self.cls_weights)[None, :].expand(logits.shape[0], -1).contiguous()
+        num_occ = (~free).sum().to(logits.dtype)
+        return self.loss_cls(logits, target, weight=weight, avg_factor=num_occ)
+
+    def loss(self, voxel_semantics, mask_camera, preds_dicts):
+        """All loss terms (11 for 5 layers).
+
+        Args:
+            voxel_semantics (Tensor): uint8 [B, X, Y, Z] labels, ``empty_label`` = free.
+            mask_camera (Tensor): bool [B, X, Y, Z] camera visibility (point-loss weights only).
+            preds_dicts (dict): output of ``forward`` in training mode (CPD outputs of every layer).
+        Returns:
+            dict: ``init_loss_pts``, ``loss_cls``/``loss_pts`` (last layer), ``d{i}.loss_cls``/``d{i}.loss_pts``
+            (earlier layers), in this order (the runner sums them in it).
+        """
+        init_points = preds_dicts['init_points']
+        all_logits, all_coors = preds_dicts['all_cls_scores'], preds_dicts['all_voxel_coors']
+        all_pts = preds_dicts['all_refine_pts']
+        if any(x is None for x in all_logits):
+            raise ValueError(f'{type(self).__name__}.loss needs the CPD output of every layer: run the head in '
+                             f'training mode (eval mode computes only the last layer)')
+        device = init_points.device
+        gts = self._gt_points(voxel_semantics, mask_camera, device)
+        empty = [b for b, g in enumerate(gts) if g[0].shape[0] == 0]
+        if empty:
+            warnings.warn(f'{type(self).__name__}.loss: samples {empty} of the batch have no occupied voxel; '
+                          'they contribute no point-loss term')
+        sem = torch.as_tensor(voxel_semantics).to(device)
+
+        layer_losses = [(self.voxel_cls_loss(logits, coors, sem), self.point_loss(points, gts))
+                        for logits, coors, points in zip(all_logits, all_coors, all_pts)]
+        losses = dict()
+        losses['init_loss_pts'] = self.point_loss(init_points, gts)
+        losses['loss_cls'], losses['loss_pts'] = layer_losses[-1]
+        for i, (loss_cls, loss_pts) in enumerate(layer_losses[:-1]):
+            losses[f'd{i}.loss_cls'] = loss_cls
+            losses[f'd{i}.loss_pts'] = loss_pts
+        return losses
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def get_occ_grids(self, preds_dicts):
+        """Dense occupancy from the last layer's voxels: uint8 `[B, X, Y, Z]` labels, `empty_label` elsewhere.
+
+        A voxel is kept when its max class probability (sigmoid) exceeds `score_thr` (strictly); its label
+        is the argmax. `OPSHead.get_occ` turns the grids into the sparse result dicts. The batch size comes
+        from the initial points (the original reads it from the last voxel row, right only for batch 1).
+        """
+        logits = preds_dicts['all_cls_scores'][-1]
+        coors = preds_dicts['all_voxel_coors'][-1]
+        if logits is None:
+            raise ValueError(f'{type(self).__name__}.get_occ_grids: the last layer has no CPD output')
+        score, label = logits.float().sigmoid().max(dim=-1)
+        keep = score > float(self.test_cfg['score_thr'])
+        X, Y, Z = self._voxel_num
+        grids = torch.full((preds_dicts['init_points'].shape[0], X, Y, Z), self.empty_label, dtype=torch.uint8,
+                           device=logits.device)
+        c = coors[keep]
+        grids[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = label[keep].to(torch.uint8)
+        return grids
+
+
+@HEADS.register_module()
+class OPUSV2DCDHead(OPUSV2Head):
+    """OPUS-V2 with the density-normalised Chamfer loss ("DCD"); configs use loss_pts weight 0.25.
+
+    Per sample, with a(j) the nearest prediction of GT point j and b(i) the nearest GT point of
+    prediction i: n_j = #{GT points whose nearest prediction is a(j)}, m_i = #{predictions whose
+    nearest GT point is b(i)} (no gradient). GT side: weight w_gt[j] / n_j (w_gt as V1), normaliser
+    D_g = sum_j 1 / n_j; prediction side: weight 1 / m_i, normaliser D_p = sum_i 1 / m_i; normalisers
+    summed over the batch; each side divided by (D + float32 eps) inside mmdet's SmoothL1Loss.
+    """
+
+    def point_loss(self, pred_points, gts):
+        batch = pred_points.shape[0]
+        if len(gts) != batch:
+            raise ValueError(f'{type(self).__name__}.loss: {len(gts)} ground-truth samples for a prediction '
+                             f'batch of {batch}')
+        points = self.decode_points(pred_points).reshape(batch, -1, 3)
+        rare = points.new_tensor(self.rare_classes, dtype=torch.long)
+        cfg = self.train_cfg
+        pts_for_gt, gt_pts, gt_w, pred_pts, pred_to_gt, pred_w = [], [], [], [], [], []
+        d_g = d_p = 0.0
+        for b, (gt_xyz, gt_labels, gt_vis) in enumerate(gts):
+            if gt_xyz.shape[0] == 0:
+                continue
+            gt_xyz = gt_xyz.to(points.dtype)
+            with torch.no_grad():
+                nn_pred, nn_gt = knn1_bidirectional(gt_xyz, points[b])
+                n = torch.bincount(nn_pred, minlength=points.shape[1])[nn_pred].to(points.dtype)   # [Ng]
+                m = torch.bincount(nn_gt, minlength=gt_xyz.shape[0])[nn_gt].to(points.dtype)      # [Np]
+                # V1's GT-side weights (as in OPSHead.loss_single), then divided by the multiplicity
+                gap = (gt_xyz - points[b][nn_pred]).norm(dim=-1)
+                weight = torch.ones_like(gap)
+                weight[gt_vis & (gap > cfg['empty_dist_thr'])] = float(cfg['empty_weights'])
+                is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
+                weight = torch.where(is_rare, weight.clamp(min=float(cfg['rare_weights'])), weight)
+                # per-sample normalisers, summed over the batch: D_g = sum 1/n_j (not weighted by w_gt)
+                d_g = d_g + (1.0 / n).sum()
+                d_p = d_p + (1.0 / m).sum()
+            pts_for_gt.append(points[b][nn_pred])
+            gt_pts.append(gt_xyz)
+            gt_w.append(weight / n)
+            pred_pts.append(points[b])
+            pred_to_gt.append(gt_xyz[nn_gt])
+            pred_w.append(1.0 / m)
+        if not gt_pts:
+            return (points * 0).sum()   # an exact zero attached to the graph, as OPSHead.loss_single
+        gt_cat, pred_cat = torch.cat(gt_pts), torch.cat(pred_pts)
+        w_g, w_p = torch.cat(gt_w), torch.cat(pred_w)
+        return (self.loss_pts(torch.cat(pts_for_gt), gt_cat, weight=w_g[:, None].expand_as(gt_cat), avg_factor=d_g)
+                + self.loss_pts(pred_cat, torch.cat(pred_to_gt), weight=w_p[:, None].expand_as(pred_cat),
+                                avg_factor=d_p))

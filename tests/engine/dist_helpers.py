@@ -1,0 +1,115 @@
+"""Helpers of the multi-process tests (tests/engine/test_dist_*.py): the tiny config, a head whose loss
+is a mean over samples, a hook that ends a run early, free ports and log readers.
+
+The training subprocesses import this module through the config's `custom_imports` (mmcv imports
+them when it reads the config), with this folder on PYTHONPATH.
+"""
+import json
+import os
+import os.path as osp
+import socket
+import sys
+
+from mmcv.runner import HOOKS, Hook
+from mmdet.models import HEADS
+
+HERE = osp.dirname(osp.abspath(__file__))
+ROOT = osp.dirname(osp.dirname(HERE))
+for path in (ROOT, osp.dirname(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import models  # noqa: E402,F401  (registers OPSHead)
+from models.ops_head import OPSHead  # noqa: E402
+
+
+@HEADS.register_module()
+class PerSampleLossOPSHead(OPSHead):
+    """OPSHead whose losses are the mean over the batch of each sample's own losses.
+
+    OPSHead normalises the GT -> prediction Chamfer term by the number of GT points of the whole
+    per-process batch, so a batch of 4 on one process and 2 x 2 on two processes weigh the samples
+    differently. With one sample per process (the original's 8 GPUs x 1) both are the same; this
+    head computes that for any split, so the total-batch gradient does not depend on the world size.
+    """
+
+    def loss_single(self, cls_scores, pred_points, gts):
+        outs = [super(PerSampleLossOPSHead, self).loss_single(
+            None if cls_scores is None else cls_scores[b:b + 1], pred_points[b:b + 1], [gts[b]])
+            for b in range(len(gts))]
+        loss_cls = None if cls_scores is None else sum(o[0] for o in outs) / len(outs)
+        return loss_cls, sum(o[1] for o in outs) / len(outs)
+
+
+@HOOKS.register_module()
+class StopAfterEpochHook(Hook):
+    """Ends the run cleanly after `epochs` epochs (after their checkpoint), as if the job had been stopped
+    there, without changing the schedule the run was configured with."""
+
+    def __init__(self, epochs=1):
+        self.epochs = epochs
+
+    def after_train_epoch(self, runner):
+        if runner.epoch + 1 >= self.epochs:
+            runner._max_epochs = runner.epoch + 1
+
+
+# The tiny OPS of tests/tiny_ops.py with 1 frame, no dropout and the per-sample head; batch 4.
+TRAIN_CONFIG = '''
+model['pts_bbox_head']['type'] = 'PerSampleLossOPSHead'
+model['pts_bbox_head']['transformer'].update(num_frames=1, attn_drop=0.0, ffn_drop=0.0)
+_train_pipeline[1]['sweeps_num'] = 0
+_test_pipeline[1]['sweeps_num'] = 0
+custom_imports = dict(imports=['dist_helpers'], allow_failed_imports=False)
+data = dict(
+    workers_per_gpu=0,
+    train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},
+               pipeline=_train_pipeline, test_mode=False),
+    val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={val_ann!r},
+             pipeline=_test_pipeline, test_mode=True))
+batch_size = 4
+total_epochs = 2
+optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
+                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1), 'sampling_offset': dict(lr_mult=0.1)}}))
+optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.0, grad_clip=dict(max_norm=35, norm_type=2))
+lr_config = dict(policy='CosineAnnealing', warmup='linear', warmup_iters=2, warmup_ratio=1.0 / 3, min_lr_ratio=1e-3)
+checkpoint_config = dict(interval=1, max_keep_ckpts=2)
+log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook', interval=1, reset_flag=True)])
+eval_config = dict(interval=total_epochs)
+load_from = None
+'''
+
+
+def write_config(path, synthetic_infos, extra=''):
+    """The tiny training config at `path` (str), on the synthetic world of conftest.py."""
+    from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
+    occ_root = osp.join(synthetic_infos.root, 'gts')
+    text = (TINY_MODEL_CONFIG + TINY_PIPELINES + TRAIN_CONFIG).format(
+        root=synthetic_infos.root, occ_root=occ_root, train_ann=synthetic_infos.train, val_ann=synthetic_infos.val)
+    with open(path, 'w') as f:
+        f.write(text + extra)
+    return str(path)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra):
+    """Environment of a training subprocess: this folder importable (custom_imports), one thread."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        [HERE, ROOT] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def train_records(work_dir):
+    """The per-iteration records (mode 'train') of every JSON log in `work_dir`, in file order."""
+    records = []
+    for name in sorted(os.listdir(work_dir)):
+        if name.endswith('.log.json'):
+            with open(osp.join(work_dir, name)) as f:
+                records += [r for r in map(json.loads, f) if r.get('mode') == 'train']
+    return records

@@ -1,0 +1,93 @@
+"""engine/inference.py: multi-process inference on CPU (gloo): the sampler's share of each rank, gathered
+results and metrics equal the single-process ones."""
+import json
+import os
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine.inference import collect_results_cpu, real_sample_count, sampler_indices
+from evaluation.evaluator import evaluate_occupancy
+from evaluation.predictions import compact_result
+from evaluation.ray_iou import generate_lidar_rays
+from occ_world import make_world
+
+RAYS = generate_lidar_rays()[::131]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def worker(rank, world_size, port, results, infos, occ_root, out_dir):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    try:
+        part = [compact_result(results[i]) for i in sampler_indices(len(results), rank, world_size)]
+        gathered = collect_results_cpu(part, len(results), tmpdir=os.path.join(out_dir, 'parts'))
+        os.chdir(out_dir)  # the default folder is ./.dist_test
+        again = collect_results_cpu(part, len(results))
+        if rank == 0:
+            metrics = evaluate_occupancy(gathered, infos, occ_root, logger='silent', device='cpu', rays=RAYS,
+                                         show_progress=False)
+            with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+                json.dump(metrics, f)
+            with open(os.path.join(out_dir, 'gathered.pkl'), 'wb') as f:
+                pickle.dump([gathered, again], f)
+        else:
+            assert gathered is None and again is None
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    torch.set_num_threads(1)
+    num_samples = 5  # odd: the sampler pads rank 1 with sample 0
+    infos, _, results = make_world(tmp_path / 'gts', num_samples=num_samples)
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    mp.spawn(worker, args=(2, free_port(), results, infos, str(tmp_path / 'gts'), str(out_dir)), nprocs=2, join=True)
+    with open(out_dir / 'gathered.pkl', 'rb') as f:
+        gathered, again = pickle.load(f)
+    for collected in (gathered, again):
+        assert len(collected) == num_samples
+        for got, want in zip(collected, results):  # dataset order restored, padding dropped
+            np.testing.assert_array_equal(got['sem_pred'], want['sem_pred'])
+            np.testing.assert_array_equal(got['occ_loc'], want['occ_loc'])
+    with open(out_dir / 'metrics.json') as f:
+        multi = json.load(f)
+    single = evaluate_occupancy(results, infos, str(tmp_path / 'gts'), logger='silent', device='cpu', rays=RAYS,
+                                show_progress=False)
+    assert multi == single
+    assert not (out_dir / 'parts').exists() and not (out_dir / '.dist_test').exists()  # temp files removed
+
+
+@pytest.mark.parametrize('num_samples,world_size', [(5, 2), (6, 3), (7, 4), (2, 4), (1, 3)])
+def test_sampler_indices_follow_mmdet(num_samples, world_size):
+    # Padding repeats the list from its head; rank r takes r, r + W, ...
+    total = -(-num_samples // world_size) * world_size
+    padded = [i % num_samples for i in range(total)]
+    for rank in range(world_size):
+        assert sampler_indices(num_samples, rank, world_size) == padded[rank::world_size]
+    samplers = pytest.importorskip('mmdet.datasets.samplers')
+    for rank in range(world_size):
+        sampler = samplers.DistributedSampler(list(range(num_samples)), num_replicas=world_size, rank=rank,
+                                              shuffle=False)
+        assert list(iter(sampler)) == sampler_indices(num_samples, rank, world_size)
+    # each real sample is counted on exactly one rank: the padding copies are not
+    counts = [real_sample_count(len(sampler_indices(num_samples, r, world_size)), num_samples, r, world_size)
+              for r in range(world_size)]
+    assert sum(counts) == num_samples
+
+
+def test_single_process_collect_is_identity():
+    assert collect_results_cpu([1, 2, 3, 4], 3) == [1, 2, 3]

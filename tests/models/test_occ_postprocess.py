@@ -1,0 +1,83 @@
+"""The static-shape post-processing (models/occ_postprocess.py) against the data-dependent oracle
+(tests/models/occ_reference.py: hard voxelisation, as the post-processing was written before), and on
+hand-built cells."""
+import numpy as np
+import pytest
+import torch
+
+from models.occ_postprocess import dense_occupancy, grid_to_sparse
+from occ_reference import reference_occ
+
+PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+VOXEL = [0.4, 0.4, 0.4]
+GRID = (200, 200, 16)
+
+
+def random_prediction(seed, Q=300, P=32, C=17, device='cpu'):
+    """Queries clustered in a 20 m box so that cells collect many points (> max_points in some)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(Q, 1, 3, generator=g) * torch.tensor([20.0, 20.0, 5.0]) + torch.tensor([-10.0, -10.0, -1.0])
+    points = centres + torch.randn(Q, P, 3, generator=g) * 1.5
+    points[:5] = 100.0                                              # outside the range: dropped
+    logits = torch.randn(Q, P, C, generator=g) * 2
+    return logits.sigmoid().to(device), points.to(device)
+
+
+def as_grid(result):
+    grid = np.full(GRID, 17, np.uint8)
+    grid[tuple(result['occ_loc'].T)] = result['sem_pred']
+    return grid
+
+
+@pytest.mark.parametrize('padding', [True, False])
+@pytest.mark.parametrize('seed', [0, 1])
+def test_same_voxels_as_the_reference(seed, padding):
+    probs, points = random_prediction(seed)
+    ref = reference_occ(probs, points, PC_RANGE, VOXEL, GRID, 0.5, 3.0, padding)
+    grid = dense_occupancy(probs, points, PC_RANGE, VOXEL, GRID, 0.5, 3.0, padding)
+    assert grid.dtype == torch.uint8 and tuple(grid.shape) == GRID
+    assert len(ref['sem_pred']) > 500                               # the case is not empty
+    np.testing.assert_array_equal(grid.numpy(), as_grid(ref))
+    sparse = grid_to_sparse(grid.numpy())
+    if padding:  # the reference lists cells in x-major order too
+        np.testing.assert_array_equal(sparse['occ_loc'], ref['occ_loc'])
+        np.testing.assert_array_equal(sparse['sem_pred'], ref['sem_pred'])
+
+
+def test_only_the_first_max_points_of_a_cell_count():
+    # 12 points in cell (100, 100, 2): the first 10 say class 3 at 0.6, the last 2 class 5 at 1.0 (and
+    # class 3 at 0). Averaged over the first 10: class 3 = 0.6 > 0.5, occupied. Averaged over all 12:
+    # class 3 = 0.5, class 5 = 1/6, nothing above 0.5, and the closing keeps the cell at 0.5: free.
+    points = torch.full((1, 12, 3), 0.2)
+    points[..., 2] = 0.0                                            # z cell floor((0 + 1) / 0.4) = 2
+    probs = torch.zeros(1, 12, 17)
+    probs[0, :10, 3] = 0.6
+    probs[0, 10:, 5] = 1.0
+    first10 = dense_occupancy(probs, points, PC_RANGE, VOXEL, GRID, 0.5, max_points=10)
+    assert first10[100, 100, 2] == 3 and (first10 != 17).sum() == 1
+    all12 = dense_occupancy(probs, points, PC_RANGE, VOXEL, GRID, 0.5, max_points=12)
+    assert (all12 == 17).all()
+
+
+def test_points_far_from_their_centroid_or_below_threshold_are_dropped():
+    # centroid x = (3 * 0.2 + 10.2) / 4 = 2.7: the near points are 2.5 m away (kept), the far one 7.5 m
+    points = torch.tensor([[[0.2, 0.2, 0.3], [0.2, 0.2, 0.3], [0.2, 0.2, 0.3], [10.2, 0.2, 0.3]]])
+    probs = torch.zeros(1, 4, 17)
+    probs[0, 0, 4] = 0.9
+    probs[0, 1, 4] = 0.4                                             # below 0.5: dropped, the mean stays 0.9
+    probs[0, 2, 4] = 0.7
+    probs[0, 3, 7] = 0.9
+    grid = dense_occupancy(probs, points, PC_RANGE, VOXEL, GRID, 0.5, ctr_dist_thr=3.0, padding=False)
+    assert grid[100, 100, 3] == 4 and (grid != 17).sum() == 1
+    # the mean is over the kept points only: (0.9 + 0.7) / 2 = 0.8 > 0.75; with the dropped 0.4 it would be 0.67
+    assert dense_occupancy(probs, points, PC_RANGE, VOXEL, GRID, 0.75)[100, 100, 3] == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_cuda_equals_cpu_and_reference():
+    probs, points = random_prediction(3)
+    cpu = dense_occupancy(probs, points, PC_RANGE, VOXEL, GRID, 0.5)
+    gpu = dense_occupancy(probs.cuda(), points.cuda(), PC_RANGE, VOXEL, GRID, 0.5)
+    np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
+    ref = reference_occ(probs.cuda(), points.cuda(), PC_RANGE, VOXEL, GRID, 0.5)
+    np.testing.assert_array_equal(gpu.cpu().numpy(), as_grid(ref))

@@ -1,0 +1,113 @@
+"""OPS-T (configs/ops-t_r50_704x256_8f_12e.py, random init, no pretrained weights) on the real nuScenes
+keyframe of ../shared/data, on the CPU: a test-mode forward (online mode, the one frame standing in for
+all 8) returns a well-formed prediction, and a training step with the real Occ3D grid as ground truth
+gives finite losses and gradients."""
+import os.path as osp
+import time
+
+import numpy as np
+import pytest
+import torch
+from mmcv import Config
+from mmcv.parallel import collate
+from mmdet.models import build_detector
+
+import models  # noqa: F401  (registers OPS)
+import real_data
+from engine.parallel import unpack_batch
+
+CONFIG = osp.join(real_data.REPO_ROOT, 'configs', 'ops-t_r50_704x256_8f_12e.py')
+T, N, FH, FW = 8, 6, 256, 704
+
+
+@pytest.fixture(scope='module')
+def ops_t():
+    cfg = Config.fromfile(CONFIG)
+    cfg.load_from = None  # random init: no pretrained backbone
+    torch.manual_seed(0)
+    model = build_detector(cfg.model)
+    model.init_weights()
+    return cfg, model
+
+
+def batch(infos, cfg, pipeline, test_mode):
+    ds = real_data.keyframe_dataset(infos, cfg, pipeline, test_mode)
+    return unpack_batch(collate([ds[0]], samples_per_gpu=1), torch.device('cpu'))
+
+
+def last_cls_bias(model):
+    """The class-logit bias of the last decoder layer (the layer the prediction is read from)."""
+    name, bias = [(n, p) for n, p in model.named_parameters() if 'cls_branch' in n and n.endswith('bias')][-1]
+    return name, bias
+
+
+def check_prediction(res):
+    assert isinstance(res, list) and len(res) == 1 and set(res[0]) == {'sem_pred', 'occ_loc'}
+    sem, loc = res[0]['sem_pred'], res[0]['occ_loc']
+    assert isinstance(sem, np.ndarray) and isinstance(loc, np.ndarray)
+    assert sem.dtype == np.int64 and loc.dtype == np.int64
+    assert sem.ndim == 1 and loc.shape == (len(sem), 3)
+    if len(sem):
+        assert sem.min() >= 0 and sem.max() <= 16
+        assert loc.min() >= 0 and (loc.max(0) < [200, 200, 16]).all()
+        assert len(np.unique(loc, axis=0)) == len(loc)  # one label per voxel
+    return sem, loc
+
+
+def test_ops_t_test_mode_on_the_real_keyframe(ops_t, real_keyframe_infos):
+    cfg, model = ops_t
+    data = batch(real_keyframe_infos, cfg, 'test_pipeline', True)
+    img, meta = data['img'][0], data['img_metas'][0][0]
+    assert tuple(img.shape) == (1, N, 3, FH, FW) and img.dtype == torch.uint8  # online: key-frame images only
+    assert len(meta['lidar2img']) == T * N
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        res = model(return_loss=False, rescale=True, **data)
+    t_first = time.perf_counter() - t0
+    sem, _ = check_prediction(res)  # random init: scores ~ 0.01, the prediction may be empty
+    # make the last layer confident (bias +4: p ~ 0.98) so that the output is not empty; the image
+    # features come from the online cache this time (same key-frame file names)
+    name, bias = last_cls_bias(model)
+    saved = bias.detach().clone()
+    try:
+        with torch.no_grad():
+            bias.fill_(4.0)
+            t0 = time.perf_counter()
+            res = model(return_loss=False, rescale=True, **data)
+            t_second = time.perf_counter() - t0
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    sem, loc = check_prediction(res)
+    assert len(sem) > 100, f'{name} = 4 should make many voxels occupied, got {len(sem)}'
+    print(f'\nOPS-T test forward on the CPU: {t_first:.1f} s (backbone + decoder), {t_second:.1f} s (cached '
+          f'features); {len(sem)} occupied voxels, classes {np.unique(sem).tolist()}')
+
+
+def test_ops_t_training_step_with_the_real_occ3d_grid(ops_t, real_keyframe_infos, real_occ3d):
+    cfg, model = ops_t
+    np.random.seed(0)
+    data = batch(real_keyframe_infos, cfg, 'train_pipeline', False)
+    assert tuple(data['img'].shape) == (1, T * N, 3, FH, FW)
+    np.testing.assert_array_equal(data['voxel_semantics'][0].numpy(), real_occ3d['semantics'])
+    np.testing.assert_array_equal(data['mask_camera'][0].numpy(), real_occ3d['mask_camera'])
+    model.train()
+    model.zero_grad()
+    t0 = time.perf_counter()
+    out = model.train_step(data, None)
+    t_forward = time.perf_counter() - t0
+    log = out['log_vars']
+    expected = {'init_loss_pts', 'loss_cls', 'loss_pts'} | {f'd{i}.loss_{k}' for i in range(5) for k in ('cls', 'pts')}
+    assert expected <= set(log), sorted(log)
+    assert all(np.isfinite(v) for v in log.values()), log
+    assert torch.isfinite(out['loss']) and out['loss'] > 0 and out['num_samples'] == 1
+    assert log['loss'] == pytest.approx(sum(v for k, v in log.items() if 'loss' in k and k != 'loss'), rel=1e-5)
+    t0 = time.perf_counter()
+    out['loss'].backward()
+    t_backward = time.perf_counter() - t0
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert len(grads) > 100 and all(torch.isfinite(g).all() for g in grads)
+    assert model.img_backbone.layer4[-1].conv3.weight.grad.abs().sum() > 0  # the loss reaches the backbone
+    print(f'\nOPS-T training step on the CPU: forward {t_forward:.1f} s, backward {t_backward:.1f} s; loss '
+          f'{log["loss"]:.3f} (' + ', '.join(f'{k} {v:.3f}' for k, v in sorted(log.items()) if k != 'loss') + ')')

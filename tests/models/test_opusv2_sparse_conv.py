@@ -1,0 +1,168 @@
+"""models/sparse_conv.py against dense references: torch's Conv3d on a zero-filled grid read at the
+active sites (float64, to 1e-12), Python loops for the active set and for the per-voxel max."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.sparse_conv import (KERNEL_OFFSETS, SparseConv3d, SubMConv3d, build_rulebook, dilate_sites,
+                                scatter_max, sparse_conv3d)
+
+SHAPE = (7, 6, 5)   # small grid: every site is near a border somewhere
+
+
+def random_sites(batch, shape, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    occ = torch.rand((batch,) + shape, generator=g) < density
+    occ[0, 0, 0, 0] = occ[-1, -1, -1, -1] = True   # corners: the dilation must clip there
+    return torch.nonzero(occ)
+
+
+def dense_grid(features, coords, batch, shape):
+    grid = torch.zeros((batch, features.shape[1]) + shape, dtype=features.dtype)
+    grid[coords[:, 0], :, coords[:, 1], coords[:, 2], coords[:, 3]] = features
+    return grid
+
+
+def at_sites(grid, coords):
+    return grid[coords[:, 0], :, coords[:, 1], coords[:, 2], coords[:, 3]]
+
+
+def params(c_in, c_out, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(c_out, 3, 3, 3, c_in, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64, requires_grad=True)
+    return w, b
+
+
+@pytest.mark.parametrize('subm', [False, True])
+def test_conv_matches_dense_conv3d_at_output_sites(subm):
+    B, c_in, c_out = 2, 3, 4
+    coords = random_sites(B, SHAPE, 0.12, seed=1)
+    feats = torch.randn(coords.shape[0], c_in, dtype=torch.float64, requires_grad=True)
+    w, b = params(c_in, c_out, seed=2)
+    out, out_coords = sparse_conv3d(feats, coords, w, b, B, SHAPE, subm)
+    # dense reference: KRSC [out, kx, ky, kz, in] -> conv3d's [out, in, kx, ky, kz]; cross-correlation
+    ref = at_sites(F.conv3d(dense_grid(feats, coords, B, SHAPE), w.permute(0, 4, 1, 2, 3), b, padding=1),
+                   out_coords)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    if subm:
+        assert torch.equal(out_coords, coords)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (feats, w, b), grad)
+    want = torch.autograd.grad(ref, (feats, w, b), grad)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-11)
+
+
+def test_active_set_is_the_input_dilated_by_one_voxel_clipped_and_sorted():
+    B = 2
+    coords = random_sites(B, SHAPE, 0.05, seed=3)
+    expected = set()
+    for b, x, y, z in coords.tolist():
+        for dx, dy, dz in itertools.product((-1, 0, 1), repeat=3):
+            site = (b, x + dx, y + dy, z + dz)
+            if all(0 <= v < n for v, n in zip(site[1:], SHAPE)):
+                expected.add(site)
+    got = dilate_sites(coords, B, SHAPE)
+    assert [tuple(s) for s in got.tolist()] == sorted(expected)
+
+
+def test_kernel_axes_pair_with_x_y_z_offsets():
+    """One input site, a kernel that is 1 at a single tap: the output appears at o = input - offset."""
+    B, shape = 1, (5, 5, 5)
+    site = torch.tensor([[0, 2, 2, 2]])
+    feats = torch.ones(1, 1, dtype=torch.float64)
+    for k, (dx, dy, dz) in enumerate(KERNEL_OFFSETS):
+        w = torch.zeros(1, 3, 3, 3, 1, dtype=torch.float64)
+        w[0, dx + 1, dy + 1, dz + 1, 0] = 1.0
+        out, coords = sparse_conv3d(feats, site, w, None, B, shape, subm=False)
+        hot = coords[out[:, 0] == 1.0].tolist()
+        # y[o] = sum_d W[d] v[o + d]: the tap d reads the input at o + d, so o = (2, 2, 2) - d
+        assert hot == [[0, 2 - dx, 2 - dy, 2 - dz]], (k, dx, dy, dz)
+
+
+def test_cpd_stack_matches_dense_with_the_inactive_sites_zeroed():
+    """SparseConv3d -> ReLU -> SubMConv3d equals dense conv -> mask to the grown set -> ReLU -> dense conv."""
+    B, c = 2, 3
+    coords = random_sites(B, SHAPE, 0.08, seed=4)
+    feats = torch.randn(coords.shape[0], c, dtype=torch.float64)
+    conv, subm = SparseConv3d(c, c).double(), SubMConv3d(c, 5).double()
+    y, grown = conv(feats, coords, B, SHAPE)
+    z, z_coords = subm(torch.relu(y), grown, B, SHAPE)
+    assert torch.equal(z_coords, grown)
+    dense = F.conv3d(dense_grid(feats, coords, B, SHAPE), conv.weight.permute(0, 4, 1, 2, 3), conv.bias, padding=1)
+    mask = torch.zeros((B, 1) + SHAPE, dtype=torch.float64)
+    mask[grown[:, 0], 0, grown[:, 1], grown[:, 2], grown[:, 3]] = 1.0
+    # the dense conv writes its bias everywhere: outside the active set the sparse conv has no site
+    dense = F.conv3d(torch.relu(dense) * mask, subm.weight.permute(0, 4, 1, 2, 3), subm.bias, padding=1)
+    torch.testing.assert_close(z, at_sites(dense, grown), rtol=0, atol=1e-12)
+
+
+def test_gradcheck_and_empty_input():
+    B, shape = 1, (3, 3, 2)
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 2, 1], [0, 2, 1, 0]])
+    feats = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    w, b = params(2, 2, seed=5)
+    for subm in (False, True):
+        assert torch.autograd.gradcheck(lambda f, w_, b_: sparse_conv3d(f, coords, w_, b_, B, shape, subm)[0],
+                                        (feats, w, b))
+    out, out_coords = sparse_conv3d(feats[:0], coords[:0], w, b, B, shape, subm=False)
+    assert out.shape == (0, 2) and out_coords.shape == (0, 4)
+
+
+def test_rulebook_pairs_and_bad_inputs():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]])
+    rules = build_rulebook(coords, coords, 1, (2, 1, 1))
+    pairs = {KERNEL_OFFSETS[k]: list(zip(r.tolist(), s.tolist())) for k, (r, s) in enumerate(rules) if r.numel()}
+    assert pairs == {(0, 0, 0): [(0, 0), (1, 1)], (1, 0, 0): [(0, 1)], (-1, 0, 0): [(1, 0)]}
+    with pytest.raises(ValueError, match='outside'):
+        sparse_conv3d(torch.zeros(1, 1), torch.tensor([[0, 2, 0, 0]]), torch.zeros(1, 3, 3, 3, 1), None, 1,
+                      (2, 1, 1), True)
+    with pytest.raises(ValueError, match='only kernel_size=3'):
+        SparseConv3d(1, 1, kernel_size=1)
+
+
+def test_spconv_default_init_bound():
+    conv = SparseConv3d(64, 17)
+    bound = 1 / (27 * 64) ** 0.5   # 0.02406
+    assert conv.weight.shape == (17, 3, 3, 3, 64)
+    assert conv.weight.abs().max() <= bound and conv.bias.abs().max() <= bound
+    assert conv.weight.abs().max() > 0.9 * bound
+
+
+def test_scatter_max_against_a_python_loop():
+    g = torch.Generator().manual_seed(6)
+    N, C, U = 40, 3, 7                     # segment 6 stays empty
+    src = torch.randint(-3, 4, (N, C), generator=g).double()   # small integers: many ties
+    index = torch.randint(0, U - 1, (N,), generator=g)
+    src.requires_grad_(True)
+    out = scatter_max(src, index, U)
+    weights = torch.randn(U, C, dtype=torch.float64, generator=g)
+    (out * weights).sum().backward()
+    want = torch.zeros(U, C, dtype=torch.float64)
+    want_grad = torch.zeros(N, C, dtype=torch.float64)
+    for u in range(U):
+        rows = [i for i in range(N) if index[i] == u]
+        for c in range(C):
+            if not rows:
+                continue   # empty segment: 0, no gradient
+            best = max(rows, key=lambda i: (src[i, c].item(), -i))   # the first row attaining the max
+            want[u, c] = src[best, c]
+            want_grad[best, c] = weights[u, c]
+    assert torch.equal(out.detach(), want)
+    assert torch.equal(src.grad, want_grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_same_results_on_the_gpu():
+    B, c = 2, 4
+    coords = random_sites(B, SHAPE, 0.1, seed=7)
+    feats = torch.randn(coords.shape[0], c, dtype=torch.float64)
+    w, b = params(c, c, seed=8)
+    for subm in (False, True):
+        cpu, cpu_coords = sparse_conv3d(feats, coords, w, b, B, SHAPE, subm)
+        gpu, gpu_coords = sparse_conv3d(feats.cuda(), coords.cuda(), w.cuda(), b.cuda(), B, SHAPE, subm)
+        assert torch.equal(gpu_coords.cpu(), cpu_coords)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-12)
