@@ -20,7 +20,7 @@ from engine.cli import DictAction, UserError, add_common_arguments, entry_point,
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Measure OPS inference FPS (batch 1, online mode, fp32)')
+    parser = argparse.ArgumentParser(description='Measure OPS inference FPS (batch 1, online mode; faithful fp32 or --fast)')
     parser.add_argument('--config', required=True)
     parser.add_argument('--weights', help='checkpoint (optional: random init otherwise; see the note printed)')
     parser.add_argument('--num-warmup', '--num_warmup', type=int, default=10, help='samples not timed')
@@ -29,6 +29,9 @@ def parse_args(argv=None):
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--workers', type=int, default=None, help='data-loading workers (default: config)')
     parser.add_argument('--cfg-options', '--override', nargs='+', action=DictAction, default={})
+    parser.add_argument('--fast', action='store_true', help='time the fast test mode (bf16 backbone and FPN)')
+    parser.add_argument('--no-cuda-graph', action='store_true',
+                        help='launch the kernels one by one instead of replaying the test step from a CUDA graph')
     add_common_arguments(parser, trust_checkpoint=True)
     args = parser.parse_args(argv)
     if args.num_warmup < 0 or args.samples <= args.num_warmup:
@@ -72,10 +75,11 @@ def _main(argv):
     _, _, device = init_distributed(args.device, launcher='none')  # one process (parse_args refuses torchrun)
     from mmdet.apis import set_random_seed
 
-    from engine.build import build_dataset, build_model, build_test_loader
+    from engine.build import build_dataset, build_model, build_test_loader, set_test_mode
     from engine.parallel import unpack_batch
     set_random_seed(0, deterministic=True)
     torch.backends.cudnn.benchmark = True
+    set_test_mode(cfg, online=True, fast=args.fast, cuda_graph=not args.no_cuda_graph)
 
     dataset = build_dataset(cfg.data.val, test_mode=True)
     workers = cfg.data.get('workers_per_gpu', 4) if args.workers is None else args.workers
@@ -88,9 +92,6 @@ def _main(argv):
                         'fewer points pass the score threshold, so post-processing may be faster than with '
                         'trained weights')
     model.to(device).eval()
-    model.fp16_enabled = False  # the protocol times fp32
-    if getattr(model, 'online', None) is False:
-        raise SystemExit('the config forces offline mode (model.online=False); FPS is defined for online mode')
 
     samples = min(args.samples, len(dataset))
     if samples <= args.num_warmup:
@@ -98,7 +99,9 @@ def _main(argv):
     print(f'config:    {args.config}')
     print(f'weights:   {weights_note}')
     print(f'device:    {device_name(device)}')
-    print(f'precision: fp32, batch 1, online mode (feature cache), {samples} samples, '
+    precision = 'bf16 backbone (fast)' if args.fast else 'fp32 (faithful)'
+    graph = 'CUDA graph' if device.type == 'cuda' and not args.no_cuda_graph else 'eager'
+    print(f'precision: {precision}, {graph}, batch 1, online mode (feature cache), {samples} samples, '
           f'{args.num_warmup} warm-up' + (f' (the val set has only {len(dataset)})' if samples < args.samples else ''))
 
     def sync():

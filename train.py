@@ -2,9 +2,13 @@
 
     python train.py --config configs/ops-t_r50_704x256_8f_12e.py
     bash dist_train.sh 8 configs/ops-t_r50_704x256_8f_12e.py     # torchrun, one process per GPU
+    NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 bash dist_train.sh 8 CFG   # (and NODE_RANK=1 on host1)
+    bash tools/slurm_train.sh PARTITION JOB CFG 16                # srun, one task per GPU
 
-Runs on GPUs (NCCL) and on the CPU (gloo for several processes). Checkpoints are written every epoch
-atomically into the work dir; a run restarted with the same work dir resumes from `latest.pth`.
+Runs on GPUs (NCCL) and on the CPU (gloo for several processes). The config's batch_size is the total
+batch per step for any number of processes (engine/scaling.py), and the data order does not depend on
+it (loaders/samplers.py; docs/distributed.md). Checkpoints are written every epoch atomically into the
+work dir by rank 0; a run restarted with the same work dir resumes from `latest.pth`.
 """
 import argparse
 import logging
@@ -35,6 +39,10 @@ def parse_args(argv=None):
     parser.add_argument('--amp-dtype', choices=['fp16', 'bf16'], default='fp16',
                         help='autocast dtype of the backbone on GPU: fp16 with the static loss scale of the '
                              'original, or bf16 (no loss scaling; Ampere and newer)')
+    parser.add_argument('--fast', action='store_true',
+                        help='the fast training path: same function, no host reads per step (lazy logging, fused '
+                             'AdamW that skips non-finite steps on the device), no gradient checkpointing '
+                             '(more memory); docs/performance.md')
     parser.add_argument('--no-validate', action='store_true', help='skip the periodic evaluation')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar (logs only)')
     parser.add_argument('--skip-data-check', action='store_true',
@@ -83,7 +91,9 @@ def train(args, cfg, work_dir, rank, world_size, device):
     from mmdet.apis import set_random_seed
     from mmdet.core import EvalHook
 
-    from engine.build import build_dataset, build_model, build_test_loader, build_train_loader
+    import engine.train_step  # noqa: F401  (registers SyncFreeOptimizerHook for --fast)
+    from engine.build import (build_dataset, build_model, build_test_loader, build_train_loader, set_test_mode,
+                              set_train_mode)
     from engine.dist import agree_on_checkpoint, wrap_distributed
     from engine.distributed_hooks import CollectiveDistEvalHook, SampleSeedHook
     from engine.parallel import OPSDataParallel
@@ -123,6 +133,13 @@ def train(args, cfg, work_dir, rank, world_size, device):
         logger.info(message)
     logger.info(plan.summary())
     samples_per_gpu = plan.samples_per_gpu
+    if args.fast and plan.cumulative_iters > 1:
+        raise UserError('--fast does not combine with gradient accumulation yet (this world size needs '
+                        f'{plan.cumulative_iters} accumulated iterations per step); train without --fast')
+    set_train_mode(cfg, fast=args.fast, amp_dtype=args.amp_dtype)
+    set_test_mode(cfg, online=world_size == 1)   # the periodic evaluation: online in one process, as val.py
+    if args.fast:
+        logger.info('fast training path: lazy logging, fused AdamW, no gradient checkpointing')
     try:
         train_dataset = build_dataset(cfg.data.train)
         val_dataset = None if args.no_validate else build_dataset(cfg.data.val, test_mode=True)
@@ -139,7 +156,6 @@ def train(args, cfg, work_dir, rank, world_size, device):
     except TypeError as exc:  # an unknown keyword in a config dict
         raise UserError(f'{args.config}: {exc}') from exc
     logger.info(f'Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}')
-    model.amp_dtype = torch.bfloat16 if args.amp_dtype == 'bf16' else torch.float16
     train_loader = build_train_loader(train_dataset, samples_per_gpu, cfg.data.workers_per_gpu,
                                       dist=world_size > 1, seed=args.seed, cumulative_iters=plan.cumulative_iters)
 
@@ -155,7 +171,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
                                     max_epochs=cfg.total_epochs,
                                     trust_checkpoint=args.trust_checkpoint)
     runner.timestamp = time.strftime('%Y%m%d_%H%M%S')
-    optimizer_config = optimizer_hook_config(cfg, device, args.amp_dtype, plan.cumulative_iters)
+    optimizer_config = optimizer_hook_config(cfg, device, args.amp_dtype, plan.cumulative_iters, fast=args.fast)
     runner.register_training_hooks(cfg.lr_config, optimizer_config, cfg.checkpoint_config, cfg.log_config,
                                    cfg.get('momentum_config'), custom_hooks_config=cfg.get('custom_hooks'))
     runner.register_hook(EpochSeedHook(args.seed), priority='VERY_HIGH')
@@ -184,14 +200,19 @@ def train(args, cfg, work_dir, rank, world_size, device):
     logger.info(f'training finished; checkpoints in {work_dir}')
 
 
-def optimizer_hook_config(cfg, device, amp_dtype, cumulative_iters=1):
+def optimizer_hook_config(cfg, device, amp_dtype, cumulative_iters=1, fast=False):
     """The optimizer hook: the config's grad clip and loss scale, mixed precision only on GPU; with
-    `cumulative_iters` > 1 mmcv's gradient accumulation (engine/distributed_hooks.py)."""
+    `cumulative_iters` > 1 mmcv's gradient accumulation (engine/distributed_hooks.py); `fast`: the
+    sync-free step (engine/train_step.py) with the same clip and loss scale."""
     opt_cfg = dict(cfg.optimizer_config)
     grad_clip = opt_cfg.get('grad_clip')
     use_fp16 = opt_cfg.get('type') in ('Fp16OptimizerHook', 'GradientCumulativeFp16OptimizerHook') and \
         device.type == 'cuda' and amp_dtype == 'fp16'
     max_nan = cfg.get('max_consecutive_nan_steps', 5)
+    if fast:
+        return dict(type='SyncFreeOptimizerHook', grad_clip=grad_clip, fp16=use_fp16,
+                    loss_scale=opt_cfg.get('loss_scale', 512.0) if use_fp16 else 1.0,
+                    max_consecutive_nan_steps=max_nan)
     if cumulative_iters > 1:
         if use_fp16:
             return dict(type='NanGuardGradientCumulativeFp16OptimizerHook', cumulative_iters=cumulative_iters,

@@ -32,7 +32,13 @@ def parse_args(argv=None):
     parser.add_argument('--random-init', action='store_true',
                         help='evaluate the randomly initialised model (seed 0) instead of a checkpoint: a baseline')
     parser.add_argument('--batch_size', '--batch-size', type=int, default=1,
-                        help='samples per process and step; inference supports 1 (as the original)')
+                        help='samples per process and forward; above 1 the model runs offline (every frame\'s '
+                             'images per sample, no feature cache), which pays on a GPU')
+    parser.add_argument('--fast', action='store_true',
+                        help='fast test mode: backbone and FPN under bf16 autocast (test_cfg.mode=fast, '
+                             'docs/performance.md); default: faithful, the original\'s arithmetic')
+    parser.add_argument('--no-cuda-graph', action='store_true',
+                        help='launch the test step\'s kernels one by one instead of replaying a CUDA graph')
     parser.add_argument('--save-dir', help='also write one <sample token>.npz per prediction here')
     parser.add_argument('--load-preds', help='evaluate the <token>.npz predictions in this folder instead of a model')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
@@ -56,8 +62,8 @@ def parse_args(argv=None):
     if len(sources) != 1:
         parser.error('give exactly one of --weights CKPT (run the model), --load-preds DIR (evaluate saved '
                      f'predictions) or --random-init (untrained baseline); got {sources or "none"}')
-    if args.batch_size != 1:
-        parser.error('--batch_size must be 1: online inference and the post-processing handle one sample at a time')
+    if args.batch_size < 1:
+        parser.error(f'--batch_size must be >= 1, got {args.batch_size}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -116,7 +122,7 @@ def _main(argv):
 
     from mmdet.apis import set_random_seed
 
-    from engine.build import build_dataset, build_model, build_test_loader
+    from engine.build import build_dataset, build_model, build_test_loader, set_test_mode
     from engine.inference import inference
     from evaluation import SavedPredictions, evaluate_occupancy
     from evaluation.evaluator import format_summary
@@ -124,10 +130,15 @@ def _main(argv):
     set_random_seed(0, deterministic=True)
     torch.backends.cudnn.benchmark = True
 
+    # One process and one sample per step: online, as the original (the feature cache needs the
+    # samples in order); several processes or batches: offline.
+    online = world_size == 1 and args.batch_size == 1
+    set_test_mode(cfg, online=online, fast=args.fast, cuda_graph=not args.no_cuda_graph)
     dataset = build_dataset(cfg.data.val, test_mode=True)
     data_infos = dataset.data_infos
     occ_root = getattr(dataset, 'occ_root', None) or cfg.get('occ_root')
-    mode = 'saved predictions' if args.load_preds else ('online' if world_size == 1 else 'offline')
+    mode = 'saved predictions' if args.load_preds else (
+        f'{"online" if online else "offline"}, {cfg.model.test_cfg.mode}, batch {args.batch_size}')
     logger.info(f'config {args.config}: {len(dataset)} samples, {world_size} process(es) on {device}, mode {mode}')
     if not args.skip_data_check:  # the images the model reads (not for saved predictions) and the labels
         check_dataset(dataset, 'val', images=not args.load_preds, eval_labels=True, progress=rank == 0, logger=logger)
@@ -139,11 +150,8 @@ def _main(argv):
         if args.weights is None:
             logger.info('no checkpoint: evaluating the randomly initialised model (--random-init)')
         model.to(device).eval()
-        # The original enables fp16 for evaluation; it only takes effect in offline (multi-process)
-        # mode, where the backbone runs under CUDA autocast. The online mode runs fp32 (docs/method.md,
-        # "Test modes").
-        model.fp16_enabled = device.type == 'cuda' and world_size > 1
-        data_loader = build_test_loader(dataset, cfg.data.get('workers_per_gpu', 4), dist=world_size > 1)
+        data_loader = build_test_loader(dataset, cfg.data.get('workers_per_gpu', 4), dist=world_size > 1,
+                                        samples_per_gpu=args.batch_size)
         results = inference(model, data_loader, dataset, device, rank, world_size, args.save_dir, logger)
         if args.save_dir:
             logger.info(f'predictions saved to {args.save_dir}')

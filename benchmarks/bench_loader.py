@@ -44,7 +44,6 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 
 import numpy as np
 
@@ -206,28 +205,35 @@ def stage_times(dataset, index, reps, collate_batches):
     from mmcv.parallel import collate
     times = {}
     sample = None
+
+    def clock():
+        return time.perf_counter(), time.process_time()
+
+    def add(name, start):
+        wall, cpu = clock()
+        times.setdefault(name, []).append((wall - start[0], cpu - start[1]))
+
     for _ in range(reps):
         np.random.seed(index)
-        t = time.perf_counter()
+        t = clock()
         results = dataset.get_data_info(index)
         if hasattr(dataset, 'pre_pipeline'):
             dataset.pre_pipeline(results)
-        times.setdefault('dataset info (get_data_info)', []).append(time.perf_counter() - t)
+        add('dataset info (get_data_info)', t)
         for step in dataset.pipeline.transforms:
-            t = time.perf_counter()
+            t = clock()
             results = step(results)
-            times.setdefault(type(step).__name__, []).append(time.perf_counter() - t)
+            add(type(step).__name__, t)
         sample = results
-    coll = {}
     for b in collate_batches:
         batch = [sample] * b
-        runs = []
         for _ in range(reps):
-            t = time.perf_counter()
+            t = clock()
             collate(batch, samples_per_gpu=b)
-            runs.append(time.perf_counter() - t)
-        coll[b] = statistics.median(runs)
-    return {k: statistics.median(v) for k, v in times.items()}, coll, sample
+            add(f'collate {b}', t)
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
+    coll = {b: med.pop(f'collate {b}') for b in collate_batches}
+    return med, coll, sample
 
 
 def throughput(dataset, indices, workers, batch, rounds, samples_per_round, on_batch=None):
@@ -273,13 +279,13 @@ def device_times(batch_items, device, reps):
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
-    dec, tr = [], []
+    dec, tr, cpu = [], [], []
     for _ in range(reps):
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         decoded = [decode_jpegs(split_jpeg_item(item), device) for item in batch_items]
         sync()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for item, imgs in zip(batch_items, decoded):
             resize_crop_flip_rotate(torch.stack(imgs), item['resize_dims'], item['crop'], item['flip'],
                                     item['rotate']).flip(1)
@@ -287,8 +293,9 @@ def device_times(batch_items, device, reps):
         t2 = time.perf_counter()
         dec.append(t1 - t)
         tr.append(t2 - t1)
+        cpu.append(c1 - c)
         del decoded
-    return statistics.median(dec), statistics.median(tr)
+    return statistics.median(dec), statistics.median(tr), statistics.median(cpu)
 
 
 def compare_paths(cfg, ann_file, root, index, device):
@@ -335,6 +342,7 @@ def main(argv=None):
         out.append('```')
         out.append('')
         out += [f'* {line}' for line in machine_info(device)]
+        args.collate_batches = sorted(set(args.collate_batches) | {args.batch})
         stages, coll, sample = stage_times(dataset, indices[-1], args.stage_reps, args.collate_batches)
         if args.decode == 'cpu':
             num_views = int(sample['img'].data.shape[0])
@@ -346,17 +354,21 @@ def main(argv=None):
                    f'per sample -> img {shape}')
         out.append('')
         out.append('Per-stage time of one sample (this process, one thread, median of '
-                   f'{args.stage_reps}):')
+                   f'{args.stage_reps}; CPU = process CPU time, less sensitive to other jobs than wall time):')
         out.append('')
-        out.append('| stage | ms |')
-        out.append('|---|---|')
-        for name, sec in stages.items():
-            out.append(f'| {name} | {sec * 1e3:.1f} |')
-        total = sum(stages.values())
-        out.append(f'| **pipeline total** | **{total * 1e3:.1f}** |')
-        for b, sec in coll.items():
-            out.append(f'| mmcv collate, batch {b} (per batch) | {sec * 1e3:.1f} |')
+        out.append('| stage | wall ms | CPU ms |')
+        out.append('|---|---|---|')
+        for name, (wall, cpu) in stages.items():
+            out.append(f'| {name} | {wall * 1e3:.1f} | {cpu * 1e3:.1f} |')
+        total_wall = sum(w for w, _ in stages.values())
+        total_cpu = sum(c for _, c in stages.values())
+        out.append(f'| **pipeline total** | **{total_wall * 1e3:.1f}** | **{total_cpu * 1e3:.1f}** |')
+        for b, (wall, cpu) in coll.items():
+            out.append(f'| mmcv collate, batch {b} (per batch) | {wall * 1e3:.1f} | {cpu * 1e3:.1f} |')
         out.append('')
+        # CPU seconds one sample costs a worker at the benchmark's batch size
+        collate_cpu = coll[args.batch][1] / args.batch if args.batch in coll else 0.0
+        per_core = 1.0 / (total_cpu + collate_cpu)
 
         on_batch = None
         if args.decode == 'gpu':
@@ -395,38 +407,43 @@ def main(argv=None):
         out += ['| ' + ' | '.join(r) + ' |' for r in rows]
         out.append('')
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-        out.append(f'One worker: {per_worker:.2f} samples/s (from workers=1, else 0); a worker needs its own core, '
-                   f'so the counts below are also free cores (this machine: {cores}); rates above the core count '
-                   f'are extrapolated from one worker.')
+        out.append(f'Workers needed = ceil(rate / rate of one worker), from the measured one-worker loader rate '
+                   f'({per_worker:.2f} samples/s; workers=1, else 0) and from the CPU time of one sample '
+                   f'(pipeline + collate share: {1e3 / per_core:.0f} ms, i.e. {per_core:.2f} samples/s per core). '
+                   f'A worker needs its own core, so these are also free cores per GPU (this machine: {cores}); '
+                   f'counts above the core count are extrapolated.')
         out.append('')
-        out.append('| per-GPU rate | samples/s | workers needed |')
-        out.append('|---|---|---|')
+        out.append('| per-GPU rate | samples/s | workers needed (1-worker loader rate) | workers needed (CPU time) |')
+        out.append('|---|---|---|---|')
         targets = []
         for t in args.target:
             b, ms = t.split(':')
             targets.append((f'batch {int(b)} at {float(ms):g} ms/step', int(b) * 1000.0 / float(ms)))
         targets += [(f'{r:g} samples/s', r) for r in args.rates]
         for name, rate in targets:
-            out.append(f'| {name} | {rate:.1f} | {needed_workers(rate, per_worker)} |')
+            out.append(f'| {name} | {rate:.1f} | {needed_workers(rate, per_worker)} | '
+                       f'{needed_workers(rate, per_core)} |')
         out.append('')
 
         if args.decode == 'gpu':
             from mmcv.parallel import collate
             out.append(f'Device step (`decode_and_transform` parts on {device}, median of {args.stage_reps}):')
             out.append('')
-            out.append('| batch | decode ms | resize/crop/flip ms | total ms | ms per sample | samples/s |')
-            out.append('|---|---|---|---|---|---|')
+            out.append('| batch | decode ms | (host CPU ms during decode) | resize/crop/flip ms | total ms | '
+                       'ms per sample | samples/s |')
+            out.append('|---|---|---|---|---|---|---|')
             for b in args.collate_batches:
                 items = collate([sample] * b, samples_per_gpu=b)['img_jpeg'].data[0]
                 device_times(items, device, 1)  # warm-up (nvJPEG handles, kernels)
-                dec, tr = device_times(items, device, args.stage_reps)
-                out.append(f'| {b} | {dec * 1e3:.1f} | {tr * 1e3:.1f} | {(dec + tr) * 1e3:.1f} | '
+                dec, tr, cpu = device_times(items, device, args.stage_reps)
+                out.append(f'| {b} | {dec * 1e3:.1f} | {cpu * 1e3:.1f} | {tr * 1e3:.1f} | {(dec + tr) * 1e3:.1f} | '
                            f'{(dec + tr) * 1e3 / b:.1f} | {b / (dec + tr):.1f} |')
             out.append('')
             mean, mx, p999, same = compare_paths(cfg, ann_file, root, indices[-1], device)
             out.append(f'Check against the CPU path (same random draw, {num_views} images): mean abs difference '
                        f'{mean:.3f} grey levels, 99.9th percentile {p999:.0f}, max {mx}; lidar2img identical: {same}.')
             out.append('')
+        out.append(f'Load average at the end: {" ".join(f"{v:.2f}" for v in os.getloadavg())}')
         text = '\n'.join(out)
         print(text)
         if args.out:

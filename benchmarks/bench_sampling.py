@@ -1,9 +1,9 @@
-"""Speed of the multi-scale multi-view sampling op (spec 5.1) on one GPU.
+"""Speed of the multi-scale multi-view sampling op (docs/method.md, "Sampling op") on one GPU.
 
 Times, with CUDA events (warm-up, then the median of --reps runs), the forward and the
 forward+backward of: the CUDA op (models/csrc, fp32 / bf16 / fp16 features, fp32 locations and
 weights) and the PyTorch fallback (``models.csrc.wrapper.msmv_sampling_pytorch``, fp32), on the
-shape of /work/shared/spec/environment.md: 4 levels of [8, 6, H, W, 32] channel-last features
+benchmark shape: 4 levels of [8, 6, H, W, 32] channel-last features
 (H x W = 64x176, 32x88, 16x44, 8x22), 4800 queries x 32 points. Two location distributions:
 
 * ``uniform``: u, v, view independent and uniform for every point - no locality (worst case);

@@ -75,7 +75,55 @@ def build_train_loader(dataset, samples_per_gpu, workers_per_gpu, dist, seed, cu
                                   seed=seed)
 
 
-def build_test_loader(dataset, workers_per_gpu, dist):
-    """Batch-1 loader in dataset order; with `dist`, this rank's share as mmdet's DistributedSampler deals it."""
+def build_test_loader(dataset, workers_per_gpu, dist, samples_per_gpu=1):
+    """Loader in dataset order (batches of consecutive samples); with `dist`, this rank's share as mmdet's
+    DistributedSampler deals it."""
     from loaders.builder import build_dataloader
-    return build_dataloader(dataset, 1, workers_per_gpu, num_gpus=1, dist=dist, shuffle=False)
+    return build_dataloader(dataset, samples_per_gpu, workers_per_gpu, num_gpus=1, dist=dist, shuffle=False)
+
+
+def set_test_mode(cfg, online, fast=False, cuda_graph=True):
+    """Choose the test path in the config, before the model and the loaders are built.
+
+    One decision for the whole run, taken by the entry point from the number of processes:
+    online (one process: the test pipeline loads the key frame's images only and the model reuses
+    cached features of earlier samples) or offline (every frame's images per sample, any order).
+    `fast` selects the model's fast test mode (bf16 backbone), `cuda_graph` the graph replay of the
+    test step on CUDA (docs/performance.md). Sets `model.online`, `model.test_cfg.mode` and
+    `.cuda_graph`, and `online` of every multi-frame loading step of the val and test pipelines.
+    """
+    cfg.model.online = bool(online)
+    cfg.model.setdefault('test_cfg', {})
+    cfg.model.test_cfg['mode'] = 'fast' if fast else 'faithful'
+    cfg.model.test_cfg['cuda_graph'] = bool(cuda_graph)
+
+    def visit(steps):
+        for step in steps:
+            if step.get('type') == 'MultiScaleFlipAug3D':
+                visit(step.get('transforms', []))
+            elif 'MultiSweeps' in str(step.get('type', '')):
+                step['online'] = bool(online)
+
+    for split in ('val', 'test'):
+        if split in cfg.get('data', {}):
+            visit(cfg.data[split].get('pipeline', []))
+    return cfg
+
+
+def set_train_mode(cfg, fast=False, amp_dtype='fp16'):
+    """Choose the training path in the config, before the model and the optimizer are built.
+
+    `fast`: the model keeps its log values on the device (`model.train_cfg.mode='fast'`), AdamW runs
+    fused (`optimizer.fused=True`), and the backbone and decoder run without gradient checkpointing
+    (the same function, computed once instead of recomputed in the backward pass; more memory).
+    `amp_dtype`: the backbone's autocast dtype on CUDA ('fp16' with the fp16 optimizer hook's static
+    loss scale, as the original, or 'bf16').
+    """
+    cfg.model.setdefault('train_cfg', {})
+    cfg.model.train_cfg['mode'] = 'fast' if fast else 'faithful'
+    cfg.model.train_cfg['amp_dtype'] = amp_dtype
+    if fast:
+        cfg.optimizer['fused'] = True
+        cfg.model.img_backbone['with_cp'] = False
+        cfg.model.pts_bbox_head.transformer['with_cp'] = False
+    return cfg

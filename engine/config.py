@@ -22,7 +22,7 @@ CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs
 # Top-level keys a training/evaluation config may define. Anything else is almost always a typo
 # (`totl_epochs`) that mmcv would silently ignore; helper variables of a config start with '_'.
 KNOWN_TOP_LEVEL_KEYS = {
-    'model', 'data', 'dataset_type', 'dataset_root', 'occ_root', 'input_modality', 'object_names',
+    'model', 'data', 'dataset_type', 'dataset_root', 'occ_root',
     'occ_names', 'num_classes', 'point_cloud_range', 'voxel_size', 'embed_dims', 'num_layers',
     'num_frames', 'num_levels', 'num_query', 'num_points', 'num_refines', 'img_norm_cfg',
     'ida_aug_conf', 'train_pipeline', 'test_pipeline', 'batch_size', 'total_epochs', 'optimizer',
@@ -44,6 +44,8 @@ DEAD_TOP_LEVEL_KEYS = {
     'plugin': 'OPS registers its modules when train.py / val.py import them',
     'plugin_dir': 'OPS registers its modules when train.py / val.py import them',
     'debug': 'use --debug on the command line (tracebacks)',
+    'input_modality': 'OPS uses the six cameras only; the dataset takes no modality argument',
+    'object_names': 'no 3D boxes reach the model: the dataset and DefaultFormatBundle3D take no class list',
 }
 REQUIRED_TRAIN_KEYS = ('model', 'data', 'batch_size', 'total_epochs', 'optimizer',
                        'optimizer_config', 'lr_config', 'checkpoint_config', 'log_config')
@@ -222,13 +224,14 @@ class _Checker:
                 hint = NESTED_KEY_HINTS.get(f'{where}.{key}')
                 self.fail(f'{where}.{key}', f'unknown key; {hint or _suggestion(key, accepted)}')
 
-    def registered(self, where, value, registry, what, extra=(), skip=(), type_key='type', default_type=None):
+    def registered(self, where, value, registry, what, extra=(), skip=(), type_key='type', default_type=None,
+                   example=None):
         """A dict built by `registry` from its `type`: the type must exist, its keys fit the class."""
         if not isinstance(value, dict):
             self.fail(where, f'expected a dict with type=..., got {type(value).__name__} {value!r}')
         type_name = value.get(type_key, default_type)
         if type_name is None:
-            self.fail(where, f'no {type_key}: give the {what} type (e.g. {type_key}={sorted(registry.module_dict)[0]!r})')
+            self.fail(where, f'no {type_key}: give the {what} type' + (f' (e.g. {type_key}={example!r})' if example else ''))
         if not isinstance(type_name, str):
             return None  # a class object: the builder handles it
         cls = registry.get(type_name)
@@ -246,7 +249,7 @@ class _Checker:
         from mmcv.runner.optimizer.builder import OPTIMIZERS
         where = 'optimizer'
         cls = self.registered(where, value, OPTIMIZERS, 'optimizer', extra=('constructor', 'paramwise_cfg'),
-                              skip=('params',))
+                              skip=('params',), example='AdamW')
         if cls is not None and 'params' in value:
             self.fail(f'{where}.params', 'unknown key; the parameters come from the model (paramwise_cfg sets '
                                          'per-parameter options)')
@@ -327,7 +330,7 @@ class _Checker:
             for i, item in enumerate(value):
                 self.dataset(f'{where}[{i}]', item)
             return
-        self.registered(where, value, DATASETS, 'dataset')
+        self.registered(where, value, DATASETS, 'dataset', example='NuScenesOccDataset')
         for key, sub in value.items():
             if key == 'pipeline':
                 self.pipeline(f'{where}.pipeline', sub)

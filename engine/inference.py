@@ -3,7 +3,7 @@
 * `sampler_indices`: the dataset indices of one rank, as mmdet's `DistributedSampler(shuffle=False)`
   deals them (the list padded to a multiple of the process count by repeating its head, then rank r
   takes positions r, r + W, r + 2W, ...);
-* `run_inference`: the loop over this rank's samples (batch 1), results compacted on the CPU and
+* `run_inference`: the loop over this rank's samples (batches of any size), results compacted on the CPU and
   optionally saved as `<token>.npz` (evaluation/predictions.py);
 * `collect_results`: gathers the per-rank lists into dataset order on rank 0 through the process
   group (torch.distributed collectives, in chunks; no shared folder);
@@ -50,7 +50,7 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
     Args:
         model: the detector in eval mode, on `device`; called as `model(return_loss=False,
             rescale=True, **batch)` and returning one `dict(sem_pred, occ_loc)` per sample.
-        data_loader: batch-1 loader whose sampler yields `indices`.
+        data_loader: loader (any batch size) whose sampler yields `indices`, in order.
         indices (list[int]): the dataset index of every sample the loader yields.
         data_infos (list[dict]): the dataset's infos (for the `token` of saved predictions).
         save_dir (str | None): also write `<token>.npz` there.
@@ -65,16 +65,19 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
     results = []
     bar = tqdm(total=len(indices), desc='inference', dynamic_ncols=True, disable=not show_progress)
     save_count = len(indices) if save_count is None else save_count
-    for position, (index, data) in enumerate(zip(indices, data_loader)):
+    for data in data_loader:
         data = unpack_batch(data, device)
         outputs = model(return_loss=False, rescale=True, **data)
-        if len(outputs) != 1:
-            raise RuntimeError(f'the model returned {len(outputs)} results for one sample')
-        result = compact_result(outputs[0])
-        if save_dir is not None and position < save_count:
-            save_prediction(osp.join(save_dir, f'{data_infos[index]["token"]}.npz'), result)
-        results.append(result)
-        bar.update(1)
+        batch = len(data['img_metas'][0]) if isinstance(data['img_metas'][0], (list, tuple)) else 1
+        if len(outputs) != batch:
+            raise RuntimeError(f'the model returned {len(outputs)} results for a batch of {batch} samples')
+        for output in outputs:
+            position = len(results)
+            result = compact_result(output)
+            if save_dir is not None and position < save_count:
+                save_prediction(osp.join(save_dir, f'{data_infos[indices[position]]["token"]}.npz'), result)
+            results.append(result)
+        bar.update(len(outputs))
     bar.close()
     if len(results) != len(indices):
         raise RuntimeError(f'the data loader yielded {len(results)} samples, expected {len(indices)}')

@@ -5,7 +5,8 @@
 * `quiet_libraries(verbose)` (call it right after argument parsing, before the heavy imports):
   warnings raised outside OPS's own packages are ignored, and mmcv's dump of every parameter's
   initialisation (hundreds of lines per model, written into the log file by `init_weights`) is
-  replaced by nothing. `--verbose` keeps both.
+  replaced by nothing, and torch's import-time note about a missing CUDA toolkit is hidden.
+  `--verbose` keeps all of them.
 """
 import logging
 import sys
@@ -46,6 +47,8 @@ def route_through_tqdm(logger):
     return logger
 
 
+# library loggers that warn at import about things that do not concern a user (no CUDA toolkit on a CPU machine)
+QUIET_LOGGERS = ('torch.utils.cpp_extension',)
 _init_dump = None  # mmcv's BaseModule._dump_init_info while it is replaced
 
 
@@ -56,6 +59,8 @@ def quiet_libraries(verbose=False):
         return
     warnings.filterwarnings('ignore')
     warnings.filterwarnings('default', module=OWN_PACKAGES)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from mmcv.runner import BaseModule
     except ImportError:

@@ -152,11 +152,18 @@ def resume_failure_message(path, exc, work_dir):
 def remove_on_early_failure(work_dir, enabled=True):
     """Remove what a run wrote into `work_dir` when it fails before writing its first checkpoint.
 
-    A work dir the run created is removed entirely; in an existing one, only the entries the run added
-    (config copy, logs, TensorBoard folder) are. Once a checkpoint exists, nothing is removed.
+    A work dir the run created is removed entirely (with the parent folders created for it, e.g. outputs/);
+    in an existing one, only the entries the run added (config copy, logs, TensorBoard folder) are. Once a
+    checkpoint exists, nothing is removed.
     """
+    work_dir = osp.abspath(work_dir)
     existed = osp.isdir(work_dir)
     before = set(os.listdir(work_dir)) if existed else set()
+    created = []  # the work dir and the parents that do not exist yet, innermost first
+    folder = work_dir
+    while not osp.exists(folder) and osp.dirname(folder) != folder:
+        created.append(folder)
+        folder = osp.dirname(folder)
     try:
         yield
     except BaseException:
@@ -165,6 +172,9 @@ def remove_on_early_failure(work_dir, enabled=True):
             if not any(name.endswith('.pth') for name in added):
                 if not existed:
                     shutil.rmtree(work_dir, ignore_errors=True)
+                    for parent in created[1:]:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(parent)  # only when empty
                 else:
                     for name in added:
                         target = osp.join(work_dir, name)

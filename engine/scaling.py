@@ -173,8 +173,8 @@ def resume_adjustment(checkpoint_meta, plan, epoch, iters_per_epoch):
 
     Epoch, lr schedule position and weights carry over. When the total batch or the accumulation
     differs, an epoch has another number of (micro-)iterations: the iteration counter restarts from
-    epoch * iters_per_epoch (the checkpoints are written at epoch ends). When the lr scale differs, the optimizer's base lrs (saved
-    in its state) are multiplied by new / old scale.
+    epoch * iters_per_epoch (the checkpoints are written at epoch ends). When the lr scale differs,
+    the optimizer's base lrs (saved in its state) are multiplied by new / old scale.
 
     Args:
         checkpoint_meta (dict): the checkpoint's `meta` (its 'batch' entry from BatchPlan.as_meta, if any).

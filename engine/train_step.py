@@ -6,7 +6,8 @@ the loss for the NaN guard, the gradient norm for the log, and the loss scaler's
 read stalls the host until the GPU has caught up, so the host cannot queue the next kernels early.
 This module computes the same update with every such value kept on the device:
 
-* `parse_losses_lazy`: the total loss as mmdet sums it (dict order), log values as detached tensors;
+* `parse_losses_lazy` (models/ops.py; the model's train_step in `train_cfg.mode='fast'`): the total
+  loss as mmdet sums it (dict order), log values as detached tensors;
 * `LazyLogBuffer`: mmcv's LogBuffer that accepts tensors and reads them once per log interval;
 * `SyncFreeOptimizerHook`: zero grad, scaled backward, unscale, clip (norm on the device), and a
   fused AdamW step that skips a non-finite step *on the device* (the fused kernel reads the
@@ -20,35 +21,12 @@ gradients are not finite is skipped in both.
 """
 import numpy as np
 import torch
-import torch.distributed as dist
 from mmcv.runner import HOOKS, Hook
 from mmcv.runner.log_buffer import LogBuffer
 
+from models.ops import parse_losses_lazy
+
 __all__ = ['parse_losses_lazy', 'LazyLogBuffer', 'SyncFreeOptimizerHook', 'SyncFreeStep']
-
-
-def parse_losses_lazy(losses):
-    """mmdet's `_parse_losses` without `.item()`: (total loss, OrderedDict of detached 0-d tensors).
-
-    The total is the sum of the entries whose key contains 'loss', in dict order (float32 sums
-    depend on it). Across processes the logged values are averaged with one all-reduce.
-    """
-    from collections import OrderedDict
-    log_vars = OrderedDict()
-    for name, value in losses.items():
-        if isinstance(value, torch.Tensor):
-            log_vars[name] = value.mean()
-        elif isinstance(value, (list, tuple)):
-            log_vars[name] = sum(v.mean() for v in value)
-        else:
-            raise TypeError(f'{name} is not a tensor or list of tensors')
-    loss = sum(v for k, v in log_vars.items() if 'loss' in k)
-    log_vars['loss'] = loss
-    values = torch.stack([v.detach().float() for v in log_vars.values()])
-    if dist.is_available() and dist.is_initialized():
-        values = values / dist.get_world_size()
-        dist.all_reduce(values)
-    return loss, OrderedDict(zip(log_vars, values.unbind(0)))
 
 
 class LazyLogBuffer(LogBuffer):
@@ -130,13 +108,15 @@ class SyncFreeOptimizerHook(Hook):
 
     Args:
         grad_clip (dict | None): as mmcv's OptimizerHook (`max_norm=35, norm_type=2`).
+        fp16 (bool): the backbone runs under fp16 autocast (mmcv's wrap_fp16_model, as the fp16 hook).
         loss_scale (float): static loss scale; 512 with the fp16 backbone, 1 otherwise.
         max_consecutive_nan_steps (int): stop after this many skipped steps in a row.
         check_interval (int): iterations between reads of the skip counters.
     """
 
-    def __init__(self, grad_clip=None, loss_scale=1.0, max_consecutive_nan_steps=5, check_interval=50):
+    def __init__(self, grad_clip=None, fp16=False, loss_scale=1.0, max_consecutive_nan_steps=5, check_interval=50):
         self.grad_clip = grad_clip
+        self.fp16 = fp16
         self.loss_scale = loss_scale
         self.max_consecutive_nan_steps = max_consecutive_nan_steps
         self.check_interval = check_interval
@@ -144,6 +124,9 @@ class SyncFreeOptimizerHook(Hook):
         self.reported = 0
 
     def before_run(self, runner):
+        if self.fp16:
+            from mmcv.runner import wrap_fp16_model
+            wrap_fp16_model(runner.model)
         self.step = SyncFreeStep(runner.optimizer, self.grad_clip, self.loss_scale)
         if not isinstance(runner.log_buffer, LazyLogBuffer):
             runner.log_buffer = LazyLogBuffer()

@@ -94,10 +94,10 @@ def _ray_setup(origins, ends):
 def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STEPS, compact_every=8):
     """First-hit voxel traversal of many rays through one or several occupancy grids.
 
-    Semantics (docs/evaluation.md, "The ray caster"): start in the voxel containing the origin (int truncation), walk voxel by
-    voxel (Amanatides-Woo; when two boundaries are crossed at the same parameter the step goes to
-    z before y before x), stop when the ray leaves the grid after having been inside, or after
-    `max_steps` steps. The hit is the first in-grid voxel on the path that is occupied; its
+    Semantics (docs/evaluation.md, "The ray caster"): start in the voxel containing the origin (int
+    truncation), walk voxel by voxel (Amanatides-Woo; when two boundaries are crossed at the same
+    parameter the step goes to z before y before x), stop when the ray leaves the grid after having
+    been inside, or after `max_steps` steps. The hit is the first in-grid voxel on the path that is occupied; its
     distance is the ray parameter where the ray *exits* that voxel. Without a hit: the last in-grid
     voxel and its exit parameter. A ray that never enters the grid gets distance 0 and voxel
     (0, 0, 0), as zero-initialised outputs would give (only possible for origins outside the grid).

@@ -1,4 +1,4 @@
-"""Data loaders of OPS (spec 8.3): mmdet samplers, mmcv collate, per-worker seeding."""
+"""Data loaders of OPS (docs/method.md, "Training"): mmdet samplers, mmcv collate, per-worker seeding."""
 import warnings
 from functools import partial
 

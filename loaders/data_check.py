@@ -128,7 +128,9 @@ def find_problems(files, progress=True, desc='data check', workers=16):
     bar = None
     if progress and paths:
         from tqdm import tqdm
-        bar = tqdm(total=len(paths), desc=desc, unit='file', dynamic_ncols=True, leave=False, mininterval=0.5)
+        # disable=None: only on a terminal (no bar lines in log files)
+        bar = tqdm(total=len(paths), desc=desc, unit='file', dynamic_ncols=True, leave=False, mininterval=0.5,
+                   disable=None)
     problems = []
     chunk = 512
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -1,4 +1,4 @@
-"""Exact 1-nearest-neighbour search for the head's point matching (spec 4.2).
+"""Exact 1-nearest-neighbour search for the head's point matching (docs/method.md, "Losses").
 
 The original matches with ``mmcv.ops.knn(k=1)``: brute force over all reference points, squared L2
 in float32, ties to the lowest reference index, CUDA only. Here the same semantics in pure PyTorch,
@@ -10,6 +10,9 @@ Distances are formed from explicit coordinate differences, ``(dx*dx + dy*dy) + d
 product and sum rounded to float32, never through the ``|a|^2 - 2ab + |b|^2`` expansion: that
 expansion cancels catastrophically for points tens of metres from the origin and a few centimetres
 apart, which would change the matching.
+
+Symbols: M query points, K reference points (the head passes Ng ground-truth and Np predicted
+points of one sample, metres).
 """
 import torch
 

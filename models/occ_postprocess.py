@@ -67,11 +67,11 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
     keep = (points - centre).norm(dim=-1) < ctr_dist_thr
     keep &= probs.max(dim=-1).values > score_thr
     xyz, probs = points.reshape(Q * P, 3).float(), probs.reshape(Q * P, C)
-    lo = torch.tensor([float(v) for v in pc_range[:3]], dtype=torch.float32, device=device)
-    size = torch.tensor([float(v) for v in voxel_size], dtype=torch.float32, device=device)
-    cell = torch.floor((xyz - lo) / size)
-    bounds = torch.tensor([X, Y, Z], dtype=torch.float32, device=device)
-    keep = keep.reshape(-1) & ((cell >= 0) & (cell < bounds)).all(dim=1)   # NaN fails both tests
+    # per-axis Python scalars (float32 arithmetic as with float32 tensors): no host-to-device copy,
+    # so the function can be captured in a CUDA graph
+    cell = torch.stack([torch.floor((xyz[:, a] - float(pc_range[a])) / float(voxel_size[a])) for a in range(3)], 1)
+    inside = [(cell[:, a] >= 0) & (cell[:, a] < n) for a, n in enumerate((X, Y, Z))]
+    keep = keep.reshape(-1) & inside[0] & inside[1] & inside[2]           # NaN fails both tests
     cell = torch.where(keep[:, None], cell, torch.zeros_like(cell)).long()
     cell_id = torch.where(keep, (cell[:, 0] * Y + cell[:, 1]) * Z + cell[:, 2],
                           torch.full_like(cell[:, 0], V))                 # V = "dropped" sentinel

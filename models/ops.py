@@ -1,23 +1,54 @@
-"""The OPS detector (spec 3.1, 3.7): image branch, GPU photometric distortion, online/offline test.
+"""The OPS detector (docs/method.md, "Image branch", "Test modes"): image branch, GPU photometric distortion,
+online/offline test.
+
+Symbols (docs/method.md, "Symbols and frames"): B batch, T frames, N views per frame, V images given
+to the backbone (T*N, or N online), L FPN levels, C channels, (H, W) the augmented image,
+(H_l, W_l) FPN level l, (X, Y, Z) the occupancy grid.
 
 Batch format (docs/architecture.md): `img` uint8 `[B, T*N, 3, H, W]` BGR, frame-major (index t*N + n,
 t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... In online test mode
 only the N key-frame images are given and the history features come from a per-frame cache.
 """
 import warnings
+from collections import OrderedDict
 
 import torch
-from mmcv.runner import get_dist_info
+import torch.distributed as dist
 from mmdet.models import DETECTORS
 from mmdet.models.builder import build_backbone, build_head, build_neck
 from mmdet.models.detectors.base import BaseDetector
 
 from .cuda_graph import GraphedFunction
 from .feature_cache import FrameFeatureCache
+from .gpu_image_decode import decode_and_transform
 from .occ_postprocess import grid_to_sparse
 from .photometric import GpuPhotoMetricDistortion
 
-__all__ = ['OPS']
+__all__ = ['OPS', 'parse_losses_lazy']
+
+
+def parse_losses_lazy(losses):
+    """mmdet's `_parse_losses` without `.item()`: (total loss, OrderedDict of detached 0-d tensors).
+
+    The total is the sum of the entries whose key contains 'loss', in dict order (float32 sums
+    depend on it), as mmdet computes it. Across processes the logged values are averaged with one
+    all-reduce (no host read).
+    """
+    log_vars = OrderedDict()
+    for name, value in losses.items():
+        if isinstance(value, torch.Tensor):
+            log_vars[name] = value.mean()
+        elif isinstance(value, (list, tuple)):
+            log_vars[name] = sum(v.mean() for v in value)
+        else:
+            raise TypeError(f'{name} is not a tensor or list of tensors')
+    loss = sum(v for k, v in log_vars.items() if 'loss' in k)
+    log_vars['loss'] = loss
+    values = torch.stack([v.detach().float() for v in log_vars.values()])
+    if dist.is_available() and dist.is_initialized():
+        values = values / dist.get_world_size()
+        dist.all_reduce(values)
+    return loss, OrderedDict(zip(log_vars, values.unbind(0)))
 
 
 @DETECTORS.register_module()
@@ -32,14 +63,22 @@ class OPS(BaseDetector):
             0 (the published configs) back-propagates through all frames.
         use_grid_mask (bool): must be False (GridMask is disabled in every published config).
         online (bool | None): test mode. True: online (N current images, history features from the
-            cache); False: offline (all T*N images); None: offline when the world size is > 1 or all
-            T*N images are given, online otherwise (spec 3.7). val.py may set the attribute.
-        train_cfg (dict): `pts` entries are handed to the head.
+            cache); False: offline (all T*N images); None: from the input, online when only the N
+            key-frame images are given (docs/method.md, "Test modes"). The entry points set it from
+            the number of processes (engine/build.py, `set_test_mode`).
+        train_cfg (dict): `pts` entries are handed to the head; `mode` 'faithful' (default: mmdet's
+            loss parsing, which reads every logged value on the host each step) or 'fast' (the same
+            total loss, log values kept on the device; needs engine/train_step.py's
+            SyncFreeOptimizerHook, which `train.py --fast` sets up); `amp_dtype` 'fp16' (default: the
+            backbone's autocast when the fp16 optimizer hook is on) or 'bf16' (autocast always on
+            CUDA, no loss scaling).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (backbone and
             FPN under bf16 autocast on CUDA); `cuda_graph` (default True): on CUDA, replay each test
             step (backbone, feature cache, decoder, post-processing) from a CUDA graph, which computes
-            exactly what the same step computes eagerly.
+            exactly what the same step computes eagerly; `offline_fp16` (default True): in faithful
+            offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
+            test does (online it runs fp32, as the original).
     """
     CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
     TEST_MODES = ('faithful', 'fast')
@@ -59,14 +98,25 @@ class OPS(BaseDetector):
                     test_cfg=test_cfg['pts'] if test_cfg else None)
         self.pts_bbox_head = build_head(head)
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
-        test_cfg = dict(test_cfg or {})
-        unknown = sorted(set(test_cfg) - {'pts', 'mode', 'cuda_graph'})
+        train_cfg = dict(train_cfg or {})
+        unknown = sorted(set(train_cfg) - {'pts', 'mode', 'amp_dtype'})
         if unknown:
-            raise ValueError(f'OPS: unknown test_cfg keys {unknown}; known: pts, mode, cuda_graph')
+            raise ValueError(f'OPS: unknown train_cfg keys {unknown}; known: pts, mode, amp_dtype')
+        self.train_mode = train_cfg.get('mode', 'faithful')
+        if self.train_mode not in self.TEST_MODES:
+            raise ValueError(f"OPS: train_cfg.mode must be one of {self.TEST_MODES}, got {self.train_mode!r}")
+        amp = train_cfg.get('amp_dtype', 'fp16')
+        if amp not in ('fp16', 'bf16'):
+            raise ValueError(f"OPS: train_cfg.amp_dtype must be 'fp16' or 'bf16', got {amp!r}")
+        test_cfg = dict(test_cfg or {})
+        unknown = sorted(set(test_cfg) - {'pts', 'mode', 'cuda_graph', 'offline_fp16'})
+        if unknown:
+            raise ValueError(f'OPS: unknown test_cfg keys {unknown}; known: pts, mode, cuda_graph, offline_fp16')
         self.test_mode = test_cfg.get('mode', 'faithful')
         if self.test_mode not in self.TEST_MODES:
             raise ValueError(f"OPS: test_cfg.mode must be one of {self.TEST_MODES}, got {self.test_mode!r}")
         self.cuda_graph = bool(test_cfg.get('cuda_graph', True))
+        self.offline_fp16 = bool(test_cfg.get('offline_fp16', True))
 
         data_aug = dict(data_aug or {})
         self.color_aug = GpuPhotoMetricDistortion() if data_aug.get('img_color_aug', False) else None
@@ -82,7 +132,7 @@ class OPS(BaseDetector):
         self.online = online
         # autocast dtype of the backbone on CUDA (train.py may set bfloat16: then no loss scaling is needed and
         # autocast is used without the fp16 optimizer hook)
-        self.amp_dtype = torch.float16
+        self.amp_dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
         self.feature_cache = FrameFeatureCache(self.CACHE_SIZE)
         self._online_step = GraphedFunction(self._online_step_fn)
         self._offline_step = GraphedFunction(self._offline_step_fn)
@@ -136,7 +186,9 @@ class OPS(BaseDetector):
             # mmdet 2.28's ResNet(with_cp=True) calls torch.utils.checkpoint without `use_reentrant`; the
             # reentrant variant it gets is the original's behaviour, the per-block warning is noise
             warnings.filterwarnings('ignore', message='torch.utils.checkpoint: the use_reentrant parameter')
-            with torch.autocast(img.device.type, dtype=amp_dtype if use_amp else None, enabled=use_amp):
+            # no cast cache: the step may be captured in a CUDA graph, where cached casts must not outlive it
+            with torch.autocast(img.device.type, dtype=amp_dtype if use_amp else None, enabled=use_amp,
+                                cache_enabled=False):
                 feats = self.img_neck(self.img_backbone(img))
         return [f.float() for f in feats]
 
@@ -171,7 +223,7 @@ class OPS(BaseDetector):
         (as the original) and offline the fp16 autocast that the original's multi-GPU test enables."""
         if self.test_mode == 'fast':
             return torch.bfloat16
-        return torch.float16 if (self.fp16_enabled and not online) else None
+        return torch.float16 if (self.offline_fp16 and not online) else None
 
     def _image_feats(self, img, amp_dtype):
         """uint8 `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32."""
@@ -247,7 +299,7 @@ class OPS(BaseDetector):
         n_img, n_meta = img.shape[1], len(img_metas[0][self.PROJECTION_KEY])
         online = self.online
         if online is None:
-            online = get_dist_info()[1] == 1 and n_img < n_meta
+            online = n_img < n_meta
         if not online and n_img != n_meta:
             raise ValueError(f'OPS offline test mode needs all {n_meta} images (T*N), got {n_img}: load the '
                              f'history images (dataset online=False) or use online mode (model.online=True)')
@@ -264,11 +316,27 @@ class OPS(BaseDetector):
             return self.forward_train(img, img_metas, **kwargs)
         return self.forward_test(img, img_metas, **kwargs)
 
-    def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):
-        """img uint8 `[B, T*N, 3, H, W]`; voxel_semantics uint8 and mask_camera bool `[B, X, Y, Z]`."""
+    def train_step(self, data, optimizer):
+        """mmcv's training step: losses -> (total, log values). In fast train mode the log values stay
+        device tensors (read at the log interval by engine/train_step.py's LazyLogBuffer)."""
+        losses = self(**data)
+        if self.train_mode == 'fast':
+            loss, log_vars = parse_losses_lazy(losses)
+        else:
+            loss, log_vars = self._parse_losses(losses)
+        return dict(loss=loss, log_vars=log_vars, num_samples=len(data['img_metas']))
+
+    def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, img_jpeg=None, **kwargs):
+        """img uint8 `[B, T*N, 3, H, W]`; voxel_semantics uint8 and mask_camera bool `[B, X, Y, Z]`.
+
+        With the GPU-decode pipeline (loaders/pipelines/gpu_decode.py) `img` is None and `img_jpeg`
+        carries the JPEG bytes and each image's resize/crop/flip, decoded here on the model's device.
+        """
+        if img is None and img_jpeg is not None:
+            img = decode_and_transform(img_jpeg, device=self.img_mean.device)
         if voxel_semantics is None or mask_camera is None:
             raise ValueError('OPS.forward_train needs voxel_semantics and mask_camera (collect them in the '
-                             'train pipeline, spec 2.4)')
+                             'train pipeline, as configs/_base_/ops_r50_704x256_8f.py does)')
         feats = self.extract_feat(img, img_metas)
         voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
         mask_camera = torch.as_tensor(mask_camera, device=img.device)
@@ -276,8 +344,10 @@ class OPS(BaseDetector):
             outs = self.pts_bbox_head(feats, img_metas)
             return self.pts_bbox_head.loss(voxel_semantics, mask_camera, outs)
 
-    def forward_test(self, img, img_metas, rescale=True, **kwargs):
+    def forward_test(self, img, img_metas, rescale=True, img_jpeg=None, **kwargs):
         """Test samples come wrapped in one-element lists (a single test-time augmentation)."""
+        if img is None and img_jpeg is not None:
+            img = [decode_and_transform(img_jpeg[0], device=self.img_mean.device)]
         if isinstance(img, (list, tuple)):
             if len(img) != 1 or not isinstance(img_metas, (list, tuple)) or len(img_metas) != 1:
                 raise ValueError(f'OPS test: expected one-element lists img=[tensor], img_metas=[list of dicts] '

@@ -1,9 +1,15 @@
 """OPSHead: learnable initial points, set-to-set losses and occupancy post-processing.
 
-Spec 3.2 (head inputs), 3.6 (``get_occ``), 4 (losses). Coordinates: the decoder keeps points
-*normalised* to the range box, ``n = (p - range_min) / scene_size``; every distance, loss and
-voxelisation here works in *metres* in the ego frame of the key frame after decoding
-``p = n * scene_size + range_min``. Occupancy grids are indexed ``[x, y, z]``.
+docs/method.md: "Queries and initial points", "Losses", "Inference" (``get_occ``).
+
+Symbols (docs/method.md, "Symbols and frames"): B batch, Q queries, P points per query (of one
+layer), K classes (17; ``C`` in the code's shapes of logits), Ng / Np ground-truth / predicted
+points of a sample, (X, Y, Z) the grid (200, 200, 16).
+
+Coordinates: the decoder keeps points *normalised* to the range box, ``n = (p - range_min) /
+scene_size``; every distance, loss and voxelisation here works in *metres* in the ego frame of the
+key frame after decoding ``p = n * scene_size + range_min`` (core/geometry.py). Occupancy grids are
+indexed ``[x, y, z]``.
 """
 import math
 import warnings
@@ -17,10 +23,13 @@ from mmdet.models import HEADS
 from mmdet.models.builder import build_loss
 from mmdet.models.utils import build_transformer
 
+from core.geometry import decode_points
+from core.occ3d import FREE_LABEL, NUM_CLASSES, POINT_CLOUD_RANGE, VOXEL_SIZE
+
 from .knn import knn1_bidirectional
 from .occ_postprocess import dense_occupancy, grid_to_sparse
 
-# Code defaults of the original (spec 2.3); the configs set only cls_weights (None = all 1).
+# Code defaults of the original (docs/method.md, "Losses"); the configs set only cls_weights (None = all 1).
 TRAIN_DEFAULTS = dict(cls_weights=None, empty_dist_thr=0.2, empty_weights=5.0,
                       rare_classes=(0, 2, 5, 8), rare_weights=10.0)
 TEST_DEFAULTS = dict(score_thr=0.5, padding=True, ctr_dist_thr=3.0)
@@ -81,16 +90,16 @@ class OPSHead(BaseModule):
     """
 
     def __init__(self,
-                 num_classes=17,
+                 num_classes=NUM_CLASSES,
                  in_channels=256,
                  num_query=600,
-                 pc_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4),
-                 voxel_size=(0.4, 0.4, 0.4),
+                 pc_range=POINT_CLOUD_RANGE,
+                 voxel_size=VOXEL_SIZE,
                  transformer=None,
                  loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                                loss_weight=2.0),
                  loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5),
-                 empty_label=17,
+                 empty_label=FREE_LABEL,
                  train_cfg=None,
                  test_cfg=None,
                  init_cfg=None):
@@ -131,7 +140,7 @@ class OPSHead(BaseModule):
         self._pc_range = [float(v) for v in pc_range.tolist()]
         self._voxel_size = [float(v) for v in voxel_size.tolist()]
         self._voxel_num = [int(v) for v in self.voxel_num.tolist()]
-        # Distance factor of the focal weights (spec 4.3): xy distance from the ego origin over
+        # Distance factor of the focal weights (docs/method.md, "Losses"): xy distance from the ego origin over
         # the xy diagonal of the scene (sqrt(80^2 + 80^2) m), so the factor lies in [1, ~1.5].
         self._max_dist = math.hypot(float(scene_size[0]), float(scene_size[1]))
 
@@ -148,11 +157,7 @@ class OPSHead(BaseModule):
     # ------------------------------------------------------------------ coordinates
     def decode_points(self, points):
         """Normalised [..., 3] -> metres [..., 3] (ego frame)."""
-        return points * self.scene_size.to(points.dtype) + self.pc_range[:3].to(points.dtype)
-
-    def encode_points(self, points):
-        """Metres [..., 3] -> normalised [..., 3]."""
-        return (points - self.pc_range[:3].to(points.dtype)) / self.scene_size.to(points.dtype)
+        return decode_points(points, self._pc_range)
 
     # ------------------------------------------------------------------ forward
     def forward(self, mlvl_feats, img_metas):
@@ -220,7 +225,7 @@ class OPSHead(BaseModule):
         return out
 
     def loss_single(self, cls_scores, pred_points, gts):
-        """Focal + Chamfer terms of one layer (spec 4.2-4.4).
+        """Focal + Chamfer terms of one layer (docs/method.md, "Losses").
 
         Args:
             cls_scores (Tensor | None): [B, Q, P, C] logits; None for the initial points, whose
@@ -257,7 +262,7 @@ class OPSHead(BaseModule):
             matched_gt = gt_xyz[nn_gt]                                       # [Np, 3]
             pts_for_gt = points[b][nn_pred]                                  # [Ng, 3]
             with torch.no_grad():
-                # [QUIRK 4.3] the class weight is taken per logit channel, not per target class.
+                # [QUIRK, docs/method.md "Losses"] the class weight is taken per logit channel, not per target class.
                 dist_factor = 1 + matched_gt[:, :2].norm(dim=-1) / self._max_dist
                 weight_cls = cls_weights[None, :] * dist_factor[:, None]     # [Np, C]
                 gap = (gt_xyz - pts_for_gt).norm(dim=-1)
@@ -300,7 +305,7 @@ class OPSHead(BaseModule):
         return loss_cls, loss_pts
 
     def loss(self, voxel_semantics, mask_camera, preds_dicts):
-        """All loss terms (spec 4.4).
+        """All loss terms (docs/method.md, "Losses").
 
         Args:
             voxel_semantics (Tensor): uint8 [B, X, Y, Z] labels, ``empty_label`` = free.

@@ -1,4 +1,11 @@
-"""Projection of 3D sampling points into the T x N camera views and multi-level sampling (spec 3.5)."""
+"""Projection of 3D sampling points into the T x N camera views and multi-level sampling
+(docs/method.md, "Projection and view choice").
+
+Symbols (docs/method.md, "Symbols and frames"): B batch, Q queries, T frames, N views per frame,
+G channel groups, P sampling points per group and frame (`num_points`, np in the docs), GP = G*P,
+L FPN levels, C channels per group (C_g), BB = B*T*G the batch of the sampling op, (H, W) the
+augmented image.
+"""
 import torch
 
 from .csrc.wrapper import msmv_sampling
@@ -7,7 +14,8 @@ __all__ = ['sampling_4d', 'project_points', 'level_weight_group']
 
 
 def level_weight_group(t, g, num_frames, num_groups):
-    """Group whose level weights the sampling slot (frame t, group g) actually uses (spec 3.5 step 6).
+    """Group whose level weights the sampling slot (frame t, group g) actually uses
+    (docs/method.md, "Projection and view choice", step 6).
 
     The weights are flattened in (b, g, t) order while points/features use (b, t, g) order, so slot
     (t, g) reads the weights produced for group floor((t * G + g) / T). Inherited from SparseBEV and
@@ -73,7 +81,8 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
     valid = (depth > eps) & (u > 0) & (u < 1) & (v > 0) & (v < 1)                 # strict on all borders
 
     # first visible camera in camera order; camera 0 when the point is visible in none. The valid flag
-    # is not used afterwards: invisible points read the zero padding of camera 0 (spec 3.5 step 4).
+    # is not used afterwards: invisible points read the zero padding of camera 0 (docs/method.md,
+    # "Projection and view choice", step 4).
     view = valid.to(torch.uint8).argmax(dim=2, keepdim=True)                    # [B, T, 1, Q, GP]
     u = u.gather(2, view)[:, :, 0]
     v = v.gather(2, view)[:, :, 0]                                              # [B, T, Q, GP]
@@ -81,9 +90,10 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
     loc = torch.stack([u, v, view_norm], dim=-1)                                # [B, T, Q, GP, 3]
     loc = loc.reshape(B, T, Q, G, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B * T * G, Q, P, 3)
 
-    # [QUIRK] (spec 3.5 step 6) the weights are flattened in (b, g, t) order while `loc` and the features
-    # use (b, t, g): slot (b*T + t)*G + g therefore receives the weights of group
-    # level_weight_group(t, g, T, G) = floor((t*G + g) / T). Kept to match the official checkpoints.
+    # [QUIRK] (docs/method.md, "Projection and view choice", step 6) the weights are flattened in (b, g, t)
+    # order while `loc` and the features use (b, t, g): slot (b*T + t)*G + g therefore receives the
+    # weights of group level_weight_group(t, g, T, G) = floor((t*G + g) / T). Kept to match the
+    # official checkpoints.
     weights = scale_weights.permute(0, 2, 3, 1, 4, 5).reshape(B * G * T, Q, P, L)
 
     out = msmv_sampling(mlvl_feats, loc, weights)                               # [B*T*G, Q, C, P]

@@ -1,9 +1,14 @@
-"""The OPS decoder (spec 3.3/3.4): position encoder, consistent point sampling, adaptive mixing,
+"""The OPS decoder (docs/method.md, "Decoder"): position encoder, consistent point sampling, adaptive mixing,
 scale-adaptive self-attention, FFN and coarse-to-fine point refinement, 6 layers.
 
+Symbols (docs/method.md, "Symbols and frames"): B batch, Q queries, T frames, N views per frame,
+G channel groups, np sampling points per group and frame (`num_points`; `P` in the code of
+`OPSSampling`), L FPN levels, C channels (`embed_dims`), C_g = C / G, H attention heads,
+P_in / P_out points per query entering / leaving a layer, BB = B*T*G.
+
 Point conventions: the decoder stores points normalised to `pc_range` (n = (p - min) / (max - min),
-no clamping); sampling offsets, regression offsets and attention distances are in metres, ego frame
-of the key frame.
+no clamping; `encode_points` / `decode_points` of core/geometry.py); sampling offsets, regression
+offsets and attention distances are in metres, ego frame of the key frame.
 """
 import numpy as np
 import torch
@@ -15,21 +20,13 @@ from mmcv.runner import BaseModule
 from mmdet.models.utils.builder import TRANSFORMER
 from torch.utils.checkpoint import checkpoint
 
+from core.geometry import decode_points, encode_points
+
 from .ops_sampling import sampling_4d
 
+# decode_points / encode_points are re-exported: they live in core/geometry.py
 __all__ = ['OPSTransformer', 'OPSTransformerDecoder', 'OPSTransformerDecoderLayer', 'OPSSampling',
            'AdaptiveMixing', 'OPSSelfAttention', 'encode_points', 'decode_points']
-
-
-def decode_points(points, pc_range):
-    """Normalised `[..., 3]` -> metres (ego frame), `pc_range` = [x0, y0, z0, x1, y1, z1]."""
-    # per-axis Python scalars: no host-to-device copy, so this can run inside a CUDA graph capture
-    return torch.stack([points[..., i] * (pc_range[i + 3] - pc_range[i]) + pc_range[i] for i in range(3)], -1)
-
-
-def encode_points(points, pc_range):
-    """Metres `[..., 3]` -> normalised to `pc_range` (inverse of `decode_points`)."""
-    return torch.stack([(points[..., i] - pc_range[i]) / (pc_range[i + 3] - pc_range[i]) for i in range(3)], -1)
 
 
 class OPSSampling(BaseModule):
@@ -294,7 +291,8 @@ class OPSTransformerDecoder(BaseModule):
         for i, meta in enumerate(img_metas):
             for key in ('lidar2img', 'ego2lidar', 'img_shape'):
                 if key not in meta:
-                    raise KeyError(f'img_metas[{i}] has no "{key}" (the pipeline must collect it, spec 2.4)')
+                    raise KeyError(f'img_metas[{i}] has no "{key}" (Collect3D of the pipeline must collect it in '
+                                   f'meta_keys)')
             mats = np.asarray(meta['lidar2img'], dtype=np.float32)
             if mats.shape != (TN, 4, 4):
                 raise ValueError(f'img_metas[{i}]["lidar2img"] has shape {mats.shape}, expected ({TN}, 4, 4) '

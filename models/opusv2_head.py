@@ -64,8 +64,10 @@ class OPUSV2Head(OPSHead):
                  train_cfg=None,
                  test_cfg=None,
                  init_cfg=None):
-        super().__init__(num_classes, in_channels, num_query, pc_range, voxel_size, transformer, loss_cls,
-                         loss_pts, empty_label, train_cfg, None, init_cfg)
+        # V1's test_cfg keys (padding, ctr_dist_thr) do not exist in V2: checked against V2's defaults below
+        super().__init__(num_classes=num_classes, in_channels=in_channels, num_query=num_query, pc_range=pc_range,
+                         voxel_size=voxel_size, transformer=transformer, loss_cls=loss_cls, loss_pts=loss_pts,
+                         empty_label=empty_label, train_cfg=train_cfg, test_cfg=None, init_cfg=init_cfg)
         self.test_cfg = _merge_cfg('test_cfg', test_cfg, TEST_DEFAULTS)
         num_pt_channels = getattr(self.transformer, 'num_pt_channels', None)
         num_layers = getattr(self.transformer, 'num_layers', None)

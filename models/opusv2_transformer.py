@@ -35,7 +35,8 @@ class OPUSV2Sampling(OPSSampling):
 
     def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_levels=4,
                  pc_range=None, init_cfg=None):
-        super().__init__(embed_dims, num_frames, num_views, num_groups, num_points, num_levels, pc_range, init_cfg)
+        super().__init__(embed_dims=embed_dims, num_frames=num_frames, num_views=num_views, num_groups=num_groups,
+                         num_points=num_points, num_levels=num_levels, pc_range=pc_range, init_cfg=init_cfg)
         self.sampling_prototype = nn.Embedding(num_groups * num_points, 3)
 
     @torch.no_grad()
@@ -124,7 +125,9 @@ class OPUSV2Transformer(OPSTransformer):
                  num_heads=8, ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1, with_cp=True,
                  init_cfg=None):
         # the layers' class-branch width is the point-feature width (V1's num_classes slot)
-        super().__init__(embed_dims, num_frames, num_points, num_layers, num_levels, num_pt_channels, num_refines,
-                         scales, pc_range, num_views, num_groups, num_heads, ffn_dims, mixing_out_points,
-                         attn_drop, ffn_drop, with_cp, init_cfg)
+        super().__init__(embed_dims=embed_dims, num_frames=num_frames, num_points=num_points, num_layers=num_layers,
+                         num_levels=num_levels, num_classes=num_pt_channels, num_refines=num_refines, scales=scales,
+                         pc_range=pc_range, num_views=num_views, num_groups=num_groups, num_heads=num_heads,
+                         ffn_dims=ffn_dims, mixing_out_points=mixing_out_points, attn_drop=attn_drop,
+                         ffn_drop=ffn_drop, with_cp=with_cp, init_cfg=init_cfg)
         self.num_pt_channels = int(num_pt_channels)

@@ -1,4 +1,7 @@
-"""Photometric distortion of the input images on the device (spec 3.1 step 2), training only.
+"""Photometric distortion of the input images on the device (docs/method.md, "Image branch", step 2),
+training only.
+
+Symbols: n images `[n, 3, H, W]` (the B*V images of a batch), channels BGR on input.
 
 Every image gets its own draw from numpy's global RNG, in this order per image (images in batch
 order): brightness coin [delta], contrast mode, (mode 0: contrast coin [alpha]), saturation coin

@@ -13,11 +13,14 @@ OPUS-V2's CPD module (models/densifier.py) runs spconv's `SparseConv3d(k=3, s=1,
   A dense `F.conv3d(grid [B, C_in, X, Y, Z], W.permute(0, 4, 1, 2, 3), bias, padding=1)` read at the
   output sites gives the same numbers (tests/models/test_opusv2_sparse_conv.py).
 
-Implementation: a dense int64 lookup grid `[B, X, Y, Z]` (site -> row, -1 if inactive; 5 MB per sample
-for 200x200x16) gives, for each of the 27 kernel offsets, the pairs (output row, input row) whose
-neighbour exists (the "rule book"). The convolution is 27 gathers + matmuls + index_add; a custom
-autograd Function keeps only the input features and the rule book for the backward pass (not the 27
-gathered copies autograd would save), so memory grows with the number of active sites.
+Implementation: a dense int64 lookup grid `[B*X*Y*Z]` (site -> row; 5 MB per sample for 200x200x16)
+gives a neighbour table `[U', 27]`: for each output site and kernel offset the input row, or a zero
+pad row where the neighbour is inactive or outside the grid. The convolution gathers the 27 input
+rows of a chunk of output sites and multiplies them with the kernel reshaped to `[27*C_in, C_out]`
+(one GEMM per chunk; no scatter, which is slow on the CPU and non-deterministic on the GPU). The
+backward pass does the same with the reversed table (the outputs an input feeds) and the transposed
+kernel. A custom autograd Function keeps only the features, the weights and the tables, so memory
+grows with the number of active sites, not with 27 gathered copies.
 
 Symbol legend:
     B        batch size
@@ -33,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilate_sites', 'build_rulebook', 'sparse_conv3d', 'SparseConv3d',
+__all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilate_sites', 'neighbour_table', 'sparse_conv3d', 'SparseConv3d',
            'SubMConv3d', 'scatter_max']
 
 # (dx, dy, dz) of kernel index k, in the order of the flattened [3, 3, 3] kernel axes (x slowest)
@@ -81,71 +84,84 @@ def dilate_sites(coords, batch_size, spatial_shape):
     return torch.nonzero(grown, as_tuple=False)
 
 
-def build_rulebook(in_coords, out_coords, batch_size, spatial_shape):
-    """Pairs (output row, input row) per kernel offset: for each k, out_coords[o] + offset_k == in_coords[i].
+def neighbour_table(in_coords, out_coords, batch_size, spatial_shape, sign=1):
+    """Row of the input site at `out_coords[o] + sign * offset_k` for every output site o and offset k.
 
+    Args:
+        in_coords (Tensor): int `[U, 4]` input sites, unique; out_coords: int `[U', 4]`.
+        sign (int): +1 gives the inputs an output reads (forward); -1 the outputs an input feeds (backward).
     Returns:
-        list of K (out_rows int64 [n_k], in_rows int64 [n_k]) tensors.
+        Tensor: int64 `[U', K]`, rows of `in_coords`, or U (one past the last row: a zero pad row) where the
+        neighbour is outside the grid or inactive.
     """
     X, Y, Z = (int(s) for s in spatial_shape)
     device = in_coords.device
-    lookup = torch.full((batch_size * X * Y * Z,), -1, dtype=torch.long, device=device)
-    lookup[linear_index(in_coords, spatial_shape)] = torch.arange(in_coords.shape[0], device=device)
+    num_in = in_coords.shape[0]
+    lookup = torch.full((batch_size * X * Y * Z,), num_in, dtype=torch.long, device=device)
+    lookup[linear_index(in_coords, spatial_shape)] = torch.arange(num_in, device=device)
     out = out_coords.long()
     base = linear_index(out, spatial_shape)
-    rules = []
-    for dx, dy, dz in KERNEL_OFFSETS:
+    table = torch.empty(out.shape[0], len(KERNEL_OFFSETS), dtype=torch.long, device=device)
+    for k, (dx, dy, dz) in enumerate(KERNEL_OFFSETS):
+        dx, dy, dz = sign * dx, sign * dy, sign * dz
         nx, ny, nz = out[:, 1] + dx, out[:, 2] + dy, out[:, 3] + dz
         inside = (nx >= 0) & (nx < X) & (ny >= 0) & (ny < Y) & (nz >= 0) & (nz < Z)
-        rows = torch.nonzero(inside, as_tuple=False).squeeze(1)
-        src = lookup[base[rows] + (dx * Y + dy) * Z + dz]
-        hit = src >= 0
-        rules.append((rows[hit], src[hit]))
-    return rules
+        # outside the grid the shifted linear index may alias another site: mask it
+        idx = lookup[(base + (dx * Y + dy) * Z + dz).clamp(0, lookup.numel() - 1)]
+        table[:, k] = torch.where(inside, idx, torch.full_like(idx, num_in))
+    return table
+
+
+def _gather_matmul(rows, table, weight2d, chunk):
+    """sum_k rows_pad[table[:, k]] @ W_k for a `[M, K]` table: one GEMM per chunk of M, no scatter.
+
+    rows: `[U, C]` (a zero row is appended for the pad index U); weight2d: `[K * C, C_out]`.
+    """
+    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+    out = rows.new_empty(table.shape[0], weight2d.shape[1])
+    for i in range(0, table.shape[0], chunk):
+        cols = padded[table[i:i + chunk]]                                    # [m, K, C]
+        out[i:i + chunk] = cols.reshape(cols.shape[0], -1) @ weight2d
+    return out
 
 
 class _SparseConvFunction(torch.autograd.Function):
-    """y = bias + sum_k index_add(rows_k, x[src_k] @ W_k^T); backward recomputes the gathers per offset."""
+    """y[o] = bias + sum_k W_k x[nbr[o, k]]: gathers and GEMMs both ways (a scatter-free backward)."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, num_out, rules):
+    def forward(ctx, features, weight, bias, table, in_coords, out_coords, batch_size, spatial_shape):
         c_out, c_in = weight.shape[0], weight.shape[-1]
-        w = weight.reshape(c_out, len(KERNEL_OFFSETS), c_in)
-        out = features.new_zeros(num_out, c_out)
-        for k, (rows, src) in enumerate(rules):
-            if rows.numel():
-                out.index_add_(0, rows, features.index_select(0, src) @ w[:, k].t())
+        chunk = max(1024, (1 << 24) // (len(KERNEL_OFFSETS) * max(c_in, c_out)))   # ~64 MB of fp32 columns
+        # [C_out, kx, ky, kz, C_in] -> [K * C_in, C_out], row k * C_in + c
+        out = _gather_matmul(features, table, weight.reshape(c_out, -1).t(), chunk)
         if bias is not None:
             out += bias
-        ctx.save_for_backward(features, weight)
-        ctx.rules = rules
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(features, weight, table, in_coords, out_coords)
+        ctx.geometry = (batch_size, tuple(spatial_shape), chunk, bias is not None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        features, weight = ctx.saved_tensors
+        features, weight, table, in_coords, out_coords = ctx.saved_tensors
+        batch_size, spatial_shape, chunk, has_bias = ctx.geometry
         c_out, c_in = weight.shape[0], weight.shape[-1]
-        w = weight.reshape(c_out, len(KERNEL_OFFSETS), c_in)
-        grad_feat = grad_w = grad_bias = None
         grad_out = grad_out.contiguous()
+        grad_feat = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_feat = torch.zeros_like(features)
+            # input j feeds output o = j - offset_k through W_k: the same gather-GEMM on the reversed table
+            reverse = neighbour_table(out_coords, in_coords, batch_size, spatial_shape, sign=-1)
+            w_t = weight.permute(1, 2, 3, 0, 4).reshape(len(KERNEL_OFFSETS) * c_out, c_in)   # row k * C_out + o
+            grad_feat = _gather_matmul(grad_out, reverse, w_t, chunk)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(w)
-        for k, (rows, src) in enumerate(ctx.rules):
-            if not rows.numel():
-                continue
-            g = grad_out.index_select(0, rows)
-            if grad_feat is not None:
-                grad_feat.index_add_(0, src, g @ w[:, k])
-            if grad_w is not None:
-                grad_w[:, k] = g.t() @ features.index_select(0, src)
-        if grad_w is not None:
+            padded = torch.cat([features, features.new_zeros(1, c_in)])
+            grad_w = features.new_zeros(c_out, len(KERNEL_OFFSETS) * c_in)
+            for i in range(0, table.shape[0], chunk):
+                cols = padded[table[i:i + chunk]]
+                grad_w += grad_out[i:i + chunk].t() @ cols.reshape(cols.shape[0], -1)
             grad_w = grad_w.reshape(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
-        return grad_feat, grad_w, grad_bias, None, None
+        return grad_feat, grad_w, grad_bias, None, None, None, None, None
 
 
 def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, subm):
@@ -167,8 +183,9 @@ def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, sub
     _check_coords(coords, batch_size, spatial_shape)
     coords = coords.long()
     out_coords = coords if subm else dilate_sites(coords, batch_size, spatial_shape)
-    rules = build_rulebook(coords, out_coords, batch_size, spatial_shape)
-    out = _SparseConvFunction.apply(features, weight, bias, out_coords.shape[0], rules)
+    table = neighbour_table(coords, out_coords, batch_size, spatial_shape)
+    out = _SparseConvFunction.apply(features, weight, bias, table, coords, out_coords, int(batch_size),
+                                    tuple(int(s) for s in spatial_shape))
     return out, out_coords
 
 

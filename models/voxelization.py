@@ -1,8 +1,10 @@
 """Hard voxelisation of point sets (the semantics of mmcv's ``Voxelization``, pure PyTorch).
 
-Used by ``OPSHead.get_occ`` (spec 3.6 step 3) on the predicted points. mmcv's non-deterministic
-CUDA kernel, which the original calls, has no CPU implementation; this one runs on both and is
-deterministic:
+Symbols: N points with D columns (xyz first), V voxels kept.
+
+Used by ``OPSHead.get_occ`` (docs/method.md, "Inference", step 3) on the predicted points. mmcv's
+non-deterministic CUDA kernel, which the original calls, has no CPU implementation; this one runs
+on both and is deterministic:
 
 * voxel index = ``floor((p - range_min) / voxel_size)`` per axis, computed in float32 exactly like
   the mmcv kernels (so a point at a float32 boundary lands in the same cell);

@@ -223,7 +223,7 @@ def load_checkpoint_strict(model, path, trust=False):
 
 def load_pretrained_backbone(model, path=PRETRAIN_BACKBONE, revise_keys=((r'^backbone', 'img_backbone'),),
                              logger=None, trust=False):
-    """Load the image backbone from a detection checkpoint (nuImages Cascade Mask R-CNN R50), spec 2.5.
+    """Load the image backbone from a detection checkpoint (nuImages Cascade Mask R-CNN R50), pretrain/README.md.
 
     Keys are renamed with `revise_keys` (regex, replacement) and only entries whose renamed key exists in
     the model with the same shape are loaded; with the default renaming these are exactly the ResNet

@@ -223,14 +223,16 @@ def match_cam_instances(info, cam):
 # ---------------------------------------------------------------------------------- dataset
 def keyframe_dataset(infos, cfg, pipeline='test_pipeline', test_mode=True):
     """NuScenesOccDataset over the keyframe infos (`real_keyframe_infos`) with a pipeline of `cfg`
-    (an mmcv Config, e.g. configs/_base_/ops_r50_704x256_8f.py); LoadOccFromFile reads the temp gts/."""
+    (an mmcv Config, e.g. configs/_base_/ops_r50_704x256_8f.py): `pipeline` is a key of the config
+    ('train_pipeline', 'test_pipeline') or a list of steps. LoadOccFromFile reads the temp gts/."""
     import copy
 
     from mmdet.datasets import build_dataset
 
     import loaders  # noqa: F401  (registers the dataset and the pipeline steps)
     occ_root = osp.join(infos.root, 'gts')
-    pipe = [dict(copy.deepcopy(step)) for step in cfg[pipeline]]
+    steps = cfg[pipeline] if isinstance(pipeline, str) else pipeline
+    pipe = [dict(copy.deepcopy(step)) for step in steps]
     for step in pipe:
         if step['type'] == 'LoadOccFromFile':
             step['occ_root'] = occ_root

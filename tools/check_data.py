@@ -20,7 +20,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from engine.cli import DictAction, UserError, add_common_arguments, entry_point  # noqa: E402
+from engine.cli import DictAction, UserError, add_common_arguments, entry_point, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,6 +51,11 @@ def report(problems, list_all):
 
 
 def main(argv=None):
+    """Check; problems raise SystemExit('check_data.py: error: ...') after the list (engine/cli.py)."""
+    return run_main(_main, 'check_data.py', argv)
+
+
+def _main(argv):
     args = parse_args(argv)
     from engine.logs import quiet_libraries
     quiet_libraries(args.verbose)
@@ -91,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    entry_point(main, 'check_data.py')
+    entry_point(_main, 'check_data.py')

@@ -23,28 +23,22 @@ keyframe of ../shared/data/nuscenes-keyframe); `--points` a LiDAR file (float32 
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 
-OCC_CLASS_NAMES = ('others', 'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle',
-                   'pedestrian', 'traffic_cone', 'trailer', 'truck', 'driveable_surface', 'other_flat',
-                   'sidewalk', 'terrain', 'manmade', 'vegetation')
-FREE_LABEL = 17
-GRID_SHAPE = (200, 200, 16)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script too
+
+from core.geometry import dense_from_sparse, pad_intrinsic, rigid_inverse, rigid_transform  # noqa: E402
+from core.occ3d import CAMERA_NAMES as CAMERA_TYPES  # noqa: E402
+from core.occ3d import CLASS_NAMES as OCC_CLASS_NAMES  # noqa: E402
+from core.occ3d import FREE_LABEL, GRID_SHAPE, POINT_CLOUD_RANGE, VOXEL_SIZE  # noqa: E402
 # RGB colours per class id (0..16), then free (white).
 PALETTE = np.array([
     [0, 0, 0], [255, 120, 50], [255, 192, 203], [255, 255, 0], [0, 150, 245], [0, 255, 255],
     [200, 180, 0], [255, 0, 0], [255, 240, 150], [135, 60, 0], [160, 32, 240], [255, 0, 255],
     [139, 137, 137], [75, 0, 75], [150, 240, 80], [230, 230, 250], [0, 175, 0], [255, 255, 255],
 ], dtype=np.uint8)
-
-
-def dense_from_sparse(sem_pred, occ_loc, shape=GRID_SHAPE):
-    """Dense label grid [X, Y, Z] (free = 17) from `sem_pred` [M] and `occ_loc` [M, 3] (x, y, z)."""
-    grid = np.full(shape, FREE_LABEL, dtype=np.uint8)
-    occ_loc = np.asarray(occ_loc, dtype=np.int64).reshape(-1, 3)
-    grid[occ_loc[:, 0], occ_loc[:, 1], occ_loc[:, 2]] = np.asarray(sem_pred, dtype=np.uint8)
-    return grid
 
 
 def bev_image(semantics):
@@ -96,7 +90,6 @@ def draw(pred, gt, mask=None, out='occupancy.png', title=''):
 
 
 # ------------------------------------------------------------------------------ projection view
-CAMERA_TYPES = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
 PANEL_LAYOUT = (('CAM_FRONT_LEFT', 'CAM_FRONT', 'CAM_FRONT_RIGHT'), ('CAM_BACK_LEFT', 'CAM_BACK', 'CAM_BACK_RIGHT'))
 # depth colour map: piecewise linear in depth / max_depth through these colours (clipped at 1)
 DEPTH_STOPS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -218,13 +211,6 @@ def projection_view(images, lidar2imgs, points, colours=None, scale=0.5, max_dep
     return canvas, counts
 
 
-def _quaternion_matrix(q):
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
 def _find(path, base_dir, cam=None):
     candidates = [path] if os.path.isabs(path) else [path, os.path.join(base_dir, path)]
     if cam is not None:
@@ -267,27 +253,20 @@ def load_sample_geometry(info_path, index=0, token=None, data_dir=None):
     info = infos[index]
     images, lidar2img = {}, {}
     for cam in CAMERA_TYPES:
-        k = np.eye(4)
         if v2:
             im = info['images'][cam]
-            k[:3, :3] = im['cam2img']
-            lidar2img[cam] = k @ np.asarray(im['lidar2cam'], dtype=np.float64)
+            lidar2img[cam] = pad_intrinsic(im['cam2img']) @ np.asarray(im['lidar2cam'], dtype=np.float64)
             images[cam] = _find(im['img_path'], base, cam)
         else:
             c = info['cams'][cam]
-            k[:3, :3] = c['cam_intrinsic']
-            r, t = np.asarray(c['sensor2lidar_rotation'], np.float64), np.asarray(c['sensor2lidar_translation'], np.float64)
-            lidar2cam = np.eye(4)
-            lidar2cam[:3, :3], lidar2cam[:3, 3] = r.T, -r.T @ t
-            lidar2img[cam] = k @ lidar2cam
+            cam2lidar = rigid_transform(c['sensor2lidar_rotation'], c['sensor2lidar_translation'])
+            lidar2img[cam] = pad_intrinsic(c['cam_intrinsic']) @ rigid_inverse(cam2lidar)
             images[cam] = _find(c['data_path'], base, cam)
     if v2:
         lidar2ego = np.asarray(info['lidar_points']['lidar2ego'], dtype=np.float64)
         lidar_path = info['lidar_points']['lidar_path']
     else:
-        lidar2ego = np.eye(4)
-        lidar2ego[:3, :3] = _quaternion_matrix(info['lidar2ego_rotation'])
-        lidar2ego[:3, 3] = info['lidar2ego_translation']
+        lidar2ego = rigid_transform(info['lidar2ego_rotation'], info['lidar2ego_translation'])
         lidar_path = info['lidar_path']
     try:
         lidar_path = _find(lidar_path, base, 'LIDAR_TOP')
@@ -305,7 +284,7 @@ def load_lidar_points(path, dims=POINT_DIMS):
     return pts.reshape(-1, dims)
 
 
-def occupied_voxel_centres(semantics, pc_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), voxel_size=0.4, mask=None):
+def occupied_voxel_centres(semantics, pc_range=POINT_CLOUD_RANGE, voxel_size=VOXEL_SIZE[0], mask=None):
     """(centres [M, 3] metres in the ego frame, labels [M]) of the non-free voxels of an [X, Y, Z] grid."""
     occ = np.asarray(semantics) != FREE_LABEL
     if mask is not None:

@@ -153,7 +153,10 @@ lr_config = dict(
     min_lr_ratio=1e-3)
 
 total_epochs = 100
-batch_size = 8  # total over all GPUs (per-GPU batch = batch_size // world_size)
+batch_size = 8  # total over all GPUs per optimizer step (engine/scaling.py, docs/distributed.md)
+# the lr above belongs to batch_size samples per step (base_batch_size defaults to batch_size, so configs that
+# change batch_size keep their lr): scaled linearly when the total batch that runs differs (more than 8 GPUs)
+auto_scale_lr = dict(enable=True)
 
 # only the ResNet-50 part of this nuImages detector lands in the model (see pretrain/README.md)
 load_from = 'pretrain/cascade_mask_rcnn_r50_fpn_coco-20e_20e_nuim_20201009_124951-40963960.pth'

@@ -1,4 +1,4 @@
-"""Data pipeline steps, registered in mmdet's PIPELINES (docs/data.md, "Pipeline steps")."""
+"""Data pipeline steps, registered in mmdet's PIPELINES (docs/data.md, "2. Dataset and pipeline")."""
 from .formatting import Collect3D, DefaultFormatBundle3D
 from .gpu_decode import (DeferredRandomTransformImage, JpegFormatBundle3D, LoadMultiViewJpegFromFiles,
                          LoadMultiViewJpegFromMultiSweeps, gpu_decode_pipeline)

@@ -7,7 +7,6 @@ t = 0 current key frame, t = 1..T-1 increasingly older, n in `core.occ3d.CAMERA_
 import os.path as osp
 
 import numpy as np
-from mmcv.runner import get_dist_info
 from mmdet.datasets.builder import PIPELINES
 
 from core.geometry import pad_intrinsic, rigid_inverse
@@ -94,12 +93,13 @@ class LoadMultiViewImageFromMultiSweeps:
 
     Online mode (test mode in a single process, docs/method.md, "Test modes"): the past images are not loaded (the model
     takes their features from its cache), but `filename`, `img_timestamp` and `lidar2img` still get
-    all T*N entries. `online=None` decides from the world size when the step is built, True/False
-    forces it (only allowed in test mode).
+    all T*N entries. Offline (`online=False`, the default) loads every frame's images. The entry
+    points choose online for one process (engine/build.py, `set_test_mode`); True is only allowed in
+    test mode.
     """
 
     def __init__(self, sweeps_num=7, color_type='color', test_mode=False, train_interval=(4, 8), test_interval=6,
-                 online=None, backend='auto'):
+                 online=False, backend='auto'):
         if sweeps_num < 0:
             raise ValueError(f'sweeps_num must be >= 0, got {sweeps_num}')
         if color_type != 'color':
@@ -114,8 +114,6 @@ class LoadMultiViewImageFromMultiSweeps:
         self.train_interval = tuple(train_interval)
         self.test_interval = test_interval
         self.backend = backend
-        if online is None:
-            online = test_mode and get_dist_info()[1] == 1
         self.online = bool(online)
         if self.online and test_interval % 6 != 0:
             raise ValueError(f'online mode needs test_interval to be a multiple of 6 (whole key frames, whose '

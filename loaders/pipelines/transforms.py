@@ -1,4 +1,5 @@
-"""Image augmentation shared by all T*N images of a sample, with the projections updated (spec 6.5)."""
+"""Image augmentation shared by all T*N images of a sample, with the projections updated
+(docs/method.md, "Image augmentation")."""
 import numpy as np
 from mmdet.datasets.builder import PIPELINES
 from PIL import Image

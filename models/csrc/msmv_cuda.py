@@ -1,8 +1,12 @@
 """Python face of the CUDA extension ``models.csrc._msmv_sampling_cuda``.
 
-* :func:`msmv_sampling_cuda` - multi-scale multi-view bilinear sampling (spec 5.1) with autograd;
+Symbols as in models/csrc/wrapper.py: BB sampling batch, N views, L levels, C channels, Q queries,
+P points; for the kNN, M query and K reference points.
+
+* :func:`msmv_sampling_cuda` - multi-scale multi-view bilinear sampling (docs/method.md, "Sampling op")
+  with autograd;
   ``models.csrc.wrapper.msmv_sampling`` dispatches here for CUDA tensors.
-* :func:`knn1_cuda` - exact 1-nearest-neighbour indices for the head's matching (spec 4.2).
+* :func:`knn1_cuda` - exact 1-nearest-neighbour indices for the head's matching (docs/method.md, "Losses").
 
 Importing this module raises ImportError when the extension is not built (callers fall back to
 PyTorch on that signal). Build it with ``cd models/csrc && FORCE_CUDA=1 python setup.py build_ext

@@ -1,4 +1,8 @@
-"""Multi-scale multi-view sampling (spec 5.1): the dispatching entry point and its exact PyTorch fallback.
+"""Multi-scale multi-view sampling (docs/method.md, "Sampling op"): the dispatching entry point and its exact
+PyTorch fallback.
+
+Symbols (docs/method.md, "Symbols and frames"): BB = B*T*G sampling batch, N views, L levels of
+size (H_l, W_l), C channels (one group's, C_g), Q queries, P sampling points per query.
 
 Semantics shared by both paths, for every (bb, q, p):
     view  = round(view_norm * (N - 1))                     (exactly one view is read)

@@ -1,4 +1,5 @@
-"""T/S/M/L built from their configs have exactly the official state-dict layout; the configs carry spec 2."""
+"""T/S/M/L built from their configs have exactly the official state-dict layout; the configs carry the values of
+docs/method.md, "Configuration"."""
 import os
 
 import numpy as np
@@ -9,11 +10,10 @@ import models  # noqa: F401  (registers OPS, OPSHead, OPSTransformer)
 from mmcv import Config
 from mmdet.models import build_detector
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the official parameter lists (`name shape` per line): a copy in the repository, else the project's spec folder
-KEYS_DIRS = [os.path.join(ROOT, 'tests', 'data', 'checkpoint-keys'),
-             os.path.join(os.path.dirname(ROOT), 'shared', 'spec', 'checkpoint-keys')]
-VARIANTS = {  # num_query, num_points, num_refines (spec 2.6)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the official parameter lists (`name shape` per line), kept in the repository
+KEYS_DIRS = [os.path.join(ROOT, 'tests', 'data', 'checkpoint-keys')]
+VARIANTS = {  # num_query, num_points, num_refines (docs/method.md, "Configuration")
     't': (600, 4, [1, 4, 16, 32, 64, 128]),
     's': (1200, 2, [1, 4, 8, 16, 32, 64]),
     'm': (2400, 2, [1, 2, 4, 8, 16, 32]),
@@ -134,7 +134,8 @@ def test_shared_hyper_parameters():
 
 
 def test_optimizer_lr_multipliers(built_model):
-    """mmcv's constructor gives the backbone and every sampling_offset lr 2e-5, the rest 2e-4 (spec 2.5)."""
+    """mmcv's constructor gives the backbone and every sampling_offset lr 2e-5, the rest 2e-4
+    (docs/method.md, "Training")."""
     model = built_model('t')
     from mmcv.runner import build_optimizer
     cfg = Config.fromfile(config_path('t', 24))

@@ -7,7 +7,7 @@ import torch
 from mmcv.runner import build_optimizer
 
 from engine.train_step import LazyLogBuffer, SyncFreeStep, parse_losses_lazy
-from test_model_detector import build, gt, images, metas_for
+from tiny_detector import build, gt, images, metas_for
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
                  paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=0.1),

@@ -24,7 +24,7 @@ from real_data import CAMERAS as CAMERA_TYPES
 BASE_CONFIG = osp.join(real_data.REPO_ROOT, 'configs', '_base_', 'ops_r50_704x256_8f.py')
 T, N = 8, 6
 FH, FW = 256, 704
-# the test-time augmentation of the spec (6.5), by hand: r = max(256/900, 704/1600) = 0.44,
+# the test-time augmentation (docs/method.md, "Image augmentation"), by hand: r = max(256/900, 704/1600) = 0.44,
 # resized to 704x396, crop (0, 140, 704, 396)
 TEST_RESIZE, TEST_CROP = 0.44, (0, 140)
 
@@ -58,7 +58,10 @@ def box_centres(info):
 
 
 def check_boxes(info, lidar2imgs, pixel_map, image_wh):
-    """Box bottom centres through our lidar2img vs cam_instances' center_2d mapped by `pixel_map`.
+    """Box centres through our lidar2img vs cam_instances' center_2d mapped by `pixel_map`.
+
+    The centre is `bbox_3d[:3]` of `instances` (the box's geometric centre, whatever the shared README
+    calls it: it is the point whose projection mmdetection3d stored as center_2d).
 
     Returns (max pixel error, max depth error, number of boxes compared). Also checks the cameras:
     every box listed for a camera is in front of it, and every labelled box whose centre lands inside
@@ -106,8 +109,8 @@ def test_tables_load_with_the_devkit_and_keep_the_calibration(real_keyframe, rea
 
     lidar2global, _ = pose(sample['data']['LIDAR_TOP'])
     info = real_keyframe.info
-    np.testing.assert_allclose(lidar2global, np.asarray(info['ego2global']) @ np.asarray(info['lidar_points']['lidar2ego']),
-                               atol=1e-5)
+    e2g, l2e = np.asarray(info['ego2global']), np.asarray(info['lidar_points']['lidar2ego'])
+    np.testing.assert_allclose(lidar2global, e2g @ l2e, atol=1e-5)
     for cam in CAMERA_TYPES:
         cam2global, cs = pose(sample['data'][cam])
         # global -> camera -> back: the tables reproduce the keyframe's lidar2cam (through both ego poses)
@@ -144,20 +147,21 @@ def test_gen_sweep_info_on_a_one_sample_scene(real_keyframe, real_keyframe_infos
 
 # ---------------------------------------------------------------------------------- test pipeline
 @pytest.fixture(scope='module')
-def test_sample(real_keyframe_infos):
+def keyframe_test_sample(real_keyframe_infos):
+    """The sample through the config's test pipeline as it is (offline: every frame's images loaded)."""
     ds = dataset(real_keyframe_infos, 'test_pipeline', test_mode=True)
     assert len(ds) == 1
     return ds, ds[0]
 
 
-def test_test_pipeline_lidar2img_is_the_calibration_with_the_test_crop(real_keyframe, test_sample):
+def test_test_pipeline_lidar2img_is_the_calibration_with_the_test_crop(real_keyframe, real_keyframe_infos,
+                                                                       keyframe_test_sample):
     """(a) lidar2img = test resize/crop @ cam2img @ lidar2cam for all 48 entries (relative error < 1e-4)."""
-    ds, sample = test_sample
+    ds, sample = keyframe_test_sample
     meta = sample['img_metas'][0].data
     info = real_keyframe.info
     assert len(meta['lidar2img']) == len(meta['filename']) == len(meta['img_timestamp']) == T * N
-    # one shape per loaded image (online mode: the 6 key-frame images, as the original)
-    assert meta['img_shape'] == [(FH, FW, 3)] * N
+    assert meta['img_shape'] == [(FH, FW, 3)] * (T * N)
     pixel_map = ida(TEST_RESIZE, *TEST_CROP)
     worst = 0.0
     for t in range(T):
@@ -171,15 +175,22 @@ def test_test_pipeline_lidar2img_is_the_calibration_with_the_test_crop(real_keyf
             assert osp.realpath(meta['filename'][t * N + n]) == osp.realpath(real_keyframe.image_paths[cam])
             assert meta['img_timestamp'][t * N + n] == pytest.approx(info['images'][cam]['timestamp'], abs=1e-6)
     print(f'\n(a) max relative error of lidar2img: {worst:.2e}')
-    # online test mode (one process): only the 6 key-frame images are decoded
     img = sample['img'][0].data
-    assert tuple(img.shape) == (N, 3, FH, FW) and str(img.dtype) == 'torch.uint8'
+    assert tuple(img.shape) == (T * N, 3, FH, FW) and str(img.dtype) == 'torch.uint8'
+    for t in range(1, T):
+        assert (img[t * N:(t + 1) * N] == img[:N]).all()
+    # online (one process, as val.py sets it up): the 6 key-frame images only, the same 48 projections
+    from engine.build import set_test_mode
+    cfg = set_test_mode(config(), online=True)
+    online = dataset(real_keyframe_infos, cfg.data.test.pipeline, test_mode=True)[0]
+    assert (online['img'][0].data == img[:N]).all() and online['img'][0].data.shape[0] == N
+    assert np.array_equal(np.stack(online['img_metas'][0].data['lidar2img']), np.stack(meta['lidar2img']))
 
 
-def test_test_pipeline_image_is_the_resized_bottom_crop(real_keyframe, test_sample):
+def test_test_pipeline_image_is_the_resized_bottom_crop(real_keyframe, keyframe_test_sample):
     """The 704x256 image is the original shrunk by 0.44 with its top 140 rows cut (OpenCV's area
     resampling as the independent reference; PIL's bicubic differs by a few grey levels)."""
-    _, sample = test_sample
+    _, sample = keyframe_test_sample
     img = sample['img'][0].data.numpy()
     for n, cam in enumerate(CAMERA_TYPES):
         orig = cv2.imread(real_keyframe.image_paths[cam])  # BGR
@@ -195,10 +206,10 @@ def test_test_pipeline_image_is_the_resized_bottom_crop(real_keyframe, test_samp
         assert np.abs(shift - expected_shift(TEST_RESIZE, *TEST_CROP, False)).max() < 0.3, (cam, shift)
 
 
-def test_test_pipeline_boxes_project_onto_their_center_2d(real_keyframe, test_sample):
-    """(b) 3D box bottom centres through our lidar2img land on cam_instances' center_2d (mapped by the
+def test_test_pipeline_boxes_project_onto_their_center_2d(real_keyframe, keyframe_test_sample):
+    """(b) 3D box centres (bbox_3d x, y, z) through our lidar2img land on cam_instances' center_2d (mapped by the
     test crop) within 0.5 px, with the same depth within 1 cm, in the same cameras."""
-    _, sample = test_sample
+    _, sample = keyframe_test_sample
     meta = sample['img_metas'][0].data
     max_px, max_depth, count = check_boxes(real_keyframe.info, meta['lidar2img'][:N], ida(TEST_RESIZE, *TEST_CROP),
                                            real_data.IMAGE_WH)
@@ -229,9 +240,9 @@ def image_shift(aug, orig, pixel_map):
 
 def expected_shift(r, x0, y0, flip):
     """Where the image content sits relative to the projection, at the crop centre, by the original's
-    conventions (spec 6.5, copied as is): the matrix scales by the float r while PIL resizes to
-    int(1600 r) x int(900 r) with pixel centres at i + 0.5, and the matrix flips u -> 704 - u while
-    the image flips pixel i -> 703 - i. Pixel centres at integers, as OpenCV and the intrinsics."""
+    conventions (docs/method.md, "Image augmentation", copied as is): the matrix scales by the float r
+    while PIL resizes to int(1600 r) x int(900 r) with pixel centres at i + 0.5, and the matrix flips
+    u -> 704 - u while the image flips pixel i -> 703 - i. Pixel centres at integers, as OpenCV and the intrinsics."""
     s = np.array([int(1600 * r) / 1600, int(900 * r) / 900])
     centre = (np.array([x0, y0]) + [FW / 2, FH / 2]) / r          # original pixel at the crop centre
     delta = (s - r) * centre + 0.5 * (s - 1)

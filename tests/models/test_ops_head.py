@@ -7,6 +7,7 @@ from mmdet.models import HEADS
 from mmdet.models.builder import build_head
 from mmdet.models.utils.builder import TRANSFORMER
 
+from core.geometry import encode_points
 from models.ops_head import OPSHead
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
@@ -26,8 +27,12 @@ class FakeTransformer(BaseModule):
     def init_weights(self):
         self.initialised = True
 
-    def forward(self, init_points, query_feat, mlvl_feats, img_metas=None):
-        self.calls.append((init_points, query_feat, mlvl_feats, img_metas))
+    def image_geometry(self, img_metas, device):
+        """The head asks its transformer for the camera geometry of the metas (here: a marker per sample)."""
+        return torch.stack([torch.full((4, 4), float(m['a'])) for m in img_metas]).to(device), (256, 704)
+
+    def run(self, init_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+        self.calls.append((init_points, query_feat, mlvl_feats, occ2img, (image_h, image_w)))
         p1 = init_points + 0.01
         p2 = torch.cat([p1 - 0.01, p1 + 0.02], dim=2)
         return [self.cls(p1), self.cls(p2)], [p1, p2]
@@ -79,11 +84,12 @@ def test_forward_plumbing_and_shapes():
     feats = [torch.randn(2, 12, 256, 4, 8)]
     metas = [dict(a=1), dict(a=2)]
     out = head(feats, metas)
-    init_points, query_feat, got_feats, got_metas = head.transformer.calls[-1]
+    init_points, query_feat, got_feats, occ2img, image_hw = head.transformer.calls[-1]
     assert init_points.shape == (2, 5, 1, 3)
     assert torch.equal(init_points[1, :, 0], head.init_points.weight)
     assert query_feat.shape == (2, 5, 256) and not query_feat.any()
-    assert got_feats is feats and got_metas is metas
+    assert got_feats is feats and image_hw == (256, 704)
+    assert occ2img.shape == (2, 4, 4) and occ2img[0, 0, 0] == 1 and occ2img[1, 0, 0] == 2
     assert set(out) == {'init_points', 'all_cls_scores', 'all_refine_pts'}
     assert out['init_points'] is init_points
     assert [t.shape for t in out['all_cls_scores']] == [(2, 5, 1, 17), (2, 5, 2, 17)]
@@ -99,7 +105,9 @@ def test_decode_encode_round_trip():
     m = head.decode_points(n)
     assert torch.allclose(m, torch.tensor([[-40.0, -40.0, -1.0], [40.0, 40.0, 5.4],
                                            [0.0, -20.0, 3.8]]))
-    assert torch.allclose(head.encode_points(m), n)
+    assert torch.allclose(encode_points(m, PC_RANGE), n)
+    # the head decodes with the float32 range of its buffers, like the original
+    assert torch.equal(m, n * head.scene_size + head.pc_range[:3])
 
 
 def test_config_errors_are_clear():

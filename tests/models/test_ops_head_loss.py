@@ -1,4 +1,5 @@
-"""OPSHead.loss against an independent float64 re-computation of spec 4 (hand-built scenes)."""
+"""OPSHead.loss against an independent float64 re-computation of docs/method.md, "Losses"
+(hand-built scenes)."""
 import math
 import warnings
 
@@ -31,7 +32,7 @@ def make_head():
                    train_cfg=dict(cls_weights=CLS_WEIGHTS))
 
 
-# ---------------------------------------------------------------- float64 reference (spec 4)
+# ---------------------------------------------------------------- float64 reference ("Losses")
 def ref_gt(sem, vis):
     pts, labels, visible = [], [], []
     for x, y, z in np.argwhere(sem != 17):

@@ -1,4 +1,4 @@
-"""OPSHead.get_occ (spec 3.6) on constructed scenes, checked against a numpy re-computation."""
+"""OPSHead.get_occ (docs/method.md, "Inference") on constructed scenes, checked against a numpy re-computation."""
 import itertools
 
 import numpy as np
@@ -145,7 +145,7 @@ def test_batch_of_two_is_processed_per_sample():
     assert len(out) == 2
     assert as_dict(out[0]) == reference(means, (10, 10, 4))
     # Closing also grows the segment into the top layer z = 3: erosion ignores out-of-grid
-    # cells, so next to the border the dilated copy survives (spec 3.6).
+    # cells, so next to the border the dilated copy survives (docs/method.md, "Inference").
     expect = {(4, 4, 2): 12, (4, 5, 2): 12, (4, 6, 2): 13,
               (4, 4, 3): 12, (4, 5, 3): 12, (4, 6, 3): 13}
     assert as_dict(out[1]) == expect

@@ -1,4 +1,4 @@
-"""Decoder pieces (spec 3.3/3.4) against direct float64 computations, gradient checks, wiring."""
+"""Decoder pieces (docs/method.md, "Decoder") against direct float64 computations, gradient checks, wiring."""
 import math
 
 import numpy as np

@@ -18,7 +18,8 @@ data = dict(
 batch_size = 1
 total_epochs = 1
 optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
-                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1), 'sampling_offset': dict(lr_mult=0.1)}}))
+                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1),
+                                                  'sampling_offset': dict(lr_mult=0.1)}}))
 optimizer_config = dict(type='OptimizerHook', grad_clip=dict(max_norm=35, norm_type=2))
 lr_config = dict(policy='CosineAnnealing', warmup='linear', warmup_iters=2, warmup_ratio=1.0 / 3, min_lr_ratio=1e-3)
 checkpoint_config = dict(interval=1, max_keep_ckpts=1)
@@ -62,7 +63,7 @@ def test_train_val_and_timing(v2_config, capsys):
     assert fps > 0 and 'Overall fps' in capsys.readouterr().out
 
 
-def test_training_pipeline_flips_the_gt_and_records_it(v2_config, synthetic_infos):
+def test_training_pipeline_flips_the_gt_and_records_it(v2_config):
     import loaders  # noqa: F401
     from mmcv import Config
     from mmdet.datasets import build_dataset

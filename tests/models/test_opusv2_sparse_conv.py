@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.sparse_conv import (KERNEL_OFFSETS, SparseConv3d, SubMConv3d, build_rulebook, dilate_sites,
-                                scatter_max, sparse_conv3d)
+from models.sparse_conv import (KERNEL_OFFSETS, SparseConv3d, SubMConv3d, dilate_sites, neighbour_table, scatter_max,
+                                sparse_conv3d)
 
 SHAPE = (7, 6, 5)   # small grid: every site is near a border somewhere
 
@@ -107,16 +107,19 @@ def test_gradcheck_and_empty_input():
     w, b = params(2, 2, seed=5)
     for subm in (False, True):
         assert torch.autograd.gradcheck(lambda f, w_, b_: sparse_conv3d(f, coords, w_, b_, B, shape, subm)[0],
-                                        (feats, w, b))
+                                        (feats, w, b), fast_mode=True)
     out, out_coords = sparse_conv3d(feats[:0], coords[:0], w, b, B, shape, subm=False)
     assert out.shape == (0, 2) and out_coords.shape == (0, 4)
 
 
-def test_rulebook_pairs_and_bad_inputs():
+def test_neighbour_table_and_bad_inputs():
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]])
-    rules = build_rulebook(coords, coords, 1, (2, 1, 1))
-    pairs = {KERNEL_OFFSETS[k]: list(zip(r.tolist(), s.tolist())) for k, (r, s) in enumerate(rules) if r.numel()}
-    assert pairs == {(0, 0, 0): [(0, 0), (1, 1)], (1, 0, 0): [(0, 1)], (-1, 0, 0): [(1, 0)]}
+    table = neighbour_table(coords, coords, 1, (2, 1, 1))
+    hits = {KERNEL_OFFSETS[k]: table[:, k].tolist() for k in range(27) if (table[:, k] < 2).any()}
+    # row 2 = the zero pad row (inactive or outside the grid)
+    assert hits == {(0, 0, 0): [0, 1], (1, 0, 0): [1, 2], (-1, 0, 0): [2, 0]}
+    reverse = neighbour_table(coords, coords, 1, (2, 1, 1), sign=-1)
+    assert reverse[:, KERNEL_OFFSETS.index((1, 0, 0))].tolist() == [2, 0]
     with pytest.raises(ValueError, match='outside'):
         sparse_conv3d(torch.zeros(1, 1), torch.tensor([[0, 2, 0, 0]]), torch.zeros(1, 3, 3, 3, 1), None, 1,
                       (2, 1, 1), True)

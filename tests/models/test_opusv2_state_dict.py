@@ -168,3 +168,16 @@ def test_prototypes_learn_at_the_base_lr(built_model):
     assert lr['pts_bbox_head.transformer.decoder.decoder_layers.0.sampling.sampling_offset.weight'] == \
         pytest.approx(2e-5)
     assert lr['pts_bbox_head.densifiers.0.cls_branch.0.weight'] == 2e-4
+
+
+def test_demo_config_is_a_small_v2():
+    from engine.config import load_config
+    cfg = load_config(os.path.join(ROOT, 'configs', 'opusv2-demo_synthetic.py'))
+    model = build_detector(cfg.model)
+    head = model.pts_bbox_head
+    assert type(model).__name__ == 'OPUSV2' and len(head.densifiers) == 3
+    assert head.transformer.num_refines == [8, 32, 64] and head.transformer.num_frames == 1
+    v2_t = Config.fromfile(config_path('t', 50))
+    assert [s.type for s in cfg.train_pipeline] == [s.type for s in v2_t.train_pipeline]
+    assert cfg.data.train.ann_file == 'data/synthetic/nuscenes_infos_train_mini_sweep.pkl'
+    assert cfg.train_pipeline[2].occ_root == 'data/synthetic/gts/'

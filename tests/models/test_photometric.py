@@ -1,4 +1,5 @@
-"""GPU photometric distortion (spec 3.1 step 2) against a per-pixel colorsys reference with the same draws."""
+"""GPU photometric distortion (docs/method.md, "Image branch") against a per-pixel colorsys reference with the
+same draws."""
 import colorsys
 
 import numpy as np
@@ -9,7 +10,7 @@ from models.photometric import GpuPhotoMetricDistortion, hsv_to_rgb, rgb_to_hsv
 
 
 def reference(img_bgr):
-    """One image [3, H, W] float64 BGR; draws from numpy's global RNG in the order of spec 3.1."""
+    """One image [3, H, W] float64 BGR; draws from numpy's global RNG in the order of models/photometric.py."""
     rgb = img_bgr[::-1].copy()
     if np.random.randint(2):
         rgb += np.random.uniform(-32, 32)

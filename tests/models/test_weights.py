@@ -1,4 +1,4 @@
-"""Strict loading of full checkpoints and the backbone-only load of the nuImages detector (spec 2.5)."""
+"""Strict loading of full checkpoints and the backbone-only load of the nuImages detector (pretrain/README.md)."""
 import os
 
 import pytest
@@ -39,7 +39,9 @@ def test_strict_roundtrip_with_module_prefix_and_bare_dict(tmp_path):
     bare = tmp_path / 'bare.pth'
     torch.save(randomised_state(src, 1), bare)
     load_checkpoint_strict(nn.DataParallel(dst), str(bare))          # wrapped models are unwrapped
-    assert torch.equal(dst.pts_bbox_head.weight, torch.load(bare)['pts_bbox_head.weight'])
+    # on a GPU machine DataParallel has moved the module to cuda:0: compare on the module's device
+    weight = dst.pts_bbox_head.weight
+    assert torch.equal(weight, torch.load(bare)['pts_bbox_head.weight'].to(weight.device))
 
 
 def test_strict_reports_missing_unexpected_and_shapes(tmp_path):
@@ -102,7 +104,7 @@ def test_backbone_shape_mismatch_and_no_match(tmp_path):
         load_pretrained_backbone(model, str(tmp_path / 'b.pth'))
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUIM = os.path.join(ROOT, 'pretrain', 'cascade_mask_rcnn_r50_fpn_coco-20e_20e_nuim_20201009_124951-40963960.pth')
 
 

@@ -24,7 +24,8 @@ GREY = {cam: 20 + 10 * i for i, cam in enumerate(YAWS)}
 def axes(cam):
     """Camera axes in the LiDAR frame: right, down, forward (the camera looks horizontally at its yaw)."""
     y = math.radians(YAWS[cam])
-    return np.array([math.sin(y), -math.cos(y), 0.0]), np.array([0.0, 0.0, -1.0]), np.array([math.cos(y), math.sin(y), 0.0])
+    right, down, forward = [math.sin(y), -math.cos(y), 0.0], [0.0, 0.0, -1.0], [math.cos(y), math.sin(y), 0.0]
+    return np.array(right), np.array(down), np.array(forward)
 
 
 def lidar2cam(cam, centre=(0.0, 0.0, 0.0)):
@@ -125,7 +126,7 @@ def test_projection_view_colours_and_labels_options():
 
 
 def write_synthetic_sample(tmp_path):
-    """Six PNG images, a LiDAR file and a gen_sweep_info-style pickle for the rig above, LiDAR at 1.8 m above the ego."""
+    """Six PNG images, a LiDAR file and a gen_sweep_info-style pickle for the rig above (LiDAR 1.8 m above the ego)."""
     points = np.zeros((len(YAWS), 5), np.float32)
     cams = {}
     for n, cam in enumerate(YAWS):
@@ -136,8 +137,8 @@ def write_synthetic_sample(tmp_path):
                          sensor2lidar_rotation=cam2lidar[:3, :3], sensor2lidar_translation=cam2lidar[:3, 3])
         points[n, :3] = point_at(cam, *POINTS[cam])
     points.tofile(tmp_path / 'lidar.pcd.bin')
-    info = dict(token='t0', lidar_path=str(tmp_path / 'lidar.pcd.bin'), cams=cams, lidar2ego_translation=[0.0, 0.0, 1.8],
-                lidar2ego_rotation=[1.0, 0.0, 0.0, 0.0])
+    info = dict(token='t0', lidar_path=str(tmp_path / 'lidar.pcd.bin'), cams=cams,
+                lidar2ego_translation=[0.0, 0.0, 1.8], lidar2ego_rotation=[1.0, 0.0, 0.0, 0.0])
     with open(tmp_path / 'infos.pkl', 'wb') as f:
         pickle.dump(dict(infos=[info], metadata=dict(version='v1.0-mini')), f)
     return tmp_path / 'infos.pkl'
@@ -192,7 +193,8 @@ def test_real_keyframe_lidar_points_in_boxes_match_the_annotations(real_keyframe
     points = vis.load_lidar_points(real_keyframe.lidar_path)
     ours = np.array([points_in_box(points, i['bbox_3d']).sum() for i in real_keyframe.info['instances']])
     theirs = np.array([i['num_lidar_pts'] for i in real_keyframe.info['instances']])
-    print(f'\npoints in boxes: {ours.sum()} here, {theirs.sum()} annotated; {np.sum(ours == theirs)} of {len(ours)} boxes equal')
+    print(f'\npoints in boxes: {ours.sum()} here, {theirs.sum()} annotated; {np.sum(ours == theirs)} of '
+          f'{len(ours)} boxes equal')
     assert np.sum(ours == theirs) >= 55 and abs(int(ours.sum()) - int(theirs.sum())) < 0.03 * theirs.sum()
     assert np.all(np.abs(ours - theirs) <= np.maximum(2, 0.1 * theirs))
 

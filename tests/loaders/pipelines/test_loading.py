@@ -126,17 +126,27 @@ def test_online_mode_loads_only_current_images(monkeypatch, tmp_path):
     assert len(out['lidar2img']) == len(out['filename']) == len(out['img_timestamp']) == 48
 
 
-def test_online_default_follows_the_world_size(monkeypatch):
-    monkeypatch.setattr(loading, 'get_dist_info', lambda: (0, 1))
-    assert LoadMultiViewImageFromMultiSweeps(test_mode=True).online is True
-    assert LoadMultiViewImageFromMultiSweeps(test_mode=False).online is False
-    monkeypatch.setattr(loading, 'get_dist_info', lambda: (1, 4))
+def test_online_is_chosen_explicitly_and_set_test_mode_sets_it(monkeypatch):
+    # no global state: the default is offline, whatever the process group says
     assert LoadMultiViewImageFromMultiSweeps(test_mode=True).online is False
+    assert LoadMultiViewImageFromMultiSweeps(test_mode=False).online is False
     assert LoadMultiViewImageFromMultiSweeps(test_mode=True, online=True).online is True
     with pytest.raises(ValueError, match='online=True only exists in test mode'):
         LoadMultiViewImageFromMultiSweeps(test_mode=False, online=True)
     with pytest.raises(ValueError, match='multiple of 6'):
         LoadMultiViewImageFromMultiSweeps(test_mode=True, online=True, test_interval=4)
+    # the entry points' one decision reaches the model and every multi-frame loading step
+    from engine.build import set_test_mode
+    from engine.config import load_config
+    cfg = load_config('configs/ops-t_r50_704x256_8f_12e.py')
+    set_test_mode(cfg, online=True, fast=True, cuda_graph=False)
+    assert cfg.model.online is True and cfg.model.test_cfg.mode == 'fast' and cfg.model.test_cfg.cuda_graph is False
+    steps = [s for s in cfg.data.val.pipeline + cfg.data.test.pipeline if s['type'] == 'LoadMultiViewImageFromMultiSweeps']
+    assert len(steps) == 2 and all(s['online'] is True for s in steps)
+    assert 'online' not in [s for s in cfg.data.train.pipeline if s['type'] == 'LoadMultiViewImageFromMultiSweeps'][0]
+    set_test_mode(cfg, online=False)
+    assert cfg.model.online is False and cfg.model.test_cfg.mode == 'faithful'
+    assert all(s['online'] is False for s in steps)
 
 
 def write_labels(folder, **arrays):

@@ -1,7 +1,7 @@
 """GPU tests of the CUDA sampling op and the CUDA 1-NN kernel (models/csrc/*.cu, msmv_cuda.py).
 
 Skipped without a GPU or without the built extension. References are written here, independently
-of the kernels and of the PyTorch fallback: the sampling formula of spec 5.1 in float64 with
+of the kernels and of the PyTorch fallback: the sampling formula of docs/method.md, "Sampling op", in float64 with
 advanced indexing (its autograd gives the reference gradients), hand-computed values at borders,
 and a float32 brute force for the 1-NN. One run checks forward and backward for 1 to 6 levels,
 odd channel counts (every vector width and lane layout of the kernel), several point tiles,
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 DEVICE = 'cuda'
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def import_csrc(name):
@@ -58,8 +58,8 @@ SIZES = [(9, 17), (5, 9), (3, 5), (2, 3), (1, 4), (1, 1)]
 # References
 
 def reference_sampling(feats, loc, weights):
-    """Spec 5.1 written out: feats L x [BB, N, H, W, C], loc [BB, Q, P, 3], weights [BB, Q, P, L]
-    -> [BB, Q, C, P]; differentiable in feats, loc[..., :2] and weights (use float64)."""
+    """The op (docs/method.md, "Sampling op") written out: feats L x [BB, N, H, W, C], loc [BB, Q, P, 3],
+    weights [BB, Q, P, L] -> [BB, Q, C, P]; differentiable in feats, loc[..., :2] and weights (use float64)."""
     BB, Q, P, _ = loc.shape
     N = feats[0].shape[1]
     view = torch.floor((loc[..., 2].detach() * (N - 1)).clamp(0, N - 1) + 0.5).long()

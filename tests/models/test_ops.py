@@ -1,78 +1,12 @@
 """The OPS detector end to end on the CPU with a down-sized config: a training step, inference, online mode."""
-import logging
-
 import numpy as np
 import pytest
 import torch
-
-import models  # noqa: F401
-import models.ops as ops_module
-from models.feature_cache import FrameFeatureCache
 from mmdet.models import build_detector
 
-from camera_rig import pinhole_rig
+from models.feature_cache import FrameFeatureCache
 
-logging.getLogger('mmcv').setLevel(logging.WARNING)   # init_weights logs one line per parameter
-
-T, N, H, W = 2, 6, 64, 160
-PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
-NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-
-
-def tiny_cfg(**kw):
-    embed = 32
-    cfg = dict(
-        type='OPS', use_grid_mask=False, stop_prev_grad=0,
-        data_aug=dict(img_color_aug=True, img_norm_cfg=NORM, img_pad_cfg=dict(size_divisor=32)),
-        img_backbone=dict(type='ResNet', depth=18, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1,
-                          norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=True, style='pytorch',
-                          with_cp=True),
-        img_neck=dict(type='FPN', in_channels=[64, 128, 256, 512], out_channels=embed, num_outs=4),
-        pts_bbox_head=dict(
-            type='OPSHead', num_classes=17, in_channels=embed, num_query=12, pc_range=PC_RANGE,
-            voxel_size=[0.4, 0.4, 0.4],
-            transformer=dict(type='OPSTransformer', embed_dims=embed, num_frames=T, num_points=2, num_layers=3,
-                             num_levels=4, num_classes=17, num_refines=[1, 2, 4], scales=[0.5], pc_range=PC_RANGE,
-                             ffn_dims=64, mixing_out_points=8),
-            loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
-            loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5)),
-        train_cfg=dict(pts=dict(cls_weights=[10, 5, 10, 5, 5, 10, 10, 5, 10, 5, 5, 1, 5, 1, 1, 2, 1])),
-        test_cfg=dict(pts=dict(score_thr=0.5, padding=True)))
-    cfg.update(kw)
-    return cfg
-
-
-def build(seed=0, **kw):
-    torch.manual_seed(seed)
-    model = build_detector(tiny_cfg(**kw))
-    model.init_weights()
-    return model
-
-
-def rig(frames):
-    """lidar2img of six cameras around the car, one set per frame (the car moved 0.5 m per frame)."""
-    return list(pinhole_rig(frames, [0, -55, 55, 180, 110, -110], H, W, W / 2, 0.5).astype(np.float32))
-
-
-def metas_for(frames):
-    """frames: frame ids of the T frames (key frame first)."""
-    return dict(filename=[f'samples/CAM_{n}/frame{t}.jpg' for t in frames for n in range(N)],
-                lidar2img=rig(frames), ego2lidar=np.eye(4, dtype=np.float32),
-                img_timestamp=[0.5 * t for t in frames for _ in range(N)])
-
-
-def images(frame, seed=0):
-    return torch.from_numpy(np.random.RandomState(1000 * seed + frame).randint(0, 256, (N, 3, H, W))).to(torch.uint8)
-
-
-def gt(B):
-    sem = np.full((B, 200, 200, 16), 17, np.uint8)
-    sem[:, 105:110, 98:103, 2:4] = 4          # a car ahead
-    sem[:, 80:120, 80:120, 1] = 11            # road
-    sem[:, 95:100, 110:112, 3:6] = 7          # a pedestrian
-    mask = np.zeros((B, 200, 200, 16), bool)
-    mask[:, 90:130] = True
-    return torch.from_numpy(sem), torch.from_numpy(mask)
+from tiny_detector import NORM, H, N, T, W, build, gt, images, metas_for, tiny_cfg
 
 
 def test_training_step_and_optimizer_update():
@@ -102,7 +36,8 @@ def test_training_step_and_optimizer_update():
         assert not torch.equal(watched[name], before[name]), f'{name} did not change'
     assert torch.equal(watched['frozen_stem'], before['frozen_stem'])
     assert model.img_backbone.conv1.weight.grad is None
-    # layers 0 and 1 see one point per query: offsets are scaled by std = 0 and get no gradient (spec 3.5)
+    # layers 0 and 1 see one point per query: offsets are scaled by std = 0 and get no gradient
+    # (docs/method.md, "Decoder layer")
     for i in (0, 1):
         assert torch.all(layers[i].sampling.sampling_offset.weight.grad == 0)
     assert layers[2].sampling.sampling_offset.weight.grad.abs().sum() > 0
@@ -186,20 +121,29 @@ def test_online_cache_is_fifo_of_15_and_needs_history():
     assert len(model.feature_cache.slots) == 0      # features of old weights are dropped when training resumes
 
 
-def test_online_offline_decision(monkeypatch):
+def test_online_offline_decision():
     model = build().eval()
     cur, full = images(1)[None], torch.cat([images(1), images(0)])[None]
     metas = [metas_for([1, 0])]
-    monkeypatch.setattr(ops_module, 'get_dist_info', lambda: (0, 1))
+    # online=None decides from the input alone: only the key frame's images -> online
     assert model.use_online(cur, metas) is True
     assert model.use_online(full, metas) is False
-    monkeypatch.setattr(ops_module, 'get_dist_info', lambda: (0, 2))
+    model.online = False
     with pytest.raises(ValueError, match='offline test mode needs all 12 images'):
         model.use_online(cur, metas)
     model.online = True
     assert model.use_online(full, metas) is True
     with pytest.raises(ValueError, match='online test mode needs the 6 key-frame images'):
         model.use_online(full[:, :4], metas)
+    assert build(online=False).online is False
+    # test-time precision: fast = bf16; faithful = fp32 online, fp16 offline (the original's multi-GPU test)
+    assert model.test_amp_dtype(online=True) is None and model.test_amp_dtype(online=False) == torch.float16
+    assert build(test_cfg=dict(pts=dict(score_thr=0.5), offline_fp16=False)).test_amp_dtype(online=False) is None
+    assert build(test_cfg=dict(pts=dict(score_thr=0.5), mode='fast')).test_amp_dtype(online=True) == torch.bfloat16
+    with pytest.raises(ValueError, match='test_cfg.mode'):
+        build(test_cfg=dict(pts=dict(score_thr=0.5), mode='quick'))
+    with pytest.raises(ValueError, match='unknown test_cfg keys'):
+        build(test_cfg=dict(pts=dict(score_thr=0.5), cuda_graphs=True))
 
 
 def test_stop_prev_grad_and_no_autocast_on_cpu():
