@@ -2,7 +2,8 @@
 
 * A bad input (a missing or corrupt file, an unknown config key, a checkpoint that does not fit) ends
   the program with `SystemExit('<prog>: error: <what and the fix>')`: exit status 1 and one or two
-  lines on stderr, no traceback (in-process callers, e.g. tests, catch the SystemExit). `--debug` shows the traceback instead. Exceptions that are bugs keep their traceback.
+  lines on stderr, no traceback (in-process callers, e.g. tests, catch the SystemExit). `--debug`
+  shows the traceback instead. Exceptions that are bugs keep their traceback.
   An exception counts as a bad input when its class sets `user_error = True` (ConfigError,
   CheckpointError, CheckpointMismatchError, DataCheckError, DataPrepError, UserError ...) or it is a
   FileNotFoundError (our loaders raise those with messages that name the file and the fix).
@@ -72,6 +73,7 @@ def run_main(main, prog, argv=None):
     try:
         return main(argv)
     except Exception as exc:  # noqa: BLE001 (re-raised unless it is a bad input)
+        close_progress_bars()  # the message starts on its own line, not after a half-drawn bar
         if '--debug' in argv or not is_user_error(exc):
             raise
         message = error_message(exc)
@@ -80,14 +82,27 @@ def run_main(main, prog, argv=None):
         raise SystemExit(message) from None
 
 
+def close_progress_bars():
+    """Close the tqdm bars still open (an error interrupted their loop)."""
+    tqdm_module = sys.modules.get('tqdm')
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, '_instances', ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 (best effort)
+            pass
+
+
 def entry_point(main, prog):
     """`if __name__ == '__main__'` of a tool: run_main, and Ctrl-C ends with one line (status 130)."""
     try:
         return run_main(main, prog)
     except KeyboardInterrupt:
+        close_progress_bars()
         if '--debug' in sys.argv[1:]:
             raise
-        print(f'\n{prog}: interrupted', file=sys.stderr)
+        print(f'{prog}: interrupted', file=sys.stderr)
         sys.exit(130)
 
 

@@ -231,7 +231,8 @@ class _Checker:
             self.fail(where, f'expected a dict with type=..., got {type(value).__name__} {value!r}')
         type_name = value.get(type_key, default_type)
         if type_name is None:
-            self.fail(where, f'no {type_key}: give the {what} type' + (f' (e.g. {type_key}={example!r})' if example else ''))
+            hint = f' (e.g. {type_key}={example!r})' if example else ''
+            self.fail(where, f'no {type_key}: give the {what} type{hint}')
         if not isinstance(type_name, str):
             return None  # a class object: the builder handles it
         cls = registry.get(type_name)

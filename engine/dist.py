@@ -21,7 +21,8 @@ import shutil
 import subprocess
 
 __all__ = ['LAUNCHERS', 'detect_launcher', 'expand_nodelist', 'slurm_master_addr', 'slurm_environment',
-           'init_distributed', 'wrap_distributed', 'gather_object_chunks', 'agree_on_checkpoint', 'DEFAULT_CHUNK_BYTES']
+           'init_distributed', 'wrap_distributed', 'gather_object_chunks', 'agree_on_checkpoint',
+           'DEFAULT_CHUNK_BYTES']
 
 LAUNCHERS = ('auto', 'none', 'pytorch', 'slurm')
 DEFAULT_CHUNK_BYTES = 64 * 2 ** 20

@@ -86,6 +86,13 @@ class CollectiveDistEvalHook(DistEvalHook):
     """
 
     def _do_evaluate(self, runner):
+        if self.broadcast_bn_buffer:  # as mmdet's hook: every rank evaluates rank 0's BatchNorm statistics
+            import torch.distributed as dist
+            from torch.nn.modules.batchnorm import _BatchNorm
+            for module in runner.model.modules():
+                if isinstance(module, _BatchNorm) and module.track_running_stats:
+                    dist.broadcast(module.running_var, 0)
+                    dist.broadcast(module.running_mean, 0)
         if not self._should_evaluate(runner):
             return
         from engine.inference import inference

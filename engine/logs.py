@@ -5,7 +5,8 @@
 * `quiet_libraries(verbose)` (call it right after argument parsing, before the heavy imports):
   warnings raised outside OPS's own packages are ignored, and mmcv's dump of every parameter's
   initialisation (hundreds of lines per model, written into the log file by `init_weights`) is
-  replaced by nothing, and torch's import-time note about a missing CUDA toolkit is hidden.
+  replaced by nothing, mmcv's `initialize <Module> with init_cfg ...` lines and its table of hook
+  priorities are dropped, and torch's import-time note about a missing CUDA toolkit is hidden.
   `--verbose` keeps all of them.
 """
 import logging
@@ -49,6 +50,16 @@ def route_through_tqdm(logger):
 
 # library loggers that warn at import about things that do not concern a user (no CUDA toolkit on a CPU machine)
 QUIET_LOGGERS = ('torch.utils.cpp_extension',)
+# records of the mmcv / mmdet loggers that only matter when debugging the libraries
+NOISE_PREFIXES = ('initialize ', 'Hooks will be executed in the following order')
+
+
+class LibraryNoiseFilter(logging.Filter):
+    def filter(self, record):
+        return not (isinstance(record.msg, str) and record.msg.startswith(NOISE_PREFIXES))
+
+
+NOISE_FILTER = LibraryNoiseFilter()
 _init_dump = None  # mmcv's BaseModule._dump_init_info while it is replaced
 
 
@@ -61,6 +72,8 @@ def quiet_libraries(verbose=False):
     warnings.filterwarnings('default', module=OWN_PACKAGES)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ('mmcv', 'mmdet'):
+        logging.getLogger(name).addFilter(NOISE_FILTER)  # the same object: added once
     try:
         from mmcv.runner import BaseModule
     except ImportError:
@@ -71,8 +84,10 @@ def quiet_libraries(verbose=False):
 
 
 def restore_libraries():
-    """Undo quiet_libraries' replacement of mmcv's init dump (tests)."""
+    """Undo quiet_libraries' replacement of mmcv's init dump and its log filters (tests)."""
     global _init_dump
+    for name in ('mmcv', 'mmdet'):
+        logging.getLogger(name).removeFilter(NOISE_FILTER)
     if _init_dump is not None:
         from mmcv.runner import BaseModule
         BaseModule._dump_init_info = _init_dump

@@ -69,7 +69,8 @@ def read_prediction(path):
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in ('sem_pred', 'occ_loc') if k not in data.files]
             if missing:
-                raise PredictionFileError(f'{path}: lacks the array(s) {missing} (it holds {sorted(data.files)}); {fix}')
+                raise PredictionFileError(f'{path}: lacks the array(s) {missing} (it holds {sorted(data.files)}); '
+                                          f'{fix}')
             sem, loc = data['sem_pred'], data['occ_loc']
     except PredictionFileError:
         raise

@@ -14,6 +14,8 @@ def per_gpu_batch_size(batch_size, world_size, logger=None):
 
     Integer division as the original (8 GPUs -> 1, 4 -> 2, 1 -> 8); a total that does not divide
     shrinks the effective batch, which is warned about. The learning rate is not rescaled.
+    train.py uses engine/scaling.py's plan_batch instead (accumulation, more processes than samples,
+    lr scaling); this rule is kept for callers of the original's convention.
     """
     if batch_size < 1 or world_size < 1:
         raise ValueError(f'batch_size ({batch_size}) and world_size ({world_size}) must be >= 1')

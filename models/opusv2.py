@@ -6,8 +6,6 @@ Batch format as V1 (docs/architecture.md) except the projection metas: `img_meta
 occupancy frame, the BDA flip in training, identity at test) instead of `lidar2img`; `voxel_semantics`
 and `mask_camera` are in the occupancy frame (flipped with it).
 """
-import warnings
-
 import torch
 from mmdet.models import DETECTORS
 
@@ -21,15 +19,13 @@ class OPUSV2(OPS):
     """OPUS-V2 detector (config type 'OPUSV2'; same arguments and state-dict prefixes as `OPS`).
 
     Test steps run eagerly: the CPD module's sparse voxel sets have data-dependent sizes, which a CUDA
-    graph cannot capture, so `test_cfg.cuda_graph` is off (asking for it warns and is ignored).
+    graph cannot capture, so `test_cfg.cuda_graph` is ignored (val.py / timing.py set it True by default
+    for every model; V2 has nothing to replay, so this is silent).
     """
     PROJECTION_KEY = 'ego2img'
 
-    def __init__(self, *args, test_cfg=None, **kwargs):
-        super().__init__(*args, test_cfg=test_cfg, **kwargs)
-        if (test_cfg or {}).get('cuda_graph'):
-            warnings.warn('OPUSV2: test_cfg.cuda_graph=True is ignored (the sparse voxel sets of the CPD modules '
-                          'have data-dependent sizes); the test step runs eagerly')
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.cuda_graph = False
 
     def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):

@@ -77,6 +77,10 @@ def _file_kind(path):
     return None
 
 
+def _truncated(path, size):
+    return f'{path}: the file is truncated or corrupt ({size:,} bytes): the download or the save was interrupted'
+
+
 def _describe_failure(path, exc, size):
     """(message, untrusted) for an exception of torch.load(weights_only=True) on `path`."""
     text = str(exc)
@@ -98,7 +102,7 @@ def _describe_failure(path, exc, size):
         return (f'{path}: refused: the file holds {", ".join(names[:5])}, which a weights file does not need '
                 f'(loading it could run code from the file); {TRUST_HINT}'), True
     if 'GLOBAL' in text:  # a name cut short: the file ends inside the pickle
-        return f'{path}: the file is truncated or corrupt ({size:,} bytes): the download or the save was interrupted', False
+        return _truncated(path, size), False
     if 'Unsupported operand' in text or 'Unsupported class' in text:
         return (f'{path}: not a checkpoint written by torch.save (it holds pickle code a weights file does not '
                 f'need); {TRUST_HINT}'), True
@@ -106,7 +110,7 @@ def _describe_failure(path, exc, size):
     if kind is None or 'invalid load key' in text or 'magic number' in text:
         return f'{path}: not a PyTorch checkpoint ({size:,} bytes that torch.load cannot read)', False
     if kind == 'pickle' and isinstance(exc, (IndexError, KeyError, ValueError, pickle.UnpicklingError)):
-        return f'{path}: the file is truncated or corrupt ({size:,} bytes): the download or the save was interrupted', False
+        return _truncated(path, size), False
     detail = text.split('WeightsUnpickler error:', 1)[1] if 'WeightsUnpickler error:' in text else text
     first = next((line.strip() for line in detail.splitlines() if line.strip()), '')
     return f'{path}: cannot read it as a PyTorch checkpoint ({type(exc).__name__}: {first[:200]})', False

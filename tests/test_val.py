@@ -60,7 +60,7 @@ def test_random_init_baseline_and_bad_flags(tiny_val_setup, capsys):
     assert 'mIoU 0.00 | RayIoU' in out and '===> mIoU of 3 samples: 0.0' in out and 'IoU (%)' in out
     for argv, message in ((['--config', config], 'exactly one of'),
                           (['--config', config, '--weights', checkpoint, '--random-init'], 'exactly one of'),
-                          (['--config', config, '--weights', checkpoint, '--batch_size', '2'], 'must be 1')):
+                          (['--config', config, '--weights', checkpoint, '--batch_size', '0'], 'must be >= 1')):
         with pytest.raises(SystemExit):
             val.parse_args(argv)
         assert message in capsys.readouterr().err

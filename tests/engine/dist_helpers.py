@@ -121,14 +121,11 @@ def train_records(work_dir):
     return records
 
 
-def logged_lrs(work_dir):
-    """[(epoch, iter, lr)] from the text logs of `work_dir` (4 significant digits; the JSON log rounds
-    to 5 decimals, too coarse for lrs of 1e-4)."""
-    import re
-    pattern = re.compile(r'Epoch \[(\d+)\]\[(\d+)/\d+\]\s+lr: ([0-9.e+-]+)')
-    out = []
-    for name in sorted(os.listdir(work_dir)):
-        if name.startswith('train_') and name.endswith('.log'):
-            with open(osp.join(work_dir, name)) as f:
-                out += [(int(m.group(1)), int(m.group(2)), float(m.group(3))) for m in pattern.finditer(f.read())]
-    return out
+
+def checkpoint_lr(path):
+    """The lr of the config's base groups (the backbone runs at x0.1) when the checkpoint was written: the
+    schedule's value of that epoch. (train.py's text log exists once per process, the JSON log rounds to 5
+    decimals, too coarse for 1e-4.)"""
+    import torch
+    state = torch.load(path, map_location='cpu', weights_only=False)
+    return max(group['lr'] for group in state['optimizer']['param_groups'])

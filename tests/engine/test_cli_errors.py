@@ -167,7 +167,8 @@ def test_copied_config_and_worker_tracebacks_read_as_one_line(tmp_path):
         train.main(['--config', str(copied)])
     assert_one_error(str(err.value), copied, 'copied out of configs/')
     worker = FileNotFoundError('Caught FileNotFoundError in DataLoader worker process 0.\nOriginal Traceback (most '
-                               'recent call last):\n  File "x.py", line 1, in f\nFileNotFoundError: file not found: a.jpg.')
+                               'recent call last):\n  File "x.py", line 1, in f\n'
+                               'FileNotFoundError: file not found: a.jpg.')
     assert error_message(worker) == 'file not found: a.jpg.'
     assert error_message(KeyError('OPSS is not in the models registry')) == 'OPSS is not in the models registry'
 

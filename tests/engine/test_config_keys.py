@@ -50,10 +50,12 @@ def test_the_base_config_passes(base):
     ({'optimizer.weight_decy': 0.1}, 'optimizer.weight_decy: unknown key; did you mean weight_decay?'),
     ({'data.workers_per_gpux': 0}, 'data.workers_per_gpux: unknown key; did you mean workers_per_gpu?'),
     ({'data.persistent_workers': True}, 'data.persistent_workers: unknown key; not configurable here'),
-    ({'checkpoint_config.max_keep_ckpt': 2}, 'checkpoint_config.max_keep_ckpt: unknown key; did you mean max_keep_ckpts?'),
+    ({'checkpoint_config.max_keep_ckpt': 2},
+     'checkpoint_config.max_keep_ckpt: unknown key; did you mean max_keep_ckpts?'),
     ({'log_config.intervall': 5}, 'log_config.intervall: unknown key; did you mean interval?'),
     ({'eval_config.intervl': 5}, 'eval_config.intervl: unknown key; did you mean interval?'),
-    ({'optimizer_config.grad_clip.max_nrom': 5}, 'optimizer_config.grad_clip.max_nrom: unknown key; did you mean max_norm?'),
+    ({'optimizer_config.grad_clip.max_nrom': 5},
+     'optimizer_config.grad_clip.max_nrom: unknown key; did you mean max_norm?'),
     ({'optimizer_config.distributed': False}, 'optimizer_config.distributed: unknown key'),
     ({'optimizer.paramwise_cfg.custom_keys.img_backbone.lr_mul': 1.0},
      'optimizer.paramwise_cfg.custom_keys.img_backbone.lr_mul: unknown key; did you mean lr_mult?'),
@@ -114,7 +116,8 @@ def test_a_copied_config_with_a_relative_base_says_so(tmp_path):
         load_config(str(copied))
     message = str(err.value)
     assert "_base_ file './_base_/ops_r50_704x256_8f.py' not found" in message
-    assert 'copied out of configs/' in message and osp.join(ROOT, 'configs', '_base_', 'ops_r50_704x256_8f.py') in message
+    assert 'copied out of configs/' in message
+    assert osp.join(ROOT, 'configs', '_base_', 'ops_r50_704x256_8f.py') in message
     missing = tmp_path / 'missing_base.py'
     missing.write_text("_base_ = ['./nowhere.py']\n")
     with pytest.raises(ConfigError, match="_base_ file './nowhere.py' not found"):

@@ -89,6 +89,23 @@ def test_init_dump_only_with_verbose(tmp_path):
     assert log_file.read_text().count('Name of parameter - Initialization information') == 1
 
 
+def test_library_noise_is_filtered_unless_verbose():
+    stream = io.StringIO()
+    logger = logging.getLogger('mmdet')
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        quiet_libraries(verbose=False)
+        logger.warning('Hooks will be executed in the following order:\n%s', '(VERY_HIGH) ...')
+        logger.warning('Epoch [1][3/3] loss: 1.0')
+        restore_libraries()
+        logger.warning('initialize ResNet with init_cfg ...')  # --verbose
+    finally:
+        restore_libraries()
+        logger.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ['Epoch [1][3/3] loss: 1.0', 'initialize ResNet with init_cfg ...']
+
+
 def test_help_is_fast_and_imports_nothing_heavy():
     code = ('import sys, train, val, timing, tools.check_data; '
             'print(sorted(m for m in ("torch", "mmcv", "mmdet") if m in sys.modules))')

@@ -14,7 +14,8 @@ from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
 
 
 def pipeline(sweeps_num=1, occ_root=None):
-    return [dict(type='LoadMultiViewImageFromFiles'), dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=sweeps_num),
+    return [dict(type='LoadMultiViewImageFromFiles'),
+            dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=sweeps_num),
             dict(type='LoadOccFromFile', occ_root=occ_root)]
 
 
