@@ -318,6 +318,25 @@ class _Checker:
     def eval_config(self, value):
         self.keys('eval_config', value, {'interval'})  # train.py: EvalHook(interval=...)
 
+    def model(self, where, value):
+        """The detector and every typed part inside it (backbone, neck, head, transformer, losses)."""
+        from mmdet.models.builder import MODELS
+        self.registered(where, value, MODELS, 'model', example='OPS')
+        self.model_parts(where, value)
+
+    def model_parts(self, where, value):
+        from mmdet.models.builder import MODELS
+        from mmdet.models.utils.builder import TRANSFORMER
+        for key, sub in value.items():
+            if not (isinstance(sub, dict) and isinstance(sub.get('type'), str)):
+                continue
+            for registry, what in ((MODELS, 'model part'), (TRANSFORMER, 'transformer')):
+                # parts of other registries (norm layers, init configs, ...) are left to their builders
+                if registry.get(sub['type']) is not None:
+                    self.registered(f'{where}.{key}', sub, registry, what)
+                    self.model_parts(f'{where}.{key}', sub)
+                    break
+
     def data(self, value):
         # samples_per_gpu: optional, pins the per-process batch (engine/scaling.py)
         self.keys('data', value, {'workers_per_gpu', 'samples_per_gpu', 'train', 'val', 'test'})
@@ -355,7 +374,10 @@ def check_nested_keys(cfg, path='<config>'):
     """Raise ConfigError naming the first nested key that its builder would reject or ignore."""
     import engine.runner  # noqa: F401  (registers the NanGuard hooks)
     import loaders  # noqa: F401  (registers the dataset and the pipeline steps)
+    import models  # noqa: F401  (registers the detector, head, transformer)
     checker = _Checker(path)
+    if cfg.get('model') is not None:
+        checker.model('model', cfg.model)
     if cfg.get('optimizer') is not None:
         checker.optimizer(cfg.optimizer)
     if cfg.get('optimizer_config') is not None:

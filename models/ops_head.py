@@ -52,6 +52,23 @@ def voxel_centres(idx, voxel_num, pc_range):
     return (idx.float() + 0.5) / voxel_num.to(idx.device) * scene_size + pc_range[:3]
 
 
+def ordered_loss_dict(init_loss_pts, layer_losses):
+    """The loss dict in the original's key order: `init_loss_pts`, the last layer's `loss_cls` and
+    `loss_pts`, then `d0.*` .. `d{L-2}.*`. mmdet sums the entries in dict order, and a float32 sum
+    depends on it (docs/method.md, "float32 details").
+
+    Args:
+        init_loss_pts (Tensor): the initial points' Chamfer term.
+        layer_losses (list[tuple]): per decoder layer, (loss_cls, loss_pts).
+    """
+    losses = dict(init_loss_pts=init_loss_pts)
+    losses['loss_cls'], losses['loss_pts'] = layer_losses[-1]
+    for i, (loss_cls, loss_pts) in enumerate(layer_losses[:-1]):
+        losses[f'd{i}.loss_cls'] = loss_cls
+        losses[f'd{i}.loss_pts'] = loss_pts
+    return losses
+
+
 def _merge_cfg(name, cfg, defaults):
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(defaults))
@@ -330,15 +347,7 @@ class OPSHead(BaseModule):
                           'they contribute no loss term')
 
         layer_losses = [self.loss_single(cls_scores, points, gts) for cls_scores, points in zip(all_cls, all_pts)]
-        # Key order as the original's: init, last layer, d0..d{L-2}. The runner sums the dict in this
-        # order, and a float32 sum depends on it.
-        losses = dict()
-        _, losses['init_loss_pts'] = self.loss_single(None, init_points, gts)
-        losses['loss_cls'], losses['loss_pts'] = layer_losses[-1]
-        for i, (loss_cls, loss_pts) in enumerate(layer_losses[:-1]):
-            losses[f'd{i}.loss_cls'] = loss_cls
-            losses[f'd{i}.loss_pts'] = loss_pts
-        return losses
+        return ordered_loss_dict(self.loss_single(None, init_points, gts)[1], layer_losses)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -29,7 +29,7 @@ from mmdet.models import HEADS
 
 from .densifier import Densifier
 from .knn import knn1_bidirectional
-from .ops_head import OPSHead, _merge_cfg
+from .ops_head import OPSHead, _merge_cfg, ordered_loss_dict
 
 __all__ = ['OPUSV2Head', 'OPUSV2DCDHead']
 
@@ -165,13 +165,7 @@ class OPUSV2Head(OPSHead):
 
         layer_losses = [(self.voxel_cls_loss(logits, coors, sem), self.point_loss(points, gts))
                         for logits, coors, points in zip(all_logits, all_coors, all_pts)]
-        losses = dict()
-        losses['init_loss_pts'] = self.point_loss(init_points, gts)
-        losses['loss_cls'], losses['loss_pts'] = layer_losses[-1]
-        for i, (loss_cls, loss_pts) in enumerate(layer_losses[:-1]):
-            losses[f'd{i}.loss_cls'] = loss_cls
-            losses[f'd{i}.loss_pts'] = loss_pts
-        return losses
+        return ordered_loss_dict(self.point_loss(init_points, gts), layer_losses)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -71,6 +71,21 @@ def test_nested_typos_name_their_path(base, option, expected):
     assert expected in message and message.startswith(base) and '\n' not in message, message
 
 
+@pytest.mark.parametrize('option, expected', [
+    ({'model.pts_bbox_head.num_qeury': 5}, 'model.pts_bbox_head.num_qeury: unknown key; did you mean num_query?'),
+    ({'model.pts_bbox_head.transformer.num_layer': 2},
+     'model.pts_bbox_head.transformer.num_layer: unknown key; did you mean num_layers?'),
+    ({'model.img_backbone.dpeth': 18}, 'model.img_backbone.dpeth: unknown key; did you mean depth?'),
+    ({'model.pts_bbox_head.loss_cls.gama': 2.0}, 'model.pts_bbox_head.loss_cls.gama: unknown key; did you mean gamma?'),
+    ({'model.stop_prev_grads': 1}, 'model.stop_prev_grads: unknown key; did you mean stop_prev_grad?'),
+])
+def test_model_typos_name_their_path(option, expected):
+    config = osp.join(ROOT, 'configs', 'ops-t_r50_704x256_8f_12e.py')
+    with pytest.raises(ConfigError) as err:
+        load_config(config, option)
+    assert expected in str(err.value), str(err.value)
+
+
 def test_typos_in_lists_of_hooks_and_pipeline_steps(tmp_path, base):
     cases = {
         "log_config = dict(interval=5, hooks=[dict(type='TextLoggerHook', reset_flg=True)])":
