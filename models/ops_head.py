@@ -308,17 +308,20 @@ class OPSHead(BaseModule):
             zero_cls = None if cls_scores is None else (cls_scores * 0).sum()
             return zero_cls, zero_pts
 
-        num_gts = sum(g.shape[0] for g in gt_pts)
-        num_preds = sum(p.shape[0] for p in pred_pts)
-        gt_cat = torch.cat(gt_pts)
-        weight = torch.cat(gt_w)[:, None].expand_as(gt_cat)
-        loss_pts = self.loss_pts(torch.cat(pts_to_gt), gt_cat, weight=weight,
-                                 avg_factor=num_gts) \
-            + self.loss_pts(torch.cat(pred_pts), torch.cat(pred_to_gt), avg_factor=num_preds)
-        loss_cls = None
-        if cls_scores is not None:
-            loss_cls = self.loss_cls(torch.cat(pred_cls), torch.cat(cls_labels),
-                                     weight=torch.cat(cls_w), avg_factor=num_preds)
+        # Each sample is normalised by its own point counts and the batch takes the mean over samples
+        # (docs/method.md, "Losses"): the original's function at one sample per GPU (its 8 GPUs x 1),
+        # and the same function for any split of the total batch over GPUs (1 x 8, 2 x 4, ...); the
+        # original divides by the counts of the whole per-GPU batch instead.
+        per_pts, per_cls = [], []
+        for k, gt_xyz in enumerate(gt_pts):
+            num_gt, num_pred = gt_xyz.shape[0], pred_pts[k].shape[0]
+            weight = gt_w[k][:, None].expand_as(gt_xyz)
+            per_pts.append(self.loss_pts(pts_to_gt[k], gt_xyz, weight=weight, avg_factor=num_gt)
+                           + self.loss_pts(pred_pts[k], pred_to_gt[k], avg_factor=num_pred))
+            if cls_scores is not None:
+                per_cls.append(self.loss_cls(pred_cls[k], cls_labels[k], weight=cls_w[k], avg_factor=num_pred))
+        loss_pts = torch.stack(per_pts).mean()
+        loss_cls = torch.stack(per_cls).mean() if cls_scores is not None else None
         return loss_cls, loss_pts
 
     def loss(self, voxel_semantics, mask_camera, preds_dicts):

@@ -1,5 +1,5 @@
-"""Helpers of the multi-process tests (tests/engine/test_dist_*.py): the tiny config, a head whose loss
-is a mean over samples, a hook that ends a run early, free ports and log readers.
+"""Helpers of the multi-process tests (tests/engine/test_dist_*.py): the tiny config, a hook that ends a
+run early, free ports and log readers.
 
 The training subprocesses import this module through the config's `custom_imports` (mmcv imports
 them when it reads the config), with this folder on PYTHONPATH.
@@ -11,7 +11,6 @@ import socket
 import sys
 
 from mmcv.runner import HOOKS, Hook
-from mmdet.models import HEADS
 
 HERE = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(osp.dirname(HERE))
@@ -20,25 +19,6 @@ for path in (ROOT, osp.dirname(HERE)):
         sys.path.insert(0, path)
 
 import models  # noqa: E402,F401  (registers OPSHead)
-from models.ops_head import OPSHead  # noqa: E402
-
-
-@HEADS.register_module()
-class PerSampleLossOPSHead(OPSHead):
-    """OPSHead whose losses are the mean over the batch of each sample's own losses.
-
-    OPSHead normalises the GT -> prediction Chamfer term by the number of GT points of the whole
-    per-process batch, so a batch of 4 on one process and 2 x 2 on two processes weigh the samples
-    differently. With one sample per process (the original's 8 GPUs x 1) both are the same; this
-    head computes that for any split, so the total-batch gradient does not depend on the world size.
-    """
-
-    def loss_single(self, cls_scores, pred_points, gts):
-        outs = [super(PerSampleLossOPSHead, self).loss_single(
-            None if cls_scores is None else cls_scores[b:b + 1], pred_points[b:b + 1], [gts[b]])
-            for b in range(len(gts))]
-        loss_cls = None if cls_scores is None else sum(o[0] for o in outs) / len(outs)
-        return loss_cls, sum(o[1] for o in outs) / len(outs)
 
 
 @HOOKS.register_module()
@@ -55,11 +35,10 @@ class StopAfterEpochHook(Hook):
 
 
 # The tiny OPS of tests/tiny_ops.py with a 4x narrower ResNet-18 (0.7 M parameters), 1 frame, no dropout and
-# the per-sample head; total batch 4.
+# total batch 4.
 TRAIN_CONFIG = '''
 model['img_backbone']['base_channels'] = 16
 model['img_neck']['in_channels'] = [16, 32, 64, 128]
-model['pts_bbox_head']['type'] = 'PerSampleLossOPSHead'
 model['pts_bbox_head']['transformer'].update(num_frames=1, attn_drop=0.0, ffn_drop=0.0)
 _train_pipeline[1]['sweeps_num'] = 0
 _test_pipeline[1]['sweeps_num'] = 0

@@ -6,8 +6,8 @@ What makes it hold (docs/distributed.md, "Same results for any GPU count"): the 
 same global batches for any world size and seeds each sample's augmentation from its position in
 the epoch (loaders/samplers.py), the photometric distortion draws per sample (SampleSeedHook), the
 backbone's BatchNorm is frozen (norm_eval), DDP averages the gradients of equal shares, and the
-loss is a mean over samples (dist_helpers.PerSampleLossOPSHead; OPSHead itself normalises one term
-by the batch's GT point count). Dropout is off in this config: its masks are drawn per process.
+loss is a mean over samples (OPSHead normalises each sample by its own point counts). Dropout is off in
+this config: its masks are drawn per process.
 """
 import os.path as osp
 import subprocess

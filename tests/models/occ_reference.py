@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.voxelization import hard_voxelize
+from voxelization_oracle import hard_voxelize
 
 
 def reference_occ(probs, points, pc_range, voxel_size, grid_size, score_thr, ctr_dist_thr=3.0, padding=True,

@@ -63,18 +63,17 @@ def focal(s, t):
 
 
 def ref_layer(logits, points, gts, weight_rule='channel'):
-    """Returns (loss_cls or None, loss_pts, list of GT weights) for one layer, whole batch."""
-    cls_sum = pts_gt_sum = pts_pred_sum = 0.0
-    n_pred = n_gt = 0
+    """Returns (loss_cls or None, loss_pts, list of GT weights) for one layer: each sample normalised by
+    its own counts, then the mean over the samples that have ground truth."""
+    cls_losses, pts_losses = [], []
     all_w = []
     for b, (gt, labels, visible) in enumerate(gts):
         if len(gt) == 0:
             continue
+        cls_sum = pts_gt_sum = pts_pred_sum = 0.0
         pred = ref_decode(points[b]).reshape(-1, 3)
         a = nearest(gt, pred)
         bi = nearest(pred, gt)
-        n_pred += len(pred)
-        n_gt += len(gt)
         for j in range(len(gt)):
             w = 1.0
             if visible[j] and np.linalg.norm(gt[j] - pred[a[j]]) > 0.2:
@@ -94,12 +93,13 @@ def ref_layer(logits, points, gts, weight_rule='channel'):
                 for c in range(lg.shape[1]):
                     wc = CLS_WEIGHTS[c] if weight_rule == 'channel' else CLS_WEIGHTS[target]
                     cls_sum += wc * factor * focal(lg[i, c], c == target)
-    loss_pts = 0.5 * pts_gt_sum / (n_gt + EPS32) + 0.5 * pts_pred_sum / (n_pred + EPS32)
-    loss_cls = None if logits is None else 2.0 * cls_sum / (n_pred + EPS32)
+        pts_losses.append(0.5 * pts_gt_sum / (len(gt) + EPS32) + 0.5 * pts_pred_sum / (len(pred) + EPS32))
+        cls_losses.append(2.0 * cls_sum / (len(pred) + EPS32))
+    loss_pts = sum(pts_losses) / len(pts_losses)
+    loss_cls = None if logits is None else sum(cls_losses) / len(cls_losses)
     return loss_cls, loss_pts, all_w
 
 
-# ---------------------------------------------------------------- scenes
 def make_scene(seed, num_layers=3, refines=(1, 2, 3)):
     """Two samples: sparse GT (near and far from the ego), predictions near some GT voxels."""
     g = np.random.default_rng(seed)
@@ -259,3 +259,19 @@ def test_gradcheck_float64():
     loss = fn(logits, points)
     gl, gp = torch.autograd.grad(loss, (logits, points))
     assert gl.abs().sum() > 0 and gp.abs().sum() > 0
+
+
+def test_a_batch_is_the_mean_of_its_samples():
+    """Any split of a total batch over GPUs trains the same function: each term of a batch of two is
+    the mean of the two samples' own terms (and a batch of one is that sample's term, as the original)."""
+    sem, vis, gts, init, layers = make_scene(0)
+    head = make_head()
+    both = head.loss(torch.from_numpy(sem), torch.from_numpy(vis), to_preds(init, layers))
+    single = []
+    for b in range(2):
+        part = [(lg[b:b + 1], pt[b:b + 1]) for lg, pt in layers]
+        single.append(head.loss(torch.from_numpy(sem[b:b + 1]), torch.from_numpy(vis[b:b + 1]),
+                                to_preds(init[b:b + 1], part)))
+    for key in both:
+        assert both[key].item() == pytest.approx((single[0][key].item() + single[1][key].item()) / 2, rel=1e-6)
+    assert single[0]['loss_pts'].item() != pytest.approx(single[1]['loss_pts'].item(), rel=1e-3)  # distinct samples

@@ -1,11 +1,11 @@
-"""models/voxelization.py against a brute-force Python loop with mmcv's rules."""
+"""tests/models/voxelization_oracle.py (the hard voxelisation of the data-dependent post-processing, now the oracle of models/occ_postprocess.py) against a brute-force Python loop with mmcv's rules."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from models.voxelization import hard_voxelize
+from voxelization_oracle import hard_voxelize
 
 
 def brute_force(points, voxel_size, pcr, max_points, max_voxels):

@@ -2,9 +2,10 @@
 
 Symbols: N points with D columns (xyz first), V voxels kept.
 
-Used by ``OPSHead.get_occ`` (docs/method.md, "Inference", step 3) on the predicted points. mmcv's
-non-deterministic CUDA kernel, which the original calls, has no CPU implementation; this one runs
-on both and is deterministic:
+A test oracle: the data-dependent form of the post-processing's voxelisation (docs/method.md,
+"Inference", step 3), which models/occ_postprocess.py computes with static shapes and must match
+voxel for voxel (tests/models/test_occ_postprocess.py). mmcv's non-deterministic CUDA kernel, which
+the original calls, has no CPU implementation; this one runs on both and is deterministic:
 
 * voxel index = ``floor((p - range_min) / voxel_size)`` per axis, computed in float32 exactly like
   the mmcv kernels (so a point at a float32 boundary lands in the same cell);
