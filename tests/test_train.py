@@ -156,7 +156,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize('option, message', [
-    ('model.type=OPSS', 'OPSS is not in the'),
+    ('model.type=OPSS', "model.type: 'OPSS' is not a registered model; did you mean OPS?"),
     ('model.pts_bbox_head.num_qeury=3', 'num_qeury'),
     ('totl_epochs=3', 'unknown top-level key'),
 ])
