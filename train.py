@@ -86,7 +86,6 @@ def _main(argv):
 
 
 def train(args, cfg, work_dir, rank, world_size, device):
-    import torch
     from mmcv.runner import DistSamplerSeedHook, build_optimizer
     from mmdet.apis import set_random_seed
     from mmdet.core import EvalHook

@@ -14,10 +14,8 @@ indexed ``[x, y, z]``.
 import math
 import warnings
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.runner import BaseModule
 from mmdet.models import HEADS
 from mmdet.models.builder import build_loss

@@ -284,23 +284,27 @@ class OPSTransformerDecoder(BaseModule):
         for layer in self.decoder_layers:
             layer.init_weights()
 
+    def _meta_matrices(self, img_metas, per_view_key, frame_key, device,
+                       hint='Collect3D of the pipeline must collect it in meta_keys'):
+        """float32 device tensors from the metas: `[B, T*N, 4, 4]` of `per_view_key` (one matrix per view of
+        every frame) and `[B, 4, 4]` of `frame_key`; a missing key or a wrong count names the sample."""
+        TN = self.num_frames * self.num_views
+        views, frames = [], []
+        for i, meta in enumerate(img_metas):
+            for key in (per_view_key, frame_key, 'img_shape'):
+                if key not in meta:
+                    raise KeyError(f'img_metas[{i}] has no "{key}" ({hint})')
+            mats = np.asarray(meta[per_view_key], dtype=np.float32)
+            if mats.shape != (TN, 4, 4):
+                raise ValueError(f'img_metas[{i}]["{per_view_key}"] has shape {mats.shape}, expected ({TN}, 4, 4) '
+                                 f'= num_frames {self.num_frames} x num_views {self.num_views}')
+            views.append(mats)
+            frames.append(np.asarray(meta[frame_key], dtype=np.float32).reshape(4, 4))
+        return torch.from_numpy(np.stack(views)).to(device), torch.from_numpy(np.stack(frames)).to(device)
+
     def _occ2img(self, img_metas, device):
         """`[B, T*N, 4, 4]` float32: ego (key frame) -> pixels = lidar2img @ ego2lidar, per view."""
-        TN = self.num_frames * self.num_views
-        lidar2img, ego2lidar = [], []
-        for i, meta in enumerate(img_metas):
-            for key in ('lidar2img', 'ego2lidar', 'img_shape'):
-                if key not in meta:
-                    raise KeyError(f'img_metas[{i}] has no "{key}" (Collect3D of the pipeline must collect it in '
-                                   f'meta_keys)')
-            mats = np.asarray(meta['lidar2img'], dtype=np.float32)
-            if mats.shape != (TN, 4, 4):
-                raise ValueError(f'img_metas[{i}]["lidar2img"] has shape {mats.shape}, expected ({TN}, 4, 4) '
-                                 f'= num_frames {self.num_frames} x num_views {self.num_views}')
-            lidar2img.append(mats)
-            ego2lidar.append(np.asarray(meta['ego2lidar'], dtype=np.float32).reshape(4, 4))
-        lidar2img = torch.from_numpy(np.stack(lidar2img)).to(device)
-        ego2lidar = torch.from_numpy(np.stack(ego2lidar)).to(device)
+        lidar2img, ego2lidar = self._meta_matrices(img_metas, 'lidar2img', 'ego2lidar', device)
         return torch.matmul(lidar2img, ego2lidar[:, None])
 
     def _to_channel_last(self, feat):

@@ -19,7 +19,6 @@ Symbol legend:
 Points are normalised to pc_range inside the decoder; sampling points and offsets are metres in the
 occupancy frame.
 """
-import numpy as np
 import torch
 import torch.nn as nn
 from mmdet.models.utils.builder import TRANSFORMER
@@ -90,21 +89,11 @@ class OPUSV2TransformerDecoder(OPSTransformerDecoder):
 
     def _occ2img(self, img_metas, device):
         """`[B, T*N, 4, 4]` float32: occupancy frame -> pixels = ego2img @ inverse(ego2occ), per view."""
-        TN = self.num_frames * self.num_views
-        ego2img, ego2occ = [], []
-        for i, meta in enumerate(img_metas):
-            for key in ('ego2img', 'ego2occ', 'img_shape'):
-                if key not in meta:
-                    raise KeyError(f'img_metas[{i}] has no "{key}": the OPUS-V2 pipelines add ego2img and ego2occ '
-                                   f'(ComposeEgo2Img, RandomTransformOcc) and collect them (docs/opusv2.md)')
-            mats = np.asarray(meta['ego2img'], dtype=np.float32)
-            if mats.shape != (TN, 4, 4):
-                raise ValueError(f'img_metas[{i}]["ego2img"] has shape {mats.shape}, expected ({TN}, 4, 4) '
-                                 f'= num_frames {self.num_frames} x num_views {self.num_views}')
-            ego2img.append(mats)
-            ego2occ.append(np.asarray(meta['ego2occ'], dtype=np.float32).reshape(4, 4))
-        ego2img = torch.from_numpy(np.stack(ego2img)).to(device)
-        occ2ego = torch.inverse(torch.from_numpy(np.stack(ego2occ)).to(device))
+        ego2img, ego2occ = self._meta_matrices(
+            img_metas, 'ego2img', 'ego2occ', device,
+            hint='the OPUS-V2 pipelines add ego2img and ego2occ (ComposeEgo2Img, RandomTransformOcc) and collect '
+                 'them, docs/opusv2.md')
+        occ2ego = torch.inverse(ego2occ)
         return torch.matmul(ego2img, occ2ego[:, None])
 
 
