@@ -239,6 +239,20 @@ class OPSHead(BaseModule):
             out.append((points, labels, vis[b][idx[:, 0], idx[:, 1], idx[:, 2]]))
         return out
 
+    def gt_point_weights(self, gt_xyz, pts_for_gt, gt_labels, gt_vis, rare):
+        """Weight of each ground-truth point in the GT -> prediction Chamfer term, `[Ng]`.
+
+        1; `empty_weights` (5) for a camera-visible point whose nearest prediction `pts_for_gt` is
+        farther than `empty_dist_thr` (0.2 m); at least `rare_weights` (10) for a visible point of a
+        rare class (`rare`: long tensor of class ids).
+        """
+        cfg = self.train_cfg
+        gap = (gt_xyz - pts_for_gt).norm(dim=-1)
+        weight = torch.ones_like(gap)
+        weight[gt_vis & (gap > cfg['empty_dist_thr'])] = float(cfg['empty_weights'])
+        is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
+        return torch.where(is_rare, weight.clamp(min=float(cfg['rare_weights'])), weight)
+
     def loss_single(self, cls_scores, pred_points, gts):
         """Focal + Chamfer terms of one layer (docs/method.md, "Losses").
 
@@ -280,14 +294,7 @@ class OPSHead(BaseModule):
                 # [QUIRK, docs/method.md "Losses"] the class weight is taken per logit channel, not per target class.
                 dist_factor = 1 + matched_gt[:, :2].norm(dim=-1) / self._max_dist
                 weight_cls = cls_weights[None, :] * dist_factor[:, None]     # [Np, C]
-                gap = (gt_xyz - pts_for_gt).norm(dim=-1)
-                weight_gt = torch.ones_like(gap)
-                weight_gt[gt_vis & (gap > self.train_cfg['empty_dist_thr'])] = \
-                    float(self.train_cfg['empty_weights'])
-                is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
-                weight_gt = torch.where(
-                    is_rare, weight_gt.clamp(min=float(self.train_cfg['rare_weights'])),
-                    weight_gt)
+                weight_gt = self.gt_point_weights(gt_xyz, pts_for_gt, gt_labels, gt_vis, rare)
             if cls_scores is not None:
                 pred_cls.append(logits[b])
                 cls_labels.append(gt_labels[nn_gt])

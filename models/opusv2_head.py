@@ -208,7 +208,6 @@ class OPUSV2DCDHead(OPUSV2Head):
                              f'batch of {batch}')
         points = self.decode_points(pred_points).reshape(batch, -1, 3)
         rare = points.new_tensor(self.rare_classes, dtype=torch.long)
-        cfg = self.train_cfg
         pts_for_gt, gt_pts, gt_w, pred_pts, pred_to_gt, pred_w = [], [], [], [], [], []
         d_g = d_p = 0.0
         for b, (gt_xyz, gt_labels, gt_vis) in enumerate(gts):
@@ -219,12 +218,8 @@ class OPUSV2DCDHead(OPUSV2Head):
                 nn_pred, nn_gt = knn1_bidirectional(gt_xyz, points[b])
                 n = torch.bincount(nn_pred, minlength=points.shape[1])[nn_pred].to(points.dtype)   # [Ng]
                 m = torch.bincount(nn_gt, minlength=gt_xyz.shape[0])[nn_gt].to(points.dtype)      # [Np]
-                # V1's GT-side weights (as in OPSHead.loss_single), then divided by the multiplicity
-                gap = (gt_xyz - points[b][nn_pred]).norm(dim=-1)
-                weight = torch.ones_like(gap)
-                weight[gt_vis & (gap > cfg['empty_dist_thr'])] = float(cfg['empty_weights'])
-                is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
-                weight = torch.where(is_rare, weight.clamp(min=float(cfg['rare_weights'])), weight)
+                # V1's GT-side weights, then divided by the multiplicity
+                weight = self.gt_point_weights(gt_xyz, points[b][nn_pred], gt_labels, gt_vis, rare)
                 # per-sample normalisers, summed over the batch: D_g = sum 1/n_j (not weighted by w_gt)
                 d_g = d_g + (1.0 / n).sum()
                 d_p = d_p + (1.0 / m).sum()
