@@ -5,27 +5,11 @@ and against a float64 computation. Background: docs/method.md, "float32 details"
 """
 import numpy as np
 import torch
-import torch.nn as nn
-from mmcv.runner import BaseModule
-from mmdet.models.utils.builder import TRANSFORMER
 
-from models.ops_head import OPSHead
 from models.ops_sampling import project_points
+from test_ops_head_loss import PC_RANGE, make_head   # a head with a stand-in transformer (fed by hand)
 
-PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 GRID = (200, 200, 16)
-
-
-@TRANSFORMER.register_module(name='F32DetailsFakeTransformer', force=True)
-class FakeTransformer(BaseModule):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-
-def make_head():
-    return OPSHead(num_query=4, pc_range=PC_RANGE, voxel_size=[0.4] * 3,
-                   transformer=dict(type='F32DetailsFakeTransformer'))
 
 
 def test_ground_truth_voxel_centres_follow_the_original_formula():
