@@ -14,6 +14,7 @@ import numpy as np
 from mmdet.datasets.builder import PIPELINES
 
 from .loading import LoadOccFromFile
+from .transforms import merge_aug_conf
 
 __all__ = ['ComposeEgo2Img', 'RandomTransformOcc']
 
@@ -60,13 +61,7 @@ class RandomTransformOcc:
     """
 
     def __init__(self, bda_aug_conf=None):
-        conf = dict(DEFAULT_BDA_AUG_CONF)
-        if bda_aug_conf is not None:
-            unknown = set(bda_aug_conf) - set(DEFAULT_BDA_AUG_CONF)
-            if unknown:
-                raise KeyError(f'RandomTransformOcc: unknown bda_aug_conf key(s) {sorted(unknown)}; known keys: '
-                               f'{sorted(DEFAULT_BDA_AUG_CONF)}')
-            conf.update(bda_aug_conf)
+        conf = merge_aug_conf('RandomTransformOcc', 'bda_aug_conf', bda_aug_conf, DEFAULT_BDA_AUG_CONF)
         if tuple(conf['rot_lim']) != (0.0, 0.0) or tuple(conf['scale_lim']) != (1.0, 1.0):
             raise NotImplementedError(f'RandomTransformOcc: only flips are implemented; got rot_lim '
                                       f'{conf["rot_lim"]} and scale_lim {conf["scale_lim"]} (use (0, 0) and (1, 1))')

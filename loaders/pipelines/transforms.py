@@ -8,6 +8,17 @@ DEFAULT_IDA_AUG_CONF = dict(resize_lim=(0.38, 0.55), final_dim=(256, 704), bot_p
                             rot_lim=(0.0, 0.0), H=900, W=1600, rand_flip=True)
 
 
+def merge_aug_conf(step, name, conf, defaults):
+    """`defaults` updated with `conf` (None = the defaults); a key not in `defaults` is a KeyError naming it."""
+    merged = dict(defaults)
+    if conf is not None:
+        unknown = set(conf) - set(defaults)
+        if unknown:
+            raise KeyError(f'{step}: unknown {name} key(s) {sorted(unknown)}; known keys: {sorted(defaults)}')
+        merged.update(conf)
+    return merged
+
+
 @PIPELINES.register_module()
 class RandomTransformImage:
     """Resize, crop, flip and rotate every image with one random draw per sample.
@@ -25,14 +36,8 @@ class RandomTransformImage:
     """
 
     def __init__(self, ida_aug_conf=None, training=True):
-        conf = dict(DEFAULT_IDA_AUG_CONF)
-        if ida_aug_conf is not None:
-            unknown = set(ida_aug_conf) - set(DEFAULT_IDA_AUG_CONF)
-            if unknown:
-                raise KeyError(f'RandomTransformImage: unknown ida_aug_conf key(s) {sorted(unknown)}; '
-                               f'known keys: {sorted(DEFAULT_IDA_AUG_CONF)}')
-            conf.update(ida_aug_conf)
-        self.ida_aug_conf = conf
+        self.ida_aug_conf = merge_aug_conf('RandomTransformImage', 'ida_aug_conf', ida_aug_conf,
+                                           DEFAULT_IDA_AUG_CONF)
         self.training = training
 
     def sample_augmentation(self):
