@@ -1,90 +1,173 @@
-"""Where the time of one OPS-T online inference and one training step goes, on the GPU.
+"""Where the GPU time of one OPS test step and one training step goes (torch.profiler, on a CUDA GPU).
 
-    python benchmarks/profile_e2e.py --config configs/ops-t_r50_704x256_8f_12e.py
+    python benchmarks/profile_e2e.py --config configs/ops-t_r50_704x256_8f_12e.py [--mode fast] [--out prof.md]
 
-Prints per-stage times (backbone, decoder, post-processing; forward, loss, backward) measured with
-cuda.synchronize around each stage, then torch.profiler's top operators.
+Inference: the eager static test step (the kernels that the CUDA graph of the default path replays),
+online, batch 1, 7 cached history frames, on bench_e2e.py's rig. Per stage (backbone, FPN, feature
+cache, each decoder part summed over the 6 layers, post-processing) it reports the GPU kernel time
+per sample, measured by the profiler, and the top kernels. When the graph replay takes about as
+long as the kernel sum, the step is bound by GPU work, not by launches.
+
+Training: one step of bench_e2e.py's training mode (`--mode`: faithful or fast), batch 1: GPU kernel
+time of forward + loss, of the whole step, and its wall time, and the top kernels of the step.
 """
 import argparse
 import os
 import sys
 import time
+from collections import defaultdict
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_e2e import build_model, lidar2img_rig, make_metas, random_occupancy  # noqa: E402
+from benchmarks.bench_e2e import INFER_MODES, InferenceStream, TrainBench, build_model, sync  # noqa: E402
+
+ACTIVITIES = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+DECODER_PARTS = ('position_encoder', 'sampling', 'mixing', 'self_attn', 'ffn', 'cls_branch', 'reg_branch')
 
 
-def timed(fn, reps=20):
+def annotate(module, name, handles):
+    """Wrap every forward of `module` in a profiler range `stage:<name>` (forward hooks)."""
+    stack = []
+
+    def enter(*_):
+        rf = record_function(f'stage:{name}')
+        rf.__enter__()
+        stack.append(rf)
+
+    def leave(*_):
+        stack.pop().__exit__(None, None, None)
+
+    handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+
+
+def device_us(evt):
+    return getattr(evt, 'device_time_total', None) or getattr(evt, 'cuda_time_total', 0)
+
+
+def self_device_us(evt):
+    return getattr(evt, 'self_device_time_total', None) or getattr(evt, 'self_cuda_time_total', 0)
+
+
+def kernel_table(prof, reps, rows=20):
+    """Top operators by self GPU time per repetition (ms), and the total."""
+    events = [e for e in prof.key_averages() if not e.key.startswith(('stage:', 'step:'))]
+    events.sort(key=self_device_us, reverse=True)
+    total = sum(self_device_us(e) for e in events) / 1000 / reps
+    lines = [f'GPU kernel time per repetition: {total:.2f} ms', '', '| operator | self GPU ms | calls |', '|---|---|---|']
+    for e in events[:rows]:
+        if self_device_us(e) == 0:
+            break
+        lines.append(f'| `{e.key[:70]}` | {self_device_us(e) / 1000 / reps:.3f} | {e.count // reps} |')
+    return total, lines
+
+
+def profile_inference(cfg, mode, state, device, reps=5):
+    model = build_model(cfg, device, dict(INFER_MODES[mode], cuda_graph=False), state=state)
+    stream = InferenceStream(model, cfg.num_frames)
+    for _ in range(cfg.num_frames + 3):
+        stream.sample()
+    eager_ms = float(np.median([stream.sample() for _ in range(10)]))
+    handles = []
+    annotate(model.img_backbone, 'backbone', handles)
+    annotate(model.img_neck, 'FPN', handles)
+    for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
+        for part in DECODER_PARTS:
+            annotate(getattr(layer, part), f'decoder.{part}', handles)
+    head = model.pts_bbox_head
+    get_occ_grids = head.get_occ_grids
+
+    def annotated_get_occ_grids(outs):
+        with record_function('stage:post-processing'):
+            return get_occ_grids(outs)
+    head.get_occ_grids = annotated_get_occ_grids
+    with profile(activities=ACTIVITIES) as prof:
+        for _ in range(reps):
+            stream.sample()
+        sync()
+    for h in handles:
+        h.remove()
+    head.get_occ_grids = get_occ_grids
+    total, top = kernel_table(prof, reps)
+    stages = defaultdict(float)
+    for e in prof.key_averages():
+        if e.key.startswith('stage:'):
+            stages[e.key[6:]] += device_us(e) / 1000 / reps
+    lines = [f'### Inference, mode {mode}: eager step {eager_ms:.1f} ms wall, per sample', '',
+             '| stage | GPU ms |', '|---|---|']
+    for name, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+        lines.append(f'| {name} | {ms:.2f} |')
+    lines.append(f'| rest (cache, geometry, glue) | {total - sum(stages.values()):.2f} |')
+    return lines + [''] + top + ['']
+
+
+def profile_training(cfg, mode, state, device, reps=3):
+    bench = TrainBench(cfg, mode, state, 1, device)
     for _ in range(3):
-        out = fn()
-    torch.cuda.synchronize()
+        bench.step()
+    wall = bench.timed(5)
+    model = bench.model
+
+    def forward_loss():
+        return model(img=bench.img, img_metas=[dict(m) for m in bench.metas], voxel_semantics=bench.sem,
+                     mask_camera=bench.mask, return_loss=True)
+    with profile(activities=ACTIVITIES) as prof_fwd:
+        for _ in range(reps):
+            forward_loss()
+        sync()
+    model.zero_grad(set_to_none=True)
+    sync()
     start = time.perf_counter()
     for _ in range(reps):
-        out = fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000 / reps, out
+        forward_loss()
+    sync()
+    fwd_wall = (time.perf_counter() - start) * 1000 / reps
+    with profile(activities=ACTIVITIES) as prof_step:
+        for _ in range(reps):
+            bench.step()
+        sync()
+    fwd_gpu, _ = kernel_table(prof_fwd, reps)
+    step_gpu, top = kernel_table(prof_step, reps, rows=25)
+    return [f'### Training, mode {mode}, batch 1', '',
+            '| part | wall ms | GPU kernel ms |', '|---|---|---|',
+            f'| forward + loss | {fwd_wall:.1f} | {fwd_gpu:.1f} |',
+            f'| whole step | {wall:.1f} | {step_gpu:.1f} |', ''] + top + ['']
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='configs/ops-t_r50_704x256_8f_12e.py')
-    parser.add_argument('--fast', action='store_true')
+    parser.add_argument('--mode', default='faithful', choices=('faithful', 'fast'))
+    parser.add_argument('--skip-inference', action='store_true')
+    parser.add_argument('--skip-train', action='store_true')
+    parser.add_argument('--out', help='also write the tables (markdown) here')
+    parser.add_argument('--cpu-smoke', action='store_true', help='run on the CPU (checks the script, no GPU times)')
     args = parser.parse_args()
-    device = torch.device('cuda')
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        sys.exit('profile_e2e.py needs a CUDA GPU (--cpu-smoke runs it on the CPU to check the script)')
+    from engine.config import load_config
+    import models  # noqa: F401
     torch.backends.cudnn.benchmark = True
-    model, cfg = build_model(args.config, device, args.fast)
-    T = cfg.num_frames
-    lidar2img, ego2lidar = lidar2img_rig(T)
-    metas = [make_metas(list(range(T)), lidar2img, ego2lidar)]
-    img_all = torch.randint(0, 256, (1, T * 6, 3, 256, 704), dtype=torch.uint8, device=device)
-    head = model.pts_bbox_head
-    model.eval()
-    with torch.no_grad():
-        model.online = False
-        t_feat, feats = timed(lambda: model.extract_feat(img_all[:, :6], metas))
-        feats = model.extract_feat(img_all, metas)
-        t_head, outs = timed(lambda: head(feats, metas))
-        t_occ, _ = timed(lambda: head.get_occ(outs, metas))
-        print(f'inference stages: backbone+FPN on 6 images {t_feat:.2f} ms, decoder {t_head:.2f} ms, '
-              f'post-processing {t_occ:.2f} ms')
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                o = head(feats, metas)
-                head.get_occ(o, metas)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=25))
-        print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
-
-    g = torch.Generator().manual_seed(2)
-    sem, mask = random_occupancy(91198, g)
-    sem, mask = sem.to(device), mask.to(device)
-    model.train()
-    model.fp16_enabled = not args.fast
-
-    def fwd_loss():
-        return model(img=img_all, img_metas=metas, voxel_semantics=sem, mask_camera=mask, return_loss=True)
-
-    t_fwd, losses = timed(fwd_loss, reps=5)
-    loss = sum(v for k, v in losses.items() if 'loss' in k)
-
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        ls = fwd_loss()
-        sum(v for k, v in ls.items() if 'loss' in k).backward()
-    t_step, _ = timed(fwd_bwd, reps=5)
-    feats = model.extract_feat(img_all, metas)
-    outs = head(feats, metas)
-    t_loss, _ = timed(lambda: head.loss(sem, mask, outs), reps=5)
-    print(f'training: forward+loss {t_fwd:.1f} ms (loss alone {t_loss:.1f} ms), forward+loss+backward {t_step:.1f} ms')
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fwd_bwd()
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=25))
+    device = torch.device('cpu' if args.cpu_smoke else 'cuda')
+    cfg = load_config(args.config)
+    base = build_model(cfg, device)
+    state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    del base
+    gpu = torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU'
+    lines = [f'## {os.path.basename(args.config)} on {gpu}', '',
+             f'command: `python {" ".join(sys.argv)}`', '']
+    if not args.skip_inference:
+        lines += profile_inference(cfg, args.mode, state, device)
+    if not args.skip_train:
+        lines += profile_training(cfg, args.mode, state, device)
+    text = '\n'.join(lines)
+    print(text, flush=True)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text + '\n')
 
 
 if __name__ == '__main__':

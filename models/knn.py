@@ -111,6 +111,9 @@ def _load(backend):
                 def fn(query, ref):
                     # mmcv.ops.knn: refs [B, N, 3], queries [B, M, 3] -> int32 [B, k, M].
                     return mmcv_knn(1, ref[None], query[None])[0, 0].long()
+                if torch.cuda.is_available():
+                    # mmcv imports without its compiled ops (their stubs raise when called): try one
+                    fn(torch.zeros(1, 3, device='cuda'), torch.zeros(1, 3, device='cuda'))
         except Exception:  # not built / no mmcv ops
             fn = None
         _compiled[backend] = fn

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_detector import build, images, metas_for
+from tiny_detector import H, N, T, W, build, images, metas_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
@@ -44,11 +44,12 @@ def test_graph_replay_equals_eager_bitwise_online_and_offline():
     # the decoder's raw outputs replayed inside the graph equal eager ones bit for bit
     head = graph.pts_bbox_head
     feats = [torch.randn(1, 12, 32, h, w, device='cuda') for h, w in ((16, 40), (8, 20), (4, 10), (2, 5))]
-    occ2img, _ = head.transformer.image_geometry([metas_for([1, 0])], 'cuda')
+    metas = dict(metas_for([1, 0]), img_shape=[(H, W, 3)] * (T * N))
+    occ2img, _ = head.transformer.image_geometry([metas], 'cuda')
     with torch.no_grad():
-        ref = head.get_occ_grids(head.forward_geometry(feats, occ2img, 64, 160))
+        ref = head.get_occ_grids(head.forward_geometry(feats, occ2img, H, W))
         from models.cuda_graph import GraphedFunction
-        step = GraphedFunction(lambda f0, f1, f2, f3, m: head.get_occ_grids(head.forward_geometry([f0, f1, f2, f3], m, 64, 160)))
+        step = GraphedFunction(lambda f0, f1, f2, f3, m: head.get_occ_grids(head.forward_geometry([f0, f1, f2, f3], m, H, W)))
         for _ in range(2):
             got = step(*feats, occ2img)
         assert torch.equal(got, ref)
