@@ -164,6 +164,8 @@ def train(args, cfg, work_dir, rank, world_size, device):
     else:
         model = OPSDataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, cfg.optimizer)
+    if args.fast:   # one fused AdamW launch per lr multiplier instead of one per parameter (same update)
+        optimizer = engine.train_step.merge_param_groups(optimizer)
 
     runner = AtomicEpochBasedRunner(model, optimizer=optimizer, work_dir=work_dir, logger=logger,
                                     meta=dict(config=cfg.pretty_text, seed=args.seed, batch=plan.as_meta()),

@@ -20,7 +20,8 @@ Training modes:
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
   on the host every step (mmcv's optimizer hook + mmdet's loss parsing);
 * fast: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
-  skips non-finite steps on the device), no gradient checkpointing;
+  skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
+  checkpointing, channels-last backbone;
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
@@ -179,6 +180,9 @@ class TrainBench:
         if fast:
             opt_cfg['fused'] = True
         self.optimizer = build_optimizer(self.model, opt_cfg)
+        if fast:   # as train.py --fast: one fused launch per lr multiplier
+            from engine.train_step import merge_param_groups
+            self.optimizer = merge_param_groups(self.optimizer)
         num_frames = cfg.num_frames
         lidar2img, ego2lidar = lidar2img_rig(num_frames)
         g = torch.Generator().manual_seed(2)

@@ -19,6 +19,8 @@ same per-parameter lr multipliers (the fused kernel evaluates AdamW's formula in
 weights agree to float32 rounding, not bitwise), the same static loss scale for fp16; a step whose
 gradients are not finite is skipped in both.
 """
+import inspect
+
 import numpy as np
 import torch
 from mmcv.runner import HOOKS, Hook
@@ -26,7 +28,59 @@ from mmcv.runner.log_buffer import LogBuffer
 
 from models.ops import parse_losses_lazy
 
-__all__ = ['parse_losses_lazy', 'LazyLogBuffer', 'SyncFreeOptimizerHook', 'SyncFreeStep']
+__all__ = ['parse_losses_lazy', 'LazyLogBuffer', 'SyncFreeOptimizerHook', 'SyncFreeStep', 'merge_param_groups',
+           'regroup_optimizer_state']
+
+
+def _hyper(group):
+    return {k: v for k, v in group.items() if k != 'params'}
+
+
+def merge_param_groups(optimizer):
+    """The same optimizer with each run of consecutive parameter groups of equal hyperparameters merged.
+
+    mmcv's optimizer constructor gives every parameter its own group when `paramwise_cfg` is set
+    (431 groups for OPS-T: the lr multipliers), and a fused or foreach step then runs once per group:
+    431 kernel launches and as many Python iterations per step. AdamW updates each parameter from its
+    own state and its group's hyperparameters only, so merging groups with equal hyperparameters
+    computes the same update. Only consecutive groups merge, so the parameters keep their order (the
+    optimizer state's indices; `regroup_optimizer_state` converts a state saved with other groups).
+    Returns a new optimizer of the same class (no state yet: call it before the first step).
+    """
+    if optimizer.state:
+        raise ValueError('merge_param_groups: the optimizer already has state; merge before the first step')
+    merged = []
+    for group in optimizer.param_groups:
+        if merged and _hyper(merged[-1]) == _hyper(group):
+            merged[-1]['params'].extend(group['params'])
+        else:
+            merged.append(dict(group, params=list(group['params'])))
+    accepted = inspect.signature(type(optimizer)).parameters
+    return type(optimizer)(merged, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
+
+
+def regroup_optimizer_state(saved, optimizer):
+    """An optimizer state dict saved with other parameter groups, for `optimizer`'s groups.
+
+    Both must hold the same parameters in the same order (what `merge_param_groups` keeps); each new
+    group takes the hyperparameters (lr as scheduled, initial_lr, ...) of the saved group of its first
+    parameter. A state dict with the optimizer's own grouping is returned unchanged.
+    """
+    current = optimizer.state_dict()['param_groups']
+    if [len(g['params']) for g in saved['param_groups']] == [len(g['params']) for g in current]:
+        return saved
+    order = [i for g in saved['param_groups'] for i in g['params']]
+    total = sum(len(g['params']) for g in current)
+    if len(order) != total:
+        raise ValueError(f'the saved optimizer state holds {len(order)} parameters, this model has {total}: '
+                         f'the checkpoint is from another model; resume it with the same config')
+    owner = {i: g for g in saved['param_groups'] for i in g['params']}
+    groups, start = [], 0
+    for group in current:
+        ids = order[start:start + len(group['params'])]
+        groups.append(dict(_hyper(owner[ids[0]]), params=ids))
+        start += len(ids)
+    return dict(saved, param_groups=groups)
 
 
 class LazyLogBuffer(LogBuffer):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from mmcv.runner import build_optimizer
 
-from engine.train_step import LazyLogBuffer, SyncFreeStep, parse_losses_lazy
+from engine.train_step import (LazyLogBuffer, SyncFreeStep, merge_param_groups, parse_losses_lazy,
+                               regroup_optimizer_state)
 from tiny_detector import build, gt, images, metas_for
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
@@ -27,8 +28,9 @@ def test_one_fast_step_equals_one_faithful_step():
     fast = no_checkpointing(build()).train()
     fast.load_state_dict(faithful.state_dict())
     opt_a = build_optimizer(faithful, dict(OPTIMIZER, foreach=False))
-    opt_b = build_optimizer(fast, dict(OPTIMIZER, fused=True))
-    assert [g['lr'] for g in opt_a.param_groups] == [g['lr'] for g in opt_b.param_groups]
+    opt_b = merge_param_groups(build_optimizer(fast, dict(OPTIMIZER, fused=True)))   # as train.py --fast
+    assert len(opt_b.param_groups) < len(opt_a.param_groups) // 10
+    assert per_parameter_lr(opt_a) == per_parameter_lr(opt_b)
 
     # faithful: mmdet's parsing (host floats), backward, clip at 35, AdamW
     loss_a, log_a = faithful._parse_losses(losses_of(faithful))
@@ -52,6 +54,76 @@ def test_one_fast_step_equals_one_faithful_step():
         moved += int(not torch.equal(a, initial[name]))
     assert moved > 50                                            # the step did update the weights
     assert step.read_counters() == (0, 0)
+
+
+def per_parameter_lr(optimizer):
+    return [(tuple(p.shape), g['lr']) for g in optimizer.param_groups for p in g['params']]
+
+
+def adamw_steps(model, optimizer, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        x = torch.randn(5, 3, generator=g)
+        model(x).square().sum().backward()
+        optimizer.step()
+
+
+def three_layers():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+
+
+def per_parameter_groups(model, lrs):
+    """One group per parameter, as mmcv's constructor builds them with paramwise_cfg."""
+    return torch.optim.AdamW([dict(params=[p], lr=lr) for p, lr in zip(model.parameters(), lrs)],
+                             lr=1.0, weight_decay=0.01, foreach=False)
+
+
+LRS = [0.1, 0.1, 1.0, 1.0, 0.1, 0.1]     # weight, bias of each layer: runs of equal lr merge, in order
+
+
+def test_merged_param_groups_compute_the_same_adamw_update():
+    a, b = three_layers(), three_layers()
+    opt_a = per_parameter_groups(a, LRS)
+    opt_b = merge_param_groups(per_parameter_groups(b, LRS))
+    assert [len(g['params']) for g in opt_b.param_groups] == [2, 2, 2]
+    assert [g['lr'] for g in opt_b.param_groups] == [0.1, 1.0, 0.1]
+    assert opt_b.defaults['weight_decay'] == 0.01 and opt_b.defaults['foreach'] is False
+    adamw_steps(a, opt_a, 4)
+    adamw_steps(b, opt_b, 4)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match='before the first step'):
+        merge_param_groups(opt_b)
+
+
+def test_optimizer_state_resumes_across_groupings():
+    """A checkpoint of the per-parameter grouping continues in the merged one (train.py --fast) and back."""
+    reference, a, b = three_layers(), three_layers(), three_layers()
+    opt_ref = per_parameter_groups(reference, LRS)
+    opt_a = per_parameter_groups(a, LRS)
+    adamw_steps(reference, opt_ref, 3)
+    adamw_steps(a, opt_a, 3)
+    saved = copy.deepcopy(opt_a.state_dict())
+    saved['param_groups'][0]['lr'] = saved['param_groups'][1]['lr'] = 0.05   # as the lr schedule left it
+    for group in opt_ref.param_groups[:2]:
+        group['lr'] = 0.05
+    b.load_state_dict(a.state_dict())
+    opt_b = merge_param_groups(per_parameter_groups(b, LRS))
+    opt_b.load_state_dict(regroup_optimizer_state(saved, opt_b))
+    assert [g['lr'] for g in opt_b.param_groups] == [0.05, 1.0, 0.1]
+    adamw_steps(reference, opt_ref, 2, seed=1)
+    adamw_steps(b, opt_b, 2, seed=1)
+    for pr, pb in zip(reference.parameters(), b.parameters()):
+        assert torch.equal(pr, pb)
+    back = per_parameter_groups(three_layers(), LRS)      # and the merged state into per-parameter groups
+    back.load_state_dict(regroup_optimizer_state(opt_b.state_dict(), back))
+    assert [g['lr'] for g in back.param_groups] == [0.05, 0.05, 1.0, 1.0, 0.1, 0.1]
+    assert regroup_optimizer_state(saved, opt_a) is saved
+    small = torch.optim.AdamW(torch.nn.Linear(3, 4).parameters())
+    with pytest.raises(ValueError, match='holds 6 parameters, this model has 2'):
+        regroup_optimizer_state(saved, small)
 
 
 def no_checkpointing(model):
