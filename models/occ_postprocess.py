@@ -24,7 +24,7 @@ host once.
 import torch
 import torch.nn.functional as F
 
-__all__ = ['dense_occupancy', 'grid_to_sparse']
+__all__ = ['dense_occupancy', 'grid_to_sparse', 'max_filter3']
 
 
 def _first_k_slots(cell_ids, sentinel):
@@ -39,6 +39,24 @@ def _first_k_slots(cell_ids, sentinel):
     run_start[1:] = sorted_ids[1:] != sorted_ids[:-1]
     start_pos = torch.where(run_start, position, torch.zeros_like(position)).cummax(0).values
     return order, sorted_ids, position - start_pos
+
+
+def max_filter3(x):
+    """Maximum over the 3x3x3 in-bounds neighbourhood of every cell of `[C, X, Y, Z]`.
+
+    What `F.max_pool3d(x[None], 3, stride=1, padding=1)[0]` computes, one axis at a time (a maximum
+    is exact, so the order does not change a value): six elementwise passes instead of PyTorch's
+    pooling kernel, which also writes the argmax indices (a third of the post-processing's GPU time).
+    """
+    for dim in (1, 2, 3):
+        n = x.shape[dim]
+        out = x.clone()
+        if n > 1:
+            above, below = out.narrow(dim, 1, n - 1), out.narrow(dim, 0, n - 1)
+            torch.maximum(above, x.narrow(dim, 0, n - 1), out=above)     # neighbour i - 1
+            torch.maximum(below, x.narrow(dim, 1, n - 1), out=below)     # neighbour i + 1
+        x = out
+    return x
 
 
 def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, ctr_dist_thr=3.0,
@@ -92,8 +110,7 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
 
     if padding:
         dense = scores.t().reshape(C, X, Y, Z)
-        dilated = F.max_pool3d(dense[None], 3, stride=1, padding=1)
-        closed = -F.max_pool3d(-dilated, 3, stride=1, padding=1)[0]
+        closed = -max_filter3(-max_filter3(dense))
         above = (dense > score_thr).any(dim=0)
         closed = torch.where(above[None], dense, closed)
         occupied = (closed > score_thr).any(dim=0).reshape(V)

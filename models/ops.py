@@ -9,6 +9,7 @@ Batch format (docs/architecture.md): `img` uint8 `[B, T*N, 3, H, W]` BGR, frame-
 t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... In online test mode
 only the N key-frame images are given and the history features come from a per-frame cache.
 """
+import contextlib
 import warnings
 from collections import OrderedDict
 
@@ -24,7 +25,24 @@ from .gpu_image_decode import decode_and_transform
 from .occ_postprocess import grid_to_sparse
 from .photometric import GpuPhotoMetricDistortion
 
-__all__ = ['OPS', 'parse_losses_lazy']
+__all__ = ['OPS', 'parse_losses_lazy', 'tf32_matmuls']
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled):
+    """float32 matrix products on TF32 tensor cores inside the block (the fast test mode), restored after.
+
+    A CUDA graph captured inside keeps the TF32 kernels it recorded.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('high')
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def parse_losses_lazy(losses):
@@ -69,12 +87,14 @@ class OPS(BaseDetector):
         train_cfg (dict): `pts` entries are handed to the head; `mode` 'faithful' (default: mmdet's
             loss parsing, which reads every logged value on the host each step) or 'fast' (the same
             total loss, log values kept on the device; needs engine/train_step.py's
-            SyncFreeOptimizerHook, which `train.py --fast` sets up); `amp_dtype` 'fp16' (default: the
+            SyncFreeOptimizerHook, which `train.py --fast` sets up; NHWC backbone tensors on CUDA); `amp_dtype` 'fp16' (default: the
             backbone's autocast when the fp16 optimizer hook is on) or 'bf16' (autocast always on
             CUDA, no loss scaling).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
-            `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (backbone and
-            FPN under bf16 autocast on CUDA); `cuda_graph` (default True): on CUDA, replay each test
+            `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
+            backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
+            the projection without per-point matrix copies and the self-attention as one fused kernel,
+            docs/performance.md); `cuda_graph` (default True): on CUDA, replay each test
             step (backbone, feature cache, decoder, post-processing) from a CUDA graph, which computes
             exactly what the same step computes eagerly; `offline_fp16` (default True): in faithful
             offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
@@ -182,6 +202,9 @@ class OPS(BaseDetector):
         Under CUDA autocast with `amp_dtype` (None: no autocast; never on the CPU). Outputs are float32.
         """
         use_amp = amp_dtype is not None and img.is_cuda
+        if img.is_cuda and (self.train_mode if self.training else self.test_mode) == 'fast':
+            # NHWC: cuDNN's own layout for fp16/bf16 convolutions (the NCHW path transposes around each one)
+            img = img.contiguous(memory_format=torch.channels_last)
         with warnings.catch_warnings():
             # mmdet 2.28's ResNet(with_cp=True) calls torch.utils.checkpoint without `use_reentrant`; the
             # reentrant variant it gets is the original's behaviour, the per-block warning is noise
@@ -236,8 +259,13 @@ class OPS(BaseDetector):
         feats = self._image_feats(img[0], self.test_amp_dtype(online=True))
         self.feature_cache.write(slot, feats)
         frames = self.feature_cache.read(frame_slots)              # L x [1, T*N, C, H_l, W_l]
-        with torch.autocast(img.device.type, enabled=False):
-            outs = self.pts_bbox_head.forward_geometry(frames, occ2img, image_h, image_w)
+        return self._decode(frames, occ2img, image_h, image_w)
+
+    def _decode(self, feats, occ2img, image_h, image_w):
+        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode)."""
+        fast = self.test_mode == 'fast'
+        with torch.autocast(occ2img.device.type, enabled=False), tf32_matmuls(fast and occ2img.is_cuda):
+            outs = self.pts_bbox_head.forward_geometry(feats, occ2img, image_h, image_w, fast=fast)
             return self.pts_bbox_head.get_occ_grids(outs)
 
     def _offline_step_fn(self, img, occ2img, image_h, image_w):
@@ -245,9 +273,7 @@ class OPS(BaseDetector):
         B, V = img.shape[:2]
         feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
         feats = [f.view(B, V, *f.shape[1:]) for f in feats]
-        with torch.autocast(img.device.type, enabled=False):
-            outs = self.pts_bbox_head.forward_geometry(feats, occ2img, image_h, image_w)
-            return self.pts_bbox_head.get_occ_grids(outs)
+        return self._decode(feats, occ2img, image_h, image_w)
 
     def _run_step(self, step, *tensors, **static):
         if self.cuda_graph:

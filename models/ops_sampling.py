@@ -10,7 +10,7 @@ import torch
 
 from .csrc.wrapper import msmv_sampling
 
-__all__ = ['sampling_4d', 'project_points', 'level_weight_group']
+__all__ = ['sampling_4d', 'project_points', 'project_points_fast', 'level_weight_group']
 
 
 def level_weight_group(t, g, num_frames, num_groups):
@@ -47,7 +47,25 @@ def project_points(points, occ2img, num_views):
     return torch.matmul(mats, homo).squeeze(-1)
 
 
-def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, image_w, num_views=6, eps=1e-5):
+def project_points_fast(points, occ2img, num_views):
+    """`project_points` without its per-point copies of the matrices (the fast test mode).
+
+    The faithful form expands the `[B, T*N, 4, 4]` matrices to one copy per point and runs a batched
+    matrix-vector product (on the GPU 48 x Q x G*P products, e.g. 1.8 M for OPS-L, in chunks). This
+    form broadcasts instead: (u*d, v*d, d) = M[:3, :3] @ p + M[:3, 3] per view, float32 products
+    summed in another order (results differ from `project_points` by float32 rounding).
+
+    Returns:
+        Tensor: `[B, T, N, Q, GP, 3]` = (u*d, v*d, d); the homogeneous 1 is left out.
+    """
+    B, Q, T, GP, _ = points.shape
+    mats = occ2img.view(B, T, num_views, 1, 1, 4, 4)[..., :3, :]                    # [B, T, N, 1, 1, 3, 4]
+    xyz = points.permute(0, 2, 1, 3, 4)[:, :, None, :, :, None, :]                  # [B, T, 1, Q, GP, 1, 3]
+    return (mats[..., :3] * xyz).sum(-1) + mats[..., 3]
+
+
+def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, image_w, num_views=6, eps=1e-5,
+                fast=False):
     """Sample image features at 3D points seen by every frame, one camera per point and frame.
 
     Args:
@@ -60,6 +78,7 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
         image_h, image_w (int): size of the augmented (unpadded) image in pixels; u, v are normalised by it.
         num_views (int): N cameras per frame.
         eps (float): minimum depth in metres for a valid projection.
+        fast (bool): project with `project_points_fast` (the fast test mode).
     Returns:
         Tensor: `[B, Q, G, T*P, C]` sampled features (T-major, then P).
     """
@@ -73,7 +92,8 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
                          f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
     L = scale_weights.shape[-1]
 
-    proj = project_points(sample_points.reshape(B, Q, T, G * P, 3), occ2img, N)   # [B, T, N, Q, GP, 4]
+    project = project_points_fast if fast else project_points
+    proj = project(sample_points.reshape(B, Q, T, G * P, 3), occ2img, N)           # [B, T, N, Q, GP, 3 or 4]
     depth = proj[..., 2]
     depth_clamped = torch.clamp(depth, min=eps)
     u = proj[..., 0] / depth_clamped / image_w

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from core.geometry import decode_points, encode_points
 
+from .fused_attention import fused_biased_attention
 from .ops_sampling import sampling_4d
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
@@ -62,13 +63,14 @@ class OPSSampling(BaseModule):
         offset = self.sampling_offset(query_feat).view(B, Q, self.num_groups * self.num_points, 3)
         return centre[:, :, None] + offset * scale[:, :, None]
 
-    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
         """
         Args:
             query_points (Tensor): `[B, Q, P_in, 3]` normalised, detached.
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`; image_h, image_w: augmented image size (pixels).
+            fast (bool): the fast test mode's projection (`project_points_fast`).
         Returns:
             Tensor: `[B, Q, G, T*np, C/G]`.
         """
@@ -78,7 +80,7 @@ class OPSSampling(BaseModule):
         sample_points = sample_points.view(B, Q, 1, G, P, 3).expand(B, Q, T, G, P, 3)
         weights = self.scale_weights(query_feat).view(B, Q, G, 1, P, L).softmax(-1)
         weights = weights.expand(B, Q, G, T, P, L)
-        return sampling_4d(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, self.num_views)
+        return sampling_4d(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, self.num_views, fast=fast)
 
 
 class AdaptiveMixing(nn.Module):
@@ -148,8 +150,17 @@ class OPSSelfAttention(BaseModule):
         nn.init.zeros_(self.gen_tau.weight)
         nn.init.uniform_(self.gen_tau.bias, 0.0, 2.0)
 
-    def forward(self, query_points, query_feat):
-        """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`."""
+    def forward(self, query_points, query_feat, fast=False):
+        """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`.
+
+        `fast` (the fast test mode; eval on CUDA only): the bias computed inside one fused kernel
+        (models/fused_attention.py) instead of a `[B*H, Q, Q]` mask.
+        """
+        if fast and not self.training and query_feat.is_cuda:
+            with torch.no_grad():
+                centres = decode_points(query_points, self.pc_range).mean(2)
+            tau = self.gen_tau(query_feat).permute(0, 2, 1)
+            return fused_biased_attention(self.attention.attn, query_feat, centres, tau)
         with torch.no_grad():
             centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
             # exact differences (no |a|^2 - 2ab + |b|^2 expansion); broadcasting is much faster than
@@ -225,13 +236,14 @@ class OPSTransformerDecoderLayer(BaseModule):
         centre = decode_points(query_points, self.pc_range).mean(2, keepdim=True)
         return encode_points(centre + offsets, self.pc_range)
 
-    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
         """
         Args:
             query_points (Tensor): `[B, Q, P_in, 3]` normalised (detached by the decoder).
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`.
+            fast (bool): the fast test mode's kernels (projection, fused self-attention; eval only).
         Returns:
             tuple: query_feat `[B, Q, C]`, cls logits `[B, Q, P_out, num_classes]`,
             new points `[B, Q, P_out, 3]` normalised.
@@ -240,9 +252,9 @@ class OPSTransformerDecoderLayer(BaseModule):
         if P_in != self.in_points:
             raise ValueError(f'decoder layer expects {self.in_points} points per query, got {P_in}')
         query_feat = query_feat + self.position_encoder(query_points.flatten(2))
-        sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+        sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast)
         query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat))
-        query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat))
+        query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat, fast))
         query_feat = self.norm3(self.ffn(query_feat))
         cls_score = self.cls_head(query_feat)
         offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
@@ -337,10 +349,11 @@ class OPSTransformerDecoder(BaseModule):
         """(occ2img `[B, T*N, 4, 4]` float32 on `device`, (image_h, image_w) of the augmented images)."""
         return self._occ2img(img_metas, device), tuple(img_metas[0]['img_shape'][0][:2])
 
-    def run_layers(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+    def run_layers(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
         """The decoder on device tensors only (no host work, so it can be captured in a CUDA graph).
 
-        occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels).
+        occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels);
+        fast: the fast test mode's kernels (eval only, see OPSTransformerDecoderLayer.forward).
         """
         if len(mlvl_feats) != self.num_levels:
             raise ValueError(f'got {len(mlvl_feats)} feature levels, the decoder was built for {self.num_levels}')
@@ -349,7 +362,8 @@ class OPSTransformerDecoder(BaseModule):
         for layer in self.decoder_layers:
             # each layer refines around the previous points without back-propagating into them
             query_points = query_points.detach()
-            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w)
+            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w,
+                                                        fast)
             cls_scores.append(cls_score)
             refine_pts.append(query_points)
         # a layer may return no logits (None: OPUS-V2 in eval mode before the last layer)
@@ -394,6 +408,6 @@ class OPSTransformer(BaseModule):
         """See `OPSTransformerDecoder.image_geometry`."""
         return self.decoder.image_geometry(img_metas, device)
 
-    def run(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+    def run(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
         """The decoder on device tensors (`OPSTransformerDecoder.run_layers`)."""
-        return self.decoder.run_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+        return self.decoder.run_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast)

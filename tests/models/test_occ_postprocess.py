@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.occ_postprocess import dense_occupancy, grid_to_sparse
+import torch.nn.functional as F
+
+from models.occ_postprocess import dense_occupancy, grid_to_sparse, max_filter3
 from occ_reference import reference_occ
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
@@ -42,6 +44,22 @@ def test_same_voxels_as_the_reference(seed, padding):
     if padding:  # the reference lists cells in x-major order too
         np.testing.assert_array_equal(sparse['occ_loc'], ref['occ_loc'])
         np.testing.assert_array_equal(sparse['sem_pred'], ref['sem_pred'])
+
+
+@pytest.mark.parametrize('shape', [(3, 7, 5, 4), (2, 1, 6, 2), (17, 12, 12, 16)])
+def test_max_filter_equals_max_pooling(shape):
+    """The separable 3x3x3 maximum is max_pool3d(3, stride 1, padding 1), bit for bit, ties and borders included."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.rand(shape, generator=g) * 4).round() / 4            # few distinct values: many ties
+    x[0, 0, 0, 0] = 0.9                                              # a corner maximum
+    for t in (x, -x, torch.rand(shape, generator=g)):
+        expected = F.max_pool3d(t[None], 3, stride=1, padding=1)[0]
+        assert torch.equal(max_filter3(t), expected)
+    # by hand: a single peak spreads to its in-bounds 3x3x3 block and nowhere else
+    peak = torch.zeros(1, 4, 4, 4)
+    peak[0, 0, 1, 3] = 1.0
+    spread = max_filter3(peak)[0]
+    assert spread.sum() == 2 * 3 * 2 and spread[0:2, 0:3, 2:4].eq(1).all()
 
 
 def test_only_the_first_max_points_of_a_cell_count():

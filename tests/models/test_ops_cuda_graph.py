@@ -70,3 +70,6 @@ def test_fast_mode_agrees_with_faithful():
         same += int((ga[either] == gb[either]).sum())
         total += int(either.sum())
     assert total > 0 and same / total >= 0.99
+    from models.cuda_graph import EAGER
+    # the fast step (compiled fused attention inside) was captured, not run eagerly
+    assert fast._online_step.graphs and all(e is not EAGER for e in fast._online_step.graphs.values())

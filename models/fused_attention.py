@@ -1,0 +1,63 @@
+"""The decoder's distance-biased self-attention as one fused kernel (the fast test mode).
+
+Symbols: B batch, H heads, Q queries, d channels per head (C / H).
+
+OPSSelfAttention adds -tau[b, h, q] * ||c_q - c_k|| (query centroids c in metres) to the attention
+logits. The faithful path materialises that bias as a float `[B*H, Q, Q]` tensor and hands it to
+mmcv's MultiheadAttention (PyTorch's unfused path, which also returns the head-averaged weights):
+for OPS-L (Q = 4800) 737 MB per layer, written and read several times. Here the bias is computed
+inside a FlexAttention kernel (torch.nn.attention.flex_attention, compiled by torch.compile) from
+the centroids and tau, so no Q x Q tensor exists; softmax and the value product are fused.
+
+Measured per layer on one H200 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800
+3.8 ms faithful, 0.75 ms fused in bf16; Q = 600 0.37 ms faithful, 0.28 ms fused in float32 (bf16 is
+slower there). Used in eval only: training keeps the faithful path, whose attention dropout
+FlexAttention does not have.
+"""
+import torch
+import torch.nn.functional as F
+
+__all__ = ['fused_biased_attention', 'BF16_MIN_QUERIES']
+
+# from this many queries on, q/k/v go to the kernel in bf16 (faster at Q = 4800, slower at Q = 600)
+BF16_MIN_QUERIES = 2048
+
+_compiled = {}
+
+
+def _attention(q, k, v, cx, cy, cz, tau):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def distance_bias(score, b, h, qi, ki):
+        dx, dy, dz = cx[b, qi] - cx[b, ki], cy[b, qi] - cy[b, ki], cz[b, qi] - cz[b, ki]
+        return score - tau[b, h, qi] * torch.sqrt(dx * dx + dy * dy + dz * dz)
+    return flex_attention(q, k, v, score_mod=distance_bias)
+
+
+def fused_biased_attention(mha, query, centres, tau, compiled=True):
+    """query + MHA(query) with the distance bias, for an eval-mode nn.MultiheadAttention.
+
+    Args:
+        mha (nn.MultiheadAttention): packed in-projection, `H` heads (its dropout is not applied).
+        query (Tensor): `[B, Q, C]` float32.
+        centres (Tensor): `[B, Q, 3]` query centroids, metres.
+        tau (Tensor): `[B, H, Q]` bias slope per head and query row.
+        compiled (bool): the torch.compile'd kernel (False: FlexAttention's unfused reference, for tests).
+    Returns:
+        Tensor: `[B, Q, C]` float32.
+    """
+    B, Q, C = query.shape
+    H = mha.num_heads
+    dtype = torch.bfloat16 if Q >= BF16_MIN_QUERIES else torch.float32
+    qkv = F.linear(query, mha.in_proj_weight, mha.in_proj_bias).view(B, Q, 3, H, C // H)
+    q, k, v = (t.to(dtype) for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))        # [B, H, Q, d] each
+    cx, cy, cz = (c.contiguous() for c in centres.float().unbind(-1))             # [B, Q] each
+    if compiled:
+        if 'fn' not in _compiled:
+            _compiled['fn'] = torch.compile(_attention, dynamic=False, fullgraph=True)
+        fn = _compiled['fn']
+    else:
+        fn = _attention
+    out = fn(q, k, v, cx, cy, cz, tau.float().contiguous())                      # [B, H, Q, d]
+    out = out.float().transpose(1, 2).reshape(B, Q, C)
+    return query + F.linear(out, mha.out_proj.weight, mha.out_proj.bias)

@@ -1,0 +1,75 @@
+"""The fast test mode's decoder kernels compute the faithful formulas (within float32 rounding)."""
+import pytest
+import torch
+
+from models.fused_attention import BF16_MIN_QUERIES, fused_biased_attention
+from models.ops_sampling import project_points, project_points_fast
+from models.ops_transformer import OPSSelfAttention, decode_points
+
+PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+
+
+def rig(B, T, N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mats = torch.randn(B, T * N, 4, 4, generator=g, dtype=torch.float64) * 100
+    mats[..., 3, :] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    points = torch.rand(B, 7, T, 5, 3, generator=g, dtype=torch.float64) * 80 - 40
+    return mats, points
+
+
+def test_fast_projection_is_the_projection():
+    B, T, N = 2, 3, 4
+    mats, points = rig(B, T, N)
+    faithful = project_points(points.float(), mats.float(), N)                     # [B, T, N, Q, GP, 4]
+    fast = project_points_fast(points.float(), mats.float(), N)                    # [B, T, N, Q, GP, 3]
+    # float64 by hand: view (t, n) of sample b maps point (q, t, p) with matrix b, t*N + n
+    m = mats.view(B, T, N, 4, 4)
+    expected = torch.einsum('btnij,bqtpj->btnqpi', m[..., :3, :3], points) + m[:, :, :, None, None, :3, 3]
+    assert fast.shape == expected.shape == faithful[..., :3].shape
+    scale = expected.abs().max()
+    assert (fast.double() - expected).abs().max() / scale < 1e-6
+    assert (faithful[..., :3].double() - expected).abs().max() / scale < 1e-6
+    assert torch.equal(faithful[..., 3], torch.ones_like(faithful[..., 3]))
+
+
+def attention(seed=0):
+    torch.manual_seed(seed)
+    module = OPSSelfAttention(256, 8, 0.1, PC_RANGE)
+    module.init_weights()
+    torch.nn.init.normal_(module.gen_tau.weight, std=0.05)     # tau varies per query row
+    return module.eval()
+
+
+@pytest.mark.parametrize('queries', [1, 37])
+def test_fused_attention_equals_the_masked_attention(queries):
+    """FlexAttention's reference (unfused, on the CPU) with the in-kernel bias = the [B*H, Q, Q] mask path."""
+    module = attention()
+    g = torch.Generator().manual_seed(queries)
+    points, feat = torch.rand(2, queries, 4, 3, generator=g), torch.randn(2, queries, 256, generator=g)
+    with torch.no_grad():
+        expected = module(points, feat)                                            # faithful (mask)
+        centres = decode_points(points, PC_RANGE).mean(2)
+        tau = module.gen_tau(feat).permute(0, 2, 1)
+        got = fused_biased_attention(module.attention.attn, feat, centres, tau, compiled=False)
+        far = fused_biased_attention(module.attention.attn, feat, centres * 2, tau, compiled=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=5e-6)
+    if queries > 1:                      # the bias is used: other centroids, other output
+        assert (far - got).abs().max() > 1e-3
+    # the CPU keeps the mask path even when fast is asked for (no compiled kernel there)
+    with torch.no_grad():
+        assert torch.equal(module(points, feat, fast=True), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('queries', [600, BF16_MIN_QUERIES + 352])
+def test_compiled_fused_attention_on_cuda(queries):
+    module = attention().cuda()
+    g = torch.Generator().manual_seed(1)
+    points = torch.rand(1, queries, 4, 3, generator=g).cuda()
+    feat = torch.randn(1, queries, 256, generator=g).cuda()
+    with torch.no_grad():
+        expected = module(points, feat)
+        got = module(points, feat, fast=True)
+    # float32 kernel below BF16_MIN_QUERIES, bf16 q/k/v from there on
+    tol = 2e-5 if queries < BF16_MIN_QUERIES else 5e-2
+    assert (got - expected).abs().max() < tol
