@@ -16,6 +16,7 @@ FlexAttention does not have.
 """
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 __all__ = ['fused_biased_attention', 'BF16_MIN_QUERIES']
 
@@ -26,8 +27,6 @@ _compiled = {}
 
 
 def _attention(q, k, v, cx, cy, cz, tau):
-    from torch.nn.attention.flex_attention import flex_attention
-
     def distance_bias(score, b, h, qi, ki):
         dx, dy, dz = cx[b, qi] - cx[b, ki], cy[b, qi] - cy[b, ki], cz[b, qi] - cz[b, ki]
         return score - tau[b, h, qi] * torch.sqrt(dx * dx + dy * dy + dz * dz)

@@ -31,7 +31,7 @@ class FakeTransformer(BaseModule):
         """The head asks its transformer for the camera geometry of the metas (here: a marker per sample)."""
         return torch.stack([torch.full((4, 4), float(m['a'])) for m in img_metas]).to(device), (256, 704)
 
-    def run(self, init_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
+    def run(self, init_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
         self.calls.append((init_points, query_feat, mlvl_feats, occ2img, (image_h, image_w)))
         p1 = init_points + 0.01
         p2 = torch.cat([p1 - 0.01, p1 + 0.02], dim=2)

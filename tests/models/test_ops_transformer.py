@@ -90,7 +90,7 @@ def test_scale_adaptive_self_attention_matches_reference():
 def test_sampling_points_centre_unbiased_std_and_single_point(monkeypatch):
     calls = {}
 
-    def record(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, num_views):
+    def record(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, num_views, fast=False):
         calls.update(points=sample_points, weights=weights)
         B, Q, T, G, P, _ = sample_points.shape
         return sample_points.new_zeros(B, Q, G, T * P, 4)
