@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from core.geometry import decode_points, encode_points
 
-from .fused_attention import fused_biased_attention
+from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention
 from .ops_sampling import sampling_4d
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
@@ -153,10 +153,10 @@ class OPSSelfAttention(BaseModule):
     def forward(self, query_points, query_feat, fast=False):
         """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`.
 
-        `fast` (the fast test mode; eval on CUDA only): the bias computed inside one fused kernel
-        (models/fused_attention.py) instead of a `[B*H, Q, Q]` mask.
+        `fast` (the fast test mode; eval on CUDA, heads of at least MIN_HEAD_DIMS channels): the bias
+        computed inside one fused kernel (models/fused_attention.py) instead of a `[B*H, Q, Q]` mask.
         """
-        if fast and not self.training and query_feat.is_cuda:
+        if fast and not self.training and query_feat.is_cuda and query_feat.shape[-1] // self.num_heads >= MIN_HEAD_DIMS:
             with torch.no_grad():
                 centres = decode_points(query_points, self.pc_range).mean(2)
             tau = self.gen_tau(query_feat).permute(0, 2, 1)
