@@ -14,7 +14,7 @@ from the feature cache; each timed call includes the host->device copy of the im
 device->host copy of the result, bracketed by cuda.synchronize):
 * eager: faithful arithmetic, each kernel launched from Python (test_cfg.cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
-* fast: graph, backbone + FPN under bf16 autocast (test_cfg.mode='fast').
+* fast: graph, the fast test mode (test_cfg.mode='fast': bf16 NHWC backbone + FPN, TF32 and fused decoder kernels).
 Training modes:
 * faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
