@@ -33,6 +33,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.cuda_timing import event_times_ms  # noqa: E402
+
 DEVICE = 'cuda'
 BB, N, C, Q, P = 8, 6, 32, 4800, 32
 LEVELS = [(64, 176), (32, 88), (16, 44), (8, 22)]
@@ -92,18 +94,7 @@ def make_inputs(distribution, seed=0):
 
 def time_ms(fn, warmup, reps):
     """Median over reps of the GPU time of fn() (CUDA events around each call)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    events = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
+    return statistics.median(event_times_ms(fn, warmup, reps))
 
 
 def compulsory_bytes(elem_size):

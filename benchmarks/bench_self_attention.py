@@ -18,11 +18,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.cuda_timing import median_min_max  # noqa: E402
 
 
 def make_inputs(Q, device, B=1, C=256, H=8, seed=0):
@@ -94,18 +95,7 @@ IMPLS = {'mask': run_mask, 'mask-no-weights': run_mask_no_weights, 'sdpa-mask': 
 
 
 def timed(fn, reps=30):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times)), float(np.min(times)), float(np.max(times))
+    return median_min_max(fn, warmup=3, reps=reps)
 
 
 def main():
