@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session on a lent machine without a package registry (the wheels in .whl, see docs/performance.md):
-#   bash benchmarks/gpu_session.sh [full]      results under $OUT (or ./gpu_out)
-# Installs the wheels, builds OPS's CUDA extension, then runs the GPU tests and the benchmarks.
+# Set up a lent GPU machine without a package registry (the wheels in .whl, see docs/performance.md):
+#   . benchmarks/gpu_session.sh [full]       (sourced: it exports PYTHONPATH; logs under $OUT or ./gpu_out)
+# Installs the wheels and builds OPS's CUDA extension; benchmarks/gpu_checks.sh then runs the GPU tests
+# and the benchmarks.
 # Without `full`, mmcv-full's own CUDA ops are not built (a 5-minute build): a stand-in mmcv._ext lets
 # mmcv.ops import and fails loudly if any of its ops is called, and mmdet's focal loss runs its PyTorch
 # path (the formula of mmcv's op; the tests that compare with mmcv's kernels are skipped then).
