@@ -13,7 +13,7 @@ el() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $L; }
 left() { local l=$(( 540 - ($(date +%s) - T0) )); [ $l -lt $1 ] && echo $l || echo $1; }
 . benchmarks/gpu_session.sh >> $L 2>&1 || { tail -30 $L; exit 1; }
 el setup done
-mkdir -p ../shared && ln -sfn $PWD/.bench_data ../shared/data
+[ -e ../shared/data ] || { mkdir -p ../shared && ln -s $PWD/.bench_data ../shared/data; }
 F='mmcv - INFO|init_weights|torch.Size|Init: |^ *$|The value is the same|Warning|warn|"""'
 C=configs/ops-demo_synthetic.py
 for m in faithful fast; do
