@@ -160,7 +160,9 @@ class OPSSelfAttention(BaseModule):
             with torch.no_grad():
                 centres = decode_points(query_points, self.pc_range).mean(2)
             tau = self.gen_tau(query_feat).permute(0, 2, 1)
-            return fused_biased_attention(self.attention.attn, query_feat, centres, tau)
+            out = fused_biased_attention(self.attention.attn, query_feat, centres, tau)
+            if out is not None:
+                return out
         with torch.no_grad():
             centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
             # exact differences (no |a|^2 - 2ab + |b|^2 expansion); broadcasting is much faster than

@@ -73,3 +73,27 @@ def test_compiled_fused_attention_on_cuda(queries):
     # float32 kernel below BF16_MIN_QUERIES, bf16 q/k/v from there on
     tol = 2e-5 if queries < BF16_MIN_QUERIES else 5e-2
     assert (got - expected).abs().max() < tol
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_with_one_warning(monkeypatch):
+    """No Triton for this GPU, say: the fast mode warns once and computes the faithful attention."""
+    import models.fused_attention as fa
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError('triton: no kernel for this device\nsecond line')
+    monkeypatch.setattr(fa, '_kernel', {})
+    monkeypatch.setattr(fa, 'compile_kernel', lambda: broken)
+    module = attention()
+    g = torch.Generator().manual_seed(3)
+    points, feat = torch.rand(1, 9, 4, 3, generator=g), torch.randn(1, 9, 256, generator=g)
+    centres = decode_points(points, PC_RANGE).mean(2)
+    with torch.no_grad():
+        tau = module.gen_tau(feat).permute(0, 2, 1)
+        with pytest.warns(UserWarning, match='could not be built here .RuntimeError: triton: no kernel for this '
+                                             'device.; using the faithful attention'):
+            assert fused_biased_attention(module.attention.attn, feat, centres, tau) is None
+        assert fused_biased_attention(module.attention.attn, feat, centres, tau) is None   # not tried again
+    assert len(calls) == 1
