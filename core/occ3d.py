@@ -28,5 +28,42 @@ GRID_SHAPE = (200, 200, 16)               # voxels along x, y, z
 CAMERA_NAMES = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
 NUM_VIEWS = len(CAMERA_NAMES)             # 6
 
+LABEL_ARRAYS = ('semantics', 'mask_lidar', 'mask_camera')   # what an Occ3D labels.npz holds, each GRID_SHAPE
+
 __all__ = ['CLASS_NAMES', 'NUM_CLASSES', 'FREE_LABEL', 'LABEL_NAMES', 'NUM_LABELS', 'POINT_CLOUD_RANGE',
-           'VOXEL_SIZE', 'GRID_SHAPE', 'CAMERA_NAMES', 'NUM_VIEWS']
+           'VOXEL_SIZE', 'GRID_SHAPE', 'CAMERA_NAMES', 'NUM_VIEWS', 'LABEL_ARRAYS', 'LabelFileError', 'read_labels']
+
+
+class LabelFileError(ValueError):
+    """An Occ3D labels.npz that cannot be used (unreadable, arrays missing or of the wrong shape)."""
+    user_error = True  # engine/cli.py prints the message without a traceback
+
+
+def read_labels(path, arrays=LABEL_ARRAYS):
+    """The named arrays of an existing Occ3D `labels.npz`, as a dict of `[X, Y, Z]` numpy arrays.
+
+    A truncated or foreign file, a missing array or a grid of another shape raises LabelFileError
+    naming the file and the fix (callers check that the file exists, with their own hint).
+    """
+    import os.path as osp
+    import zipfile
+
+    import numpy as np
+    fix = 'replace it with the file of the Occ3D-nuScenes download (gts/<scene_name>/<sample_token>/labels.npz)'
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in arrays if k not in data.files]
+            if missing:
+                raise LabelFileError(f'{path}: lacks the array(s) {missing} (it holds {sorted(data.files)}); an Occ3D '
+                                     f'labels.npz holds {list(LABEL_ARRAYS)}; {fix}')
+            out = {k: data[k] for k in arrays}
+    except LabelFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        size = osp.getsize(path) if osp.isfile(path) else 0
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LabelFileError(f'{path}: not a readable labels.npz ({size:,} bytes; {detail}); {fix}') from exc
+    for key, value in out.items():
+        if value.shape != GRID_SHAPE:
+            raise LabelFileError(f'{path}: {key} has shape {value.shape}, expected {GRID_SHAPE} (x, y, z); {fix}')
+    return out

@@ -7,11 +7,10 @@ docs/evaluation.md.
 """
 import os.path as osp
 
-import numpy as np
 import torch
 
 from core.geometry import dense_from_sparse
-from core.occ3d import FREE_LABEL, GRID_SHAPE, LABEL_NAMES, POINT_CLOUD_RANGE, VOXEL_SIZE
+from core.occ3d import FREE_LABEL, GRID_SHAPE, LABEL_NAMES, POINT_CLOUD_RANGE, VOXEL_SIZE, read_labels
 
 from .miou import OccMIoU
 from .ray_iou import RayIoU
@@ -44,11 +43,8 @@ def load_occ_gt(path):
     if not osp.isfile(path):
         raise FileNotFoundError(f'Occ3D ground truth not found: {path}. Check occ_root (the gts/ folder of '
                                 f'Occ3D-nuScenes) or regenerate the info pickles with gen_sweep_info.py')
-    with np.load(path) as data:
-        missing = [k for k in ('semantics', 'mask_camera') if k not in data.files]
-        if missing:
-            raise KeyError(f'{path} lacks {missing}; an Occ3D labels.npz holds semantics, mask_lidar, mask_camera')
-        return data['semantics'], data['mask_camera'].astype(bool)
+    labels = read_labels(path, ('semantics', 'mask_camera'))
+    return labels['semantics'], labels['mask_camera'].astype(bool)
 
 
 def dense_prediction(result, shape=GRID_SHAPE, free_label=FREE_LABEL):

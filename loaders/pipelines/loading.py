@@ -10,7 +10,7 @@ import numpy as np
 from mmdet.datasets.builder import PIPELINES
 
 from core.geometry import pad_intrinsic, rigid_inverse
-from core.occ3d import CAMERA_NAMES
+from core.occ3d import CAMERA_NAMES, read_labels
 
 from .image_io import BACKENDS, imread_bgr, missing_file_message
 
@@ -205,14 +205,10 @@ class LoadOccFromFile:
         if not osp.isfile(path):
             raise FileNotFoundError(f'Occ3D labels not found: {path}. occ_root must be the Occ3D gts/ folder '
                                     f'(gts/<scene_name>/<sample_token>/labels.npz). ' + missing_file_message(path))
-        with np.load(path) as occ:
-            missing = [k for k in ('semantics', 'mask_lidar', 'mask_camera') if k not in occ]
-            if missing:
-                raise KeyError(f'{path} lacks array(s) {missing}; an Occ3D labels.npz holds semantics, mask_lidar '
-                               f'and mask_camera')
-            results['voxel_semantics'] = occ['semantics'].astype(np.uint8)
-            results['mask_lidar'] = occ['mask_lidar'].astype(bool)
-            results['mask_camera'] = occ['mask_camera'].astype(bool)
+        occ = read_labels(path)
+        results['voxel_semantics'] = occ['semantics'].astype(np.uint8)
+        results['mask_lidar'] = occ['mask_lidar'].astype(bool)
+        results['mask_camera'] = occ['mask_camera'].astype(bool)
         return results
 
     def __repr__(self):

@@ -1,6 +1,8 @@
-"""core/occ3d.py: the protocol constants are consistent, and the published configs restate them."""
+"""core/occ3d.py: the protocol constants are consistent, the published configs restate them, and the one
+reader of labels.npz names what is wrong with a bad file."""
 import os.path as osp
 
+import numpy as np
 import pytest
 
 from core import occ3d
@@ -36,3 +38,50 @@ def test_the_synthetic_world_uses_the_protocol():
     # the world's named class ids are the protocol's
     for i, name in enumerate(occ3d.CLASS_NAMES):
         assert getattr(world, name.upper()) == i, name
+
+
+def write_labels(path, shape=(200, 200, 16), arrays=('semantics', 'mask_lidar', 'mask_camera')):
+    g = np.random.RandomState(0)
+    data = {k: g.randint(0, 18 if k == 'semantics' else 2, shape).astype(np.uint8) for k in arrays}
+    np.savez_compressed(path, **data)
+    return data
+
+
+def test_read_labels_returns_the_arrays(tmp_path):
+    from core.occ3d import read_labels
+    path = str(tmp_path / 'labels.npz')
+    data = write_labels(path)
+    got = read_labels(path)
+    assert list(got) == ['semantics', 'mask_lidar', 'mask_camera']
+    for key in got:
+        assert np.array_equal(got[key], data[key])
+    assert list(read_labels(path, ('mask_camera',))) == ['mask_camera']
+
+
+def test_bad_label_files_name_the_file_and_the_fix(tmp_path):
+    from core.occ3d import LabelFileError, read_labels
+    from evaluation.evaluator import load_occ_gt
+    from loaders.pipelines.loading import LoadOccFromFile
+    good = str(tmp_path / 'good.npz')
+    write_labels(good)
+    truncated = tmp_path / 'truncated.npz'
+    truncated.write_bytes(open(good, 'rb').read()[:300])
+    text = tmp_path / 'text.npz'
+    text.write_text('not a zip')
+    no_mask = str(tmp_path / 'no_mask.npz')
+    write_labels(no_mask, arrays=('semantics',))
+    small = str(tmp_path / 'small.npz')
+    write_labels(small, shape=(100, 100, 16))
+    cases = [(str(truncated), r'truncated.npz: not a readable labels.npz \(300 bytes; '),
+             (str(text), r'text.npz: not a readable labels.npz \(9 bytes; '),
+             (no_mask, r"no_mask.npz: lacks the array\(s\) \['mask_lidar', 'mask_camera'\] \(it holds \['semantics'\]\)"),
+             (small, r'small.npz: semantics has shape \(100, 100, 16\), expected \(200, 200, 16\)')]
+    for path, message in cases:
+        with pytest.raises(LabelFileError, match=message + '.*Occ3D-nuScenes download'):
+            read_labels(path)
+        with pytest.raises(LabelFileError, match=message):       # the training pipeline's step
+            LoadOccFromFile()(dict(occ_path=path))
+        if 'no_mask' not in path:                                 # the evaluator reads semantics + mask_camera only
+            with pytest.raises(LabelFileError, match=message):
+                load_occ_gt(path)
+    assert LabelFileError.user_error

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.geometry import quaternion_to_matrix
-from core.occ3d import CAMERA_NAMES
+from core.occ3d import CAMERA_NAMES, LabelFileError
 from loaders.pipelines import loading
 from loaders.pipelines.loading import LoadMultiViewImageFromMultiSweeps, LoadOccFromFile, compose_lidar2img
 
@@ -168,7 +168,7 @@ def test_load_occ_from_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'Occ3D labels not found: .*scene-0001/other/labels.npz'):
         LoadOccFromFile(occ_root=str(tmp_path / 'gts'))(dict(scene_name='scene-0001', sample_idx='other'))
     write_labels(tmp_path / 'gts' / 'scene-0001' / 'bad', semantics=sem)
-    with pytest.raises(KeyError, match=r"\['mask_lidar', 'mask_camera'\]"):
+    with pytest.raises(LabelFileError, match=r"lacks the array\(s\) \['mask_lidar', 'mask_camera'\]"):
         LoadOccFromFile(occ_root=str(tmp_path / 'gts'))(dict(scene_name='scene-0001', sample_idx='bad'))
     with pytest.raises(ValueError, match='ignore_class_names'):
         LoadOccFromFile(occ_root='x', ignore_class_names=['car'])
