@@ -68,12 +68,24 @@ def _suggestion(key, candidates):
     return f'accepted: {", ".join(shown)}' if len(shown) <= 16 else f'accepted: {", ".join(shown[:16])}, ...'
 
 
+def _parse(text, path):
+    """ast.parse, once more after a SystemError.
+
+    CPython 3.11.7 once raised "SystemError: AST constructor recursion depth mismatch" here in the
+    test suite, for a valid file that parses on the next call: an interpreter fault, not the file's.
+    """
+    try:
+        return ast.parse(text, filename=path)
+    except SystemError:
+        return ast.parse(text, filename=path)
+
+
 def _literal_bases(path):
     """The `_base_` entries of a config file, read without running it (None when computed)."""
     with open(path, encoding='utf-8') as f:
         text = f.read()
     try:
-        tree = ast.parse(text, filename=path)
+        tree = _parse(text, path)
     except SyntaxError as exc:
         raise ConfigError(f'cannot read config {path}: SyntaxError at line {exc.lineno}: {exc.msg}') from None
     for node in tree.body:

@@ -28,3 +28,24 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match='unknown top-level key'):
         load_config(base, cfg_options={'totl_epochs': 3})
     assert load_config(base, cfg_options={'total_epochs': 3}).total_epochs == 3
+
+
+def test_a_spurious_system_error_of_the_parser_is_retried(tmp_path, monkeypatch):
+    """An interpreter fault of ast.parse (seen once with CPython 3.11.7) does not fail a valid config."""
+    import ast
+
+    import engine.config as config
+    base = tmp_path / 'base.py'
+    base.write_text('a = 1\n')
+    child = tmp_path / 'child.py'
+    child.write_text("_base_ = ['./base.py']\nb = 2\n")
+    real, calls = ast.parse, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError('AST constructor recursion depth mismatch (before=141, after=27)')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(config.ast, 'parse', flaky)
+    assert config._literal_bases(str(child)) == ['./base.py']
+    assert len(calls) == 2
