@@ -171,15 +171,14 @@ class TrainBench:
 
     def __init__(self, cfg, mode, state, batch, device):
         from mmcv.runner import build_optimizer
+        from engine.build import set_train_mode
         self.mode = mode
         fast = mode != 'faithful'
+        # the config train.py builds for this mode (train_cfg.mode / amp_dtype, fused AdamW, no checkpointing)
+        cfg = set_train_mode(copy.deepcopy(cfg), fast=fast, amp_dtype='bf16' if mode == 'fast-bf16' else 'fp16')
         self.model = build_model(cfg, device, with_cp=not fast, state=state).train()
-        self.model.fp16_enabled = mode in ('faithful', 'fast')   # fp16 autocast backbone, as the fp16 hook sets it
-        self.model.amp_dtype = torch.bfloat16 if mode == 'fast-bf16' else torch.float16
-        opt_cfg = copy.deepcopy(cfg.optimizer)
-        if fast:
-            opt_cfg['fused'] = True
-        self.optimizer = build_optimizer(self.model, opt_cfg)
+        self.model.fp16_enabled = mode in ('faithful', 'fast')   # what the fp16 / sync-free hooks' wrap_fp16_model sets
+        self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier
             from engine.train_step import merge_param_groups
             self.optimizer = merge_param_groups(self.optimizer)
