@@ -29,7 +29,8 @@ def parse_args(argv=None):
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--workers', type=int, default=None, help='data-loading workers (default: config)')
     parser.add_argument('--cfg-options', '--override', nargs='+', action=DictAction, default={})
-    parser.add_argument('--fast', action='store_true', help='time the fast test mode (bf16 backbone, TF32 and fused decoder kernels)')
+    parser.add_argument('--fast', action='store_true',
+                        help='time the fast test mode (bf16 backbone, TF32 and fused decoder kernels)')
     parser.add_argument('--no-cuda-graph', action='store_true',
                         help='launch the kernels one by one instead of replaying the test step from a CUDA graph')
     add_common_arguments(parser, trust_checkpoint=True)

@@ -87,9 +87,9 @@ class OPS(BaseDetector):
         train_cfg (dict): `pts` entries are handed to the head; `mode` 'faithful' (default: mmdet's
             loss parsing, which reads every logged value on the host each step) or 'fast' (the same
             total loss, log values kept on the device; needs engine/train_step.py's
-            SyncFreeOptimizerHook, which `train.py --fast` sets up; NHWC backbone tensors on CUDA); `amp_dtype` 'fp16' (default: the
-            backbone's autocast when the fp16 optimizer hook is on) or 'bf16' (autocast always on
-            CUDA, no loss scaling).
+            SyncFreeOptimizerHook, which `train.py --fast` sets up; NHWC backbone tensors on CUDA);
+            `amp_dtype` 'fp16' (default: the backbone's autocast when the fp16 optimizer hook is on)
+            or 'bf16' (autocast always on CUDA, no loss scaling).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
             backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,

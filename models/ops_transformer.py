@@ -156,7 +156,8 @@ class OPSSelfAttention(BaseModule):
         `fast` (the fast test mode; eval on CUDA, heads of at least MIN_HEAD_DIMS channels): the bias
         computed inside one fused kernel (models/fused_attention.py) instead of a `[B*H, Q, Q]` mask.
         """
-        if fast and not self.training and query_feat.is_cuda and query_feat.shape[-1] // self.num_heads >= MIN_HEAD_DIMS:
+        head_dims = query_feat.shape[-1] // self.num_heads
+        if fast and not self.training and query_feat.is_cuda and head_dims >= MIN_HEAD_DIMS:
             with torch.no_grad():
                 centres = decode_points(query_points, self.pc_range).mean(2)
             tau = self.gen_tau(query_feat).permute(0, 2, 1)
