@@ -14,22 +14,14 @@ from mmcv.runner import HOOKS, Hook
 
 import train
 
-from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
+from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES, TINY_TRAIN_DATA_AND_ADAMW, write_tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # The tiny OPS (tests/tiny_ops.py) on the tiny world's 160x90 images.
-CONFIG = TINY_MODEL_CONFIG + TINY_PIPELINES + '''
-data = dict(
-    workers_per_gpu=0,
-    train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},
-               pipeline=_train_pipeline, test_mode=False),
-    val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={val_ann!r},
-             pipeline=_test_pipeline, test_mode=True))
+CONFIG = TINY_MODEL_CONFIG + TINY_PIPELINES + TINY_TRAIN_DATA_AND_ADAMW + '''
 batch_size = 1
 total_epochs = 2
-optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
-                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1), 'sampling_offset': dict(lr_mult=0.1)}}))
 optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.0, grad_clip=dict(max_norm=35, norm_type=2))
 lr_config = dict(policy='CosineAnnealing', warmup='linear', warmup_iters=2, warmup_ratio=1.0 / 3, min_lr_ratio=1e-3)
 checkpoint_config = dict(interval=1, max_keep_ckpts=1)
@@ -43,10 +35,7 @@ load_from = None
 @pytest.fixture(scope='module')
 def tiny_config(synthetic_infos, tmp_path_factory):
     work = tmp_path_factory.mktemp('train')
-    path = work / 'tiny_train.py'
-    path.write_text(CONFIG.format(root=synthetic_infos.root, occ_root=osp.join(synthetic_infos.root, 'gts'),
-                                  train_ann=synthetic_infos.train, val_ann=synthetic_infos.val))
-    return str(path), synthetic_infos
+    return write_tiny_config(work / 'tiny_train.py', CONFIG, synthetic_infos), synthetic_infos
 
 
 def run_train(config, work_dir, *extra):

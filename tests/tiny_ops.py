@@ -53,3 +53,28 @@ TINY_VAL_CONFIG = TINY_MODEL_CONFIG + TINY_PIPELINES + '''
 data = dict(workers_per_gpu=0, val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root,
                                         ann_file={ann_file!r}, pipeline=_test_pipeline, test_mode=True))
 '''
+
+# The training configs' dataset and optimizer (test_train.py, test_opusv2_cli.py, engine/dist_helpers.py):
+# follows the model and pipelines; `write_tiny_config` fills the synthetic world's paths.
+TINY_TRAIN_DATA_AND_ADAMW = '''
+data = dict(
+    workers_per_gpu=0,
+    train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},
+               pipeline=_train_pipeline, test_mode=False),
+    val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={val_ann!r},
+             pipeline=_test_pipeline, test_mode=True))
+optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
+                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1),
+                                                  'sampling_offset': dict(lr_mult=0.1)}}))
+'''
+
+
+def write_tiny_config(path, template, synthetic_infos):
+    """`template` with the synthetic world's root, occ_root (its gts/), train and val infos, written at
+    `path`; returns the path as str."""
+    import os.path as osp
+    root = synthetic_infos.root
+    with open(path, 'w') as f:
+        f.write(template.format(root=root, occ_root=osp.join(root, 'gts'), train_ann=synthetic_infos.train,
+                                val_ann=synthetic_infos.val))
+    return str(path)

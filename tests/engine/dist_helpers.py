@@ -43,17 +43,8 @@ model['pts_bbox_head']['transformer'].update(num_frames=1, attn_drop=0.0, ffn_dr
 _train_pipeline[1]['sweeps_num'] = 0
 _test_pipeline[1]['sweeps_num'] = 0
 custom_imports = dict(imports=['dist_helpers'], allow_failed_imports=False)
-data = dict(
-    workers_per_gpu=0,
-    train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},
-               pipeline=_train_pipeline, test_mode=False),
-    val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={val_ann!r},
-             pipeline=_test_pipeline, test_mode=True))
 batch_size = 4
 total_epochs = 2
-optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
-                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1),
-                                                  'sampling_offset': dict(lr_mult=0.1)}}))
 optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.0, grad_clip=dict(max_norm=35, norm_type=2))
 # by epoch, no warmup: epoch 1 at 2e-4, epoch 2 at (2e-4 + 2e-7) / 2 (the lr is constant within an epoch, so
 # gradient accumulation, which steps at the last micro-iteration, sees the same lr as one big batch)
@@ -67,13 +58,9 @@ load_from = None
 
 def write_config(path, synthetic_infos, extra=''):
     """The tiny training config at `path` (str), on the synthetic world of conftest.py."""
-    from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
-    occ_root = osp.join(synthetic_infos.root, 'gts')
-    text = (TINY_MODEL_CONFIG + TINY_PIPELINES + TRAIN_CONFIG).format(
-        root=synthetic_infos.root, occ_root=occ_root, train_ann=synthetic_infos.train, val_ann=synthetic_infos.val)
-    with open(path, 'w') as f:
-        f.write(text + extra)
-    return str(path)
+    from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES, TINY_TRAIN_DATA_AND_ADAMW, write_tiny_config
+    template = TINY_MODEL_CONFIG + TINY_PIPELINES + TINY_TRAIN_DATA_AND_ADAMW + TRAIN_CONFIG
+    return write_tiny_config(path, template + extra.replace('{', '{{').replace('}', '}}'), synthetic_infos)
 
 
 def free_port():

@@ -1,25 +1,15 @@
 """OPUS-V2 through train.py, val.py (mIoU + RayIoU) and timing.py on the tiny synthetic world (CPU), and
 the V2 training pipeline on a real sample of that world (GT flips recorded in ego2occ)."""
-import os.path as osp
-
 import numpy as np
 import pytest
 import torch
 
+from tiny_ops import TINY_TRAIN_DATA_AND_ADAMW, write_tiny_config
 from tiny_opusv2 import TINY_OPUSV2_MODEL_CONFIG, TINY_OPUSV2_PIPELINES
 
-CONFIG = TINY_OPUSV2_MODEL_CONFIG + TINY_OPUSV2_PIPELINES + '''
-data = dict(
-    workers_per_gpu=0,
-    train=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={train_ann!r},
-               pipeline=_train_pipeline, test_mode=False),
-    val=dict(type='NuScenesOccDataset', data_root={root!r}, occ_root=occ_root, ann_file={val_ann!r},
-             pipeline=_test_pipeline, test_mode=True))
+CONFIG = TINY_OPUSV2_MODEL_CONFIG + TINY_OPUSV2_PIPELINES + TINY_TRAIN_DATA_AND_ADAMW + '''
 batch_size = 1
 total_epochs = 1
-optimizer = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
-                 paramwise_cfg=dict(custom_keys={{'img_backbone': dict(lr_mult=0.1),
-                                                  'sampling_offset': dict(lr_mult=0.1)}}))
 optimizer_config = dict(type='OptimizerHook', grad_clip=dict(max_norm=35, norm_type=2))
 lr_config = dict(policy='CosineAnnealing', warmup='linear', warmup_iters=2, warmup_ratio=1.0 / 3, min_lr_ratio=1e-3)
 checkpoint_config = dict(interval=1, max_keep_ckpts=1)
@@ -32,10 +22,7 @@ load_from = None
 @pytest.fixture(scope='module')
 def v2_config(synthetic_infos, tmp_path_factory):
     work = tmp_path_factory.mktemp('opusv2_cli')
-    path = work / 'tiny_opusv2.py'
-    path.write_text(CONFIG.format(root=synthetic_infos.root, occ_root=osp.join(synthetic_infos.root, 'gts'),
-                                  train_ann=synthetic_infos.train, val_ann=synthetic_infos.val))
-    return work, str(path)
+    return work, write_tiny_config(work / 'tiny_opusv2.py', CONFIG, synthetic_infos)
 
 
 def test_train_val_and_timing(v2_config, capsys):
