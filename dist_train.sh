@@ -18,23 +18,8 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 nproc=$1
-config=$2
+entry=(train.py --config "$2")
 shift 2
 cd "$(dirname "$0")"
-python=${PYTHON:-python3}
-[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && python=.venv/bin/python
-nnodes=${NNODES:-1}
-node_rank=${NODE_RANK:-0}
-master_addr=${MASTER_ADDR:-127.0.0.1}
-port=${PORT:-${MASTER_PORT:-}}
-if [ -z "$port" ]; then
-    if [ "$nnodes" = 1 ]; then
-        port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    else
-        port=29500
-    fi
-fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec "$python" -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --nproc_per_node "$nproc" \
-    --master_addr "$master_addr" --master_port "$port" \
-    train.py --config "$config" --launcher pytorch "$@"
+root=$PWD
+source tools/torchrun_launch.sh   # [train.py options] -> torchrun
