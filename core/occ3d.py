@@ -8,6 +8,10 @@ Grid: 200 x 200 x 16 voxels of 0.4 m covering `POINT_CLOUD_RANGE` (metres, ego f
 frame), arrays indexed `[x, y, z]`. Labels: 0..16 the semantic classes in `CLASS_NAMES` order,
 17 = free (`FREE_LABEL`); `LABEL_NAMES` = the 18 labels, free last (what the metrics count).
 """
+import os.path as osp
+import zipfile
+
+import numpy as np
 
 # Semantic classes, ids 0..16 (Occ3D-nuScenes label order).
 CLASS_NAMES = ('others', 'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle',
@@ -45,10 +49,6 @@ def read_labels(path, arrays=LABEL_ARRAYS):
     A truncated or foreign file, a missing array or a grid of another shape raises LabelFileError
     naming the file and the fix (callers check that the file exists, with their own hint).
     """
-    import os.path as osp
-    import zipfile
-
-    import numpy as np
     fix = 'replace it with the file of the Occ3D-nuScenes download (gts/<scene_name>/<sample_token>/labels.npz)'
     try:
         with np.load(path, allow_pickle=False) as data:
