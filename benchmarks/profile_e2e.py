@@ -44,6 +44,30 @@ def annotate(module, name, handles):
     handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
 
+def annotate_stages(model):
+    """Profiler ranges around the backbone, the FPN and each decoder part; returns the hook handles."""
+    handles = []
+    annotate(model.img_backbone, 'backbone', handles)
+    annotate(model.img_neck, 'FPN', handles)
+    for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
+        for part in DECODER_PARTS:
+            annotate(getattr(layer, part), f'decoder.{part}', handles)
+    return handles
+
+
+def stage_table(prof, reps, total):
+    """GPU ms per repetition of each `stage:` range (the CPU-side range: the profiler adds a GPU copy)."""
+    stages = defaultdict(float)
+    for e in prof.events():
+        if e.name.startswith('stage:') and not is_kernel(e):
+            stages[e.name[6:]] += device_us(e) / 1000 / reps
+    lines = ['| stage | GPU ms |', '|---|---|']
+    for name, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+        lines.append(f'| {name} | {ms:.2f} |')
+    lines.append(f'| rest (outside the ranges) | {total - sum(stages.values()):.2f} |')
+    return lines
+
+
 def device_us(evt):
     return getattr(evt, 'device_time_total', None) or getattr(evt, 'cuda_time_total', 0)
 
@@ -77,12 +101,7 @@ def profile_inference(cfg, mode, state, device, reps=5):
     for _ in range(cfg.num_frames + 3):
         stream.sample()
     eager_ms = float(np.median([stream.sample() for _ in range(10)]))
-    handles = []
-    annotate(model.img_backbone, 'backbone', handles)
-    annotate(model.img_neck, 'FPN', handles)
-    for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
-        for part in DECODER_PARTS:
-            annotate(getattr(layer, part), f'decoder.{part}', handles)
+    handles = annotate_stages(model)
     head = model.pts_bbox_head
     get_occ_grids = head.get_occ_grids
 
@@ -97,17 +116,9 @@ def profile_inference(cfg, mode, state, device, reps=5):
     for h in handles:
         h.remove()
     head.get_occ_grids = get_occ_grids
-    total, top = kernel_table(prof, reps)
-    stages = defaultdict(float)
-    for e in prof.events():   # the CPU-side range only: the profiler adds a GPU-side copy of each range
-        if e.name.startswith('stage:') and not is_kernel(e):
-            stages[e.name[6:]] += device_us(e) / 1000 / reps
-    lines = [f'### Inference, mode {mode}: eager step {eager_ms:.1f} ms wall, per sample', '',
-             '| stage | GPU ms |', '|---|---|']
-    for name, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
-        lines.append(f'| {name} | {ms:.2f} |')
-    lines.append(f'| rest (cache, geometry, glue) | {total - sum(stages.values()):.2f} |')
-    return lines + [''] + top + ['']
+    total, top = kernel_table(prof, reps, rows=30)
+    return ([f'### Inference, mode {mode}: eager step {eager_ms:.1f} ms wall, per sample', '']
+            + stage_table(prof, reps, total) + [''] + top + [''])
 
 
 def profile_training(cfg, mode, state, device, reps=3):
@@ -120,10 +131,21 @@ def profile_training(cfg, mode, state, device, reps=3):
     def forward_loss():
         return model(img=bench.img, img_metas=[dict(m) for m in bench.metas], voxel_semantics=bench.sem,
                      mask_camera=bench.mask, return_loss=True)
+    head = model.pts_bbox_head
+    handles = annotate_stages(model)
+    head_loss = head.loss
+
+    def annotated_loss(*args, **kwargs):
+        with record_function('stage:loss (matching included)'):
+            return head_loss(*args, **kwargs)
+    head.loss = annotated_loss
     with profile(activities=ACTIVITIES) as prof_fwd:
         for _ in range(reps):
             forward_loss()
         sync()
+    for h in handles:
+        h.remove()
+    head.loss = head_loss
     model.zero_grad(set_to_none=True)
     sync()
     start = time.perf_counter()
@@ -137,10 +159,11 @@ def profile_training(cfg, mode, state, device, reps=3):
         sync()
     fwd_gpu, _ = kernel_table(prof_fwd, reps)
     step_gpu, top = kernel_table(prof_step, reps, rows=25)
-    return [f'### Training, mode {mode}, batch 1', '',
+    return ([f'### Training, mode {mode}, batch 1', '',
             '| part | wall ms | GPU kernel ms |', '|---|---|---|',
             f'| forward + loss | {fwd_wall:.1f} | {fwd_gpu:.1f} |',
-            f'| whole step | {wall:.1f} | {step_gpu:.1f} |', ''] + top + ['']
+            f'| whole step | {wall:.1f} | {step_gpu:.1f} |', '', 'forward + loss by stage:', '']
+            + stage_table(prof_fwd, reps, fwd_gpu) + ['', 'whole step:'] + top + [''])
 
 
 def main():

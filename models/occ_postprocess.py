@@ -18,27 +18,13 @@ The steps are those of the original's post-processing (docs/method.md, "Inferenc
 
 Every tensor has a shape fixed by (Q, P, C, X, Y, Z): score filtering is a mask, the "first
 max_points per cell" rule a stable sort, the per-cell sums gathers and scatters over unique cells.
-So the function can run inside a CUDA graph, and its only output is one uint8 grid, copied to the
-host once.
+So the function can run inside a CUDA graph. `pack_occupied` lists the occupied cells of its uint8
+grid on the device (static shapes too), so that the host copies only those: `unpack_occupied`.
 """
 import torch
 import torch.nn.functional as F
 
-__all__ = ['dense_occupancy', 'grid_to_sparse', 'max_filter3']
-
-
-def _first_k_slots(cell_ids, sentinel):
-    """Rank of each element among the earlier elements with the same id, for `[M]` int64 ids.
-
-    Returns (order, sorted_ids, slot): the stable sort permutation, the sorted ids and, per sorted
-    position, the number of earlier (input order) elements of its id.
-    """
-    sorted_ids, order = torch.sort(cell_ids, stable=True)
-    position = torch.arange(sorted_ids.numel(), device=cell_ids.device)
-    run_start = torch.ones_like(sorted_ids, dtype=torch.bool)
-    run_start[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    start_pos = torch.where(run_start, position, torch.zeros_like(position)).cummax(0).values
-    return order, sorted_ids, position - start_pos
+__all__ = ['dense_occupancy', 'max_filter3', 'pack_occupied', 'unpack_occupied']
 
 
 def max_filter3(x):
@@ -94,37 +80,89 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
     cell_id = torch.where(keep, (cell[:, 0] * Y + cell[:, 1]) * Z + cell[:, 2],
                           torch.full_like(cell[:, 0], V))                 # V = "dropped" sentinel
 
-    order, sorted_ids, slot = _first_k_slots(cell_id, V)
-    sorted_probs = probs[order]
-    # Cell sums over slots 0..max_points-1 in slot order (the cells of one slot are distinct, so each
-    # step is a plain gather-add-scatter; dropped points all land in the sentinel row V).
-    sums = probs.new_zeros(V + 1, C)
-    counts = torch.zeros(V + 1, dtype=torch.int32, device=device)
-    for k in range(max_points):
-        target = torch.where(slot == k, sorted_ids, torch.full_like(sorted_ids, V))
-        sums[target] = sums[target] + torch.where((slot == k)[:, None], sorted_probs, torch.zeros_like(sorted_probs))
-        counts[target] = counts[target] + (slot == k).int()
-    counts, sums = counts[:V], sums[:V]
-    occupied = counts > 0
-    scores = sums / counts.clamp(min=1)[:, None].to(sums.dtype)          # [V, C] mean (0 where empty)
+    # "First max_points per cell": a stable sort by cell keeps the input order within a cell, so the
+    # points of a cell are a run of the sorted array and its first max_points are the run's first
+    # max_points. The sum at each run start adds the next k-th point while it is of the same cell, in
+    # input order, as the original's running sum; the other positions' sums are never read.
+    sorted_ids, order = torch.sort(cell_id, stable=True)
+    sorted_probs = probs[order]                                           # [M, C]
+    M = sorted_ids.numel()
+    ids_ahead = torch.cat([sorted_ids, sorted_ids.new_full((max_points - 1,), -1)])
+    probs_ahead = torch.cat([sorted_probs, sorted_probs.new_zeros(max_points - 1, C)])
+    sums, counts = sorted_probs, torch.ones_like(sorted_ids)
+    for k in range(1, max_points):
+        same = ids_ahead[k:k + M] == sorted_ids                          # point s+k is in the cell of s
+        sums = sums + torch.where(same[:, None], probs_ahead[k:k + M], torch.zeros_like(sorted_probs))
+        counts = counts + same
+    run_start = torch.ones_like(sorted_ids, dtype=torch.bool)
+    run_start[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    first = run_start & (sorted_ids < V)                                  # [M] a cell's first kept point
+    means = sums / counts[:, None].to(sums.dtype)                         # [M, C]: the cell's mean where `first`
+    # Scatter the first points' means into a class-major grid [C, V]; every other position writes to a
+    # dump slot of its own (one shared slot would serialise millions of stores on one address).
+    position = torch.arange(M, device=device)
+    classes = torch.arange(C, device=device)
+    target = torch.where(first[:, None], classes * V + sorted_ids[:, None], C * V + position[:, None] * C + classes)
+    buffer = probs.new_empty(C * V + M * C)
+    buffer[:C * V].zero_()
+    buffer[target.reshape(-1)] = means.reshape(-1)
+    scores = buffer[:C * V].view(C, V)                                    # 0 where empty
+    cell_buffer = torch.zeros(V + M, dtype=torch.bool, device=device)
+    cell_buffer[torch.where(first, sorted_ids, V + position)] = True
+    occupied = cell_buffer[:V]
 
     if padding:
-        dense = scores.t().reshape(C, X, Y, Z)
+        dense = scores.view(C, X, Y, Z)
         closed = -max_filter3(-max_filter3(dense))
         above = (dense > score_thr).any(dim=0)
         closed = torch.where(above[None], dense, closed)
         occupied = (closed > score_thr).any(dim=0).reshape(V)
         labels = closed.argmax(dim=0).reshape(V)
     else:
-        labels = scores.argmax(dim=1)
+        labels = scores.argmax(dim=0)
     grid = torch.where(occupied, labels, torch.full_like(labels, free_label))
     return grid.to(torch.uint8).reshape(X, Y, Z)
 
 
-def grid_to_sparse(grid, free_label=17):
-    """uint8 `[X, Y, Z]` numpy grid -> dict(sem_pred=int64 [M], occ_loc=int64 [M, 3] (x, y, z)), cells in
-    x-major order."""
+LABEL_BITS = 5          # labels 0..31 fit below the cell index in one int32 code
+
+
+def pack_occupied(grids, free_label=17):
+    """The occupied cells of each grid as codes, on the device, with static shapes.
+
+    Args:
+        grids (Tensor): uint8 `[B, X, Y, Z]` labels, `free_label` where empty.
+    Returns:
+        (Tensor, Tensor): int64 `[B]` number of occupied cells n_b, and int32 `[B, 2V]` codes whose
+        first n_b entries are `cell << LABEL_BITS | label` of the occupied cells in x-major order
+        (cell = (x*Y + y)*Z + z); the rest is unspecified. `unpack_occupied` reads them on the host,
+        copying only the occupied prefix instead of the whole grid.
+    """
+    B, V = grids.shape[0], grids[0].numel()
+    if V << LABEL_BITS >= 2 ** 31:
+        raise ValueError(f'pack_occupied: a grid of {V} cells does not fit int32 codes')
+    flat = grids.reshape(B, V)
+    occupied = flat != free_label
+    cell = torch.arange(V, device=grids.device, dtype=torch.int32)
+    codes = (cell << LABEL_BITS) | flat.to(torch.int32)
+    # occupied cells go to their rank, the others to a dump slot of their own (V + cell)
+    target = torch.where(occupied, occupied.cumsum(1) - 1, V + cell.long())
+    packed = codes.new_empty(B, 2 * V)
+    packed.scatter_(1, target, codes)
+    return occupied.sum(1), packed
+
+
+def unpack_occupied(counts, codes, grid_size):
+    """`pack_occupied`'s output -> list of B dict(sem_pred=int64 [M], occ_loc=int64 [M, 3] (x, y, z)),
+    cells in x-major order, on the CPU (reads the counts, then the occupied prefix of the codes)."""
     import numpy as np
-    occ_loc = np.argwhere(grid != free_label).astype(np.int64)
-    sem_pred = grid[occ_loc[:, 0], occ_loc[:, 1], occ_loc[:, 2]].astype(np.int64)
-    return dict(sem_pred=sem_pred, occ_loc=occ_loc.reshape(-1, 3))
+    counts = counts.cpu().numpy()
+    prefix = codes[:, :max(int(counts.max(initial=0)), 1)].cpu().numpy()
+    _, Y, Z = (int(v) for v in grid_size)
+    results = []
+    for b, n in enumerate(counts):
+        code = prefix[b, :n].astype(np.int64)
+        cell = code >> LABEL_BITS
+        occ_loc = np.stack([cell // (Y * Z), cell // Z % Y, cell % Z], axis=1)
+        results.append(dict(sem_pred=code & (2 ** LABEL_BITS - 1), occ_loc=occ_loc))
+    return results

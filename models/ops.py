@@ -22,7 +22,7 @@ from mmdet.models.detectors.base import BaseDetector
 from .cuda_graph import GraphedFunction
 from .feature_cache import FrameFeatureCache
 from .gpu_image_decode import decode_and_transform
-from .occ_postprocess import grid_to_sparse
+from .occ_postprocess import pack_occupied
 from .photometric import GpuPhotoMetricDistortion
 
 __all__ = ['OPS', 'parse_losses_lazy', 'tf32_matmuls']
@@ -254,22 +254,24 @@ class OPS(BaseDetector):
 
     def _online_step_fn(self, img, occ2img, slot, frame_slots, image_h, image_w):
         """One online sample on device tensors: `[1, N, 3, H, W]` uint8 images of the key frame,
-        `[1, T*N, 4, 4]` occ2img, int64 key-frame slot `[1]` and frame slots `[T]` -> uint8
-        `[1, X, Y, Z]` occupancy."""
+        `[1, T*N, 4, 4]` occ2img, int64 key-frame slot `[1]` and frame slots `[T]` -> packed occupancy
+        (`_decode`)."""
         feats = self._image_feats(img[0], self.test_amp_dtype(online=True))
         self.feature_cache.write(slot, feats)
         frames = self.feature_cache.read(frame_slots)              # L x [1, T*N, C, H_l, W_l]
         return self._decode(frames, occ2img, image_h, image_w)
 
     def _decode(self, feats, occ2img, image_h, image_w):
-        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode)."""
+        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode) ->
+        the occupied cells of each sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
         fast = self.test_mode == 'fast'
+        head = self.pts_bbox_head
         with torch.autocast(occ2img.device.type, enabled=False), tf32_matmuls(fast and occ2img.is_cuda):
-            outs = self.pts_bbox_head.forward_geometry(feats, occ2img, image_h, image_w, fast=fast)
-            return self.pts_bbox_head.get_occ_grids(outs)
+            outs = head.forward_geometry(feats, occ2img, image_h, image_w, fast=fast)
+            return pack_occupied(head.get_occ_grids(outs), head.empty_label)
 
     def _offline_step_fn(self, img, occ2img, image_h, image_w):
-        """B offline samples: uint8 `[B, T*N, 3, H, W]` -> uint8 `[B, X, Y, Z]` occupancy."""
+        """B offline samples: uint8 `[B, T*N, 3, H, W]` -> packed occupancy (`_decode`)."""
         B, V = img.shape[:2]
         feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
         feats = [f.view(B, V, *f.shape[1:]) for f in feats]
@@ -280,12 +282,12 @@ class OPS(BaseDetector):
             return step(*tensors, **static)
         return step.fn(*tensors, **static)
 
-    def online_grids(self, img, img_metas):
+    def online_occupancy(self, img, img_metas):
         """Online mode (batch 1): the N key-frame images, history features from the cache.
 
         The cache is keyed by the first camera's filename of each frame; a history frame is found
         there when the samples arrive in dataset order in one process (the previous key frames were
-        the key frame of earlier samples). Returns uint8 `[1, X, Y, Z]` on the device.
+        the key frame of earlier samples). Returns the packed occupancy (`_decode`) on the device.
         """
         if img.shape[0] != 1 or len(img_metas) != 1:
             raise ValueError(f'OPS online test mode supports batch size 1, got {img.shape[0]}')
@@ -313,8 +315,8 @@ class OPS(BaseDetector):
         return self._run_step(self._online_step, img, occ2img, slots[:1], slots[1:],
                               image_h=int(H), image_w=int(W))
 
-    def offline_grids(self, img, img_metas):
-        """Offline mode: all T*N images of B samples -> uint8 `[B, X, Y, Z]` on the device."""
+    def offline_occupancy(self, img, img_metas):
+        """Offline mode: all T*N images of B samples -> the packed occupancy (`_decode`) on the device."""
         self._set_shape_metas(img_metas, *img.shape[-2:])
         occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
         return self._run_step(self._offline_step, img, occ2img,
@@ -384,18 +386,17 @@ class OPS(BaseDetector):
     def simple_test(self, img, img_metas, rescale=False):
         """`[B, V, 3, H, W]` images -> list of B `dict(sem_pred, occ_loc)` (numpy, CPU).
 
-        The whole step runs on the device with static shapes; its one result, the dense uint8 grids,
-        is copied to the host once.
+        The whole step runs on the device with static shapes; its result, the occupied cells of each
+        sample, is copied to the host once (the counts, then the occupied prefix of the codes).
         """
         if img.dim() != 5 or img.shape[2] != 3:
             raise ValueError(f'OPS: img must be [B, views, 3, H, W] (BGR), got {tuple(img.shape)}')
         with torch.no_grad():
             if self.use_online(img, img_metas):
-                grids = self.online_grids(img, img_metas)
+                counts, codes = self.online_occupancy(img, img_metas)
             else:
-                grids = self.offline_grids(img, img_metas)
-            grids = grids.cpu().numpy()
-        return [grid_to_sparse(g, self.pts_bbox_head.empty_label) for g in grids]
+                counts, codes = self.offline_occupancy(img, img_metas)
+        return self.pts_bbox_head.unpack_occ(counts, codes)
 
     def aug_test(self, imgs, img_metas, **kwargs):
         raise NotImplementedError('OPS has no test-time augmentation: pass one-element lists to forward_test')

@@ -25,7 +25,7 @@ from core.geometry import decode_points
 from core.occ3d import FREE_LABEL, NUM_CLASSES, POINT_CLOUD_RANGE, VOXEL_SIZE
 
 from .knn import knn1_bidirectional
-from .occ_postprocess import dense_occupancy, grid_to_sparse
+from .occ_postprocess import dense_occupancy, pack_occupied, unpack_occupied
 
 # Code defaults of the original (docs/method.md, "Losses"); the configs set only cls_weights (None = all 1).
 TRAIN_DEFAULTS = dict(cls_weights=None, empty_dist_thr=0.2, empty_weights=5.0,
@@ -380,5 +380,8 @@ class OPSHead(BaseModule):
             list (one per sample) of dict(sem_pred=np.int64 [M] class ids,
             occ_loc=np.int64 [M, 3] voxel indices (x, y, z), x-major order), on the CPU.
         """
-        grids = self.get_occ_grids(preds_dicts).cpu().numpy()
-        return [grid_to_sparse(g, self.empty_label) for g in grids]
+        return self.unpack_occ(*pack_occupied(self.get_occ_grids(preds_dicts), self.empty_label))
+
+    def unpack_occ(self, counts, codes):
+        """`pack_occupied`'s device output -> `get_occ`'s result dicts on the CPU."""
+        return unpack_occupied(counts, codes, self._voxel_num)

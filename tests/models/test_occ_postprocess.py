@@ -7,7 +7,7 @@ import torch
 
 import torch.nn.functional as F
 
-from models.occ_postprocess import dense_occupancy, grid_to_sparse, max_filter3
+from models.occ_postprocess import dense_occupancy, max_filter3, pack_occupied, unpack_occupied
 from occ_reference import reference_occ
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
@@ -40,7 +40,9 @@ def test_same_voxels_as_the_reference(seed, padding):
     assert grid.dtype == torch.uint8 and tuple(grid.shape) == GRID
     assert len(ref['sem_pred']) > 500                               # the case is not empty
     np.testing.assert_array_equal(grid.numpy(), as_grid(ref))
-    sparse = grid_to_sparse(grid.numpy())
+    counts, codes = pack_occupied(grid[None])
+    sparse, = unpack_occupied(counts, codes, GRID)
+    np.testing.assert_array_equal(as_grid(sparse), grid.numpy())
     if padding:  # the reference lists cells in x-major order too
         np.testing.assert_array_equal(sparse['occ_loc'], ref['occ_loc'])
         np.testing.assert_array_equal(sparse['sem_pred'], ref['sem_pred'])
@@ -99,3 +101,19 @@ def test_cuda_equals_cpu_and_reference():
     np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
     ref = reference_occ(probs.cuda(), points.cuda(), PC_RANGE, VOXEL, GRID, 0.5)
     np.testing.assert_array_equal(gpu.cpu().numpy(), as_grid(ref))
+
+
+def test_pack_and_unpack_occupied_cells_by_hand():
+    """Two grids of 3x4x2 cells: one with three cells (labels 0, 16, 5), one empty."""
+    grids = torch.full((2, 3, 4, 2), 17, dtype=torch.uint8)
+    grids[0, 0, 0, 1] = 0          # cell (0*4 + 0)*2 + 1 = 1
+    grids[0, 2, 3, 0] = 16         # cell (2*4 + 3)*2 + 0 = 22
+    grids[0, 1, 2, 1] = 5          # cell (1*4 + 2)*2 + 1 = 13
+    counts, codes = pack_occupied(grids)
+    assert counts.tolist() == [3, 0] and codes.dtype == torch.int32
+    assert codes[0, :3].tolist() == [1 << 5 | 0, 13 << 5 | 5, 22 << 5 | 16]
+    first, empty = unpack_occupied(counts, codes, (3, 4, 2))
+    assert first['occ_loc'].tolist() == [[0, 0, 1], [1, 2, 1], [2, 3, 0]]
+    assert first['sem_pred'].tolist() == [0, 5, 16]
+    assert first['occ_loc'].dtype == first['sem_pred'].dtype == np.int64
+    assert empty['occ_loc'].shape == (0, 3) and empty['sem_pred'].shape == (0,)
