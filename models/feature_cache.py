@@ -1,13 +1,15 @@
 """Online-mode feature cache: per-frame FPN features in a fixed device ring buffer.
 
-Symbols: S slots (15, the original's cache size), T frames per sample, N cameras, L FPN levels,
-C channels, (H_l, W_l) the size of level l.
+Symbols: S slots (15, the original's cache size), T frames per sample, L FPN levels; a frame's
+level l is stored in the decoder's sampling layout, `[G, N, H_l, W_l, C/G]` (G channel groups,
+N cameras, C channels, (H_l, W_l) the size of level l), so that the T frames read back are the
+sampling op's input without another copy.
 
 The original keeps a dict {first camera's filename: features} of at most 15 frames, first in,
 first out, and computes a frame's features only when its key is not cached; the history frames of
 a sample must be in the dict (they were the key frame of an earlier sample of the scene). This
 class keeps exactly that bookkeeping on the host (an OrderedDict from key to slot) and the features
-themselves in preallocated device tensors `[S, N, C, H_l, W_l]`, so that writing the new frame and
+themselves in preallocated device tensors `[S, G, N, H_l, W_l, C/G]`, so that writing the new frame and
 gathering the T frames of a sample are fixed-shape index operations that a CUDA graph can replay.
 """
 from collections import OrderedDict
@@ -27,13 +29,13 @@ class FrameFeatureCache:
     def __init__(self, capacity=15):
         self.capacity = int(capacity)
         self.slots = OrderedDict()            # frame key -> slot index, oldest first
-        self.rings = None                     # L tensors [S, N, C, H_l, W_l]
+        self.rings = None                     # L tensors [S, *frame shape of level l]
 
     def clear(self):
         self.slots.clear()
 
     def allocate(self, level_shapes, dtype, device):
-        """Ring tensors for L levels of per-frame shape `[N, C, H_l, W_l]` (kept while shapes match)."""
+        """Ring tensors for L levels of the given per-frame shapes (kept while shapes match)."""
         shapes = [tuple(s) for s in level_shapes]
         if (self.rings is None or [tuple(r.shape[1:]) for r in self.rings] != shapes
                 or self.rings[0].dtype != dtype or self.rings[0].device != torch.device(device)):
@@ -63,10 +65,10 @@ class FrameFeatureCache:
         return self.slots[current], [self.slots[k] for k in keys]
 
     def write(self, slot, feats):
-        """Store L levels `[N, C, H_l, W_l]` at `slot` (int64 device tensor `[1]`)."""
+        """Store one frame's L levels (per-frame shapes of `allocate`) at `slot` (int64 device tensor `[1]`)."""
         for ring, feat in zip(self.rings, feats):
             ring.index_copy_(0, slot, feat[None].to(ring.dtype))
 
     def read(self, frame_slots):
-        """L levels `[1, T*N, C, H_l, W_l]` of the frames at `frame_slots` (int64 device tensor `[T]`)."""
-        return [ring.index_select(0, frame_slots).flatten(0, 1)[None] for ring in self.rings]
+        """L levels `[T, *frame shape]` of the frames at `frame_slots` (int64 device tensor `[T]`)."""
+        return [ring[frame_slots] for ring in self.rings]

@@ -256,14 +256,16 @@ class OPS(BaseDetector):
         """One online sample on device tensors: `[1, N, 3, H, W]` uint8 images of the key frame,
         `[1, T*N, 4, 4]` occ2img, int64 key-frame slot `[1]` and frame slots `[T]` -> packed occupancy
         (`_decode`)."""
-        feats = self._image_feats(img[0], self.test_amp_dtype(online=True))
-        self.feature_cache.write(slot, feats)
-        frames = self.feature_cache.read(frame_slots)              # L x [1, T*N, C, H_l, W_l]
-        return self._decode(frames, occ2img, image_h, image_w)
+        transformer = self.pts_bbox_head.transformer
+        feats = self._image_feats(img[0], self.test_amp_dtype(online=True))     # L x [N, C, H_l, W_l]
+        self.feature_cache.write(slot, [transformer.frame_sampling_layout(f) for f in feats])
+        frames = self.feature_cache.read(frame_slots)              # L x [T, G, N, H_l, W_l, C/G]
+        return self._decode([f.flatten(0, 1) for f in frames], occ2img, image_h, image_w)
 
     def _decode(self, feats, occ2img, image_h, image_w):
-        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode) ->
-        the occupied cells of each sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
+        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode) on
+        features in the sampling layout (`transformer.sampling_layout`) -> the occupied cells of each
+        sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
         fast = self.test_mode == 'fast'
         head = self.pts_bbox_head
         with torch.autocast(occ2img.device.type, enabled=False), tf32_matmuls(fast and occ2img.is_cuda):
@@ -275,7 +277,7 @@ class OPS(BaseDetector):
         B, V = img.shape[:2]
         feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
         feats = [f.view(B, V, *f.shape[1:]) for f in feats]
-        return self._decode(feats, occ2img, image_h, image_w)
+        return self._decode(self.pts_bbox_head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
 
     def _run_step(self, step, *tensors, **static):
         if self.cuda_graph:
@@ -301,7 +303,8 @@ class OPS(BaseDetector):
         if self.feature_cache.rings is None or self.feature_cache.rings[0].device != img.device:
             with torch.no_grad():
                 probe = self._image_feats(img[0], None)
-            self.feature_cache.allocate([f.shape for f in probe], torch.float32, img.device)
+            frame_layout = self.pts_bbox_head.transformer.frame_sampling_layout
+            self.feature_cache.allocate([frame_layout(f).shape for f in probe], torch.float32, img.device)
         try:
             slot, frame_slots = self.feature_cache.assign(keys)
         except KeyError as err:

@@ -187,13 +187,14 @@ class OPSHead(BaseModule):
             [B, Q, P_i, C] logits; ``all_refine_pts`` list of [B, Q, P_i, 3] normalised points.
         """
         occ2img, (image_h, image_w) = self.transformer.image_geometry(img_metas, mlvl_feats[0].device)
-        return self.forward_geometry(mlvl_feats, occ2img, image_h, image_w)
+        return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w)
 
-    def forward_geometry(self, mlvl_feats, occ2img, image_h, image_w, fast=False):
+    def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
         """`forward` with the camera geometry as device tensors (no host work: graph-capturable).
 
         Args:
-            mlvl_feats (list[Tensor]): FPN levels ``[B, T*N, C, H_l, W_l]``.
+            feats (list[Tensor]): FPN levels in the sampling layout ``[B*T*G, N, H_l, W_l, C/G]``
+                (``transformer.sampling_layout`` of ``[B, T*N, C, H_l, W_l]``).
             occ2img (Tensor): ``[B, T*N, 4, 4]`` ego (key frame) -> pixels of the augmented images.
             image_h, image_w (int): augmented image size in pixels.
             fast (bool): the fast test mode's decoder kernels (eval only).
@@ -201,7 +202,7 @@ class OPSHead(BaseModule):
         batch = occ2img.shape[0]
         init_points = self.init_points.weight[None, :, None, :].repeat(batch, 1, 1, 1)
         query_feat = init_points.new_zeros(batch, self.num_query, self.in_channels)
-        cls_scores, refine_pts = self.transformer.run(init_points, query_feat, mlvl_feats, occ2img,
+        cls_scores, refine_pts = self.transformer.run(init_points, query_feat, feats, occ2img,
                                                       image_h, image_w, fast)
         if len(cls_scores) != len(refine_pts) or len(cls_scores) == 0:
             raise RuntimeError(f'OPSHead: the transformer must return equally long non-empty '

@@ -322,15 +322,26 @@ class OPSTransformerDecoder(BaseModule):
         lidar2img, ego2lidar = self._meta_matrices(img_metas, 'lidar2img', 'ego2lidar', device)
         return torch.matmul(lidar2img, ego2lidar[:, None])
 
-    def _to_channel_last(self, feat):
-        """`[B, T*N, C, H, W]` -> `[B*T*G, N, H, W, C/G]`, batch (b*T + t)*G + g, channel g*C/G + c."""
-        B, TN, C, H, W = feat.shape
+    def frame_sampling_layout(self, feat):
+        """One frame's level `[N, C, H, W]` -> `[G, N, H, W, C/G]`, channel g*C/G + c at [g, ..., c]
+        (what the online feature cache stores per frame)."""
+        N, C, H, W = feat.shape
+        G = self.num_groups
+        return feat.reshape(N, G, C // G, H, W).permute(1, 0, 3, 4, 2).contiguous()
+
+    def sampling_layout(self, mlvl_feats):
+        """L FPN levels `[B, T*N, C, H, W]` -> the sampling op's channel-last `[B*T*G, N, H, W, C/G]`:
+        batch (b*T + t)*G + g holds channels g*C/G.. of frame t (`run_layers` takes this layout)."""
         T, N, G = self.num_frames, self.num_views, self.num_groups
-        if TN != T * N or C != self.embed_dims:
-            raise ValueError(f'image features have shape {tuple(feat.shape)}, expected [B, T*N={T * N}, '
-                             f'C={self.embed_dims}, H, W] (num_frames={T}, num_views={N})')
-        feat = feat.reshape(B, T, N, G, C // G, H, W).permute(0, 1, 3, 2, 5, 6, 4)
-        return feat.reshape(B * T * G, N, H, W, C // G)
+        out = []
+        for feat in mlvl_feats:
+            B, TN, C, H, W = feat.shape
+            if TN != T * N or C != self.embed_dims:
+                raise ValueError(f'image features have shape {tuple(feat.shape)}, expected [B, T*N={T * N}, '
+                                 f'C={self.embed_dims}, H, W] (num_frames={T}, num_views={N})')
+            feat = feat.reshape(B, T, N, G, C // G, H, W).permute(0, 1, 3, 2, 5, 6, 4)
+            out.append(feat.reshape(B * T * G, N, H, W, C // G))
+        return out
 
     def forward(self, query_points, query_feat, mlvl_feats, img_metas):
         """
@@ -346,21 +357,26 @@ class OPSTransformerDecoder(BaseModule):
         if len(img_metas) != query_points.shape[0]:
             raise ValueError(f'{len(img_metas)} img_metas for a batch of {query_points.shape[0]}')
         occ2img, (image_h, image_w) = self.image_geometry(img_metas, query_points.device)
-        return self.run_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+        return self.run_layers(query_points, query_feat, self.sampling_layout(mlvl_feats), occ2img, image_h, image_w)
 
     def image_geometry(self, img_metas, device):
         """(occ2img `[B, T*N, 4, 4]` float32 on `device`, (image_h, image_w) of the augmented images)."""
         return self._occ2img(img_metas, device), tuple(img_metas[0]['img_shape'][0][:2])
 
-    def run_layers(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
+    def run_layers(self, query_points, query_feat, feats, occ2img, image_h, image_w, fast=False):
         """The decoder on device tensors only (no host work, so it can be captured in a CUDA graph).
 
+        feats: L levels in the sampling layout `[B*T*G, N, H_l, W_l, C/G]` (`sampling_layout`);
         occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels);
         fast: the fast test mode's kernels (eval only, see OPSTransformerDecoderLayer.forward).
         """
-        if len(mlvl_feats) != self.num_levels:
-            raise ValueError(f'got {len(mlvl_feats)} feature levels, the decoder was built for {self.num_levels}')
-        feats = [self._to_channel_last(feat) for feat in mlvl_feats]
+        B, T, G = occ2img.shape[0], self.num_frames, self.num_groups
+        if len(feats) != self.num_levels:
+            raise ValueError(f'got {len(feats)} feature levels, the decoder was built for {self.num_levels}')
+        for feat in feats:
+            if feat.dim() != 5 or feat.shape[0] != B * T * G or feat.shape[1] != self.num_views:
+                raise ValueError(f'features of shape {tuple(feat.shape)} are not in the sampling layout '
+                                 f'[B*T*G={B * T * G}, N={self.num_views}, H, W, C/G] (sampling_layout)')
         cls_scores, refine_pts = [], []
         for layer in self.decoder_layers:
             # each layer refines around the previous points without back-propagating into them
@@ -411,6 +427,14 @@ class OPSTransformer(BaseModule):
         """See `OPSTransformerDecoder.image_geometry`."""
         return self.decoder.image_geometry(img_metas, device)
 
-    def run(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
-        """The decoder on device tensors (`OPSTransformerDecoder.run_layers`)."""
-        return self.decoder.run_layers(query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast)
+    def sampling_layout(self, mlvl_feats):
+        """See `OPSTransformerDecoder.sampling_layout`."""
+        return self.decoder.sampling_layout(mlvl_feats)
+
+    def frame_sampling_layout(self, feat):
+        """See `OPSTransformerDecoder.frame_sampling_layout`."""
+        return self.decoder.frame_sampling_layout(feat)
+
+    def run(self, query_points, query_feat, feats, occ2img, image_h, image_w, fast=False):
+        """The decoder on device tensors, features in the sampling layout (`OPSTransformerDecoder.run_layers`)."""
+        return self.decoder.run_layers(query_points, query_feat, feats, occ2img, image_h, image_w, fast)

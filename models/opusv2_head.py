@@ -85,10 +85,11 @@ class OPUSV2Head(OPSHead):
             densifier.init_weights()
 
     # ------------------------------------------------------------------ forward
-    def forward_geometry(self, mlvl_feats, occ2img, image_h, image_w, fast=False):
+    def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
         """Decoder (V1's `forward_geometry`), then the CPD module of every layer that produced point features.
 
-        Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and
+        Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and the
+        sampling layout and
         calls this). Not CUDA-graph capturable: the sparse voxel sets have data-dependent sizes.
 
         Returns:
@@ -96,7 +97,7 @@ class OPUSV2Head(OPSHead):
             normalised; ``all_cls_scores`` list of [U'_i, K] voxel logits or None (eval mode, layers
             before the last); ``all_voxel_coors`` list of int64 [U'_i, 4] (b, x, y, z) or None.
         """
-        outs = super().forward_geometry(mlvl_feats, occ2img, image_h, image_w, fast)
+        outs = super().forward_geometry(feats, occ2img, image_h, image_w, fast)
         pt_feats = outs.pop('all_cls_scores')
         if len(pt_feats) != len(self.densifiers):
             raise RuntimeError(f'{type(self).__name__}: {len(pt_feats)} decoder layers for {len(self.densifiers)} '

@@ -83,11 +83,11 @@ def test_online_cache_equals_offline_features_and_predictions():
             metas = [metas_for(frames)]
             online = model(img=[images(frames[0])[None]], img_metas=[metas], return_loss=False)[0]
             slots = torch.tensor([model.feature_cache.slots[f'samples/CAM_0/frame{t}.jpg'] for t in frames])
-            cached = model.feature_cache.read(slots)
+            cached = [f.flatten(0, 1) for f in model.feature_cache.read(slots)]   # [T*G, N, H, W, C/G]
             full = torch.cat([images(t) for t in frames])[None]
             offline_feats = model.extract_feat(full, [metas_for(frames)])
-            for a, b in zip(cached, offline_feats):
-                assert a.shape == b.shape == (1, T * N) + a.shape[2:]
+            for a, b in zip(cached, model.pts_bbox_head.transformer.sampling_layout(offline_feats)):
+                assert a.shape == b.shape and a.shape[:2] == (T * model.pts_bbox_head.transformer.num_groups, N)
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
             assert metas[0]['img_shape'] == [(H, W, 3)] * (T * N)
             offline = model(img=[full], img_metas=[[metas_for(frames)]], return_loss=False)[0]

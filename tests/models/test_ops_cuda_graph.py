@@ -46,6 +46,7 @@ def test_graph_replay_equals_eager_bitwise_online_and_offline():
     feats = [torch.randn(1, 12, 32, h, w, device='cuda') for h, w in ((16, 40), (8, 20), (4, 10), (2, 5))]
     metas = dict(metas_for([1, 0]), img_shape=[(H, W, 3)] * (T * N))
     occ2img, _ = head.transformer.image_geometry([metas], 'cuda')
+    feats = head.transformer.sampling_layout(feats)
     with torch.no_grad():
         ref = head.get_occ_grids(head.forward_geometry(feats, occ2img, H, W))
         from models.cuda_graph import GraphedFunction

@@ -31,6 +31,10 @@ class FakeTransformer(BaseModule):
         """The head asks its transformer for the camera geometry of the metas (here: a marker per sample)."""
         return torch.stack([torch.full((4, 4), float(m['a'])) for m in img_metas]).to(device), (256, 704)
 
+    def sampling_layout(self, mlvl_feats):
+        """The head hands the decoder its features in the sampling layout (here: marked as converted)."""
+        return [('sampling layout', f) for f in mlvl_feats]
+
     def run(self, init_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
         self.calls.append((init_points, query_feat, mlvl_feats, occ2img, (image_h, image_w)))
         p1 = init_points + 0.01
@@ -88,7 +92,7 @@ def test_forward_plumbing_and_shapes():
     assert init_points.shape == (2, 5, 1, 3)
     assert torch.equal(init_points[1, :, 0], head.init_points.weight)
     assert query_feat.shape == (2, 5, 256) and not query_feat.any()
-    assert got_feats is feats and image_hw == (256, 704)
+    assert got_feats == [('sampling layout', feats[0])] and image_hw == (256, 704)
     assert occ2img.shape == (2, 4, 4) and occ2img[0, 0, 0] == 1 and occ2img[1, 0, 0] == 2
     assert set(out) == {'init_points', 'all_cls_scores', 'all_refine_pts'}
     assert out['init_points'] is init_points

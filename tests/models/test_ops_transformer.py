@@ -248,13 +248,19 @@ def test_feature_layout_channel_groups():
     tr = small_transformer()
     B, T, N, C, H, W, G = 2, 2, 3, 32, 2, 3, 4
     feat = torch.randn(B, T * N, C, H, W)
-    cl = tr.decoder._to_channel_last(feat)
+    cl, = tr.sampling_layout([feat])
     for b in range(B):
         for t in range(T):
+            frame = tr.frame_sampling_layout(feat[b, t * N:(t + 1) * N])     # what the online cache stores
+            assert frame.shape == (G, N, H, W, C // G) and frame.is_contiguous()
             for g in range(G):
+                assert torch.equal(frame[g], cl[(b * T + t) * G + g])
                 for n in range(N):
                     expect = feat[b, t * N + n, g * 8:(g + 1) * 8].permute(1, 2, 0)
                     assert torch.equal(cl[(b * T + t) * G + g, n], expect)
+    with pytest.raises(ValueError, match='sampling layout'):
+        tr.decoder.run_layers(torch.zeros(B, 5, 1, 3), torch.zeros(B, 5, C), [feat] * tr.decoder.num_levels,
+                              torch.zeros(B, T * N, 4, 4), 64, 96)
 
 
 def test_nan_outputs_are_replaced():

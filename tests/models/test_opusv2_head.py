@@ -230,12 +230,12 @@ def test_point_feature_branch_runs_in_training_or_for_the_last_layer():
     init = torch.rand(1, 5, 1, 3)
     query = torch.zeros(1, 5, 32)
     tr.train()
-    pt, pts = tr.run(init, query, feats, occ2img, 64, 160)
+    pt, pts = tr.run(init, query, tr.sampling_layout(feats), occ2img, 64, 160)
     assert [tuple(p.shape) for p in pt] == [(1, 5, 4, 8), (1, 5, 8, 8)]
     assert [tuple(p.shape) for p in pts] == [(1, 5, 4, 3), (1, 5, 8, 3)]
     tr.eval()
     with torch.no_grad():
-        pt_eval, _ = tr.run(init, query, feats, occ2img, 64, 160)
+        pt_eval, _ = tr.run(init, query, tr.sampling_layout(feats), occ2img, 64, 160)
     assert pt_eval[0] is None and pt_eval[1].shape == (1, 5, 8, 8)
 
 
