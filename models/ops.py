@@ -372,7 +372,7 @@ class OPS(BaseDetector):
         voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
         mask_camera = torch.as_tensor(mask_camera, device=img.device)
         with torch.autocast(img.device.type, enabled=False):
-            outs = self.pts_bbox_head(feats, img_metas)
+            outs = self.pts_bbox_head(feats, img_metas, fast=self.train_mode == 'fast')
             return self.pts_bbox_head.loss(voxel_semantics, mask_camera, outs)
 
     def forward_test(self, img, img_metas, rescale=True, img_jpeg=None, **kwargs):

@@ -175,19 +175,21 @@ class OPSHead(BaseModule):
         return decode_points(points, self._pc_range)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, mlvl_feats, img_metas):
+    def forward(self, mlvl_feats, img_metas, fast=False):
         """Run the decoder from the learned initial points.
 
         Args:
-            mlvl_feats (list[Tensor]): FPN levels, ``[B, T*N, C, H_l, W_l]`` (passed through).
-            img_metas (list[dict]): B meta dicts (passed through).
+            mlvl_feats (list[Tensor]): FPN levels, ``[B, T*N, C, H_l, W_l]``.
+            img_metas (list[dict]): B meta dicts (the camera geometry).
+            fast (bool): the fast modes' decoder kernels (in training: the projection, see
+                ``OPSTransformerDecoderLayer.forward``).
 
         Returns:
             dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_cls_scores`` list over layers of
             [B, Q, P_i, C] logits; ``all_refine_pts`` list of [B, Q, P_i, 3] normalised points.
         """
         occ2img, (image_h, image_w) = self.transformer.image_geometry(img_metas, mlvl_feats[0].device)
-        return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w)
+        return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w, fast)
 
     def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
         """`forward` with the camera geometry as device tensors (no host work: graph-capturable).
@@ -197,7 +199,7 @@ class OPSHead(BaseModule):
                 (``transformer.sampling_layout`` of ``[B, T*N, C, H_l, W_l]``).
             occ2img (Tensor): ``[B, T*N, 4, 4]`` ego (key frame) -> pixels of the augmented images.
             image_h, image_w (int): augmented image size in pixels.
-            fast (bool): the fast test mode's decoder kernels (eval only).
+            fast (bool): the fast modes' decoder kernels.
         """
         batch = occ2img.shape[0]
         init_points = self.init_points.weight[None, :, None, :].repeat(batch, 1, 1, 1)

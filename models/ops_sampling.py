@@ -48,7 +48,7 @@ def project_points(points, occ2img, num_views):
 
 
 def project_points_fast(points, occ2img, num_views):
-    """`project_points` without its per-point copies of the matrices (the fast test mode).
+    """`project_points` without its per-point copies of the matrices (the fast modes, training and test).
 
     The faithful form expands the `[B, T*N, 4, 4]` matrices to one copy per point and runs a batched
     matrix-vector product (on the GPU 48 x Q x G*P products, e.g. 1.8 M for OPS-L, in chunks). This
@@ -78,7 +78,7 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
         image_h, image_w (int): size of the augmented (unpadded) image in pixels; u, v are normalised by it.
         num_views (int): N cameras per frame.
         eps (float): minimum depth in metres for a valid projection.
-        fast (bool): project with `project_points_fast` (the fast test mode).
+        fast (bool): project with `project_points_fast` (the fast modes).
     Returns:
         Tensor: `[B, Q, G, T*P, C]` sampled features (T-major, then P).
     """

@@ -70,7 +70,7 @@ class OPSSampling(BaseModule):
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`; image_h, image_w: augmented image size (pixels).
-            fast (bool): the fast test mode's projection (`project_points_fast`).
+            fast (bool): the fast modes' projection (`project_points_fast`).
         Returns:
             Tensor: `[B, Q, G, T*np, C/G]`.
         """
@@ -246,7 +246,9 @@ class OPSTransformerDecoderLayer(BaseModule):
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`.
-            fast (bool): the fast test mode's kernels (projection, fused self-attention; eval only).
+            fast (bool): the fast modes' kernels: the projection without per-point matrix copies
+                (training and test) and the fused self-attention (test only: training keeps the
+                attention dropout of the mask path).
         Returns:
             tuple: query_feat `[B, Q, C]`, cls logits `[B, Q, P_out, num_classes]`,
             new points `[B, Q, P_out, 3]` normalised.

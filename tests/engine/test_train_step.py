@@ -8,7 +8,7 @@ from mmcv.runner import build_optimizer
 
 from engine.train_step import (LazyLogBuffer, SyncFreeStep, merge_param_groups, parse_losses_lazy,
                                regroup_optimizer_state)
-from tiny_detector import build, gt, images, metas_for
+from tiny_detector import build, gt, images, metas_for, tiny_cfg
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
                  paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=0.1),
@@ -25,7 +25,8 @@ def losses_of(model, seed=0):
 
 def test_one_fast_step_equals_one_faithful_step():
     faithful = build().train()
-    fast = no_checkpointing(build()).train()
+    fast = no_checkpointing(build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='fast'))).train()
+    assert fast.train_mode == 'fast'                   # its decoder projects with project_points_fast
     fast.load_state_dict(faithful.state_dict())
     opt_a = build_optimizer(faithful, dict(OPTIMIZER, foreach=False))
     opt_b = merge_param_groups(build_optimizer(fast, dict(OPTIMIZER, fused=True)))   # as train.py --fast
