@@ -15,13 +15,13 @@ slower there). Used in eval only: training keeps the faithful path, whose attent
 FlexAttention does not have. On the H200 (2026-12-01) the fast test step with this kernel ran OPS-L
 in 25.1 ms against 64.0 ms before (benchmarks/bench_e2e.py, docs/performance.md).
 """
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-__all__ = ['fused_biased_attention', 'BF16_MIN_QUERIES', 'MIN_HEAD_DIMS']
+from .compiled import CompiledOrNone
+
+__all__ = ['fused_biased_attention', 'ATTENTION_KERNEL', 'BF16_MIN_QUERIES', 'MIN_HEAD_DIMS']
 
 # from this many queries on, q/k/v go to the kernel in bf16 (faster at Q = 4800, slower at Q = 600)
 BF16_MIN_QUERIES = 2048
@@ -29,8 +29,6 @@ BF16_MIN_QUERIES = 2048
 # FlexAttention's compiled kernel needs heads of at least 16 channels (OPS: 256 / 8 = 32; the tests'
 # tiny models have fewer and keep the mask path)
 MIN_HEAD_DIMS = 16
-
-_kernel = {}      # 'fn': the compiled kernel, or None once it failed to build on this machine
 
 
 def _attention(q, k, v, cx, cy, cz, tau):
@@ -40,9 +38,7 @@ def _attention(q, k, v, cx, cy, cz, tau):
     return flex_attention(q, k, v, score_mod=distance_bias)
 
 
-def compile_kernel():
-    """torch.compile of the kernel (a hook for tests, which replace it)."""
-    return torch.compile(_attention, dynamic=False, fullgraph=True)
+ATTENTION_KERNEL = CompiledOrNone(_attention, 'the fused self-attention kernel', 'the faithful attention')
 
 
 def fused_biased_attention(mha, query, centres, tau, compiled=True):
@@ -65,20 +61,8 @@ def fused_biased_attention(mha, query, centres, tau, compiled=True):
     q, k, v = (t.to(dtype) for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))        # [B, H, Q, d] each
     cx, cy, cz = (c.contiguous() for c in centres.float().unbind(-1))             # [B, Q] each
     args = (q, k, v, cx, cy, cz, tau.float().contiguous())
-    if not compiled:
-        out = _attention(*args)
-    else:
-        if 'fn' not in _kernel:
-            _kernel['fn'] = compile_kernel()
-        if _kernel['fn'] is None:
-            return None
-        try:
-            out = _kernel['fn'](*args)                                            # [B, H, Q, d]
-        except Exception as err:  # noqa: BLE001 (inductor/Triton errors have no common base class)
-            _kernel['fn'] = None
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            warnings.warn(f'fast test mode: the fused self-attention kernel could not be built here '
-                          f'({type(err).__name__}: {first[:200]}); using the faithful attention instead')
-            return None
+    out = ATTENTION_KERNEL(*args) if compiled else _attention(*args)              # [B, H, Q, d]
+    if out is None:
+        return None
     out = out.float().transpose(1, 2).reshape(B, Q, C)
     return query + F.linear(out, mha.out_proj.weight, mha.out_proj.bias)

@@ -270,7 +270,7 @@ class OPS(BaseDetector):
         head = self.pts_bbox_head
         with torch.autocast(occ2img.device.type, enabled=False), tf32_matmuls(fast and occ2img.is_cuda):
             outs = head.forward_geometry(feats, occ2img, image_h, image_w, fast=fast)
-            return pack_occupied(head.get_occ_grids(outs), head.empty_label)
+            return pack_occupied(head.get_occ_grids(outs, fast=fast), head.empty_label)
 
     def _offline_step_fn(self, img, occ2img, image_h, image_w):
         """B offline samples: uint8 `[B, T*N, 3, H, W]` -> packed occupancy (`_decode`)."""

@@ -363,16 +363,17 @@ class OPSHead(BaseModule):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def get_occ_grids(self, preds_dicts):
+    def get_occ_grids(self, preds_dicts, fast=False):
         """Dense occupancy from the last layer: uint8 `[B, X, Y, Z]` labels (free = `empty_label`), on the
-        device, with static shapes and no host synchronisation (models/occ_postprocess.py)."""
+        device, with static shapes and no host synchronisation (models/occ_postprocess.py); `fast`: the
+        closing as a compiled kernel on CUDA (the same voxels)."""
         cls_scores = preds_dicts['all_cls_scores'][-1]               # [B, Q, P, C] logits
         points = self.decode_points(preds_dicts['all_refine_pts'][-1]).float()
         cfg = self.test_cfg
         return torch.stack([
             dense_occupancy(cls_scores[b].float().sigmoid(), points[b], self._pc_range, self._voxel_size,
                             self._voxel_num, float(cfg['score_thr']), float(cfg['ctr_dist_thr']),
-                            bool(cfg['padding']), MAX_POINTS_PER_VOXEL, self.empty_label)
+                            bool(cfg['padding']), MAX_POINTS_PER_VOXEL, self.empty_label, compiled=fast)
             for b in range(cls_scores.shape[0])])
 
     @torch.no_grad()

@@ -170,8 +170,9 @@ class OPUSV2Head(OPSHead):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def get_occ_grids(self, preds_dicts):
-        """Dense occupancy from the last layer's voxels: uint8 `[B, X, Y, Z]` labels, `empty_label` elsewhere.
+    def get_occ_grids(self, preds_dicts, fast=False):
+        """Dense occupancy from the last layer's voxels: uint8 `[B, X, Y, Z]` labels, `empty_label` elsewhere
+        (`fast` changes nothing here: there is no closing).
 
         A voxel is kept when its max class probability (sigmoid) exceeds `score_thr` (strictly); its label
         is the argmax. `OPSHead.get_occ` turns the grids into the sparse result dicts. The batch size comes

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from models.compiled import CompiledOrNone
 from models.fused_attention import BF16_MIN_QUERIES, fused_biased_attention
 from models.ops_sampling import project_points, project_points_fast
 from models.ops_transformer import OPSSelfAttention, decode_points
@@ -84,8 +85,9 @@ def test_a_kernel_that_cannot_be_built_falls_back_with_one_warning(monkeypatch):
     def broken(*args):
         calls.append(1)
         raise RuntimeError('triton: no kernel for this device\nsecond line')
-    monkeypatch.setattr(fa, '_kernel', {})
-    monkeypatch.setattr(fa, 'compile_kernel', lambda: broken)
+    kernel = CompiledOrNone(fa._attention, 'the fused self-attention kernel', 'the faithful attention')
+    monkeypatch.setattr(kernel, 'compile', lambda: broken)
+    monkeypatch.setattr(fa, 'ATTENTION_KERNEL', kernel)
     module = attention()
     g = torch.Generator().manual_seed(3)
     points, feat = torch.rand(1, 9, 4, 3, generator=g), torch.randn(1, 9, 256, generator=g)

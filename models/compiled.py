@@ -1,0 +1,49 @@
+"""torch.compile'd kernels of the fast test mode, built at their first call, with a way back.
+
+A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, the fast mode must
+still compute the right thing: `CompiledOrNone` then warns once and returns None from every call,
+and its caller runs its eager (faithful) code instead.
+"""
+import warnings
+
+import torch
+
+__all__ = ['CompiledOrNone']
+
+_FAILED = object()
+
+
+class CompiledOrNone:
+    """`CompiledOrNone(fn, what, instead)(*args)`: `torch.compile(fn)(*args)`, or None when the kernel
+    cannot be built here (one warning naming `what` and `instead`, no second attempt).
+
+    `fn` must be compilable as one graph (`fullgraph=True`) with static shapes; the graph is built
+    per input signature at its first call, so a step captured in a CUDA graph replays the kernels.
+    """
+
+    def __init__(self, fn, what, instead):
+        self.fn, self.what, self.instead = fn, what, instead
+        self._compiled = None
+
+    @property
+    def failed(self):
+        """True once the kernel could not be built (calls return None from then on)."""
+        return self._compiled is _FAILED
+
+    def compile(self):
+        """The compiled callable (a hook for tests, which replace it)."""
+        return torch.compile(self.fn, dynamic=False, fullgraph=True)
+
+    def __call__(self, *args):
+        if self._compiled is _FAILED:
+            return None
+        if self._compiled is None:
+            self._compiled = self.compile()
+        try:
+            return self._compiled(*args)
+        except Exception as err:  # noqa: BLE001 (inductor/Triton errors have no common base class)
+            self._compiled = _FAILED
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(f'fast test mode: {self.what} could not be built here ({type(err).__name__}: '
+                          f'{first[:200]}); using {self.instead} instead')
+            return None
