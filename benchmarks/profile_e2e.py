@@ -6,7 +6,8 @@ Inference: the eager static test step (the kernels that the CUDA graph of the de
 online, batch 1, 7 cached history frames, on bench_e2e.py's rig. Per stage (backbone, FPN, feature
 cache, each decoder part summed over the 6 layers, post-processing) it reports the GPU kernel time
 per sample, measured by the profiler, and the top kernels. When the graph replay takes about as
-long as the kernel sum, the step is bound by GPU work, not by launches.
+long as the kernel sum, the step is bound by GPU work, not by launches. Then the graph path itself:
+wall time per sample against the replay's GPU time, and the host functions taking the difference.
 
 Training: one step of bench_e2e.py's training mode (`--mode`: faithful or fast), batch 1: GPU kernel
 time of forward + loss, of the whole step, and its wall time, and the top kernels of the step.
@@ -121,6 +122,43 @@ def profile_inference(cfg, mode, state, device, reps=5):
             + stage_table(prof, reps, total) + [''] + top + [''])
 
 
+def profile_graph_host(cfg, mode, state, device, reps=20):
+    """The default (graph) path of `mode`: wall time per sample against the GPU time of the replayed
+    step (CUDA events around it, input copies included), and where the host time goes (cProfile)."""
+    import cProfile
+    import io
+    import pstats
+    model = build_model(cfg, device, INFER_MODES[mode], state=state)
+    stream = InferenceStream(model, cfg.num_frames)
+    for _ in range(cfg.num_frames + 3):
+        stream.sample()
+    step, gpu_ms = model._online_step, []
+
+    def timed_step(*args, **kwargs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = step(*args, **kwargs)
+        end.record()
+        gpu_ms.append((start, end))
+        return out
+    model._online_step = timed_step
+    wall = float(np.median([stream.sample() for _ in range(reps)]))
+    sync()
+    replay = float(np.median([s.elapsed_time(e) for s, e in gpu_ms]))
+    model._online_step = step
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(reps):
+        stream.sample()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats('tottime').print_stats(15)
+    body = [line for line in text.getvalue().splitlines() if line.strip()][-16:]
+    return ([f'### Graph path, mode {mode}: {wall:.2f} ms wall per sample, of which the replayed step '
+             f'{replay:.2f} ms on the GPU', '', f'host functions by own time over {reps} samples (cProfile; '
+             'its overhead inflates Python calls):', '', '```'] + body + ['```', ''])
+
+
 def profile_training(cfg, mode, state, device, reps=3):
     bench = TrainBench(cfg, mode, state, 1, device)
     for _ in range(3):
@@ -190,6 +228,8 @@ def main():
              f'command: `python {" ".join(sys.argv)}`', '']
     if not args.skip_inference:
         lines += profile_inference(cfg, args.mode, state, device)
+        if device.type == 'cuda':
+            lines += profile_graph_host(cfg, args.mode, state, device)
     if not args.skip_train:
         lines += profile_training(cfg, args.mode, state, device)
     text = '\n'.join(lines)
