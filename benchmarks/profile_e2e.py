@@ -106,9 +106,9 @@ def profile_inference(cfg, mode, state, device, reps=5):
     head = model.pts_bbox_head
     get_occ_grids = head.get_occ_grids
 
-    def annotated_get_occ_grids(outs):
+    def annotated_get_occ_grids(outs, **kwargs):
         with record_function('stage:post-processing'):
-            return get_occ_grids(outs)
+            return get_occ_grids(outs, **kwargs)
     head.get_occ_grids = annotated_get_occ_grids
     with profile(activities=ACTIVITIES) as prof:
         for _ in range(reps):

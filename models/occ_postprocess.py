@@ -126,9 +126,9 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
     buffer[:C * V].zero_()
     buffer[target.reshape(-1)] = means.reshape(-1)
     scores = buffer[:C * V].view(C, V)                                    # 0 where empty
+    # (index_fill_ takes the value as a kernel argument: `buffer[idx] = True` would copy a host tensor)
     cell_buffer = torch.zeros(V + M, dtype=torch.bool, device=device)
-    cell_buffer[torch.where(first, sorted_ids, V + position)] = True
-    occupied = cell_buffer[:V]
+    occupied = cell_buffer.index_fill_(0, torch.where(first, sorted_ids, V + position), True)[:V]
 
     if padding:
         dense = scores.view(C, X, Y, Z)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from mmdet.models import build_detector
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.feature_cache import FrameFeatureCache
 
@@ -178,3 +179,41 @@ def test_bad_config_and_inputs():
         model(img=torch.cat([images(1), images(0)])[None], img_metas=[metas_for([1, 0])])
     with pytest.raises(ValueError, match=r'\[B, views, 3, H, W\]'):
         model.extract_feat(images(1), [metas_for([1, 0])])
+
+
+class HostTensorSpy(TorchDispatchMode):
+    """Counts tensors made from host values (torch.tensor, `x[i] = 1.0`: aten.lift_fresh). On CUDA each
+    is a host-to-device copy, which a CUDA graph capture refuses: the test step must make none."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('offline', [False, True])
+def test_the_test_step_makes_no_tensor_from_host_values(offline):
+    with HostTensorSpy() as control:                    # the spy does see such tensors
+        x = torch.zeros(3)
+        x[torch.tensor([1])] = 1.0
+    assert control.count == 2
+    model = build().eval()
+    torch.nn.init.constant_(model.pts_bbox_head.transformer.decoder.decoder_layers[-1].cls_branch[-1].bias, 4.0)
+    step = model._offline_step if offline else model._online_step
+    step_fn, counts = step.fn, []
+
+    def spied(*args, **kwargs):
+        with HostTensorSpy() as spy:
+            out = step_fn(*args, **kwargs)
+        counts.append(spy.count)
+        return out
+    step.fn = spied
+    with torch.no_grad():
+        for frames in ([0, 0], [1, 0]):
+            img = torch.cat([images(t) for t in frames]) if offline else images(frames[0])
+            result = model(img=[img[None]], img_metas=[[metas_for(frames)]], return_loss=False)[0]
+    assert counts == [0, 0] and len(result['sem_pred']) > 0
