@@ -8,9 +8,10 @@ augmented image.
 """
 import torch
 
+from .compiled import CompiledOrNone
 from .csrc.wrapper import msmv_sampling
 
-__all__ = ['sampling_4d', 'project_points', 'project_points_fast', 'level_weight_group']
+__all__ = ['sampling_4d', 'sampling_locations', 'project_points', 'project_points_fast', 'level_weight_group']
 
 
 def level_weight_group(t, g, num_frames, num_groups):
@@ -64,6 +65,45 @@ def project_points_fast(points, occ2img, num_views):
     return (mats[..., :3] * xyz).sum(-1) + mats[..., 3]
 
 
+def sampling_locations(sample_points, scale_weights, occ2img, image_h, image_w, num_views, eps, fast):
+    """The sampling op's inputs: where each point is read (one camera per point and frame) and its level weights.
+
+    Args as `sampling_4d` (`fast`: `project_points_fast`). Returns:
+        (Tensor, Tensor): `[B*T*G, Q, P, 3]` (u, v, view / (N - 1)) and `[B*T*G, Q, P, L]` level weights.
+    """
+    B, Q, T, G, P, _ = sample_points.shape
+    N = num_views
+    L = scale_weights.shape[-1]
+    project = project_points_fast if fast else project_points
+    proj = project(sample_points.reshape(B, Q, T, G * P, 3), occ2img, N)           # [B, T, N, Q, GP, 3 or 4]
+    depth = proj[..., 2]
+    depth_clamped = torch.clamp(depth, min=eps)
+    u = proj[..., 0] / depth_clamped / image_w
+    v = proj[..., 1] / depth_clamped / image_h
+    valid = (depth > eps) & (u > 0) & (u < 1) & (v > 0) & (v < 1)                 # strict on all borders
+
+    # first visible camera in camera order; camera 0 when the point is visible in none. The valid flag
+    # is not used afterwards: invisible points read the zero padding of camera 0 (docs/method.md,
+    # "Projection and view choice", step 4).
+    view = valid.to(torch.uint8).argmax(dim=2, keepdim=True)                    # [B, T, 1, Q, GP]
+    u = u.gather(2, view)[:, :, 0]
+    v = v.gather(2, view)[:, :, 0]                                              # [B, T, Q, GP]
+    view_norm = view[:, :, 0].to(u.dtype) / (N - 1) if N > 1 else torch.zeros_like(u)
+    loc = torch.stack([u, v, view_norm], dim=-1)                                # [B, T, Q, GP, 3]
+    loc = loc.reshape(B, T, Q, G, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B * T * G, Q, P, 3)
+
+    # [QUIRK] (docs/method.md, "Projection and view choice", step 6) the weights are flattened in (b, g, t)
+    # order while `loc` and the features use (b, t, g): slot (b*T + t)*G + g therefore receives the
+    # weights of group level_weight_group(t, g, T, G) = floor((t*G + g) / T). Kept to match the
+    # official checkpoints.
+    weights = scale_weights.permute(0, 2, 3, 1, 4, 5).reshape(B * G * T, Q, P, L)
+
+    return loc, weights
+
+
+SAMPLING_GEOMETRY = CompiledOrNone(sampling_locations, 'the compiled sampling geometry', 'the eager one')
+
+
 def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, image_w, num_views=6, eps=1e-5,
                 fast=False):
     """Sample image features at 3D points seen by every frame, one camera per point and frame.
@@ -90,32 +130,10 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
     if tuple(scale_weights.shape[:5]) != (B, Q, G, T, P):
         raise ValueError(f'sampling_4d: scale_weights has shape {tuple(scale_weights.shape)}, expected '
                          f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
-    L = scale_weights.shape[-1]
-
-    project = project_points_fast if fast else project_points
-    proj = project(sample_points.reshape(B, Q, T, G * P, 3), occ2img, N)           # [B, T, N, Q, GP, 3 or 4]
-    depth = proj[..., 2]
-    depth_clamped = torch.clamp(depth, min=eps)
-    u = proj[..., 0] / depth_clamped / image_w
-    v = proj[..., 1] / depth_clamped / image_h
-    valid = (depth > eps) & (u > 0) & (u < 1) & (v > 0) & (v < 1)                 # strict on all borders
-
-    # first visible camera in camera order; camera 0 when the point is visible in none. The valid flag
-    # is not used afterwards: invisible points read the zero padding of camera 0 (docs/method.md,
-    # "Projection and view choice", step 4).
-    view = valid.to(torch.uint8).argmax(dim=2, keepdim=True)                    # [B, T, 1, Q, GP]
-    u = u.gather(2, view)[:, :, 0]
-    v = v.gather(2, view)[:, :, 0]                                              # [B, T, Q, GP]
-    view_norm = view[:, :, 0].to(u.dtype) / (N - 1) if N > 1 else torch.zeros_like(u)
-    loc = torch.stack([u, v, view_norm], dim=-1)                                # [B, T, Q, GP, 3]
-    loc = loc.reshape(B, T, Q, G, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B * T * G, Q, P, 3)
-
-    # [QUIRK] (docs/method.md, "Projection and view choice", step 6) the weights are flattened in (b, g, t)
-    # order while `loc` and the features use (b, t, g): slot (b*T + t)*G + g therefore receives the
-    # weights of group level_weight_group(t, g, T, G) = floor((t*G + g) / T). Kept to match the
-    # official checkpoints.
-    weights = scale_weights.permute(0, 2, 3, 1, 4, 5).reshape(B * G * T, Q, P, L)
-
+    args = (sample_points, scale_weights, occ2img, image_h, image_w, N, eps, fast)
+    # fast test mode (no autograd) on CUDA: the projection and view choice as one compiled kernel
+    geometry = SAMPLING_GEOMETRY(*args) if fast and occ2img.is_cuda and not torch.is_grad_enabled() else None
+    loc, weights = geometry if geometry is not None else sampling_locations(*args)
     out = msmv_sampling(mlvl_feats, loc, weights)                               # [B*T*G, Q, C, P]
     C = out.shape[2]
     out = out.reshape(B, T, G, Q, C, P).permute(0, 3, 2, 1, 5, 4)               # [B, Q, G, T, P, C]

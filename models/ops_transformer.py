@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from core.geometry import decode_points, encode_points
 
+from .compiled import CompiledOrNone
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention
 from .ops_sampling import sampling_4d
 
@@ -83,6 +84,23 @@ class OPSSampling(BaseModule):
         return sampling_4d(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, self.num_views, fast=fast)
 
 
+def adaptive_mixing(x, query, gen_weight, gen_bias, out_weight, out_bias, in_dim, out_dim, in_points, out_points):
+    """`AdaptiveMixing`'s computation as a function of tensors (shapes there; compilable as one graph)."""
+    B, Q, G, P, C = x.shape
+    params = F.linear(query, gen_weight, gen_bias).reshape(B * Q, G, -1)
+    M, S = params.split([in_dim * out_dim, in_points * out_points], dim=2)
+    M = M.reshape(B * Q, G, in_dim, out_dim)
+    S = S.reshape(B * Q, G, out_points, in_points)
+    out = torch.matmul(x.reshape(B * Q, G, P, C), M)                           # channel mixing
+    out = F.relu(F.layer_norm(out, out.shape[-2:]), inplace=True)
+    out = torch.matmul(S, out)                                                 # point mixing
+    out = F.relu(F.layer_norm(out, out.shape[-2:]), inplace=True)
+    return query + F.linear(out.reshape(B, Q, -1), out_weight, out_bias)
+
+
+MIXING_KERNEL = CompiledOrNone(adaptive_mixing, 'the compiled adaptive mixing', 'the eager one')
+
+
 class AdaptiveMixing(nn.Module):
     """Query-conditioned channel then point mixing per group (AdaMixer style), with residual.
 
@@ -101,18 +119,19 @@ class AdaptiveMixing(nn.Module):
         self.s_parameters = self.in_points * self.out_points
         self.parameter_generator = nn.Linear(query_dim, n_groups * (self.m_parameters + self.s_parameters))
         self.out_proj = nn.Linear(self.out_dim * self.out_points * n_groups, query_dim)
-        self.act = nn.ReLU(inplace=True)
 
     @torch.no_grad()
     def init_weights(self):
         # zero weight: every query starts from the same (bias-only) mixing matrices
         nn.init.zeros_(self.parameter_generator.weight)
 
-    def forward(self, x, query):
+    def forward(self, x, query, fast=False):
         """
         Args:
             x (Tensor): `[B, Q, G, in_points, C_g]` sampled features.
             query (Tensor): `[B, Q, query_dim]`.
+            fast (bool): in the fast test mode (no autograd, CUDA) one compiled kernel (LayerNorm and
+                ReLU fused; float32 results differ by rounding).
         Returns:
             Tensor: `[B, Q, query_dim]` = query + mixed features.
         """
@@ -120,16 +139,10 @@ class AdaptiveMixing(nn.Module):
         if (G, P, C) != (self.n_groups, self.in_points, self.in_dim):
             raise ValueError(f'AdaptiveMixing: x has shape {tuple(x.shape)}, expected [B, Q, G={self.n_groups}, '
                              f'in_points={self.in_points}, C_g={self.in_dim}]')
-        params = self.parameter_generator(query).reshape(B * Q, G, -1)
-        M, S = params.split([self.m_parameters, self.s_parameters], dim=2)
-        M = M.reshape(B * Q, G, self.in_dim, self.out_dim)
-        S = S.reshape(B * Q, G, self.out_points, self.in_points)
-        out = torch.matmul(x.reshape(B * Q, G, P, C), M)                       # channel mixing
-        out = self.act(F.layer_norm(out, out.shape[-2:]))
-        out = torch.matmul(S, out)                                             # point mixing
-        out = self.act(F.layer_norm(out, out.shape[-2:]))
-        out = self.out_proj(out.reshape(B, Q, -1))
-        return query + out
+        args = (x, query, self.parameter_generator.weight, self.parameter_generator.bias, self.out_proj.weight,
+                self.out_proj.bias, self.in_dim, self.out_dim, self.in_points, self.out_points)
+        out = MIXING_KERNEL(*args) if fast and x.is_cuda and not torch.is_grad_enabled() else None
+        return out if out is not None else adaptive_mixing(*args)
 
 
 class OPSSelfAttention(BaseModule):
@@ -258,7 +271,7 @@ class OPSTransformerDecoderLayer(BaseModule):
             raise ValueError(f'decoder layer expects {self.in_points} points per query, got {P_in}')
         query_feat = query_feat + self.position_encoder(query_points.flatten(2))
         sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast)
-        query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat))
+        query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat, fast))
         query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat, fast))
         query_feat = self.norm3(self.ffn(query_feat))
         cls_score = self.cls_head(query_feat)

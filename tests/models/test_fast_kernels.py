@@ -99,3 +99,31 @@ def test_a_kernel_that_cannot_be_built_falls_back_with_one_warning(monkeypatch):
             assert fused_biased_attention(module.attention.attn, feat, centres, tau) is None
         assert fused_biased_attention(module.attention.attn, feat, centres, tau) is None   # not tried again
     assert len(calls) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_compiled_sampling_geometry_and_mixing_on_cuda():
+    """The fast test mode's compiled projection + view choice and adaptive mixing against eager float32."""
+    import models.ops_sampling as ops_sampling
+    import models.ops_transformer as ops_transformer
+    g = torch.Generator().manual_seed(5)
+    B, Q, T, G, P, L, N = 1, 300, 8, 4, 4, 4, 6
+    mats, _ = rig(B, T, N, seed=5)
+    points = torch.rand(B, Q, T, G, P, 3, generator=g) * 80 - 40
+    weights = torch.rand(B, Q, G, T, P, L, generator=g).softmax(-1)
+    args = (points.cuda(), weights.cuda(), mats.float().cuda(), 256, 704, N, 1e-5, True)
+    with torch.no_grad():
+        loc, w = ops_sampling.SAMPLING_GEOMETRY(*args)
+    assert not ops_sampling.SAMPLING_GEOMETRY.failed
+    ref_loc, ref_w = ops_sampling.sampling_locations(*args)
+    assert torch.equal(w, ref_w)
+    same_view = loc[..., 2] == ref_loc[..., 2]
+    assert same_view.float().mean() > 0.999                      # a point on a border may change camera
+    assert (loc - ref_loc)[same_view].abs().max() < 1e-5
+    mix = ops_transformer.AdaptiveMixing(in_dim=64, in_points=32, n_groups=4, query_dim=256, out_points=32).cuda()
+    torch.nn.init.normal_(mix.parameter_generator.weight, std=0.02)
+    x, query = torch.randn(B, Q, 4, 32, 64, generator=g).cuda(), torch.randn(B, Q, 256, generator=g).cuda()
+    with torch.no_grad():
+        fast, eager = mix(x, query, fast=True), mix(x, query)
+    assert not ops_transformer.MIXING_KERNEL.failed
+    assert ((fast - eager).abs().max() / eager.abs().max()) < 1e-4
