@@ -119,11 +119,13 @@ def test_compiled_sampling_geometry_and_mixing_on_cuda():
     assert torch.equal(w, ref_w)
     same_view = loc[..., 2] == ref_loc[..., 2]
     assert same_view.float().mean() > 0.999                      # a point on a border may change camera
-    # u, v of points seen by no camera are far outside [0, 1] (they read zeros): compare those relatively
-    diff = (loc - ref_loc)[same_view].abs()
-    assert (diff <= 1e-5 * ref_loc[same_view].abs().clamp(min=1)).all()
-    seen = same_view & (ref_loc[..., :2] > 0).all(-1) & (ref_loc[..., :2] < 1).all(-1)
-    assert seen.float().mean() > 0.1 and (loc - ref_loc)[seen].abs().max() < 1e-5
+    # Points that no camera sees (view 0, u, v outside the image) read zeros, and their u, v are not
+    # compared: with a depth near 0 they reach 1e6 and differ by the rounding of that depth.
+    seen_ref = (ref_loc[..., :2] > 0).all(-1) & (ref_loc[..., :2] < 1).all(-1)
+    seen = (loc[..., :2] > 0).all(-1) & (loc[..., :2] < 1).all(-1)
+    assert (seen == seen_ref).float().mean() > 0.999 and seen_ref.float().mean() > 0.1
+    both = seen & seen_ref & same_view
+    assert (loc - ref_loc)[both].abs().max() < 1e-5
     mix = ops_transformer.AdaptiveMixing(in_dim=64, in_points=32, n_groups=4, query_dim=256, out_points=32).cuda()
     torch.nn.init.normal_(mix.parameter_generator.weight, std=0.02)
     x, query = torch.randn(B, Q, 4, 32, 64, generator=g).cuda(), torch.randn(B, Q, 256, generator=g).cuda()
