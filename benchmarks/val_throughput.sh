@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Samples/s of the whole val.py (loading the JPEGs, the model, the metrics) on a synthetic world of
+# full-size 1600x900 images, faithful and --fast:
+#   bash benchmarks/val_throughput.sh [config] [key frames per held-out scene]
+# Defaults: configs/ops-t_r50_704x256_8f_12e.py, 40 key frames x 2 held-out scenes (80 samples).
+# On a lent GPU machine after `. benchmarks/gpu_session.sh`; DEVICE=cpu for a smoke run. The model has
+# random weights (val.py --random-init): the test step has static shapes, so its time does not depend on
+# them. Prints per run the samples, the wall time of the process, the inference loop's time (val.py's
+# "inference:" log line, graph capture and kernel compilation of the first samples included), its
+# samples/s, and the time the 6,019 Occ3D val samples would take at that rate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+config=${1:-configs/ops-t_r50_704x256_8f_12e.py}
+keyframes=${2:-40}
+device=${DEVICE:-cuda}
+world=${WORLD:-/tmp/synthetic_fullsize}
+py=${PYTHON:-python}
+$py tools/make_synthetic_nuscenes.py --out "$world" --train-scenes 1 --val-scenes 2 --keyframes "$keyframes" \
+    --scale 1.0 --workers "$(nproc)" --skip-if-exists --quiet
+$py gen_sweep_info.py --data-root "$world" --version v1.0-mini --out-dir "$world" > /dev/null
+for mode in faithful fast; do
+    flag=; [ "$mode" = fast ] && flag=--fast
+    log=$(mktemp)
+    start=$(date +%s)
+    $py val.py --config "$config" --device "$device" --random-init $flag --skip-data-check \
+        --cfg-options data.val.data_root="$world/" data.val.occ_root="$world/gts/" \
+        data.val.ann_file="$world/nuscenes_infos_val_mini_sweep.pkl" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
+    wall=$(( $(date +%s) - start ))
+    line=$(grep -o 'inference: [0-9]* samples on rank 0 in [0-9.]* s' "$log" | tail -1)
+    $py -c "import sys; n, loop = int(sys.argv[2]), float(sys.argv[3]); print(f'{sys.argv[1]}: {n} samples, '
+f'val.py wall {sys.argv[4]} s, inference loop {loop:.1f} s, {n / loop:.2f} samples/s -> the 6,019 Occ3D val '
+f'samples in {6019 * loop / n / 60:.1f} min')" "$mode" $(echo "$line" | awk '{print $2, $8}') "$wall"
+    rm -f "$log"
+done
