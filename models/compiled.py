@@ -2,7 +2,7 @@
 
 A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, the fast mode must
 still compute the right thing: `CompiledOrNone` then warns once and returns None from every call,
-and its caller runs its eager (faithful) code instead.
+and its caller runs its eager (faithful) code instead (`or_eager`: the eager code is `fn` itself).
 """
 import warnings
 
@@ -33,6 +33,11 @@ class CompiledOrNone:
     def compile(self):
         """The compiled callable (a hook for tests, which replace it)."""
         return torch.compile(self.fn, dynamic=False, fullgraph=True)
+
+    def or_eager(self, use_compiled, *args):
+        """`fn(*args)`: from the compiled kernel when `use_compiled` and it can be built, else eagerly."""
+        out = self(*args) if use_compiled else None
+        return out if out is not None else self.fn(*args)
 
     def __call__(self, *args):
         if self._compiled is _FAILED:

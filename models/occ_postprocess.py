@@ -17,7 +17,8 @@ The steps are those of the original's post-processing (docs/method.md, "Inferenc
 4. label = argmax over classes (first maximum on ties).
 
 Every tensor has a shape fixed by (Q, P, C, X, Y, Z): score filtering is a mask, the "first
-max_points per cell" rule a stable sort, the per-cell sums gathers and scatters over unique cells.
+max_points per cell" rule a stable sort, the per-cell means sums over the next points of the sorted
+order and one scatter.
 So the function can run inside a CUDA graph. `pack_occupied` lists the occupied cells of its uint8
 grid on the device (static shapes too), so that the host copies only those: `unpack_occupied`.
 """
@@ -126,15 +127,14 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
     buffer[:C * V].zero_()
     buffer[target.reshape(-1)] = means.reshape(-1)
     scores = buffer[:C * V].view(C, V)                                    # 0 where empty
-    # (index_fill_ takes the value as a kernel argument: `buffer[idx] = True` would copy a host tensor)
-    cell_buffer = torch.zeros(V + M, dtype=torch.bool, device=device)
-    occupied = cell_buffer.index_fill_(0, torch.where(first, sorted_ids, V + position), True)[:V]
 
     if padding:
-        dense = scores.view(C, X, Y, Z)
-        closed = CLOSING_KERNEL(dense, score_thr) if compiled and dense.is_cuda else None
-        occupied, labels = closed if closed is not None else close_and_label(dense, score_thr)
+        occupied, labels = CLOSING_KERNEL.or_eager(compiled and scores.is_cuda, scores.view(C, X, Y, Z), score_thr)
     else:
+        # every cell with a kept point (index_fill_ takes the value as a kernel argument: `buffer[idx] =
+        # True` would copy a host tensor, which a CUDA graph capture refuses)
+        cell_buffer = torch.zeros(V + M, dtype=torch.bool, device=device)
+        occupied = cell_buffer.index_fill_(0, torch.where(first, sorted_ids, V + position), True)[:V]
         labels = scores.argmax(dim=0)
     grid = torch.where(occupied, labels, torch.full_like(labels, free_label))
     return grid.to(torch.uint8).reshape(X, Y, Z)

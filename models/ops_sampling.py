@@ -132,8 +132,7 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
                          f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
     args = (sample_points, scale_weights, occ2img, image_h, image_w, N, eps, fast)
     # fast test mode (no autograd) on CUDA: the projection and view choice as one compiled kernel
-    geometry = SAMPLING_GEOMETRY(*args) if fast and occ2img.is_cuda and not torch.is_grad_enabled() else None
-    loc, weights = geometry if geometry is not None else sampling_locations(*args)
+    loc, weights = SAMPLING_GEOMETRY.or_eager(fast and occ2img.is_cuda and not torch.is_grad_enabled(), *args)
     out = msmv_sampling(mlvl_feats, loc, weights)                               # [B*T*G, Q, C, P]
     C = out.shape[2]
     out = out.reshape(B, T, G, Q, C, P).permute(0, 3, 2, 1, 5, 4)               # [B, Q, G, T, P, C]

@@ -141,8 +141,7 @@ class AdaptiveMixing(nn.Module):
                              f'in_points={self.in_points}, C_g={self.in_dim}]')
         args = (x, query, self.parameter_generator.weight, self.parameter_generator.bias, self.out_proj.weight,
                 self.out_proj.bias, self.in_dim, self.out_dim, self.in_points, self.out_points)
-        out = MIXING_KERNEL(*args) if fast and x.is_cuda and not torch.is_grad_enabled() else None
-        return out if out is not None else adaptive_mixing(*args)
+        return MIXING_KERNEL.or_eager(fast and x.is_cuda and not torch.is_grad_enabled(), *args)
 
 
 class OPSSelfAttention(BaseModule):
@@ -169,20 +168,18 @@ class OPSSelfAttention(BaseModule):
         `fast` (the fast test mode; eval on CUDA, heads of at least MIN_HEAD_DIMS channels): the bias
         computed inside one fused kernel (models/fused_attention.py) instead of a `[B*H, Q, Q]` mask.
         """
+        with torch.no_grad():
+            centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
+        tau = self.gen_tau(query_feat).permute(0, 2, 1)                        # [B, H, Q]
         head_dims = query_feat.shape[-1] // self.num_heads
         if fast and not self.training and query_feat.is_cuda and head_dims >= MIN_HEAD_DIMS:
-            with torch.no_grad():
-                centres = decode_points(query_points, self.pc_range).mean(2)
-            tau = self.gen_tau(query_feat).permute(0, 2, 1)
             out = fused_biased_attention(self.attention.attn, query_feat, centres, tau)
             if out is not None:
                 return out
         with torch.no_grad():
-            centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
             # exact differences (no |a|^2 - 2ab + |b|^2 expansion); broadcasting is much faster than
             # cdist's exact-mode kernel on the GPU
             dist = (centres[:, :, None] - centres[:, None]).norm(dim=-1)  # [B, Q, Q]
-        tau = self.gen_tau(query_feat).permute(0, 2, 1)                        # [B, H, Q]
         attn_mask = (-tau[..., None] * dist[:, None]).flatten(0, 1)            # [B*H, Q, Q], index b*H + h
         return self.attention(query_feat, attn_mask=attn_mask)
 
@@ -337,12 +334,16 @@ class OPSTransformerDecoder(BaseModule):
         lidar2img, ego2lidar = self._meta_matrices(img_metas, 'lidar2img', 'ego2lidar', device)
         return torch.matmul(lidar2img, ego2lidar[:, None])
 
-    def frame_sampling_layout(self, feat):
-        """One frame's level `[N, C, H, W]` -> `[G, N, H, W, C/G]`, channel g*C/G + c at [g, ..., c]
-        (what the online feature cache stores per frame)."""
-        N, C, H, W = feat.shape
+    def _group_channels(self, feat):
+        """F frames `[F, N, C, H, W]` -> a view `[F, G, N, H, W, C/G]`, channel g*C/G + c at [f, g, ..., c]."""
+        frames, N, C, H, W = feat.shape
         G = self.num_groups
-        return feat.reshape(N, G, C // G, H, W).permute(1, 0, 3, 4, 2).contiguous()
+        return feat.reshape(frames, N, G, C // G, H, W).permute(0, 2, 1, 4, 5, 3)
+
+    def frame_sampling_layout(self, feat):
+        """One frame's level `[N, C, H, W]` -> `[G, N, H, W, C/G]` (what the online feature cache stores
+        per frame: T of them, stacked, are `sampling_layout` of the T frames)."""
+        return self._group_channels(feat[None])[0].contiguous()
 
     def sampling_layout(self, mlvl_feats):
         """L FPN levels `[B, T*N, C, H, W]` -> the sampling op's channel-last `[B*T*G, N, H, W, C/G]`:
@@ -354,8 +355,7 @@ class OPSTransformerDecoder(BaseModule):
             if TN != T * N or C != self.embed_dims:
                 raise ValueError(f'image features have shape {tuple(feat.shape)}, expected [B, T*N={T * N}, '
                                  f'C={self.embed_dims}, H, W] (num_frames={T}, num_views={N})')
-            feat = feat.reshape(B, T, N, G, C // G, H, W).permute(0, 1, 3, 2, 5, 6, 4)
-            out.append(feat.reshape(B * T * G, N, H, W, C // G))
+            out.append(self._group_channels(feat.reshape(B * T, N, C, H, W)).reshape(B * T * G, N, H, W, C // G))
         return out
 
     def forward(self, query_points, query_feat, mlvl_feats, img_metas):

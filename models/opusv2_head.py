@@ -88,9 +88,9 @@ class OPUSV2Head(OPSHead):
     def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
         """Decoder (V1's `forward_geometry`), then the CPD module of every layer that produced point features.
 
-        Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and the
-        sampling layout and
-        calls this). Not CUDA-graph capturable: the sparse voxel sets have data-dependent sizes.
+        Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and
+        the sampling layout, then calls this). Not CUDA-graph capturable: the sparse voxel sets have
+        data-dependent sizes.
 
         Returns:
             dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_refine_pts`` list of [B, Q, P_i, 3]

@@ -133,3 +133,17 @@ def test_compiled_sampling_geometry_and_mixing_on_cuda():
         fast, eager = mix(x, query, fast=True), mix(x, query)
     assert not ops_transformer.MIXING_KERNEL.failed
     assert ((fast - eager).abs().max() / eager.abs().max()) < 1e-4
+
+
+def test_or_eager_runs_the_function_itself_when_the_kernel_cannot_be_built(monkeypatch):
+    kernel = CompiledOrNone(lambda x: x * 2 + 1, 'a test kernel', 'the eager one')
+
+    def broken(*args):
+        raise RuntimeError('no triton')
+    monkeypatch.setattr(kernel, 'compile', lambda: broken)
+    x = torch.tensor([1.0, 2.0])
+    assert torch.equal(kernel.or_eager(False, x), torch.tensor([3.0, 5.0])) and not kernel.failed  # not tried
+    with pytest.warns(UserWarning, match='a test kernel could not be built here .RuntimeError: no triton.; using '
+                                         'the eager one'):
+        assert torch.equal(kernel.or_eager(True, x), torch.tensor([3.0, 5.0]))
+    assert kernel.failed and torch.equal(kernel.or_eager(True, x), torch.tensor([3.0, 5.0]))
