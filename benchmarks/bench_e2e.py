@@ -19,9 +19,11 @@ Training modes:
 * faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
   on the host every step (mmcv's optimizer hook + mmdet's loss parsing);
-* fast: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
+* fast-eager: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
   skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
-  checkpointing, channels-last backbone;
+  checkpointing, channels-last backbone, the decoder launched from Python (train_cfg.cuda_graph=False);
+* fast: fast-eager with the decoder's forward and backward replayed from CUDA graphs (the default
+  of train.py --fast);
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
@@ -44,7 +46,7 @@ from tools.synthetic import calib  # noqa: E402
 NUM_VIEWS = 6
 INFER_MODES = {'eager': dict(mode='faithful', cuda_graph=False), 'faithful': dict(mode='faithful', cuda_graph=True),
                'fast': dict(mode='fast', cuda_graph=True)}
-TRAIN_MODES = ('faithful', 'fast', 'fast-bf16')
+TRAIN_MODES = ('faithful', 'fast-eager', 'fast', 'fast-bf16')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -176,8 +178,9 @@ class TrainBench:
         fast = mode != 'faithful'
         # the config train.py builds for this mode (train_cfg.mode / amp_dtype, fused AdamW, no checkpointing)
         cfg = set_train_mode(copy.deepcopy(cfg), fast=fast, amp_dtype='bf16' if mode == 'fast-bf16' else 'fp16')
+        cfg.model.train_cfg['cuda_graph'] = mode != 'fast-eager'
         self.model = build_model(cfg, device, with_cp=not fast, state=state).train()
-        self.model.fp16_enabled = mode in ('faithful', 'fast')   # what the fp16 / sync-free hooks' wrap_fp16_model sets
+        self.model.fp16_enabled = mode in ('faithful', 'fast-eager', 'fast')   # what the fp16 / sync-free hooks' wrap_fp16_model sets
         self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier
             from engine.train_step import merge_param_groups
@@ -193,7 +196,7 @@ class TrainBench:
         if fast:
             from engine.train_step import SyncFreeStep
             self.sync_free = SyncFreeStep(self.optimizer, dict(max_norm=35, norm_type=2),
-                                          512.0 if mode == 'fast' else 1.0)
+                                          1.0 if mode == 'fast-bf16' else 512.0)
         else:
             self.scaler = torch.amp.GradScaler(device.type, init_scale=512.0)   # static: update(512)
 

@@ -9,7 +9,7 @@ per sample, measured by the profiler, and the top kernels. When the graph replay
 long as the kernel sum, the step is bound by GPU work, not by launches. Then the graph path itself:
 wall time per sample against the replay's GPU time, and the host functions taking the difference.
 
-Training: one step of bench_e2e.py's training mode (`--mode`: faithful or fast), batch 1: GPU kernel
+Training: one step of bench_e2e.py's training mode (`--train-mode`, default `--mode`), batch 1: GPU kernel
 time of forward + loss, of the whole step, and its wall time, and the top kernels of the step.
 """
 import argparse
@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_e2e import INFER_MODES, InferenceStream, TrainBench, build_model, sync  # noqa: E402
+from benchmarks.bench_e2e import INFER_MODES, TRAIN_MODES, InferenceStream, TrainBench, build_model, sync  # noqa: E402
 
 ACTIVITIES = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
 DECODER_PARTS = ('position_encoder', 'sampling', 'mixing', 'self_attn', 'ffn', 'cls_branch', 'reg_branch')
@@ -208,6 +208,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='configs/ops-t_r50_704x256_8f_12e.py')
     parser.add_argument('--mode', default='faithful', choices=('faithful', 'fast'))
+    parser.add_argument('--train-mode', choices=TRAIN_MODES, help="training mode (default: --mode); 'fast' replays "
+                        "the decoder from CUDA graphs, whose kernels the stage ranges do not see")
     parser.add_argument('--skip-inference', action='store_true')
     parser.add_argument('--skip-train', action='store_true')
     parser.add_argument('--out', help='also write the tables (markdown) here')
@@ -231,7 +233,7 @@ def main():
         if device.type == 'cuda':
             lines += profile_graph_host(cfg, args.mode, state, device)
     if not args.skip_train:
-        lines += profile_training(cfg, args.mode, state, device)
+        lines += profile_training(cfg, args.train_mode or args.mode, state, device)
     text = '\n'.join(lines)
     print(text, flush=True)
     if args.out:

@@ -1,7 +1,10 @@
 """Replay a function of device tensors from a CUDA graph, captured once per input signature.
 
-OPS's inference step launches several hundred small kernels per sample; on a Hopper GPU the host
-cannot issue them as fast as the GPU runs them. A graph replays the whole step with one launch.
+OPS's inference step launches several hundred small kernels per sample, and the decoder of a training
+step a few thousand (forward and backward); on a Hopper GPU the host cannot issue them as fast as the
+GPU runs them. A graph replays them with one launch: `GraphedFunction` the inference step,
+`GraphedTrainingFunction` a differentiable function's forward and backward (the fast training path's
+decoder).
 The function must be a pure function of its tensor inputs and of module state that does not change
 shape (weights, ring buffers): no host synchronisation, no data-dependent shapes, no Python
 branches on tensor values. Replay runs exactly the kernels of the capture, so its outputs equal
@@ -11,7 +14,7 @@ import warnings
 
 import torch
 
-__all__ = ['GraphedFunction']
+__all__ = ['GraphedFunction', 'GraphedTrainingFunction']
 
 EAGER = 'eager'   # marks a signature whose capture failed: it runs eagerly, with one warning
 
@@ -63,3 +66,57 @@ class GraphedFunction:
                           f'running it eagerly (slower). Set test_cfg.cuda_graph=False to skip the attempt.')
             return EAGER
         return graph, inputs, outputs
+
+
+class _Bound(torch.nn.Module):
+    """`fn(*tensors, **static)` as a module whose parameters are `module`'s (what make_graphed_callables
+    differentiates besides the tensor arguments)."""
+
+    def __init__(self, module, fn, static):
+        super().__init__()
+        self.module = module
+        self.fn, self.static = fn, static
+
+    def forward(self, *tensors):
+        return self.fn(*tensors, **self.static)
+
+
+class GraphedTrainingFunction:
+    """`GraphedTrainingFunction(module, fn)(*tensors, **static)`: the forward *and* the backward of `fn`
+    replayed from CUDA graphs (`torch.cuda.make_graphed_callables`), captured once per input signature.
+
+    `fn(*tensors, **static)` computes with `module`'s parameters and returns a pytree of tensors that
+    require grad. Gradients reach the inputs that require grad and `module`'s parameters
+    (`param.grad`, through autograd as usual, so DDP's hooks and the optimizer see them). The same
+    requirements as `GraphedFunction`, and: the parameters keep their storage (the optimizer updates
+    them in place), the outputs are the graph's buffers (valid until the next call), and random ops
+    (dropout) draw fresh numbers at every replay, but not the numbers the eager function would draw.
+    Eager where a graph does not apply: CPU tensors, no autograd, `module` in eval mode.
+    """
+
+    def __init__(self, module, fn, warmup=2):
+        self.module, self.fn, self.warmup = module, fn, warmup
+        self.graphs = {}
+
+    def __call__(self, *tensors, **static):
+        if not (tensors[0].is_cuda and torch.is_grad_enabled() and self.module.training):
+            return self.fn(*tensors, **static)
+        key = (tuple((tuple(t.shape), t.stride(), t.dtype, t.device, t.requires_grad) for t in tensors)
+               + tuple(sorted(static.items())))
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            graphed = self.graphs[key] = self._capture(tensors, static)
+        if graphed is EAGER:
+            return self.fn(*tensors, **static)
+        return graphed(*tensors)
+
+    def _capture(self, tensors, static):
+        samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
+        try:
+            return torch.cuda.make_graphed_callables(_Bound(self.module, self.fn, static), samples,
+                                                     num_warmup_iters=self.warmup, allow_unused_input=True)
+        except (RuntimeError, AssertionError) as err:
+            warnings.warn(f'CUDA graph capture of the training function {getattr(self.fn, "__name__", self.fn)} '
+                          f'failed ({err}); running it eagerly (slower). Set train_cfg.cuda_graph=False to skip '
+                          f'the attempt.')
+            return EAGER

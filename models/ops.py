@@ -19,7 +19,7 @@ from mmdet.models import DETECTORS
 from mmdet.models.builder import build_backbone, build_head, build_neck
 from mmdet.models.detectors.base import BaseDetector
 
-from .cuda_graph import GraphedFunction
+from .cuda_graph import GraphedFunction, GraphedTrainingFunction
 from .feature_cache import FrameFeatureCache
 from .gpu_image_decode import decode_and_transform
 from .occ_postprocess import pack_occupied
@@ -89,7 +89,9 @@ class OPS(BaseDetector):
             total loss, log values kept on the device; needs engine/train_step.py's
             SyncFreeOptimizerHook, which `train.py --fast` sets up; NHWC backbone tensors on CUDA);
             `amp_dtype` 'fp16' (default: the backbone's autocast when the fp16 optimizer hook is on)
-            or 'bf16' (autocast always on CUDA, no loss scaling).
+            or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): in fast
+            mode on CUDA the decoder's forward and backward replay from CUDA graphs (the same kernels
+            as eager; dropout draws other random numbers), captured once per input shape.
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
             backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
@@ -119,12 +121,13 @@ class OPS(BaseDetector):
         self.pts_bbox_head = build_head(head)
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
         train_cfg = dict(train_cfg or {})
-        unknown = sorted(set(train_cfg) - {'pts', 'mode', 'amp_dtype'})
+        unknown = sorted(set(train_cfg) - {'pts', 'mode', 'amp_dtype', 'cuda_graph'})
         if unknown:
-            raise ValueError(f'OPS: unknown train_cfg keys {unknown}; known: pts, mode, amp_dtype')
+            raise ValueError(f'OPS: unknown train_cfg keys {unknown}; known: pts, mode, amp_dtype, cuda_graph')
         self.train_mode = train_cfg.get('mode', 'faithful')
         if self.train_mode not in self.TEST_MODES:
             raise ValueError(f"OPS: train_cfg.mode must be one of {self.TEST_MODES}, got {self.train_mode!r}")
+        self.train_cuda_graph = bool(train_cfg.get('cuda_graph', True))
         amp = train_cfg.get('amp_dtype', 'fp16')
         if amp not in ('fp16', 'bf16'):
             raise ValueError(f"OPS: train_cfg.amp_dtype must be 'fp16' or 'bf16', got {amp!r}")
@@ -156,6 +159,7 @@ class OPS(BaseDetector):
         self.feature_cache = FrameFeatureCache(self.CACHE_SIZE)
         self._online_step = GraphedFunction(self._online_step_fn)
         self._offline_step = GraphedFunction(self._offline_step_fn)
+        self._train_decoder = GraphedTrainingFunction(self.pts_bbox_head, self._train_decoder_fn)
 
     # ------------------------------------------------------------------ image branch
     @property
@@ -371,9 +375,21 @@ class OPS(BaseDetector):
         feats = self.extract_feat(img, img_metas)
         voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
         mask_camera = torch.as_tensor(mask_camera, device=img.device)
+        head = self.pts_bbox_head
         with torch.autocast(img.device.type, enabled=False):
-            outs = self.pts_bbox_head(feats, img_metas, fast=self.train_mode == 'fast')
-            return self.pts_bbox_head.loss(voxel_semantics, mask_camera, outs)
+            if self.train_mode == 'fast' and self.train_cuda_graph:
+                occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
+                outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w))
+            else:
+                outs = head(feats, img_metas, fast=self.train_mode == 'fast')
+            return head.loss(voxel_semantics, mask_camera, outs)
+
+    def _train_decoder_fn(self, *tensors, image_h, image_w):
+        """The fast training path's decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]`
+        and occ2img `[B, T*N, 4, 4]` -> the head's outputs (`OPSHead.forward`); graphed on CUDA."""
+        *feats, occ2img = tensors
+        head = self.pts_bbox_head
+        return head.forward_geometry(head.transformer.sampling_layout(feats), occ2img, image_h, image_w, fast=True)
 
     def forward_test(self, img, img_metas, rescale=True, img_jpeg=None, **kwargs):
         """Test samples come wrapped in one-element lists (a single test-time augmentation)."""

@@ -165,3 +165,42 @@ def test_a_non_fused_optimizer_is_refused():
     model = build()
     with pytest.raises(ValueError, match='fused'):
         SyncFreeStep(build_optimizer(model, OPTIMIZER))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_graphed_training_decoder_equals_eager_on_cuda():
+    """Fast training on CUDA replays the decoder's forward and backward from CUDA graphs: the same losses
+    and gradients as the eager decoder over three steps with new images and updated weights (without
+    dropout, whose random numbers differ between a graph and eager code)."""
+    from models.cuda_graph import EAGER
+
+    def fast_model(cuda_graph):
+        head = copy.deepcopy(tiny_cfg()['pts_bbox_head'])
+        head['transformer'].update(attn_drop=0.0, ffn_drop=0.0)
+        train_cfg = dict(tiny_cfg()['train_cfg'], mode='fast', cuda_graph=cuda_graph)
+        return no_checkpointing(build(pts_bbox_head=head, train_cfg=train_cfg)).cuda().train()
+
+    eager, graphed = fast_model(False), fast_model(True)
+    graphed.load_state_dict(eager.state_dict())
+    sem, mask = (t.cuda() for t in gt(1))
+    for step in range(3):                          # capture at the first step, replays after
+        grads, values = [], []
+        for model in (eager, graphed):
+            np.random.seed(step)                   # photometric distortion
+            img = torch.cat([images(1, seed=step), images(0, seed=step)])[None].cuda()
+            model.zero_grad(set_to_none=True)
+            loss, log_vars = parse_losses_lazy(model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem,
+                                                     mask_camera=mask))
+            loss.backward()
+            values.append(torch.stack(list(log_vars.values())))
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            with torch.no_grad():                  # the graph must see weights updated in place
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-1e-3)
+        torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-7)
+        assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+        for name, g in grads[0].items():           # the sampling op's backward adds with atomics
+            torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert len(graphed._train_decoder.graphs) == 1
+    assert next(iter(graphed._train_decoder.graphs.values())) is not EAGER
