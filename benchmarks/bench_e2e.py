@@ -15,19 +15,19 @@ device->host copy of the result, bracketed by cuda.synchronize):
 * eager: faithful arithmetic, each kernel launched from Python (test_cfg.cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
 * fast: graph, the fast test mode (test_cfg.mode='fast': bf16 NHWC backbone + FPN, TF32 and fused decoder kernels).
-Training modes:
-* faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
+Training modes (`-eager`: the decoder launched from Python, train_cfg.cuda_graph=False; otherwise its
+forward and backward replay from CUDA graphs, the default of train.py):
+* faithful-eager, faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
   on the host every step (mmcv's optimizer hook + mmdet's loss parsing);
-* fast-eager: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
+* fast-eager, fast: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
   skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
-  checkpointing, channels-last backbone, the decoder launched from Python (train_cfg.cuda_graph=False);
-* fast: fast-eager with the decoder's forward and backward replayed from CUDA graphs (the default
-  of train.py --fast);
+  checkpointing, channels-last backbone, the self-attention through SDPA;
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
-the ratio against the first mode.
+the ratio against the first mode. Training's "GPU GiB": the memory a mode adds to the process over
+its set-up and warm-up (the caching allocator's reserved bytes, CUDA graph pools included).
 """
 import argparse
 import copy
@@ -46,7 +46,7 @@ from tools.synthetic import calib  # noqa: E402
 NUM_VIEWS = 6
 INFER_MODES = {'eager': dict(mode='faithful', cuda_graph=False), 'faithful': dict(mode='faithful', cuda_graph=True),
                'fast': dict(mode='fast', cuda_graph=True)}
-TRAIN_MODES = ('faithful', 'fast-eager', 'fast', 'fast-bf16')
+TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -175,12 +175,12 @@ class TrainBench:
         from mmcv.runner import build_optimizer
         from engine.build import set_train_mode
         self.mode = mode
-        fast = mode != 'faithful'
+        self.fast = fast = not mode.startswith('faithful')
         # the config train.py builds for this mode (train_cfg.mode / amp_dtype, fused AdamW, no checkpointing)
         cfg = set_train_mode(copy.deepcopy(cfg), fast=fast, amp_dtype='bf16' if mode == 'fast-bf16' else 'fp16')
-        cfg.model.train_cfg['cuda_graph'] = mode != 'fast-eager'
+        cfg.model.train_cfg['cuda_graph'] = not mode.endswith('-eager')
         self.model = build_model(cfg, device, with_cp=not fast, state=state).train()
-        self.model.fp16_enabled = mode in ('faithful', 'fast-eager', 'fast')   # what the fp16 / sync-free hooks' wrap_fp16_model sets
+        self.model.fp16_enabled = mode != 'fast-bf16'   # what the fp16 / sync-free hooks' wrap_fp16_model sets
         self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier
             from engine.train_step import merge_param_groups
@@ -203,7 +203,7 @@ class TrainBench:
     def step(self):
         losses = self.model(img=self.img, img_metas=copy.deepcopy(self.metas), voxel_semantics=self.sem,
                             mask_camera=self.mask, return_loss=True)
-        if self.mode == 'faithful':
+        if not self.fast:
             loss, log_vars = self.model._parse_losses(losses)          # .item() per term, as mmdet does
             if not bool(torch.isfinite(loss)):                          # the NaN guard's host read
                 return
@@ -285,24 +285,27 @@ def bench_config(path, args, device):
 
     if not args.skip_train:
         for batch in args.train_batches:
-            benches = {}
+            benches, memory = {}, {}
             for m in args.train_modes if batch == 1 else ['fast']:
+                # the GPU memory a mode adds to the process: reserved by the caching allocator over its set-up and
+                # warm-up steps (CUDA graph pools included, which the allocated-bytes counter does not see)
+                if device.type == 'cuda':
+                    torch.cuda.empty_cache()
+                    before = torch.cuda.memory_reserved()
+                    torch.cuda.reset_peak_memory_stats()
                 benches[m] = TrainBench(cfg, m, state, batch, device)
                 for _ in range(args.train_warmup):
                     benches[m].step()
+                memory[m] = ((torch.cuda.max_memory_reserved() - before) / 2 ** 30 if device.type == 'cuda'
+                             else float('nan'))
             per_round = {m: [] for m in benches}
-            peaks = {}
             for r in range(args.rounds):
                 for m, b in benches.items():
-                    if device.type == 'cuda':
-                        torch.cuda.reset_peak_memory_stats()
                     per_round[m].append(b.timed(args.train_iters))
-                    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else float('nan')
-                    peaks[m] = max(peaks.get(m, 0.0), peak)
             stats = summarise(per_round)
-            extra = {m: [f'{batch * 1000 / stats[m][0]:.2f}', f'{peaks[m]:.1f}'] for m in stats}
+            extra = {m: [f'{batch * 1000 / stats[m][0]:.2f}', f'{memory[m]:.1f}'] for m in stats}
             lines += table(f'Training step, batch {batch}, {args.train_iters} steps x {args.rounds} rounds', stats,
-                           extra=(['samples/s', 'peak GiB'], extra))
+                           extra=(['samples/s', 'GPU GiB'], extra))
             lines.append('')
             del benches
             if device.type == 'cuda':

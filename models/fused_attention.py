@@ -14,6 +14,13 @@ Measured per layer on one H200 (benchmarks/bench_self_attention.py, docs/perform
 slower there). Used in eval only: training keeps the faithful path, whose attention dropout
 FlexAttention does not have. On the H200 (2026-12-01) the fast test step with this kernel ran OPS-L
 in 25.1 ms against 64.0 ms before (benchmarks/bench_e2e.py, docs/performance.md).
+
+Fast training (`sdpa_biased_attention`) keeps the `[B, H, Q, Q]` bias tensor, whose gradient reaches
+tau, but hands it to `F.scaled_dot_product_attention` instead of mmcv's MultiheadAttention: that
+module asks for the head-averaged weights (`need_weights`), so PyTorch materialises the softmax, its
+dropout and their gradients as further `[B*H, Q, Q]` tensors; SDPA's memory-efficient kernel fuses
+softmax, dropout and the value product, in both directions. The same function (the dropout draws
+other random numbers).
 """
 import torch
 import torch.nn.functional as F
@@ -21,7 +28,8 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from .compiled import CompiledOrNone
 
-__all__ = ['fused_biased_attention', 'ATTENTION_KERNEL', 'BF16_MIN_QUERIES', 'MIN_HEAD_DIMS']
+__all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'BF16_MIN_QUERIES',
+           'MIN_HEAD_DIMS']
 
 # from this many queries on, q/k/v go to the kernel in bf16 (faster at Q = 4800, slower at Q = 600)
 BF16_MIN_QUERIES = 2048
@@ -41,6 +49,34 @@ def _attention(q, k, v, cx, cy, cz, tau):
 ATTENTION_KERNEL = CompiledOrNone(_attention, 'the fused self-attention kernel', 'the faithful attention')
 
 
+def _heads(mha, query):
+    """The packed in-projection of nn.MultiheadAttention `mha`: `[B, Q, C]` -> q, k, v `[B, H, Q, C/H]`."""
+    B, Q, C = query.shape
+    H = mha.num_heads
+    qkv = F.linear(query, mha.in_proj_weight, mha.in_proj_bias).view(B, Q, 3, H, C // H)
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def sdpa_biased_attention(attention, query, bias):
+    """mmcv MultiheadAttention `attention` (batch first, packed in-projection) on `query` with the additive
+    logit bias, through SDPA: `query + out_proj(softmax(q k^T / sqrt(d) + bias) v)` with the module's
+    attention dropout in training.
+
+    Args:
+        attention (mmcv.cnn.bricks.transformer.MultiheadAttention): its `attn` holds the weights.
+        query (Tensor): `[B, Q, C]` float32.
+        bias (Tensor): `[B, H, Q, Q]` added to the logits of head h (may require grad).
+    Returns:
+        Tensor `[B, Q, C]`.
+    """
+    mha = attention.attn
+    B, Q, C = query.shape
+    q, k, v = _heads(mha, query)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=mha.dropout if mha.training else 0.0)
+    out = F.linear(out.transpose(1, 2).reshape(B, Q, C), mha.out_proj.weight, mha.out_proj.bias)
+    return query + attention.dropout_layer(attention.proj_drop(out))
+
+
 def fused_biased_attention(mha, query, centres, tau, compiled=True):
     """query + MHA(query) with the distance bias, for an eval-mode nn.MultiheadAttention.
 
@@ -55,10 +91,8 @@ def fused_biased_attention(mha, query, centres, tau, compiled=True):
         (no Triton for this GPU, say): then one warning, and the caller keeps its mask path.
     """
     B, Q, C = query.shape
-    H = mha.num_heads
     dtype = torch.bfloat16 if Q >= BF16_MIN_QUERIES else torch.float32
-    qkv = F.linear(query, mha.in_proj_weight, mha.in_proj_bias).view(B, Q, 3, H, C // H)
-    q, k, v = (t.to(dtype) for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))        # [B, H, Q, d] each
+    q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
     cx, cy, cz = (c.contiguous() for c in centres.float().unbind(-1))             # [B, Q] each
     args = (q, k, v, cx, cy, cz, tau.float().contiguous())
     out = ATTENTION_KERNEL(*args) if compiled else _attention(*args)              # [B, H, Q, d]

@@ -89,9 +89,10 @@ class OPS(BaseDetector):
             total loss, log values kept on the device; needs engine/train_step.py's
             SyncFreeOptimizerHook, which `train.py --fast` sets up; NHWC backbone tensors on CUDA);
             `amp_dtype` 'fp16' (default: the backbone's autocast when the fp16 optimizer hook is on)
-            or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): in fast
-            mode on CUDA the decoder's forward and backward replay from CUDA graphs (the same kernels
-            as eager; dropout draws other random numbers), captured once per input shape.
+            or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): on CUDA
+            the decoder's forward and backward replay from CUDA graphs (the kernels of the eager
+            decoder, gradient checkpointing included; dropout draws other random numbers), captured
+            once per input shape.
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
             backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
@@ -377,19 +378,20 @@ class OPS(BaseDetector):
         mask_camera = torch.as_tensor(mask_camera, device=img.device)
         head = self.pts_bbox_head
         with torch.autocast(img.device.type, enabled=False):
-            if self.train_mode == 'fast' and self.train_cuda_graph:
+            if self.train_cuda_graph:
                 occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
-                outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w))
+                outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w),
+                                           fast=self.train_mode == 'fast')
             else:
                 outs = head(feats, img_metas, fast=self.train_mode == 'fast')
             return head.loss(voxel_semantics, mask_camera, outs)
 
-    def _train_decoder_fn(self, *tensors, image_h, image_w):
-        """The fast training path's decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]`
-        and occ2img `[B, T*N, 4, 4]` -> the head's outputs (`OPSHead.forward`); graphed on CUDA."""
+    def _train_decoder_fn(self, *tensors, image_h, image_w, fast):
+        """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img
+        `[B, T*N, 4, 4]` -> the head's outputs (`OPSHead.forward`); graphed on CUDA."""
         *feats, occ2img = tensors
         head = self.pts_bbox_head
-        return head.forward_geometry(head.transformer.sampling_layout(feats), occ2img, image_h, image_w, fast=True)
+        return head.forward_geometry(head.transformer.sampling_layout(feats), occ2img, image_h, image_w, fast=fast)
 
     def forward_test(self, img, img_metas, rescale=True, img_jpeg=None, **kwargs):
         """Test samples come wrapped in one-element lists (a single test-time augmentation)."""

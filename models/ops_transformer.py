@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from core.geometry import decode_points, encode_points
 
 from .compiled import CompiledOrNone
-from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention
+from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
 from .ops_sampling import sampling_4d
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
@@ -165,8 +165,9 @@ class OPSSelfAttention(BaseModule):
     def forward(self, query_points, query_feat, fast=False):
         """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`.
 
-        `fast` (the fast test mode; eval on CUDA, heads of at least MIN_HEAD_DIMS channels): the bias
-        computed inside one fused kernel (models/fused_attention.py) instead of a `[B*H, Q, Q]` mask.
+        `fast` (the fast modes, models/fused_attention.py): in eval on CUDA, heads of at least
+        MIN_HEAD_DIMS channels, the bias computed inside one fused kernel instead of a `[B*H, Q, Q]`
+        mask; in training the mask through SDPA (softmax, dropout and value product fused).
         """
         with torch.no_grad():
             centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
@@ -180,8 +181,10 @@ class OPSSelfAttention(BaseModule):
             # exact differences (no |a|^2 - 2ab + |b|^2 expansion); broadcasting is much faster than
             # cdist's exact-mode kernel on the GPU
             dist = (centres[:, :, None] - centres[:, None]).norm(dim=-1)  # [B, Q, Q]
-        attn_mask = (-tau[..., None] * dist[:, None]).flatten(0, 1)            # [B*H, Q, Q], index b*H + h
-        return self.attention(query_feat, attn_mask=attn_mask)
+        attn_mask = -tau[..., None] * dist[:, None]                            # [B, H, Q, Q]
+        if fast and self.training:
+            return sdpa_biased_attention(self.attention, query_feat, attn_mask)
+        return self.attention(query_feat, attn_mask=attn_mask.flatten(0, 1))   # [B*H, Q, Q], index b*H + h
 
 
 class OPSTransformerDecoderLayer(BaseModule):
@@ -256,9 +259,8 @@ class OPSTransformerDecoderLayer(BaseModule):
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`.
-            fast (bool): the fast modes' kernels: the projection without per-point matrix copies
-                (training and test) and the fused self-attention (test only: training keeps the
-                attention dropout of the mask path).
+            fast (bool): the fast modes' kernels: the projection without per-point matrix copies,
+                the self-attention through SDPA (training) or one fused kernel (test).
         Returns:
             tuple: query_feat `[B, Q, C]`, cls logits `[B, Q, P_out, num_classes]`,
             new points `[B, Q, P_out, 3]` normalised.

@@ -23,9 +23,19 @@ def losses_of(model, seed=0):
     return model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem, mask_camera=mask)
 
 
+def without_dropout(model):
+    """Dropout off: the fast self-attention (SDPA) draws other random numbers than the faithful one."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, torch.nn.MultiheadAttention):
+            module.dropout = 0.0
+    return model
+
+
 def test_one_fast_step_equals_one_faithful_step():
-    faithful = build().train()
-    fast = no_checkpointing(build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='fast'))).train()
+    faithful = without_dropout(build()).train()
+    fast = without_dropout(no_checkpointing(build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='fast')))).train()
     assert fast.train_mode == 'fast'                   # its decoder projects with project_points_fast
     fast.load_state_dict(faithful.state_dict())
     opt_a = build_optimizer(faithful, dict(OPTIMIZER, foreach=False))
@@ -37,6 +47,7 @@ def test_one_fast_step_equals_one_faithful_step():
     loss_a, log_a = faithful._parse_losses(losses_of(faithful))
     opt_a.zero_grad()
     loss_a.backward()
+    grads_a = {n: p.grad.clone() for n, p in faithful.named_parameters() if p.grad is not None}
     norm_a = torch.nn.utils.clip_grad_norm_([p for p in faithful.parameters() if p.grad is not None], 35, 2)
     opt_a.step()
     # fast: lazy parsing, the sync-free step
@@ -51,7 +62,11 @@ def test_one_fast_step_equals_one_faithful_step():
     initial = build().state_dict()
     moved = 0
     for (name, a), b in zip(faithful.state_dict().items(), fast.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+        # AdamW's first step moves each weight by about lr * sign(grad): where the exact gradient is zero (the
+        # key bias of an attention, say), rounding noise picks the sign, and the two attention kernels round
+        # differently
+        keep = grads_a[name].abs() > 1e-7 if name in grads_a else torch.ones_like(a, dtype=torch.bool)
+        torch.testing.assert_close(b[keep], a[keep], rtol=1e-5, atol=1e-6, msg=name)
         moved += int(not torch.equal(a, initial[name]))
     assert moved > 50                                            # the step did update the weights
     assert step.read_counters() == (0, 0)
@@ -168,19 +183,19 @@ def test_a_non_fused_optimizer_is_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_graphed_training_decoder_equals_eager_on_cuda():
-    """Fast training on CUDA replays the decoder's forward and backward from CUDA graphs: the same losses
-    and gradients as the eager decoder over three steps with new images and updated weights (without
-    dropout, whose random numbers differ between a graph and eager code)."""
+@pytest.mark.parametrize('mode', ['faithful', 'fast'])
+def test_graphed_training_decoder_equals_eager_on_cuda(mode):
+    """Training on CUDA replays the decoder's forward and backward from CUDA graphs (faithful: with its
+    gradient checkpointing): the same losses and gradients as the eager decoder over three steps with new
+    images and updated weights (without dropout, whose random numbers differ between a graph and eager code)."""
     from models.cuda_graph import EAGER
 
-    def fast_model(cuda_graph):
-        head = copy.deepcopy(tiny_cfg()['pts_bbox_head'])
-        head['transformer'].update(attn_drop=0.0, ffn_drop=0.0)
-        train_cfg = dict(tiny_cfg()['train_cfg'], mode='fast', cuda_graph=cuda_graph)
-        return no_checkpointing(build(pts_bbox_head=head, train_cfg=train_cfg)).cuda().train()
+    def model(cuda_graph):
+        built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode=mode, cuda_graph=cuda_graph))
+        return without_dropout(no_checkpointing(built) if mode == 'fast' else built).cuda().train()
 
-    eager, graphed = fast_model(False), fast_model(True)
+    eager, graphed = model(False), model(True)
+    assert graphed.pts_bbox_head.transformer.decoder.decoder_layers[0].with_cp == (mode == 'faithful')
     graphed.load_state_dict(eager.state_dict())
     sem, mask = (t.cuda() for t in gt(1))
     for step in range(3):                          # capture at the first step, replays after

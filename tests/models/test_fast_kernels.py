@@ -61,6 +61,32 @@ def test_fused_attention_equals_the_masked_attention(queries):
         assert torch.equal(module(points, feat, fast=True), expected)
 
 
+def test_training_sdpa_attention_equals_the_masked_attention():
+    """Fast training's self-attention (the bias tensor through SDPA) = mmcv's module on the [B*H, Q, Q] mask:
+    outputs and the gradients of the input, of tau's generator and of the attention weights (dropout off,
+    whose random numbers differ); with dropout on, SDPA applies it."""
+    g = torch.Generator().manual_seed(3)
+    points, feat = torch.rand(2, 23, 4, 3, generator=g), torch.randn(2, 23, 256, generator=g)
+    results = []
+    for fast in (False, True):
+        module = attention().train()
+        module.attention.attn.dropout = 0.0
+        x = feat.clone().requires_grad_(True)
+        out = module(points, x, fast=fast)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, x.grad, module.gen_tau.weight.grad, module.attention.attn.in_proj_weight.grad))
+    for got, expected, name in zip(results[1], results[0], ('output', 'input grad', 'tau grad', 'in_proj grad')):
+        assert expected.abs().max() > 0, name
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=name)
+    module = attention().train()
+    module.attention.attn.dropout = 0.5
+    torch.manual_seed(0)
+    dropped = module(points, feat, fast=True)
+    assert (dropped - results[1][0]).abs().max() > 1e-2
+    module.eval()   # eval: no dropout; the CPU keeps the mask path
+    torch.testing.assert_close(module(points, feat, fast=True), results[0][0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 @pytest.mark.parametrize('queries', [600, BF16_MIN_QUERIES + 352])
 def test_compiled_fused_attention_on_cuda(queries):
