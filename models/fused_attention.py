@@ -20,7 +20,8 @@ tau, but hands it to `F.scaled_dot_product_attention` instead of mmcv's Multihea
 module asks for the head-averaged weights (`need_weights`), so PyTorch materialises the softmax, its
 dropout and their gradients as further `[B*H, Q, Q]` tensors; SDPA's memory-efficient kernel fuses
 softmax, dropout and the value product, in both directions. The same function (the dropout draws
-other random numbers).
+other random numbers); on CUDA from HALF_MIN_QUERIES queries on (OPS-L) in fp16, as autocast would
+run it: the fp32 kernel has no tensor-core path and took 42 of OPS-L's 187 ms of GPU time per step.
 """
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,13 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from .compiled import CompiledOrNone
 
-__all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'BF16_MIN_QUERIES',
+__all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'HALF_MIN_QUERIES',
            'MIN_HEAD_DIMS']
 
-# from this many queries on, q/k/v go to the kernel in bf16 (faster at Q = 4800, slower at Q = 600)
-BF16_MIN_QUERIES = 2048
+# From this many queries on, the attention runs in half precision (faster at Q = 4800, slower at Q = 600):
+# bf16 q/k/v in the fused test kernel, whose bias stays float32 inside the kernel; fp16 q/k/v and bias in
+# training's SDPA, whose bias is a tensor of magnitudes up to ~100 (fp16: 10 mantissa bits, bf16: 7).
+HALF_MIN_QUERIES = 2048
 
 # FlexAttention's compiled kernel needs heads of at least 16 channels (OPS: 256 / 8 = 32; the tests'
 # tiny models have fewer and keep the mask path)
@@ -67,13 +70,15 @@ def sdpa_biased_attention(attention, query, bias):
         query (Tensor): `[B, Q, C]` float32.
         bias (Tensor): `[B, H, Q, Q]` added to the logits of head h (may require grad).
     Returns:
-        Tensor `[B, Q, C]`.
+        Tensor `[B, Q, C]` float32; q, k, v and the bias in fp16 on CUDA from HALF_MIN_QUERIES queries on.
     """
     mha = attention.attn
     B, Q, C = query.shape
-    q, k, v = _heads(mha, query)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=mha.dropout if mha.training else 0.0)
-    out = F.linear(out.transpose(1, 2).reshape(B, Q, C), mha.out_proj.weight, mha.out_proj.bias)
+    dtype = torch.float16 if query.is_cuda and Q >= HALF_MIN_QUERIES else query.dtype
+    q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(dtype),
+                                         dropout_p=mha.dropout if mha.training else 0.0)
+    out = F.linear(out.to(query.dtype).transpose(1, 2).reshape(B, Q, C), mha.out_proj.weight, mha.out_proj.bias)
     return query + attention.dropout_layer(attention.proj_drop(out))
 
 
@@ -91,7 +96,7 @@ def fused_biased_attention(mha, query, centres, tau, compiled=True):
         (no Triton for this GPU, say): then one warning, and the caller keeps its mask path.
     """
     B, Q, C = query.shape
-    dtype = torch.bfloat16 if Q >= BF16_MIN_QUERIES else torch.float32
+    dtype = torch.bfloat16 if Q >= HALF_MIN_QUERIES else torch.float32
     q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
     cx, cy, cz = (c.contiguous() for c in centres.float().unbind(-1))             # [B, Q] each
     args = (q, k, v, cx, cy, cz, tau.float().contiguous())

@@ -87,12 +87,15 @@ class OPS(BaseDetector):
         train_cfg (dict): `pts` entries are handed to the head; `mode` 'faithful' (default: mmdet's
             loss parsing, which reads every logged value on the host each step) or 'fast' (the same
             total loss, log values kept on the device; needs engine/train_step.py's
-            SyncFreeOptimizerHook, which `train.py --fast` sets up; NHWC backbone tensors on CUDA);
+            SyncFreeOptimizerHook, which `train.py --fast` sets up; on CUDA NHWC backbone tensors, the
+            decoder's matrix products in TF32 and its self-attention through SDPA, fp16 from
+            HALF_MIN_QUERIES queries on, models/fused_attention.py);
             `amp_dtype` 'fp16' (default: the backbone's autocast when the fp16 optimizer hook is on)
             or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): on CUDA
             the decoder's forward and backward replay from CUDA graphs (the kernels of the eager
             decoder, gradient checkpointing included; dropout draws other random numbers), captured
-            once per input shape.
+            once per input shape (in fast mode the backward's TF32 products are captured with it; with
+            cuda_graph=False the backward follows the global `torch.backends.cuda.matmul` setting).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
             backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
@@ -377,13 +380,15 @@ class OPS(BaseDetector):
         voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
         mask_camera = torch.as_tensor(mask_camera, device=img.device)
         head = self.pts_bbox_head
+        fast = self.train_mode == 'fast'
         with torch.autocast(img.device.type, enabled=False):
-            if self.train_cuda_graph:
-                occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
-                outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w),
-                                           fast=self.train_mode == 'fast')
-            else:
-                outs = head(feats, img_metas, fast=self.train_mode == 'fast')
+            with tf32_matmuls(fast and img.is_cuda):
+                if self.train_cuda_graph:
+                    occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
+                    outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w),
+                                               fast=fast)
+                else:
+                    outs = head(feats, img_metas, fast=fast)
             return head.loss(voxel_semantics, mask_camera, outs)
 
     def _train_decoder_fn(self, *tensors, image_h, image_w, fast):

@@ -167,7 +167,7 @@ class OPSSelfAttention(BaseModule):
 
         `fast` (the fast modes, models/fused_attention.py): in eval on CUDA, heads of at least
         MIN_HEAD_DIMS channels, the bias computed inside one fused kernel instead of a `[B*H, Q, Q]`
-        mask; in training the mask through SDPA (softmax, dropout and value product fused).
+        mask; in training on CUDA the mask through SDPA (softmax, dropout and value product fused).
         """
         with torch.no_grad():
             centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
@@ -182,7 +182,7 @@ class OPSSelfAttention(BaseModule):
             # cdist's exact-mode kernel on the GPU
             dist = (centres[:, :, None] - centres[:, None]).norm(dim=-1)  # [B, Q, Q]
         attn_mask = -tau[..., None] * dist[:, None]                            # [B, H, Q, Q]
-        if fast and self.training:
+        if fast and self.training and query_feat.is_cuda:
             return sdpa_biased_attention(self.attention, query_feat, attn_mask)
         return self.attention(query_feat, attn_mask=attn_mask.flatten(0, 1))   # [B*H, Q, Q], index b*H + h
 

@@ -187,8 +187,11 @@ def test_a_non_fused_optimizer_is_refused():
 def test_graphed_training_decoder_equals_eager_on_cuda(mode):
     """Training on CUDA replays the decoder's forward and backward from CUDA graphs (faithful: with its
     gradient checkpointing): the same losses and gradients as the eager decoder over three steps with new
-    images and updated weights (without dropout, whose random numbers differ between a graph and eager code)."""
+    images and updated weights (without dropout, whose random numbers differ between a graph and eager code).
+    Fast mode's graph holds the backward's TF32 products, so the eager backward runs under TF32 here; and
+    its losses stay within TF32 rounding of a faithful (float32) model's."""
     from models.cuda_graph import EAGER
+    from models.ops import tf32_matmuls
 
     def model(cuda_graph):
         built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode=mode, cuda_graph=cuda_graph))
@@ -198,15 +201,27 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
     assert graphed.pts_bbox_head.transformer.decoder.decoder_layers[0].with_cp == (mode == 'faithful')
     graphed.load_state_dict(eager.state_dict())
     sem, mask = (t.cuda() for t in gt(1))
+
+    def log_values(model, step):
+        np.random.seed(step)                       # photometric distortion
+        img = torch.cat([images(1, seed=step), images(0, seed=step)])[None].cuda()
+        return parse_losses_lazy(model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem,
+                                       mask_camera=mask))
+
+    if mode == 'fast':
+        reference = without_dropout(build()).cuda().train()
+        reference.load_state_dict(eager.state_dict())
+        with torch.no_grad():
+            fast_values = torch.stack(list(log_values(eager, 0)[1].values()))
+            faithful_values = torch.stack(list(log_values(reference, 0)[1].values()))
+        torch.testing.assert_close(fast_values, faithful_values, rtol=2e-3, atol=1e-5)
     for step in range(3):                          # capture at the first step, replays after
         grads, values = [], []
         for model in (eager, graphed):
-            np.random.seed(step)                   # photometric distortion
-            img = torch.cat([images(1, seed=step), images(0, seed=step)])[None].cuda()
             model.zero_grad(set_to_none=True)
-            loss, log_vars = parse_losses_lazy(model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem,
-                                                     mask_camera=mask))
-            loss.backward()
+            loss, log_vars = log_values(model, step)
+            with tf32_matmuls(mode == 'fast'):
+                loss.backward()
             values.append(torch.stack(list(log_vars.values())))
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
             with torch.no_grad():                  # the graph must see weights updated in place
@@ -215,7 +230,8 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
                         p.add_(p.grad, alpha=-1e-3)
         torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-7)
         assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
-        for name, g in grads[0].items():           # the sampling op's backward adds with atomics
-            torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+        for name, g in grads[0].items():           # the sampling op's backward adds with atomics, cuDNN's too
+            err = ((grads[1][name] - g).norm() / g.norm().clamp(min=1e-12)).item()
+            assert err < 1e-4, f'step {step}, {name}: gradients differ by {err:.2e} (relative norm)'
     assert len(graphed._train_decoder.graphs) == 1
     assert next(iter(graphed._train_decoder.graphs.values())) is not EAGER

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models.compiled import CompiledOrNone
-from models.fused_attention import BF16_MIN_QUERIES, fused_biased_attention
+from models.fused_attention import HALF_MIN_QUERIES, fused_biased_attention, sdpa_biased_attention
 from models.ops_sampling import project_points, project_points_fast
 from models.ops_transformer import OPSSelfAttention, decode_points
 
@@ -61,34 +61,57 @@ def test_fused_attention_equals_the_masked_attention(queries):
         assert torch.equal(module(points, feat, fast=True), expected)
 
 
-def test_training_sdpa_attention_equals_the_masked_attention():
-    """Fast training's self-attention (the bias tensor through SDPA) = mmcv's module on the [B*H, Q, Q] mask:
-    outputs and the gradients of the input, of tau's generator and of the attention weights (dropout off,
-    whose random numbers differ); with dropout on, SDPA applies it."""
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+
+def relative_error(got, expected):
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+@pytest.mark.parametrize('device, queries', [('cpu', 23), pytest.param('cuda', 23, marks=CUDA),
+                                             pytest.param('cuda', HALF_MIN_QUERIES + 52, marks=CUDA)])
+def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
+    """Fast training's self-attention (the bias tensor through SDPA; fp16 on CUDA from HALF_MIN_QUERIES on)
+    against mmcv's module on the [B*H, Q, Q] mask in float64: the output and the gradients of the input, of
+    tau's generator (through the bias) and of the in-projection (dropout off, whose random numbers differ);
+    on CUDA the layer's fast training path is this function; with dropout on, SDPA applies it."""
     g = torch.Generator().manual_seed(3)
-    points, feat = torch.rand(2, 23, 4, 3, generator=g), torch.randn(2, 23, 256, generator=g)
-    results = []
-    for fast in (False, True):
-        module = attention().train()
+    points, feat = torch.rand(2, queries, 4, 3, generator=g), torch.randn(2, queries, 256, generator=g)
+    weights = torch.linspace(-1, 1, feat.numel()).view_as(feat)
+
+    def run(dtype, device, fast):
+        module = attention().to(device, dtype).train()
         module.attention.attn.dropout = 0.0
-        x = feat.clone().requires_grad_(True)
-        out = module(points, x, fast=fast)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out, x.grad, module.gen_tau.weight.grad, module.attention.attn.in_proj_weight.grad))
-    for got, expected, name in zip(results[1], results[0], ('output', 'input grad', 'tau grad', 'in_proj grad')):
-        assert expected.abs().max() > 0, name
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=name)
-    module = attention().train()
-    module.attention.attn.dropout = 0.5
-    torch.manual_seed(0)
-    dropped = module(points, feat, fast=True)
-    assert (dropped - results[1][0]).abs().max() > 1e-2
-    module.eval()   # eval: no dropout; the CPU keeps the mask path
-    torch.testing.assert_close(module(points, feat, fast=True), results[0][0], rtol=1e-5, atol=1e-5)
+        x = feat.to(device, dtype).requires_grad_(True)
+        pts = points.to(device, dtype)
+        if fast:
+            centres = decode_points(pts, PC_RANGE).mean(2)
+            tau = module.gen_tau(x).permute(0, 2, 1)
+            bias = -tau[..., None] * (centres[:, :, None] - centres[:, None]).norm(dim=-1)[:, None]
+            out = sdpa_biased_attention(module.attention, x, bias)
+        else:
+            out = module(pts, x)                                                   # faithful (mask)
+        (out * weights.to(device, dtype)).sum().backward()
+        return module, out, (out, x.grad, module.gen_tau.weight.grad, module.attention.attn.in_proj_weight.grad)
+
+    _, _, expected = run(torch.float64, 'cpu', fast=False)
+    module, out, got = run(torch.float32, device, fast=True)
+    tol = 1e-2 if device == 'cuda' and queries >= HALF_MIN_QUERIES else 1e-5
+    for a, b, name in zip(got, expected, ('output', 'input grad', 'tau grad', 'in_proj grad')):
+        err = relative_error(a, b)
+        assert err < tol, f'{name}: relative error {err:.2e} (tolerance {tol:.0e})'
+    if device == 'cuda':
+        with torch.no_grad():
+            layer_path = module(points.to(device), feat.to(device), fast=True)
+        assert relative_error(layer_path, out) < 1e-6
+        module.attention.attn.dropout = 0.5
+        with torch.no_grad():
+            dropped = module(points.to(device), feat.to(device), fast=True)
+        assert relative_error(dropped, out) > 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.parametrize('queries', [600, BF16_MIN_QUERIES + 352])
+@pytest.mark.parametrize('queries', [600, HALF_MIN_QUERIES + 352])
 def test_compiled_fused_attention_on_cuda(queries):
     module = attention().cuda()
     g = torch.Generator().manual_seed(1)
@@ -97,8 +120,8 @@ def test_compiled_fused_attention_on_cuda(queries):
     with torch.no_grad():
         expected = module(points, feat)
         got = module(points, feat, fast=True)
-    # float32 kernel below BF16_MIN_QUERIES, bf16 q/k/v from there on
-    tol = 2e-5 if queries < BF16_MIN_QUERIES else 5e-2
+    # float32 kernel below HALF_MIN_QUERIES, bf16 q/k/v from there on
+    tol = 2e-5 if queries < HALF_MIN_QUERIES else 5e-2
     assert (got - expected).abs().max() < tol
 
 
