@@ -65,7 +65,8 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GP
 
 
 def relative_error(got, expected):
-    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+    got, expected = got.detach().double().cpu(), expected.detach().double().cpu()
+    return ((got - expected).norm() / expected.norm()).item()
 
 
 @pytest.mark.parametrize('device, queries', [('cpu', 23), pytest.param('cuda', 23, marks=CUDA),
