@@ -42,7 +42,8 @@ def parse_args(argv=None):
     parser.add_argument('--fast', action='store_true',
                         help='the fast training path: same function, no host reads per step (lazy logging, fused '
                              'AdamW that skips non-finite steps on the device), no gradient checkpointing '
-                             '(more memory); docs/performance.md')
+                             '(more memory), on CUDA the decoder replayed from CUDA graphs with TF32 products and '
+                             'SDPA attention; docs/performance.md')
     parser.add_argument('--no-validate', action='store_true', help='skip the periodic evaluation')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar (logs only)')
     parser.add_argument('--skip-data-check', action='store_true',
@@ -138,7 +139,8 @@ def train(args, cfg, work_dir, rank, world_size, device):
     set_train_mode(cfg, fast=args.fast, amp_dtype=args.amp_dtype)
     set_test_mode(cfg, online=world_size == 1)   # the periodic evaluation: online in one process, as val.py
     if args.fast:
-        logger.info('fast training path: lazy logging, fused AdamW, no gradient checkpointing')
+        logger.info('fast training path: lazy logging, fused AdamW, no gradient checkpointing; on CUDA the decoder '
+                    'from CUDA graphs (TF32 products, SDPA attention)')
     try:
         train_dataset = build_dataset(cfg.data.train)
         val_dataset = None if args.no_validate else build_dataset(cfg.data.val, test_mode=True)

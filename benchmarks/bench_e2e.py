@@ -15,14 +15,15 @@ device->host copy of the result, bracketed by cuda.synchronize):
 * eager: faithful arithmetic, each kernel launched from Python (test_cfg.cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
 * fast: graph, the fast test mode (test_cfg.mode='fast': bf16 NHWC backbone + FPN, TF32 and fused decoder kernels).
-Training modes (`-eager`: the decoder launched from Python, train_cfg.cuda_graph=False; otherwise its
-forward and backward replay from CUDA graphs, the default of train.py):
-* faithful-eager, faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
+Training modes:
+* faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
   on the host every step (mmcv's optimizer hook + mmdet's loss parsing);
-* fast-eager, fast: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
+* fast-eager: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
   skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
-  checkpointing, channels-last backbone, the self-attention through SDPA;
+  checkpointing, channels-last backbone; in the decoder TF32 products and the self-attention through
+  SDPA; the decoder launched from Python (train_cfg.cuda_graph=False);
+* fast: fast-eager with the decoder's forward and backward replayed from CUDA graphs (train.py --fast);
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
@@ -46,7 +47,7 @@ from tools.synthetic import calib  # noqa: E402
 NUM_VIEWS = 6
 INFER_MODES = {'eager': dict(mode='faithful', cuda_graph=False), 'faithful': dict(mode='faithful', cuda_graph=True),
                'fast': dict(mode='fast', cuda_graph=True)}
-TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16')
+TRAIN_MODES = ('faithful', 'fast-eager', 'fast', 'fast-bf16')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):

@@ -91,11 +91,13 @@ class OPS(BaseDetector):
             decoder's matrix products in TF32 and its self-attention through SDPA, fp16 from
             HALF_MIN_QUERIES queries on, models/fused_attention.py);
             `amp_dtype` 'fp16' (default: the backbone's autocast when the fp16 optimizer hook is on)
-            or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): on CUDA
-            the decoder's forward and backward replay from CUDA graphs (the kernels of the eager
-            decoder, gradient checkpointing included; dropout draws other random numbers), captured
-            once per input shape (in fast mode the backward's TF32 products are captured with it; with
-            cuda_graph=False the backward follows the global `torch.backends.cuda.matmul` setting).
+            or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): in fast
+            mode on CUDA, with the decoder trained without gradient checkpointing (as `train.py --fast`
+            sets it), the decoder's forward and backward replay from CUDA graphs (the kernels of the
+            eager decoder, the backward's TF32 products included; dropout draws other random numbers),
+            captured once per input shape. With cuda_graph=False the eager backward follows the global
+            `torch.backends.cuda.matmul` setting. The faithful mode keeps the eager decoder: a graph of
+            its checkpointed decoder did not pass the GPU check (docs/performance.md).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
             backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
@@ -383,13 +385,19 @@ class OPS(BaseDetector):
         fast = self.train_mode == 'fast'
         with torch.autocast(img.device.type, enabled=False):
             with tf32_matmuls(fast and img.is_cuda):
-                if self.train_cuda_graph:
+                if self.graphs_train_decoder():
                     occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
                     outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w),
                                                fast=fast)
                 else:
                     outs = head(feats, img_metas, fast=fast)
             return head.loss(voxel_semantics, mask_camera, outs)
+
+    def graphs_train_decoder(self):
+        """Whether training replays the decoder from CUDA graphs (on CUDA tensors): `train_cfg.cuda_graph` in
+        fast mode, when no decoder layer recomputes in the backward pass (gradient checkpointing)."""
+        layers = self.pts_bbox_head.transformer.decoder.decoder_layers
+        return self.train_cuda_graph and self.train_mode == 'fast' and not any(layer.with_cp for layer in layers)
 
     def _train_decoder_fn(self, *tensors, image_h, image_w, fast):
         """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img

@@ -182,23 +182,29 @@ def test_a_non_fused_optimizer_is_refused():
         SyncFreeStep(build_optimizer(model, OPTIMIZER))
 
 
+def test_only_the_fast_mode_without_checkpointing_graphs_the_training_decoder():
+    fast_cfg = dict(tiny_cfg()['train_cfg'], mode='fast')
+    assert no_checkpointing(build(train_cfg=fast_cfg)).graphs_train_decoder()
+    assert not build(train_cfg=fast_cfg).graphs_train_decoder()                     # checkpointed decoder
+    assert not no_checkpointing(build(train_cfg=dict(fast_cfg, cuda_graph=False))).graphs_train_decoder()
+    assert not no_checkpointing(build()).graphs_train_decoder()                     # faithful mode
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.parametrize('mode', ['faithful', 'fast'])
-def test_graphed_training_decoder_equals_eager_on_cuda(mode):
-    """Training on CUDA replays the decoder's forward and backward from CUDA graphs (faithful: with its
-    gradient checkpointing): the same losses and gradients as the eager decoder over three steps with new
-    images and updated weights (without dropout, whose random numbers differ between a graph and eager code).
-    Fast mode's graph holds the backward's TF32 products, so the eager backward runs under TF32 here; and
-    its losses stay within TF32 rounding of a faithful (float32) model's."""
+def test_graphed_training_decoder_equals_eager_on_cuda():
+    """Fast training on CUDA replays the decoder's forward and backward from CUDA graphs: the same losses and
+    gradients as the eager decoder over three steps with new images and updated weights (without dropout,
+    whose random numbers differ between a graph and eager code). The graph holds the backward's TF32
+    products, so the eager backward runs under TF32 here; and the losses stay within TF32 rounding of a
+    faithful (float32) model's."""
     from models.cuda_graph import EAGER
     from models.ops import tf32_matmuls
 
     def model(cuda_graph):
-        built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode=mode, cuda_graph=cuda_graph))
-        return without_dropout(no_checkpointing(built) if mode == 'fast' else built).cuda().train()
+        built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='fast', cuda_graph=cuda_graph))
+        return without_dropout(no_checkpointing(built)).cuda().train()
 
     eager, graphed = model(False), model(True)
-    assert graphed.pts_bbox_head.transformer.decoder.decoder_layers[0].with_cp == (mode == 'faithful')
     graphed.load_state_dict(eager.state_dict())
     sem, mask = (t.cuda() for t in gt(1))
 
@@ -208,19 +214,18 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
         return parse_losses_lazy(model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem,
                                        mask_camera=mask))
 
-    if mode == 'fast':
-        reference = without_dropout(build()).cuda().train()
-        reference.load_state_dict(eager.state_dict())
-        with torch.no_grad():
-            fast_values = torch.stack(list(log_values(eager, 0)[1].values()))
-            faithful_values = torch.stack(list(log_values(reference, 0)[1].values()))
-        torch.testing.assert_close(fast_values, faithful_values, rtol=2e-3, atol=1e-5)
+    reference = without_dropout(build()).cuda().train()
+    reference.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        fast_values = torch.stack(list(log_values(eager, 0)[1].values()))
+        faithful_values = torch.stack(list(log_values(reference, 0)[1].values()))
+    torch.testing.assert_close(fast_values, faithful_values, rtol=2e-3, atol=1e-5)
     for step in range(3):                          # capture at the first step, replays after
         grads, values = [], []
         for model in (eager, graphed):
             model.zero_grad(set_to_none=True)
             loss, log_vars = log_values(model, step)
-            with tf32_matmuls(mode == 'fast'):
+            with tf32_matmuls(True):
                 loss.backward()
             values.append(torch.stack(list(log_vars.values())))
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -230,10 +235,8 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
                         p.add_(p.grad, alpha=-1e-3)
         torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-7)
         assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
-        # the sampling op's backward adds with atomics, cuDNN's too: the runs part by rounding, which the weight
-        # updates carry into the next step (1.1e-4 at step 1 on the H200)
-        for name, g in grads[0].items():
+        for name, g in grads[0].items():           # the sampling op's backward adds with atomics
             err = ((grads[1][name] - g).norm() / g.norm().clamp(min=1e-12)).item()
-            assert err < 1e-3, f'step {step}, {name}: gradients differ by {err:.2e} (relative norm)'
+            assert err < 1e-4, f'step {step}, {name}: gradients differ by {err:.2e} (relative norm)'
     assert len(graphed._train_decoder.graphs) == 1
     assert next(iter(graphed._train_decoder.graphs.values())) is not EAGER
