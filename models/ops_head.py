@@ -230,15 +230,18 @@ class OPSHead(BaseModule):
             raise ValueError(f'OPSHead.loss: mask_camera shape {tuple(vis.shape)} differs from '
                              f'voxel_semantics shape {tuple(sem.shape)}')
         vis = vis.bool()
+        occupied = sem != self.empty_label
+        # one host read for the whole batch (each read waits for the GPU's queue to drain)
+        if bool((occupied & ((sem < 0) | (sem >= self.num_classes))).any()):
+            b = int((occupied & ((sem < 0) | (sem >= self.num_classes))).flatten(1).any(1).nonzero()[0, 0])
+            bad = sorted(set(sem[b][occupied[b]].unique().tolist()) - set(range(self.num_classes)))
+            raise ValueError(f'OPSHead.loss: voxel_semantics of sample {b} holds labels {bad};'
+                             f' occupied voxels need 0..{self.num_classes - 1} and free '
+                             f'voxels {self.empty_label}')
         out = []
         for b in range(sem.shape[0]):
-            idx = torch.nonzero(sem[b] != self.empty_label, as_tuple=False)      # [Ng, 3] x,y,z
+            idx = torch.nonzero(occupied[b], as_tuple=False)                       # [Ng, 3] x,y,z
             labels = sem[b][idx[:, 0], idx[:, 1], idx[:, 2]].long()
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                bad = sorted(set(labels.unique().tolist()) - set(range(self.num_classes)))
-                raise ValueError(f'OPSHead.loss: voxel_semantics of sample {b} holds labels {bad};'
-                                 f' occupied voxels need 0..{self.num_classes - 1} and free '
-                                 f'voxels {self.empty_label}')
             points = voxel_centres(idx, self.voxel_num, self.pc_range)
             out.append((points, labels, vis[b][idx[:, 0], idx[:, 1], idx[:, 2]]))
         return out
@@ -252,8 +255,8 @@ class OPSHead(BaseModule):
         """
         cfg = self.train_cfg
         gap = (gt_xyz - pts_for_gt).norm(dim=-1)
-        weight = torch.ones_like(gap)
-        weight[gt_vis & (gap > cfg['empty_dist_thr'])] = float(cfg['empty_weights'])
+        # torch.where, not `weight[mask] = w`: a boolean index reads the mask's count on the host
+        weight = torch.where(gt_vis & (gap > cfg['empty_dist_thr']), float(cfg['empty_weights']), 1.0).to(gap.dtype)
         is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
         return torch.where(is_rare, weight.clamp(min=float(cfg['rare_weights'])), weight)
 

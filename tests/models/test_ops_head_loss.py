@@ -275,3 +275,46 @@ def test_a_batch_is_the_mean_of_its_samples():
     for key in both:
         assert both[key].item() == pytest.approx((single[0][key].item() + single[1][key].item()) / 2, rel=1e-6)
     assert single[0]['loss_pts'].item() != pytest.approx(single[1]['loss_pts'].item(), rel=1e-3)  # distinct samples
+
+
+def test_the_loss_reads_the_device_once_per_batch_and_once_per_sample(monkeypatch):
+    """Each host read of a device value (`.item()`, a boolean index, `nonzero`) stalls the host until the GPU
+    has caught up, so the fast training step runs ahead of the GPU only between them. The head's own code
+    reads the label check once per batch and each sample's ground-truth count (nonzero); nothing per layer.
+    Counted on the CPU at the dispatcher, for the operators inside models/ops_head.py."""
+    import traceback
+    from functools import partial
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import models.ops_head as ops_head
+    from models.knn import knn1_bidirectional
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            bool_index = name in ('aten::index.Tensor', 'aten::index_put_', 'aten::index_put') and any(
+                i is not None and i.dtype == torch.bool for i in args[1])
+            if name in ('aten::_local_scalar_dense', 'aten::nonzero', 'aten::masked_select') or bool_index:
+                # the innermost caller outside torch and this test (mmdet's CPU focal loss reads the host
+                # itself; on CUDA it runs mmcv's kernel)
+                caller = next(f for f in reversed(traceback.extract_stack())
+                              if '/torch/' not in f.filename and f.filename != __file__)
+                if caller.filename.endswith('models/ops_head.py'):
+                    self.reads.append(f'{name} at ops_head.py:{caller.lineno}')
+            return func(*args, **(kwargs or {}))
+
+    # the CPU's KD-tree matching reads the host itself; the CUDA kernel does not
+    monkeypatch.setattr(ops_head, 'knn1_bidirectional', partial(knn1_bidirectional, backend='torch'))
+    sem, vis, gts, init, layers = make_scene(0)
+    head, preds = make_head(), to_preds(init, layers)
+    with HostReads() as spy:
+        head.loss(torch.from_numpy(sem), torch.from_numpy(vis), preds)
+    batch = sem.shape[0]
+    assert len(layers) >= 2 and batch == 2
+    assert sorted(r.split(' at')[0] for r in spy.reads) == ['aten::_local_scalar_dense'] + ['aten::nonzero'] * batch, \
+        spy.reads
