@@ -115,7 +115,8 @@ def set_train_mode(cfg, fast=False, amp_dtype='fp16'):
 
     `fast`: the model keeps its log values on the device (`model.train_cfg.mode='fast'`), AdamW runs
     fused (`optimizer.fused=True`), and the backbone and decoder run without gradient checkpointing
-    (the same function, computed once instead of recomputed in the backward pass; more memory).
+    (the same function, computed once instead of recomputed in the backward pass; more memory), so
+    that on CUDA the decoder replays from CUDA graphs (`model.train_cfg.cuda_graph`, default on).
     `amp_dtype`: the backbone's autocast dtype on CUDA ('fp16' with the fp16 optimizer hook's static
     loss scale, as the original, or 'bf16').
     """
