@@ -61,18 +61,9 @@ def dropout_recomputation(device, size=1 << 16, replays=3):
     return fractions
 
 
-def without_dropout(model):
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        elif isinstance(module, torch.nn.MultiheadAttention):
-            module.dropout = 0.0
-    return model
-
-
 def gradient_drift(cfg, steps, device):
     from engine.train_step import parse_losses_lazy
-    from models.cuda_graph import GraphedTrainingFunction
+    from models.cuda_graph import GraphedTrainingFunction, without_dropout
     base = build_model(cfg, device)
     state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     del base

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-__all__ = ['GraphedFunction', 'GraphedTrainingFunction']
+__all__ = ['GraphedFunction', 'GraphedTrainingFunction', 'without_dropout']
 
 EAGER = 'eager'   # marks a signature whose capture failed: it runs eagerly, with one warning
 
@@ -120,3 +120,17 @@ class GraphedTrainingFunction:
                           f'failed ({err}); running it eagerly (slower). Set train_cfg.cuda_graph=False to skip '
                           f'the attempt.')
             return EAGER
+
+
+def without_dropout(model):
+    """`model` with every dropout probability set to 0 (nn.Dropout, nn.MultiheadAttention), returned.
+
+    Graph replays and the fast kernels (SDPA) draw other random numbers than the eager code, so the
+    comparisons of one with the other (tests, benchmarks/diagnose_training_graph.py) run without dropout.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, torch.nn.MultiheadAttention):
+            module.dropout = 0.0
+    return model

@@ -8,6 +8,7 @@ from mmcv.runner import build_optimizer
 
 from engine.train_step import (LazyLogBuffer, SyncFreeStep, merge_param_groups, parse_losses_lazy,
                                regroup_optimizer_state)
+from models.cuda_graph import without_dropout
 from tiny_detector import build, gt, images, metas_for, tiny_cfg
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
@@ -21,16 +22,6 @@ def losses_of(model, seed=0):
     sem, mask = gt(1)
     img = torch.cat([images(1), images(0)])[None]
     return model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem, mask_camera=mask)
-
-
-def without_dropout(model):
-    """Dropout off: the fast self-attention (SDPA) draws other random numbers than the faithful one."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        elif isinstance(module, torch.nn.MultiheadAttention):
-            module.dropout = 0.0
-    return model
 
 
 def test_one_fast_step_equals_one_faithful_step():
