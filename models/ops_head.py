@@ -231,9 +231,10 @@ class OPSHead(BaseModule):
                              f'voxel_semantics shape {tuple(sem.shape)}')
         vis = vis.bool()
         occupied = sem != self.empty_label
+        invalid = occupied & ((sem < 0) | (sem >= self.num_classes))
         # one host read for the whole batch (each read waits for the GPU's queue to drain)
-        if bool((occupied & ((sem < 0) | (sem >= self.num_classes))).any()):
-            b = int((occupied & ((sem < 0) | (sem >= self.num_classes))).flatten(1).any(1).nonzero()[0, 0])
+        if bool(invalid.any()):
+            b = int(invalid.flatten(1).any(1).nonzero()[0, 0])
             bad = sorted(set(sem[b][occupied[b]].unique().tolist()) - set(range(self.num_classes)))
             raise ValueError(f'OPSHead.loss: voxel_semantics of sample {b} holds labels {bad};'
                              f' occupied voxels need 0..{self.num_classes - 1} and free '

@@ -385,7 +385,7 @@ class OPSTransformerDecoder(BaseModule):
 
         feats: L levels in the sampling layout `[B*T*G, N, H_l, W_l, C/G]` (`sampling_layout`);
         occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels);
-        fast: the fast test mode's kernels (eval only, see OPSTransformerDecoderLayer.forward).
+        fast: the fast modes' kernels (training and test, see OPSTransformerDecoderLayer.forward).
         """
         B, T, G = occ2img.shape[0], self.num_frames, self.num_groups
         if len(feats) != self.num_levels:
