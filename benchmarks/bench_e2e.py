@@ -16,14 +16,17 @@ device->host copy of the result, bracketed by cuda.synchronize):
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
 * fast: graph, the fast test mode (test_cfg.mode='fast': bf16 NHWC backbone + FPN, TF32 and fused decoder kernels).
 Training modes:
-* faithful: the original's step: fp16 autocast backbone with static loss scale 512, gradient
+* faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
-  on the host every step (mmcv's optimizer hook + mmdet's loss parsing);
+  on the host every step (mmcv's optimizer hook + mmdet's loss parsing); the decoder launched from
+  Python (train.py with model.train_cfg.cuda_graph=False);
+* faithful: the same arithmetic with the decoder not checkpointed and its forward and backward
+  replayed from CUDA graphs (train.py);
 * fast-eager: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
   skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
   checkpointing, channels-last backbone; in the decoder TF32 products and the self-attention through
   SDPA; the decoder launched from Python (train_cfg.cuda_graph=False);
-* fast: fast-eager with the decoder's forward and backward replayed from CUDA graphs (train.py --fast);
+* fast: fast-eager with the decoder replayed from CUDA graphs (train.py --fast);
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
@@ -47,7 +50,7 @@ from tools.synthetic import calib  # noqa: E402
 NUM_VIEWS = 6
 INFER_MODES = {'eager': dict(mode='faithful', cuda_graph=False), 'faithful': dict(mode='faithful', cuda_graph=True),
                'fast': dict(mode='fast', cuda_graph=True)}
-TRAIN_MODES = ('faithful', 'fast-eager', 'fast', 'fast-bf16')
+TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -106,12 +109,10 @@ def random_occupancy(num_occupied, generator, batch=1):
     return torch.stack(sems), torch.stack(masks)
 
 
-def build_model(cfg, device, test_cfg=None, with_cp=True, state=None):
+def build_model(cfg, device, test_cfg=None, state=None):
     from mmdet.models import build_detector
     cfg = copy.deepcopy(cfg)
     cfg.model.test_cfg.update(test_cfg or {})
-    cfg.model.img_backbone.with_cp = with_cp
-    cfg.model.pts_bbox_head.transformer.with_cp = with_cp
     torch.manual_seed(0)
     model = build_detector(cfg.model)
     if state is None:
@@ -177,10 +178,11 @@ class TrainBench:
         from engine.build import set_train_mode
         self.mode = mode
         self.fast = fast = not mode.startswith('faithful')
-        # the config train.py builds for this mode (train_cfg.mode / amp_dtype, fused AdamW, no checkpointing)
-        cfg = set_train_mode(copy.deepcopy(cfg), fast=fast, amp_dtype='bf16' if mode == 'fast-bf16' else 'fp16')
-        cfg.model.train_cfg['cuda_graph'] = not mode.endswith('-eager')
-        self.model = build_model(cfg, device, with_cp=not fast, state=state).train()
+        # the config train.py builds for this mode (train_cfg.mode / amp_dtype, fused AdamW, checkpointing)
+        cfg = copy.deepcopy(cfg)
+        cfg.model.setdefault('train_cfg', {})['cuda_graph'] = not mode.endswith('-eager')
+        cfg = set_train_mode(cfg, fast=fast, amp_dtype='bf16' if mode == 'fast-bf16' else 'fp16')
+        self.model = build_model(cfg, device, state=state).train()
         self.model.fp16_enabled = mode != 'fast-bf16'   # what the fp16 / sync-free hooks' wrap_fp16_model sets
         self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier

@@ -10,9 +10,11 @@ shape (weights, ring buffers): no host synchronisation, no data-dependent shapes
 branches on tensor values. Replay runs exactly the kernels of the capture, so its outputs equal
 those of calling the function eagerly with the same inputs.
 """
+import functools
 import warnings
 
 import torch
+import torch.utils._pytree
 
 __all__ = ['GraphedFunction', 'GraphedTrainingFunction', 'without_dropout']
 
@@ -91,6 +93,8 @@ class GraphedTrainingFunction:
     requirements as `GraphedFunction`, and: the parameters keep their storage (the optimizer updates
     them in place), the outputs are the graph's buffers (valid until the next call), and random ops
     (dropout) draw fresh numbers at every replay, but not the numbers the eager function would draw.
+    The parameters' gradients are copied out of the graph's buffers (`_own_parameter_grads`), so
+    that gradients accumulate over several backward passes (gradient accumulation) as they do eagerly.
     Eager where a graph does not apply: CPU tensors, no autograd, `module` in eval mode.
     """
 
@@ -108,7 +112,11 @@ class GraphedTrainingFunction:
             graphed = self.graphs[key] = self._capture(tensors, static)
         if graphed is EAGER:
             return self.fn(*tensors, **static)
-        return graphed(*tensors)
+        outputs = graphed(*tensors)
+        node = next(t.grad_fn for t in torch.utils._pytree.tree_leaves(outputs)
+                    if isinstance(t, torch.Tensor) and t.grad_fn is not None)
+        node.register_hook(functools.partial(_own_parameter_grads, len(tensors)))
+        return outputs
 
     def _capture(self, tensors, static):
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
@@ -122,11 +130,26 @@ class GraphedTrainingFunction:
             return EAGER
 
 
+def _own_parameter_grads(num_inputs, grad_inputs, grad_outputs):
+    """Hook on a graphed function's backward node, whose inputs are `num_inputs` tensors, then the
+    parameters: their gradients as new tensors instead of the graph's static buffers.
+
+    Autograd stores a parameter's first gradient of a step as `param.grad` without a copy (the
+    buffer's detached alias would become `param.grad`). The next replay overwrites that buffer, and a
+    second backward pass before `zero_grad` would add the new gradient to itself. One multi-tensor
+    copy per backward pass prevents it. The inputs' gradients (the image features') flow on into the
+    backbone's backward and are not kept: they stay the graph's buffers.
+    """
+    params = [g for g in grad_inputs[num_inputs:] if g is not None]
+    fresh = iter(torch._foreach_mul(params, 1.0) if params else ())   # x * 1.0: a bit-exact copy
+    return grad_inputs[:num_inputs] + tuple(None if g is None else next(fresh) for g in grad_inputs[num_inputs:])
+
+
 def without_dropout(model):
     """`model` with every dropout probability set to 0 (nn.Dropout, nn.MultiheadAttention), returned.
 
     Graph replays and the fast kernels (SDPA) draw other random numbers than the eager code, so the
-    comparisons of one with the other (tests, benchmarks/diagnose_training_graph.py) run without dropout.
+    comparisons of one with the other (tests) run without dropout.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
