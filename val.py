@@ -35,7 +35,7 @@ def parse_args(argv=None):
                         help='samples per process and forward; above 1 the model runs offline (every frame\'s '
                              'images per sample, no feature cache), which pays on a GPU')
     parser.add_argument('--fast', action='store_true',
-                        help='fast test mode: fp16 backbone, fused decoder kernels (test_cfg.mode=fast, '
+                        help='fast test mode: bf16 backbone, TF32 and fused decoder kernels (test_cfg.mode=fast, '
                              'docs/performance.md); default: faithful, the original\'s arithmetic')
     parser.add_argument('--no-cuda-graph', action='store_true',
                         help='launch the test step\'s kernels one by one instead of replaying a CUDA graph')

@@ -30,7 +30,7 @@ __all__ = ['OPS', 'parse_losses_lazy', 'tf32_matmuls']
 
 @contextlib.contextmanager
 def tf32_matmuls(enabled):
-    """float32 matrix products on TF32 tensor cores inside the block (fast training), restored after.
+    """float32 matrix products on TF32 tensor cores inside the block (the fast modes), restored after.
 
     A CUDA graph captured inside keeps the TF32 kernels it recorded.
     """
@@ -100,9 +100,9 @@ class OPS(BaseDetector):
             decoder runs eagerly: a graph of it did not pass the GPU check (docs/performance.md).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
-            backbone and FPN under fp16 autocast on NHWC tensors; a float32 decoder with the projection
-            without per-point matrix copies, compiled mixing and the self-attention as one fused kernel,
-            fp16 from HALF_MIN_QUERIES queries on; docs/performance.md); `cuda_graph` (default True): on CUDA, replay each test
+            backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
+            the projection without per-point matrix copies and the self-attention as one fused kernel,
+            docs/performance.md); `cuda_graph` (default True): on CUDA, replay each test
             step (backbone, feature cache, decoder, post-processing) from a CUDA graph, which computes
             exactly what the same step computes eagerly; `offline_fp16` (default True): in faithful
             offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
@@ -252,11 +252,10 @@ class OPS(BaseDetector):
 
     # ------------------------------------------------------------------ test steps (static shapes)
     def test_amp_dtype(self, online):
-        """Autocast dtype of the backbone at test time: fp16 in fast mode (bf16's 8-bit mantissa moved more
-        voxels, docs/performance.md); in faithful mode fp32 online (as the original) and offline the fp16
-        autocast that the original's multi-GPU test enables."""
+        """Autocast dtype of the backbone at test time: bf16 in fast mode; in faithful mode fp32 online
+        (as the original) and offline the fp16 autocast that the original's multi-GPU test enables."""
         if self.test_mode == 'fast':
-            return torch.float16
+            return torch.bfloat16
         return torch.float16 if (self.offline_fp16 and not online) else None
 
     def _image_feats(self, img, amp_dtype):
@@ -274,12 +273,12 @@ class OPS(BaseDetector):
         return self._decode([f.flatten(0, 1) for f in frames], occ2img, image_h, image_w)
 
     def _decode(self, feats, occ2img, image_h, image_w):
-        """Decoder + post-processing of the test step (float32 in both modes: TF32 products moved more
-        voxels, docs/performance.md) on features in the sampling layout (`transformer.sampling_layout`)
-        -> the occupied cells of each sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
+        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode) on
+        features in the sampling layout (`transformer.sampling_layout`) -> the occupied cells of each
+        sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
         fast = self.test_mode == 'fast'
         head = self.pts_bbox_head
-        with torch.autocast(occ2img.device.type, enabled=False):
+        with torch.autocast(occ2img.device.type, enabled=False), tf32_matmuls(fast and occ2img.is_cuda):
             outs = head.forward_geometry(feats, occ2img, image_h, image_w, fast=fast)
             return pack_occupied(head.get_occ_grids(outs, fast=fast), head.empty_label)
 
