@@ -116,10 +116,11 @@ def set_train_mode(cfg, fast=False, amp_dtype='fp16'):
     `fast`: the model keeps its log values on the device (`model.train_cfg.mode='fast'`), AdamW runs
     fused (`optimizer.fused=True`), and the backbone runs without gradient checkpointing (the same
     function, computed once instead of recomputed in the backward pass; more memory).
-    In both modes the decoder trains without gradient checkpointing, so that on CUDA its forward and
-    backward replay from CUDA graphs (`model.train_cfg.cuda_graph`, default on; a graph keeps the
-    activations anyway). With `model.train_cfg.cuda_graph=False` the faithful mode keeps the
-    config's decoder checkpointing (the least memory) and runs the decoder eagerly.
+    In both modes the decoder of a detector that can graph it (`TRAIN_DECODER_GRAPHS`: OPS, not
+    OPUS-V2) trains without gradient checkpointing, so that on CUDA its forward and backward replay
+    from CUDA graphs (`model.train_cfg.cuda_graph`, default on; a graph keeps the activations anyway).
+    With `model.train_cfg.cuda_graph=False` the faithful mode keeps the config's decoder checkpointing
+    (the least memory) and runs the decoder eagerly.
     `amp_dtype`: the backbone's autocast dtype on CUDA ('fp16' with the fp16 optimizer hook's static
     loss scale, as the original, or 'bf16').
     """
@@ -129,6 +130,8 @@ def set_train_mode(cfg, fast=False, amp_dtype='fp16'):
     if fast:
         cfg.optimizer['fused'] = True
         cfg.model.img_backbone['with_cp'] = False
-    if fast or cfg.model.train_cfg.get('cuda_graph', True):
+    from mmdet.models import DETECTORS
+    graphs = getattr(DETECTORS.get(cfg.model.type), 'TRAIN_DECODER_GRAPHS', False)
+    if fast or (graphs and cfg.model.train_cfg.get('cuda_graph', True)):
         cfg.model.pts_bbox_head.transformer['with_cp'] = False
     return cfg

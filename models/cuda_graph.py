@@ -3,7 +3,7 @@
 OPS's inference step launches several hundred small kernels per sample, and the decoder of a training
 step a few thousand (forward and backward); on a Hopper GPU the host cannot issue them as fast as the
 GPU runs them. A graph replays them with one launch: `GraphedFunction` the inference step,
-`GraphedTrainingFunction` a differentiable function's forward and backward (the fast training path's
+`GraphedTrainingFunction` a differentiable function's forward and backward (the training
 decoder).
 The function must be a pure function of its tensor inputs and of module state that does not change
 shape (weights, ring buffers): no host synchronisation, no data-dependent shapes, no Python

@@ -108,6 +108,7 @@ class OPS(BaseDetector):
             offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
             test does (online it runs fp32, as the original).
     """
+    TRAIN_DECODER_GRAPHS = True   # the training decoder can replay from CUDA graphs (engine/build.py: set_train_mode)
     CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
     TEST_MODES = ('faithful', 'fast')
     # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img

@@ -24,6 +24,7 @@ class OPUSV2(OPS):
     model; V2 has nothing to replay, so this is silent).
     """
     PROJECTION_KEY = 'ego2img'
+    TRAIN_DECODER_GRAPHS = False   # so train.py keeps the configs' decoder checkpointing in faithful mode
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -192,8 +192,11 @@ def test_train_py_turns_the_decoder_checkpointing_off_unless_graphs_are_off():
     assert not decoder_cp(faithful) and faithful.model.img_backbone.with_cp
     fast = set_train_mode(copy.deepcopy(cfg), fast=True)
     assert not decoder_cp(fast) and not fast.model.img_backbone.with_cp
-    cfg.model.setdefault('train_cfg', {})['cuda_graph'] = False        # the least memory: as the config says
-    assert decoder_cp(set_train_mode(copy.deepcopy(cfg)))
+    # the least memory, as the config says: train.py --cfg-options model.train_cfg.cuda_graph=False
+    eager = load_config('configs/ops-t_r50_704x256_8f_12e.py', {'model.train_cfg.cuda_graph': False})
+    assert decoder_cp(set_train_mode(eager))
+    v2 = load_config('configs/opusv2-t_r50_704x256_8f_50e.py')      # OPUS-V2 cannot graph its decoder
+    assert decoder_cp(set_train_mode(copy.deepcopy(v2))) and not decoder_cp(set_train_mode(v2, fast=True))
 
 
 def test_graphed_parameter_gradients_accumulate_over_backward_passes():
