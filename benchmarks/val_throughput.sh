@@ -15,7 +15,8 @@ keyframes=${2:-40}
 device=${DEVICE:-cuda}
 world=${WORLD:-/tmp/synthetic_fullsize}
 py=${PYTHON:-python}
-$py tools/make_synthetic_nuscenes.py --out "$world" --train-scenes 1 --val-scenes 2 --keyframes "$keyframes" \
+# one BLAS thread per rendering process: with a process per core, more oversubscribe the host
+OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $py tools/make_synthetic_nuscenes.py --out "$world" --train-scenes 1 --val-scenes 2 --keyframes "$keyframes" \
     --scale 1.0 --workers "$(nproc)" --skip-if-exists --quiet
 $py gen_sweep_info.py --data-root "$world" --version v1.0-mini --out-dir "$world" > /dev/null
 for mode in faithful fast; do
