@@ -1,0 +1,95 @@
+"""DDP over two GPUs with the training decoder replayed from CUDA graphs (the default of train.py on
+CUDA): the gradients DDP leaves in `param.grad` after two accumulated backward passes per rank equal
+the eager gradient of the four micro-batches, averaged over the ranks as DDP averages.
+
+Needs two CUDA GPUs (it skips otherwise); NCCL. Gradients may differ by the rounding of the atomic
+additions in the sampling op's and cuDNN's backward and of the all-reduce: an eager model computed twice
+measures that noise, and the graph must stay within 1e-4 or 4x it (as in test_train_step.py).
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dist_helpers import free_port
+from models.cuda_graph import EAGER, without_dropout
+from tiny_detector import build, gt, images, metas_for, tiny_cfg
+
+pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
+
+WORLD = 2
+MICRO_BATCHES = 2    # per rank and step: gradient accumulation, as train.py on fewer GPUs than the total batch
+
+
+def tiny_model(cuda_graph):
+    built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='faithful', cuda_graph=cuda_graph))
+    for module in built.modules():       # train.py trains the decoder without checkpointing (set_train_mode)
+        if hasattr(module, 'with_cp'):
+            module.with_cp = False
+    return without_dropout(built)
+
+
+def losses(model, seed, device):
+    np.random.seed(seed)                  # photometric distortion
+    sem, mask = (t.to(device) for t in gt(1))
+    img = torch.cat([images(1, seed=seed), images(0, seed=seed)])[None].to(device)
+    out = model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem, mask_camera=mask)
+    return sum(v for k, v in out.items() if 'loss' in k)
+
+
+def micro_batch_seed(rank, index):
+    return rank * MICRO_BATCHES + index
+
+
+def _rank(rank, port, state_path, out_path):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), NCCL_NVLS_ENABLE='0')
+    torch.distributed.init_process_group('nccl', rank=rank, world_size=WORLD)
+    try:
+        device = torch.device('cuda', rank)
+        torch.cuda.set_device(device)
+        model = tiny_model(cuda_graph=True)
+        model.load_state_dict(torch.load(state_path, map_location='cpu'))
+        model = model.to(device).train()
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank], broadcast_buffers=False)
+        grads = []
+        for step in range(2):             # capture at the first call, replay at the second
+            model.zero_grad(set_to_none=True)
+            for index in range(MICRO_BATCHES):
+                losses(ddp, 100 * step + micro_batch_seed(rank, index), device).backward()
+            grads.append({n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None})
+        graphs = list(model._train_decoder.graphs.values())
+        if rank == 0:
+            torch.save(dict(grads=grads, graphed=len(graphs) == 1 and graphs[0] is not EAGER), out_path)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_the_graphed_decoder_accumulates_the_averaged_gradient(tmp_path):
+    reference = tiny_model(cuda_graph=False)
+    state_path, out_path = tmp_path / 'state.pth', tmp_path / 'grads.pth'
+    torch.save(reference.state_dict(), state_path)
+    torch.multiprocessing.spawn(_rank, args=(free_port(), str(state_path), str(out_path)), nprocs=WORLD)
+    result = torch.load(out_path)
+    assert result['graphed'], 'the decoder was not replayed from a graph under DDP'
+
+    device = torch.device('cuda', 0)
+    reference = reference.to(device).train()
+
+    def eager_grads(step):
+        reference.zero_grad(set_to_none=True)
+        for rank in range(WORLD):
+            for index in range(MICRO_BATCHES):
+                (losses(reference, 100 * step + micro_batch_seed(rank, index), device) / WORLD).backward()
+        return {n: p.grad.cpu() for n, p in reference.named_parameters() if p.grad is not None}
+
+    def relative_differences(grads, ref):
+        return {n: ((grads[n] - g).norm() / g.norm().clamp(min=1e-12)).item() for n, g in ref.items()}
+
+    for step, graphed in enumerate(result['grads']):   # the weights stay put: both steps see the same model
+        expected, again = eager_grads(step), eager_grads(step)
+        assert graphed.keys() == expected.keys() and len(expected) > 50
+        noise = max(relative_differences(again, expected).values())
+        for name, err in relative_differences(graphed, expected).items():
+            assert err < max(1e-4, 4 * noise), (f'step {step}, {name}: DDP + graph gradients differ by {err:.2e} '
+                                                f'(relative norm); eager twice by up to {noise:.2e}')
