@@ -108,7 +108,8 @@ class OPS(BaseDetector):
             offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
             test does (online it runs fp32, as the original).
     """
-    TRAIN_DECODER_GRAPHS = True   # the training decoder can replay from CUDA graphs (engine/build.py: set_train_mode)
+    # the training decoder can replay from CUDA graphs (graphs_train_decoder, engine/build.py: set_train_mode)
+    TRAIN_DECODER_GRAPHS = True
     CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
     TEST_MODES = ('faithful', 'fast')
     # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img
@@ -395,10 +396,11 @@ class OPS(BaseDetector):
             return head.loss(voxel_semantics, mask_camera, outs)
 
     def graphs_train_decoder(self):
-        """Whether training replays the decoder from CUDA graphs (on CUDA tensors): `train_cfg.cuda_graph`, when
-        no decoder layer recomputes in the backward pass (gradient checkpointing), in either train mode."""
+        """Whether training replays the decoder from CUDA graphs (on CUDA tensors): `train_cfg.cuda_graph`, for a
+        detector whose decoder can be graphed (`TRAIN_DECODER_GRAPHS`), when no decoder layer recomputes in the
+        backward pass (gradient checkpointing), in either train mode."""
         layers = self.pts_bbox_head.transformer.decoder.decoder_layers
-        return self.train_cuda_graph and not any(layer.with_cp for layer in layers)
+        return self.TRAIN_DECODER_GRAPHS and self.train_cuda_graph and not any(layer.with_cp for layer in layers)
 
     def _train_decoder_fn(self, *tensors, image_h, image_w, fast):
         """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img

@@ -24,11 +24,11 @@ class OPUSV2(OPS):
     model; V2 has nothing to replay, so this is silent).
     """
     PROJECTION_KEY = 'ego2img'
-    TRAIN_DECODER_GRAPHS = False   # so train.py keeps the configs' decoder checkpointing in faithful mode
+    TRAIN_DECODER_GRAPHS = False   # no graphed decoder, and train.py keeps the configs' decoder checkpointing
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.cuda_graph = self.train_cuda_graph = False
+        self.cuda_graph = False
 
     def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):
         """As `OPS.forward_train`; without `mask_camera` every voxel counts as camera-visible (as the original)."""

@@ -47,6 +47,15 @@ def build(seed=0, **kw):
     return model
 
 
+def no_checkpointing(model):
+    """`model` without gradient checkpointing (same function, more memory), returned: as train.py trains
+    the decoder (engine/build.py: set_train_mode)."""
+    for module in model.modules():
+        if hasattr(module, 'with_cp'):
+            module.with_cp = False
+    return model
+
+
 def rig(frames):
     """lidar2img of six cameras around the car, one set per frame (the car moved 0.5 m per frame)."""
     return list(pinhole_rig(frames, [0, -55, 55, 180, 110, -110], H, W, W / 2, 0.5).astype(np.float32))

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from dist_helpers import free_port
+from engine.train_step import parse_losses_lazy
 from models.cuda_graph import EAGER, without_dropout
-from tiny_detector import build, gt, images, metas_for, tiny_cfg
+from tiny_detector import build, gt, images, metas_for, no_checkpointing, tiny_cfg
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
 
@@ -24,18 +25,15 @@ MICRO_BATCHES = 2    # per rank and step: gradient accumulation, as train.py on 
 
 def tiny_model(cuda_graph):
     built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='faithful', cuda_graph=cuda_graph))
-    for module in built.modules():       # train.py trains the decoder without checkpointing (set_train_mode)
-        if hasattr(module, 'with_cp'):
-            module.with_cp = False
-    return without_dropout(built)
+    return without_dropout(no_checkpointing(built))
 
 
 def losses(model, seed, device):
     np.random.seed(seed)                  # photometric distortion
     sem, mask = (t.to(device) for t in gt(1))
     img = torch.cat([images(1, seed=seed), images(0, seed=seed)])[None].to(device)
-    out = model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem, mask_camera=mask)
-    return sum(v for k, v in out.items() if 'loss' in k)
+    return parse_losses_lazy(model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem,
+                                   mask_camera=mask))[0]
 
 
 def micro_batch_seed(rank, index):

@@ -10,7 +10,7 @@ from mmcv.runner import build_optimizer
 from engine.train_step import (LazyLogBuffer, SyncFreeStep, merge_param_groups, parse_losses_lazy,
                                regroup_optimizer_state)
 from models.cuda_graph import without_dropout
-from tiny_detector import build, gt, images, metas_for, tiny_cfg
+from tiny_detector import build, gt, images, metas_for, no_checkpointing, tiny_cfg
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
                  paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=0.1),
@@ -132,14 +132,6 @@ def test_optimizer_state_resumes_across_groupings():
     small = torch.optim.AdamW(torch.nn.Linear(3, 4).parameters())
     with pytest.raises(ValueError, match='holds 6 parameters, this model has 2'):
         regroup_optimizer_state(saved, small)
-
-
-def no_checkpointing(model):
-    """The fast path trains without gradient checkpointing (same function, more memory)."""
-    for module in model.modules():
-        if hasattr(module, 'with_cp'):
-            module.with_cp = False
-    return model
 
 
 def test_non_finite_gradients_skip_the_step_on_the_device():

@@ -16,6 +16,7 @@ import models  # noqa: F401
 from camera_rig import pinhole_rig
 from models.opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from models.opusv2_transformer import OPUSV2Sampling, OPUSV2Transformer
+from tiny_detector import no_checkpointing
 from tiny_opusv2 import TINY_OPUSV2_MODEL_CONFIG
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
@@ -310,3 +311,4 @@ def test_tiny_training_step_and_inference_on_the_cpu():
     assert len(out) == 1 and out[0]['occ_loc'].shape[1] == 3 and len(out[0]['sem_pred']) > 0
     assert out[0]['sem_pred'].shape[0] == out[0]['occ_loc'].shape[0]
     assert model.cuda_graph is False
+    assert not no_checkpointing(model).graphs_train_decoder()   # V2's training decoder always runs eagerly
