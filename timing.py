@@ -30,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument('--workers', type=int, default=None, help='data-loading workers (default: config)')
     parser.add_argument('--cfg-options', '--override', nargs='+', action=DictAction, default={})
     parser.add_argument('--fast', action='store_true',
-                        help='time the fast test mode (bf16 backbone, TF32 and fused decoder kernels)')
+                        help='time the fast test mode (fp16 backbone, TF32 and fused decoder kernels)')
     parser.add_argument('--no-cuda-graph', action='store_true',
                         help='launch the kernels one by one instead of replaying the test step from a CUDA graph')
     add_common_arguments(parser, trust_checkpoint=True)
@@ -100,7 +100,7 @@ def _main(argv):
     print(f'config:    {args.config}')
     print(f'weights:   {weights_note}')
     print(f'device:    {device_name(device)}')
-    precision = 'bf16 backbone (fast)' if args.fast else 'fp32 (faithful)'
+    precision = 'fp16 backbone (fast)' if args.fast else 'fp32 (faithful)'
     graph = 'CUDA graph' if device.type == 'cuda' and not args.no_cuda_graph else 'eager'
     print(f'precision: {precision}, {graph}, batch 1, online mode (feature cache), {samples} samples, '
           f'{args.num_warmup} warm-up' + (f' (the val set has only {len(dataset)})' if samples < args.samples else ''))

@@ -18,6 +18,7 @@ import logging
 import os
 import os.path as osp
 import sys
+import time
 
 # Only light imports before the arguments are parsed (`--help` answers at once); torch, mmcv and
 # mmdet come in main(). A bad input ends with one line (engine/cli.py; --debug for the traceback).
@@ -35,7 +36,7 @@ def parse_args(argv=None):
                         help='samples per process and forward; above 1 the model runs offline (every frame\'s '
                              'images per sample, no feature cache), which pays on a GPU')
     parser.add_argument('--fast', action='store_true',
-                        help='fast test mode: bf16 backbone, TF32 and fused decoder kernels (test_cfg.mode=fast, '
+                        help='fast test mode: fp16 backbone, TF32 and fused decoder kernels (test_cfg.mode=fast, '
                              'docs/performance.md); default: faithful, the original\'s arithmetic')
     parser.add_argument('--no-cuda-graph', action='store_true',
                         help='launch the test step\'s kernels one by one instead of replaying a CUDA graph')
@@ -158,8 +159,10 @@ def _main(argv):
 
     metrics = None
     if rank == 0:
+        start = time.time()
         metrics = evaluate_occupancy(results, data_infos, occ_root, logger=logger, device=device)
         logger.info(format_summary(metrics))
+        logger.info(f'metrics: {len(data_infos)} samples in {time.time() - start:.1f} s on {device}')
         if args.summary_json:
             os.makedirs(osp.dirname(osp.abspath(args.summary_json)), exist_ok=True)
             with open(args.summary_json, 'w') as f:

@@ -6,8 +6,9 @@
 # On a lent GPU machine after `. benchmarks/gpu_session.sh`; DEVICE=cpu for a smoke run. The model has
 # random weights (val.py --random-init): the test step has static shapes, so its time does not depend on
 # them. Prints per run the samples, the wall time of the process, the inference loop's time (val.py's
-# "inference:" log line, graph capture and kernel compilation of the first samples included), its
-# samples/s, and the time the 6,019 Occ3D val samples would take at that rate.
+# "inference:" log line) split into the first sample (graph capture, kernel compilation) and the steady
+# samples/s after it, the metrics' time (the "metrics:" line), and the time the 6,019 Occ3D val samples
+# would take at these rates (first sample + 6,018 at the steady rate + the metrics scaled by samples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:-configs/ops-t_r50_704x256_8f_12e.py}
@@ -27,9 +28,18 @@ for mode in faithful fast; do
         --cfg-options data.val.data_root="$world/" data.val.occ_root="$world/gts/" \
         data.val.ann_file="$world/nuscenes_infos_val_mini_sweep.pkl" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
     wall=$(( $(date +%s) - start ))
-    line=$(grep -o 'inference: [0-9]* samples on rank 0 in [0-9.]* s' "$log" | tail -1)
-    $py -c "import sys; n, loop = int(sys.argv[2]), float(sys.argv[3]); print(f'{sys.argv[1]}: {n} samples, '
-f'val.py wall {sys.argv[4]} s, inference loop {loop:.1f} s, {n / loop:.2f} samples/s -> the 6,019 Occ3D val '
-f'samples in {6019 * loop / n / 60:.1f} min')" "$mode" $(echo "$line" | awk '{print $2, $8}') "$wall"
+    $py - "$mode" "$wall" "$log" <<'PY'
+import re, sys
+mode, wall, text = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read()
+inf = re.findall(r'inference: (\d+) samples on rank 0 in ([\d.]+) s(?:; after the first batch \(([\d.]+) s[^)]*\) '
+                 r'([\d.]+) samples/s)?', text)[-1]
+n, loop = int(inf[0]), float(inf[1])
+first, steady = (float(inf[2]), float(inf[3])) if inf[2] else (loop, n / loop)
+metrics = float(re.findall(r'metrics: \d+ samples in ([\d.]+) s', text)[-1])
+whole = first + 6018 / steady + metrics * 6019 / n
+print(f'{mode}: {n} samples; val.py wall {wall} s; inference loop {loop:.1f} s, of which the first sample {first:.1f} s '
+      f'(capture, compilation), then {steady:.2f} samples/s; metrics {metrics:.1f} s ({n / metrics:.1f} samples/s); '
+      f'the 6,019 Occ3D val samples at these rates: {whole / 60:.1f} min')
+PY
     rm -f "$log"
 done

@@ -44,7 +44,7 @@ def real_sample_count(num_indices, num_samples, rank, world_size):
 
 @torch.no_grad()
 def run_inference(model, data_loader, indices, device, data_infos, save_dir=None, save_count=None,
-                  show_progress=True):
+                  show_progress=True, timing=None):
     """Run the model over this rank's samples; returns the compacted results in sampler order.
 
     Args:
@@ -58,6 +58,9 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             sampler's padding, copies of samples another rank writes (two processes must not write
             one file at once). None = all.
         show_progress (bool): tqdm bar.
+        timing (dict | None): filled with `first_batch_s` (seconds to the first batch's results: data
+            loader start, graph capture and kernel compilation), `first_batch_samples` and `rest_s`
+            (seconds for the other batches: the steady rate).
     """
     from tqdm import tqdm
 
@@ -65,6 +68,8 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
     results = []
     bar = tqdm(total=len(indices), desc='inference', dynamic_ncols=True, disable=not show_progress)
     save_count = len(indices) if save_count is None else save_count
+    start = first_done = time.perf_counter()
+    first_count = 0
     for data in data_loader:
         data = unpack_batch(data, device)
         outputs = model(return_loss=False, rescale=True, **data)
@@ -77,8 +82,13 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             if save_dir is not None and position < save_count:
                 save_prediction(osp.join(save_dir, f'{data_infos[indices[position]]["token"]}.npz'), result)
             results.append(result)
+        if len(results) == len(outputs):
+            first_done, first_count = time.perf_counter(), len(outputs)
         bar.update(len(outputs))
     bar.close()
+    if timing is not None:
+        timing.update(first_batch_s=first_done - start, first_batch_samples=first_count,
+                      rest_s=time.perf_counter() - first_done)
     if len(results) != len(indices):
         raise RuntimeError(f'the data loader yielded {len(results)} samples, expected {len(indices)}')
     return results
@@ -133,9 +143,12 @@ def inference(model, data_loader, dataset, device, rank, world_size, save_dir=No
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
     real = real_sample_count(len(indices), len(dataset), rank, world_size)
-    start = time.time()
+    start, timing = time.time(), {}
     part = run_inference(model, data_loader, indices, device, dataset.data_infos, save_dir, real,
-                         show_progress=rank == 0)
+                         show_progress=rank == 0, timing=timing)
     if logger is not None:
-        logger.info(f'inference: {len(part)} samples on rank {rank} in {time.time() - start:.1f} s')
+        rest = len(part) - timing['first_batch_samples']
+        steady = f'; after the first batch ({timing["first_batch_s"]:.1f} s: graph capture, kernel compilation) ' \
+            f'{rest / timing["rest_s"]:.2f} samples/s' if rest > 0 and timing['rest_s'] > 0 else ''
+        logger.info(f'inference: {len(part)} samples on rank {rank} in {time.time() - start:.1f} s{steady}')
     return collect_results(part, len(dataset))

@@ -10,7 +10,7 @@ inside a FlexAttention kernel (torch.nn.attention.flex_attention, compiled by to
 the centroids and tau, so no Q x Q tensor exists; softmax and the value product are fused.
 
 Measured per layer on one H200 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800
-3.8 ms faithful, 0.75 ms fused in bf16; Q = 600 0.37 ms faithful, 0.28 ms fused in float32 (bf16 is
+3.8 ms faithful, 0.75 ms fused in bf16 (fp16 since 2026-12-02: the same tensor cores); Q = 600 0.37 ms faithful, 0.28 ms fused in float32 (bf16 is
 slower there). Used in eval only: training keeps the faithful path, whose attention dropout
 FlexAttention does not have. On the H200 (2026-12-01) the fast test step with this kernel ran OPS-L
 in 25.1 ms against 64.0 ms before (benchmarks/bench_e2e.py, docs/performance.md).
@@ -33,8 +33,8 @@ __all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL'
            'MIN_HEAD_DIMS']
 
 # From this many queries on, the attention runs in half precision (faster at Q = 4800, slower at Q = 600):
-# bf16 q/k/v in the fused test kernel, whose bias stays float32 inside the kernel; fp16 q/k/v and bias in
-# training's SDPA, whose bias is a tensor of magnitudes up to ~100 (fp16: 10 mantissa bits, bf16: 7).
+# fp16 q/k/v (10 mantissa bits, bf16 has 7) in the fused test kernel, whose bias stays float32 inside the
+# kernel; fp16 q/k/v and bias in training's SDPA, whose bias is a tensor of magnitudes up to ~100.
 HALF_MIN_QUERIES = 2048
 
 # FlexAttention's compiled kernel needs heads of at least 16 channels (OPS: 256 / 8 = 32; the tests'
@@ -96,7 +96,7 @@ def fused_biased_attention(mha, query, centres, tau, compiled=True):
         (no Triton for this GPU, say): then one warning, and the caller keeps its mask path.
     """
     B, Q, C = query.shape
-    dtype = torch.bfloat16 if Q >= HALF_MIN_QUERIES else torch.float32
+    dtype = torch.float16 if Q >= HALF_MIN_QUERIES else torch.float32
     q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
     cx, cy, cz = (c.contiguous() for c in centres.float().unbind(-1))             # [B, Q] each
     args = (q, k, v, cx, cy, cz, tau.float().contiguous())

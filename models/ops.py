@@ -9,7 +9,6 @@ Batch format (docs/architecture.md): `img` uint8 `[B, T*N, 3, H, W]` BGR, frame-
 t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... In online test mode
 only the N key-frame images are given and the history features come from a per-frame cache.
 """
-import contextlib
 import warnings
 from collections import OrderedDict
 
@@ -24,25 +23,9 @@ from .feature_cache import FrameFeatureCache
 from .gpu_image_decode import decode_and_transform
 from .occ_postprocess import pack_occupied
 from .photometric import GpuPhotoMetricDistortion
+from .precision import tf32_matmuls
 
 __all__ = ['OPS', 'parse_losses_lazy', 'tf32_matmuls']
-
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled):
-    """float32 matrix products on TF32 tensor cores inside the block (the fast modes), restored after.
-
-    A CUDA graph captured inside keeps the TF32 kernels it recorded.
-    """
-    if not enabled:
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision('high')
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def parse_losses_lazy(losses):
@@ -100,9 +83,10 @@ class OPS(BaseDetector):
             decoder runs eagerly: a graph of it did not pass the GPU check (docs/performance.md).
         test_cfg (dict): `pts` entries are handed to the head; and the inference path:
             `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
-            backbone and FPN under bf16 autocast on NHWC tensors; in the decoder TF32 matrix products,
-            the projection without per-point matrix copies and the self-attention as one fused kernel,
-            docs/performance.md); `cuda_graph` (default True): on CUDA, replay each test
+            backbone and FPN under fp16 autocast on NHWC tensors; in the decoder TF32 matrix products
+            except the small per-query layers (position encoder, self-attention, FFN, class and offset
+            branches: float32), the projection without per-point matrix copies and the self-attention
+            as one fused kernel, docs/performance.md); `cuda_graph` (default True): on CUDA, replay each test
             step (backbone, feature cache, decoder, post-processing) from a CUDA graph, which computes
             exactly what the same step computes eagerly; `offline_fp16` (default True): in faithful
             offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
@@ -254,10 +238,12 @@ class OPS(BaseDetector):
 
     # ------------------------------------------------------------------ test steps (static shapes)
     def test_amp_dtype(self, online):
-        """Autocast dtype of the backbone at test time: bf16 in fast mode; in faithful mode fp32 online
-        (as the original) and offline the fp16 autocast that the original's multi-GPU test enables."""
+        """Autocast dtype of the backbone at test time: fp16 in fast mode (as fast as bf16 on the same tensor
+        cores, and its 10 mantissa bits move fewer voxels than bf16's 7: docs/performance.md); in faithful
+        mode fp32 online (as the original) and offline the fp16 autocast that the original's multi-GPU test
+        enables."""
         if self.test_mode == 'fast':
-            return torch.bfloat16
+            return torch.float16
         return torch.float16 if (self.offline_fp16 and not online) else None
 
     def _image_feats(self, img, amp_dtype):
@@ -275,7 +261,8 @@ class OPS(BaseDetector):
         return self._decode([f.flatten(0, 1) for f in frames], occ2img, image_h, image_w)
 
     def _decode(self, feats, occ2img, image_h, image_w):
-        """Decoder + post-processing of the test step (float32; TF32 matrix products in fast mode) on
+        """Decoder + post-processing of the test step (float32; in fast mode TF32 matrix products, except in
+        the layers that OPSTransformerDecoderLayer keeps in float32) on
         features in the sampling layout (`transformer.sampling_layout`) -> the occupied cells of each
         sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
         fast = self.test_mode == 'fast'

@@ -25,6 +25,7 @@ from core.geometry import decode_points, encode_points
 from .compiled import CompiledOrNone
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
 from .ops_sampling import sampling_4d
+from .precision import float32_matmuls
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
 __all__ = ['OPSTransformer', 'OPSTransformerDecoder', 'OPSTransformerDecoderLayer', 'OPSSampling',
@@ -268,13 +269,20 @@ class OPSTransformerDecoderLayer(BaseModule):
         B, Q, P_in, _ = query_points.shape
         if P_in != self.in_points:
             raise ValueError(f'decoder layer expects {self.in_points} points per query, got {P_in}')
-        query_feat = query_feat + self.position_encoder(query_points.flatten(2))
+        # The fast test mode keeps these small per-query layers in float32 inside the decoder's TF32: their
+        # rounding reaches the points' voxels and the scores at the threshold directly, and their products
+        # are a small part of the decoder's (docs/performance.md, "Where the fast test mode loses voxels").
+        # Fast training keeps TF32 throughout (its step was measured so).
+        precise = fast and not self.training
+        with float32_matmuls(precise):
+            query_feat = query_feat + self.position_encoder(query_points.flatten(2))
         sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast)
         query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat, fast))
-        query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat, fast))
-        query_feat = self.norm3(self.ffn(query_feat))
-        cls_score = self.cls_head(query_feat)
-        offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
+        with float32_matmuls(precise):
+            query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat, fast))
+            query_feat = self.norm3(self.ffn(query_feat))
+            cls_score = self.cls_head(query_feat)
+            offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
         return query_feat, cls_score, self.refine_points(query_points, offsets)
 
 

@@ -17,6 +17,6 @@ def test_timing_prints_the_protocol_lines(tiny_val_setup, capsys):
     timing.main(['--config', config, '--device', 'cpu', '--num-warmup', '1', '--samples', '50', '--fast'])
     out = capsys.readouterr().out
     assert 'random initialisation' in out and 'the val set has only 3' in out
-    assert 'precision: bf16 backbone (fast)' in out
+    assert 'precision: fp16 backbone (fast)' in out
     with pytest.raises(SystemExit):
         timing.parse_args(['--config', config, '--samples', '5', '--num-warmup', '5'])

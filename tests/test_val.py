@@ -3,6 +3,7 @@ one process (online mode) and two gloo processes (offline mode) giving the same 
 import json
 import os
 import os.path as osp
+import re
 import socket
 import subprocess
 
@@ -58,6 +59,10 @@ def test_random_init_baseline_and_bad_flags(tiny_val_setup, capsys):
     assert metrics['mIoU'] == 0.0  # nothing passes the score threshold: every class IoU is 0
     out = capsys.readouterr().out
     assert 'mIoU 0.00 | RayIoU' in out and '===> mIoU of 3 samples: 0.0' in out and 'IoU (%)' in out
+    # the steady rate leaves out the first sample (graph capture, kernel compilation on a GPU)
+    assert re.search(r'inference: 3 samples on rank 0 in [\d.]+ s; after the first batch \([\d.]+ s: graph capture, '
+                     r'kernel compilation\) [\d.]+ samples/s', out)
+    assert re.search(r'metrics: 3 samples in [\d.]+ s on cpu', out)
     for argv, message in ((['--config', config], 'exactly one of'),
                           (['--config', config, '--weights', checkpoint, '--random-init'], 'exactly one of'),
                           (['--config', config, '--weights', checkpoint, '--batch_size', '0'], 'must be >= 1')):
@@ -108,7 +113,10 @@ def test_batched_offline_inference_matches_online(tiny_val_setup, single_run, ca
     batched = work / 'preds_batched'
     metrics = val.main(['--config', config, '--weights', checkpoint, '--device', 'cpu', '--batch-size', '2',
                         '--save-dir', str(batched)])
-    assert 'offline, faithful, batch 2' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'offline, faithful, batch 2' in out
+    # the first batch holds 2 of the 3 samples: the steady rate is that of the third
+    assert re.search(r'inference: 3 samples on rank 0 in [\d.]+ s; after the first batch', out)
     assert sorted(os.listdir(batched)) == sorted(os.listdir(one))
     for name in os.listdir(one):
         a, b = np.load(one / name), np.load(batched / name)

@@ -137,10 +137,10 @@ def test_online_offline_decision():
     with pytest.raises(ValueError, match='online test mode needs the 6 key-frame images'):
         model.use_online(full[:, :4], metas)
     assert build(online=False).online is False
-    # test-time precision: fast = bf16; faithful = fp32 online, fp16 offline (the original's multi-GPU test)
+    # test-time precision: fast = fp16; faithful = fp32 online, fp16 offline (the original's multi-GPU test)
     assert model.test_amp_dtype(online=True) is None and model.test_amp_dtype(online=False) == torch.float16
     assert build(test_cfg=dict(pts=dict(score_thr=0.5), offline_fp16=False)).test_amp_dtype(online=False) is None
-    assert build(test_cfg=dict(pts=dict(score_thr=0.5), mode='fast')).test_amp_dtype(online=True) == torch.bfloat16
+    assert build(test_cfg=dict(pts=dict(score_thr=0.5), mode='fast')).test_amp_dtype(online=True) == torch.float16
     with pytest.raises(ValueError, match='test_cfg.mode'):
         build(test_cfg=dict(pts=dict(score_thr=0.5), mode='quick'))
     with pytest.raises(ValueError, match='unknown test_cfg keys'):

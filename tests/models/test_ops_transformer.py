@@ -165,6 +165,38 @@ def test_layer_wiring_and_refinement():
     assert torch.allclose(encode_points(decode_points(pts, PC_RANGE), PC_RANGE), pts, atol=1e-6)
 
 
+@pytest.mark.parametrize('training', [False, True])
+def test_fast_test_mode_keeps_the_per_query_layers_in_float32(training):
+    """Inside the decoder's TF32 block (`tf32_matmuls`), the fast test step runs the position encoder,
+    self-attention, FFN and the class / offset branches with full float32 products, the sampling and
+    the mixing with TF32; fast training keeps TF32 throughout; the setting is restored after."""
+    from models.precision import tf32_matmuls
+    torch.manual_seed(6)
+    layer = small_layer().train(training)
+    seen = {}
+    names = ('position_encoder', 'sampling', 'mixing', 'self_attn', 'ffn', 'cls_branch', 'reg_branch')
+
+    def record(name):
+        def hook(module, args):
+            seen.setdefault(name, torch.get_float32_matmul_precision())
+        return hook
+    for name in names:
+        getattr(layer, name).register_forward_pre_hook(record(name))
+    pts, qf, feats, occ2img, H, W = layer_inputs(seed=2)
+    before = torch.get_float32_matmul_precision()
+    with torch.no_grad(), tf32_matmuls(True):
+        layer(pts, qf, feats, occ2img, H, W, fast=True)
+        assert torch.get_float32_matmul_precision() == 'high'
+    assert torch.get_float32_matmul_precision() == before
+    precise = {'high'} if training else {'highest'}
+    assert {seen[n] for n in ('position_encoder', 'self_attn', 'ffn', 'cls_branch', 'reg_branch')} == precise
+    assert {seen['sampling'], seen['mixing']} == {'high'}
+    seen.clear()
+    with torch.no_grad(), tf32_matmuls(True):
+        layer(pts, qf, feats, occ2img, H, W)                   # faithful: the caller's setting everywhere
+    assert set(seen.values()) == {'high'}
+
+
 def test_gradient_checkpointing_is_transparent():
     torch.manual_seed(5)
     a = small_layer(with_cp=False).train()
