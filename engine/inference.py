@@ -143,12 +143,13 @@ def inference(model, data_loader, dataset, device, rank, world_size, save_dir=No
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
     real = real_sample_count(len(indices), len(dataset), rank, world_size)
-    start, timing = time.time(), {}
+    timing = {}
     part = run_inference(model, data_loader, indices, device, dataset.data_infos, save_dir, real,
                          show_progress=rank == 0, timing=timing)
     if logger is not None:
         rest = len(part) - timing['first_batch_samples']
         steady = f'; after the first batch ({timing["first_batch_s"]:.1f} s: graph capture, kernel compilation) ' \
             f'{rest / timing["rest_s"]:.2f} samples/s' if rest > 0 and timing['rest_s'] > 0 else ''
-        logger.info(f'inference: {len(part)} samples on rank {rank} in {time.time() - start:.1f} s{steady}')
+        total = timing['first_batch_s'] + timing['rest_s']
+        logger.info(f'inference: {len(part)} samples on rank {rank} in {total:.1f} s{steady}')
     return collect_results(part, len(dataset))

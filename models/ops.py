@@ -25,7 +25,7 @@ from .occ_postprocess import pack_occupied
 from .photometric import GpuPhotoMetricDistortion
 from .precision import tf32_matmuls
 
-__all__ = ['OPS', 'parse_losses_lazy', 'tf32_matmuls']
+__all__ = ['OPS', 'parse_losses_lazy']
 
 
 def parse_losses_lazy(losses):

@@ -231,7 +231,7 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
     within 1e-4 or 4x it. In fast mode the graph holds the backward's TF32 products, so the eager
     backward runs under TF32 there; and the fast losses stay within TF32 rounding of a faithful model's."""
     from models.cuda_graph import EAGER
-    from models.ops import tf32_matmuls
+    from models.precision import tf32_matmuls
 
     def model(cuda_graph, mode=mode):
         built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode=mode, cuda_graph=cuda_graph))
