@@ -34,6 +34,19 @@ class StopAfterEpochHook(Hook):
             runner._max_epochs = runner.epoch + 1
 
 
+@HOOKS.register_module()
+class SaveInitialWeightsHook(Hook):
+    """Writes the model's weights before the first step to `work_dir/initial_weights.pth` (rank 0): the
+    starting point from which a test measures what training moved."""
+
+    def before_run(self, runner):
+        if runner.rank == 0:
+            import torch
+            model = getattr(runner.model, 'module', runner.model)
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+                       osp.join(runner.work_dir, 'initial_weights.pth'))
+
+
 # The tiny OPS of tests/tiny_ops.py with a 4x narrower ResNet-18 (0.7 M parameters), 1 frame, no dropout and
 # total batch 4.
 TRAIN_CONFIG = '''
@@ -85,7 +98,6 @@ def train_records(work_dir):
             with open(osp.join(work_dir, name)) as f:
                 records += [r for r in map(json.loads, f) if r.get('mode') == 'train']
     return records
-
 
 
 def checkpoint_lr(path):
