@@ -4,7 +4,8 @@
 # The one install path of OPS: the README, CI and developers all call it (through `make env`).
 # Order matters: torch + torchvision first, then mmcv-full 1.7.2 compiled against that torch
 # (its setup.py imports torch and pkg_resources, hence no build isolation and setuptools<81),
-# then the pure-Python stack, then the project itself in development mode.
+# then the pure-Python stack, then the project itself in development mode, then (where nvcc and a GPU
+# are found) the project's CUDA sampling op, built in place for that GPU.
 # A second run returns in seconds when nothing changed (stamp = hash of the inputs + a working
 # import check).
 set -euo pipefail
@@ -20,7 +21,8 @@ log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 
 inputs_hash() {
-    cat tools/install_env.sh requirements/*.txt setup.py pyproject.toml models/csrc/setup.py 2>/dev/null | sha256sum | cut -d' ' -f1
+    cat tools/install_env.sh tools/build_cuda_ops.sh requirements/*.txt setup.py pyproject.toml models/csrc/*.py \
+        models/csrc/*.cu models/csrc/*.cpp 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 
 verify_imports() {
@@ -30,6 +32,10 @@ from mmcv.ops import nms
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]])
 nms(boxes, torch.tensor([0.9, 0.8]), 0.5)  # needs the compiled mmcv._ext matching this torch
 import models, loaders  # noqa: F401  (the project, installed in development mode)
+import glob
+from models.csrc import cuda_op_available
+if glob.glob('models/csrc/_msmv_sampling_cuda*.so'):   # built by tools/build_cuda_ops.sh: it must load
+    assert cuda_op_available(), 'models/csrc/_msmv_sampling_cuda is built but does not import'
 print(f"[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"mmcv {mmcv.__version__}, mmdet {mmdet.__version__}")
 EOF
@@ -54,13 +60,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip_() { "$venv/bin/python" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 pip=(pip_)
 
-log "step 1/6: build tools"
+log "step 1/7: build tools"
 "${pip[@]}" install -q -c "$constraints" "setuptools>=77,<81" wheel
 
-log "step 2/6: torch + torchvision"
+log "step 2/7: torch + torchvision"
 "${pip[@]}" install -q -c "$constraints" torch torchvision
 
-log "step 3/6: mmcv-full 1.7.2 with its ops, compiled against this torch (about 11 min on 2 cores when not cached)"
+log "step 3/7: mmcv-full 1.7.2 with its ops, compiled against this torch (about 11 min on 2 cores when not cached)"
 install_mmcv() {
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${pip[@]}" install -q --no-build-isolation \
         -c "$constraints" "$@" mmcv-full
@@ -76,7 +82,7 @@ if ! mmcv_ok; then
     fi
 fi
 
-log "step 4/6: system JPEG library for pyturbojpeg"
+log "step 4/7: system JPEG library for pyturbojpeg"
 if ldconfig -p 2>/dev/null | grep -q libturbojpeg; then
     log "libturbojpeg present"
 elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -89,7 +95,7 @@ else
     log "For faster loading install it yourself (Debian/Ubuntu: apt-get install libturbojpeg0)."
 fi
 
-log "step 5/6: mmdet, nuscenes-devkit and the rest"
+log "step 5/7: mmdet, nuscenes-devkit and the rest"
 "${pip[@]}" install -q -c "$constraints" -r requirements/runtime.txt
 
 # pillow-simd is optional, as in the original code: a faster drop-in PIL when it compiles here.
@@ -102,8 +108,11 @@ if [ "${OPS_SKIP_PILLOW_SIMD:-0}" != 1 ] && ! "$venv/bin/python" -c "import PIL,
     fi
 fi
 
-log "step 6/6: OPS in development mode"
+log "step 6/7: OPS in development mode"
 "${pip[@]}" install -q --no-build-isolation --no-deps -e .
+
+log "step 7/7: the CUDA sampling op (models/csrc), where nvcc and a GPU are found"
+bash tools/build_cuda_ops.sh "$venv/bin/python" || die "the CUDA sampling op failed to build (see above)"
 
 "${pip[@]}" check || die "pip check found broken requirements (see above)"
 verify_imports || die "the environment does not import (see the traceback above)"

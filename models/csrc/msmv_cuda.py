@@ -9,8 +9,8 @@ P points; for the kNN, M query and K reference points.
 * :func:`knn1_cuda` - exact 1-nearest-neighbour indices for the head's matching (docs/method.md, "Losses").
 
 Importing this module raises ImportError when the extension is not built (callers fall back to
-PyTorch on that signal). Build it with ``cd models/csrc && FORCE_CUDA=1 python setup.py build_ext
---inplace`` (or ``pip install -e .`` where a CUDA toolkit is present).
+PyTorch on that signal). ``make env`` builds it where nvcc and a GPU are found (tools/build_cuda_ops.sh);
+by hand: ``cd models/csrc && python setup.py build_ext --inplace``.
 """
 import torch
 from torch.autograd.function import once_differentiable

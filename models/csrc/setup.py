@@ -3,10 +3,10 @@ import sys
 
 from setuptools import setup
 
-from build import cuda_available, cuda_extensions
+from build import cuda_extensions, unavailable_reason
 
-if not cuda_available():
-    sys.exit('models/csrc: no CUDA toolkit or GPU found (set FORCE_CUDA=1 to build without a GPU); '
-             'OPS runs on the PyTorch fallback without this extension.')
+if unavailable_reason() is not None:
+    sys.exit(f'models/csrc: not built: {unavailable_reason()}. '
+             'OPS runs on the exact PyTorch fallback without this extension.')
 ext_modules, cmdclass = cuda_extensions()
 setup(name='msmv_sampling', ext_modules=ext_modules, cmdclass=cmdclass)
