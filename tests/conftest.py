@@ -61,9 +61,10 @@ def tiny_val_setup(synthetic_infos, tmp_path_factory):
     config = work / 'tiny_ops.py'
     config.write_text(TINY_VAL_CONFIG.format(root=synthetic_infos.root, occ_root=osp.join(synthetic_infos.root, 'gts'),
                                              ann_file=synthetic_infos.val))
-    import models  # noqa: F401
     from mmcv import Config
     from mmdet.models import build_detector
+
+    import models  # noqa: F401
     torch.manual_seed(0)
     model = build_detector(Config.fromfile(str(config)).model)
     model.init_weights()

@@ -146,6 +146,8 @@ def write_nuscenes_tables(kf, root, version='v1.0-mini', occ_labels=OCC3D_LABELS
     log_token, scene_token, map_token = _token('log'), _token('scene'), _token('map')
     lidar_sd_token = _token('sample_data', 'LIDAR_TOP')
     lidar_ts = timestamp_us(kf.lidar_path)
+    # seconds in float64 (spacing 0.24 us at 1.5e9 s) times 1e6 (spacing 0.25 us): within ~0.25 us of whole
+    # microseconds; 1 us is the stamps' resolution
     if abs(lidar_ts - info['timestamp'] * 1e6) > 1:
         raise AssertionError(f'LiDAR file name stamp {lidar_ts} differs from the info timestamp {info["timestamp"]}')
     tables = {name: [] for name in ('category', 'attribute', 'visibility', 'instance', 'sample_annotation')}
@@ -185,7 +187,7 @@ def write_nuscenes_tables(kf, root, version='v1.0-mini', occ_labels=OCC3D_LABELS
     for cam in CAMERAS:
         im = info['images'][cam]
         ts = timestamp_us(kf.image_paths[cam])
-        if abs(ts - im['timestamp'] * 1e6) > 1:
+        if abs(ts - im['timestamp'] * 1e6) > 1:  # as for the LiDAR stamp above
             raise AssertionError(f'{cam}: file name stamp {ts} differs from the info timestamp {im["timestamp"]}')
         add(cam, 'camera', im['sample_data_token'], np.asarray(im['cam2ego'], dtype=np.float64),
             camera_ego2global(info, cam), ts, kf.image_paths[cam],
@@ -213,7 +215,8 @@ def match_cam_instances(info, cam):
     out = []
     for ci in info['cam_instances'][cam]:
         dims = np.asarray(ci['bbox_3d'][3:6], dtype=np.float64)
-        cand = np.nonzero((labels == ci['bbox_label_3d']) & np.all(np.abs(boxes[:, [3, 5, 4]] - dims) < 1e-6, 1))[0]
+        # the same annotation sizes, stored in both lists as the same float32 values: compared exactly
+        cand = np.nonzero((labels == ci['bbox_label_3d']) & np.all(boxes[:, [3, 5, 4]] == dims, 1))[0]
         if len(cand) != 1:
             raise AssertionError(f'{cam}: {len(cand)} instances match a camera box of size {dims}')
         out.append(int(cand[0]))

@@ -13,6 +13,14 @@ from tools.synthetic import calib, writer
 
 CAMS = calib.CAMERA_NAMES
 SWEEP_DT = 1e6 / 12  # microseconds between camera images
+EPS = np.finfo(np.float64).eps
+# Poses travel through the tables as quaternions (Shepperd's method, normalisation, back to a matrix: ~13 float64
+# roundings of O(1) numbers, ~7 EPS per rotation entry) and gen_sweep_info multiplies and inverts up to four of
+# them: <= ~30 EPS on rotation entries
+ROT_ATOL = 64 * EPS
+# Translations are global positions (<= 200 m in this world) run through the same products and a 4x4 inverse:
+# the same few dozen roundings, on numbers up to 200 m
+TRANS_ATOL = 64 * EPS * 200
 
 
 def load(path):
@@ -48,8 +56,9 @@ def test_key_frame_fields_match_the_ground_truth(synthetic_infos, split):
         assert info['occ_path'] == osp.join(world_ns.root, 'gts', scene_cfg.name, info['token'], 'labels.npz')
         assert osp.isfile(info['occ_path'])
         ego = scene_cfg.ego_pose(t_key, world)
-        np.testing.assert_allclose(info['ego2global_translation'], ego[:3, 3], atol=1e-9)
-        np.testing.assert_allclose(info['lidar2ego_translation'], calib.lidar_translation(), atol=1e-12)
+        # copied from the tables, which hold the writer's float64 values (JSON round-trips them exactly): equal
+        np.testing.assert_array_equal(info['ego2global_translation'], ego[:3, 3])
+        np.testing.assert_array_equal(info['lidar2ego_translation'], calib.lidar_translation())
         assert list(info['cams']) == list(CAMS)
         for cam, entry in info['cams'].items():
             t_cam = t_key + int(round(calib.CAMERA_TIME_OFFSETS[cam] * 1e6))
@@ -57,12 +66,13 @@ def test_key_frame_fields_match_the_ground_truth(synthetic_infos, split):
             cam2lidar = np.linalg.inv(lidar2global) @ cam2global
             assert entry['timestamp'] == t_cam and entry['type'] == cam
             assert entry['data_path'] == osp.join(world_ns.root, writer.image_filename(scene_cfg, cam, t_cam, True))
-            np.testing.assert_allclose(entry['sensor2lidar_rotation'], cam2lidar[:3, :3], atol=1e-9)
-            np.testing.assert_allclose(entry['sensor2lidar_translation'], cam2lidar[:3, 3], atol=1e-9)
+            np.testing.assert_allclose(entry['sensor2lidar_rotation'], cam2lidar[:3, :3], atol=ROT_ATOL)
+            np.testing.assert_allclose(entry['sensor2lidar_translation'], cam2lidar[:3, 3], atol=TRANS_ATOL)
             # row convention: the transpose of camera -> global
-            np.testing.assert_allclose(entry['sensor2global_rotation'], cam2global[:3, :3].T, atol=1e-9)
-            np.testing.assert_allclose(entry['sensor2global_translation'], cam2global[:3, 3], atol=1e-9)
-            np.testing.assert_allclose(entry['cam_intrinsic'], calib.camera_intrinsic(cam, scene_cfg.scale))
+            np.testing.assert_allclose(entry['sensor2global_rotation'], cam2global[:3, :3].T, atol=ROT_ATOL)
+            np.testing.assert_allclose(entry['sensor2global_translation'], cam2global[:3, 3], atol=TRANS_ATOL)
+            # copied from the tables (JSON round-trips float64 exactly)
+            np.testing.assert_array_equal(entry['cam_intrinsic'], calib.camera_intrinsic(cam, scene_cfg.scale))
             assert not {'sample_data_token', 'sensor2ego_rotation', 'ego2global_rotation'} & set(entry)
 
 
@@ -78,11 +88,14 @@ def test_camera_sweeps_are_the_five_previous_images_of_each_camera(synthetic_inf
             assert list(entry) == list(CAMS)
             for cam, e in entry.items():
                 t_expected = scene_cfg.key_time(k) + calib.CAMERA_TIME_OFFSETS[cam] * 1e6 - (j + 1) * SWEEP_DT
-                assert abs(e['timestamp'] - t_expected) <= 2
-                assert e['data_path'] == osp.join(world_ns.root, writer.image_filename(scene_cfg, cam, e['timestamp'], False))
+                # the writer rounds each stamp to whole microseconds (<= 0.5 us); t_expected is float64 arithmetic
+                # at 1.6e15 us (spacing 0.25 us: three operations, <= 0.375 us)
+                assert abs(e['timestamp'] - t_expected) <= 1
+                assert e['data_path'] == osp.join(world_ns.root,
+                                                  writer.image_filename(scene_cfg, cam, e['timestamp'], False))
                 cam2global = scene_cfg.ego_pose(e['timestamp'], world) @ writer.sensor2ego(cam)
-                np.testing.assert_allclose(e['sensor2global_rotation'], cam2global[:3, :3].T, atol=1e-9)
-                np.testing.assert_allclose(e['sensor2global_translation'], cam2global[:3, 3], atol=1e-9)
+                np.testing.assert_allclose(e['sensor2global_rotation'], cam2global[:3, :3].T, atol=ROT_ATOL)
+                np.testing.assert_allclose(e['sensor2global_translation'], cam2global[:3, 3], atol=TRANS_ATOL)
                 assert set(e) == {'data_path', 'sensor2global_rotation', 'sensor2global_translation',
                                   'cam_intrinsic', 'timestamp'}
     # LiDAR sweeps: only key-frame scans exist in the synthetic world
@@ -145,7 +158,8 @@ def test_extends_existing_mmdet3d_pickles_keeping_order_and_extra_fields(synthet
     for e in extended:
         ref = by_token[e['token']]
         assert e['scene_name'] == ref['scene_name'] and len(e['cam_sweeps']) == len(ref['cam_sweeps'])
-        np.testing.assert_allclose(e['cams']['CAM_BACK']['sensor2lidar_rotation'],
-                                   ref['cams']['CAM_BACK']['sensor2lidar_rotation'])
+        # the same computation on the same tables: equal
+        np.testing.assert_array_equal(e['cams']['CAM_BACK']['sensor2lidar_rotation'],
+                                      ref['cams']['CAM_BACK']['sensor2lidar_rotation'])
     # the val split had no mmdet3d pickle: built from the tables
     assert len(load(written['val_mini'][0])['infos']) == 3

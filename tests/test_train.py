@@ -4,16 +4,14 @@ import os.path as osp
 import pickle
 import socket
 import subprocess
-
-import numpy as np
 import sys
 
+import numpy as np
 import pytest
 import torch
 from mmcv.runner import HOOKS, Hook
 
 import train
-
 from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES, TINY_TRAIN_DATA_AND_ADAMW, write_tiny_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -190,10 +188,18 @@ def test_fast_training_path_follows_the_faithful_loss_curve(tiny_config, tmp_pat
 
     a, b = losses(faithful), losses(fast)
     assert len(a) == len(b) > 0
-    np.testing.assert_allclose(b, a, rtol=2e-3)
+    # The fast projection rounds differently (~1e-7 of the losses, see tests/engine/test_train_step.py) and the
+    # weights then differ where AdamW turned gradient noise into steps: on gradients that are zero or at the noise
+    # level, which the losses feel only to second order (rtol 1e-5); the JSON log rounds to 5 decimals, so two
+    # nearly equal losses can print one unit of the last decimal apart (atol 2e-5)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-5)
     wa, wb = final_weights(faithful), final_weights(fast)
     assert wa.keys() == wb.keys()
+    # Worst case, the rounding noise gives a weight the opposite AdamW step in the two runs at every iteration: each
+    # step is lr * m / (sqrt(v) + eps) with |m| / sqrt(v) <= 1.005 over three steps (beta 0.9, 0.999), and the lrs of
+    # the three iterations (linear warmup from 1/3 over 2 iterations, then 2e-4) sum to 4e-4: <= 2 x 1.005 x 4e-4 =
+    # 8.0e-4, whatever the weight's size
     for key in wa:
         if wa[key].is_floating_point():
-            torch.testing.assert_close(wb[key], wa[key], rtol=1e-2, atol=1e-3, msg=key)
+            torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-3, msg=key)
     assert any('fast training path' in r.getMessage() for r in caplog.records)

@@ -15,6 +15,7 @@ def test_constants_are_consistent():
     assert occ3d.LABEL_NAMES[:17] == occ3d.CLASS_NAMES and occ3d.LABEL_NAMES[occ3d.FREE_LABEL] == 'free'
     assert occ3d.CLASS_NAMES[11] == 'driveable_surface' and occ3d.CLASS_NAMES[16] == 'vegetation'
     lo, hi = occ3d.POINT_CLOUD_RANGE[:3], occ3d.POINT_CLOUD_RANGE[3:]
+    # round(): (b - a) / v of the decimal constants is a whole number up to float64 rounding (~1e-14 of it)
     assert tuple(round((b - a) / v) for a, b, v in zip(lo, hi, occ3d.VOXEL_SIZE)) == occ3d.GRID_SHAPE == (200, 200, 16)
     assert occ3d.CAMERA_NAMES[0] == 'CAM_FRONT' and occ3d.NUM_VIEWS == len(set(occ3d.CAMERA_NAMES)) == 6
 
@@ -74,7 +75,8 @@ def test_bad_label_files_name_the_file_and_the_fix(tmp_path):
     write_labels(small, shape=(100, 100, 16))
     cases = [(str(truncated), r'truncated.npz: not a readable labels.npz \(300 bytes; '),
              (str(text), r'text.npz: not a readable labels.npz \(9 bytes; '),
-             (no_mask, r"no_mask.npz: lacks the array\(s\) \['mask_lidar', 'mask_camera'\] \(it holds \['semantics'\]\)"),
+             (no_mask, r"no_mask.npz: lacks the array\(s\) \['mask_lidar', 'mask_camera'\] "
+                       r"\(it holds \['semantics'\]\)"),
              (small, r'small.npz: semantics has shape \(100, 100, 16\), expected \(200, 200, 16\)')]
     for path, message in cases:
         with pytest.raises(LabelFileError, match=message + '.*Occ3D-nuScenes download'):

@@ -11,8 +11,13 @@ import torch
 import torch.nn as nn
 
 from engine.runner import AtomicEpochBasedRunner, find_latest_checkpoint, resume_failure_message
-from models.weights import (CheckpointError, UntrustedCheckpointError, load_checkpoint_file, load_checkpoint_strict,
-                            load_pretrained_backbone)
+from models.weights import (
+    CheckpointError,
+    UntrustedCheckpointError,
+    load_checkpoint_file,
+    load_checkpoint_strict,
+    load_pretrained_backbone,
+)
 
 
 class Toy(nn.Module):

@@ -19,7 +19,6 @@ import gen_sweep_info
 import train
 import val
 from engine.cli import DictAction, error_message
-
 from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

@@ -13,7 +13,8 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match='not found'):
         load_config(str(tmp_path / 'missing.py'))
     base = write(tmp_path / 'base.py', 'model = dict(type="OPS")\ndata = dict()\nbatch_size = 8\n'
-                 'total_epochs = 1\noptimizer = dict(type="AdamW", lr=1e-3)\noptimizer_config = dict()\nlr_config = None\n'
+                 'total_epochs = 1\noptimizer = dict(type="AdamW", lr=1e-3)\noptimizer_config = dict()\n'
+                 'lr_config = None\n'
                  'checkpoint_config = dict()\nlog_config = dict()\n')
     assert load_config(base).batch_size == 8
     child = write(tmp_path / 'child.py', '_base_ = ["./base.py"]\ntotl_epochs = 3\n')

@@ -24,10 +24,11 @@ def test_hand_case_per_class_and_mean():
     iou = metric.per_class_iou()
     # class 0: TP 1, GT 2, pred 1 -> 1/2; class 1: TP 1, GT 2, pred 2 -> 1/3;
     # class 4: TP 1, GT 1, pred 2 -> 1/2; free: TP 2, GT 3, pred 3 -> 2/4.
-    assert iou[0] == pytest.approx(0.5)
-    assert iou[1] == pytest.approx(1 / 3)
-    assert iou[4] == pytest.approx(0.5)
-    assert iou[F] == pytest.approx(0.5)
+    # Exact: one correctly rounded float64 division of the same small integers on both sides.
+    assert iou[0] == 0.5
+    assert iou[1] == 1 / 3
+    assert iou[4] == 0.5
+    assert iou[F] == 0.5
     absent = [c for c in range(17) if c not in (0, 1, 4)]
     assert np.isnan(iou[absent]).all()
     # Mean over the three classes present; free excluded; percent with 2 decimals.
@@ -43,8 +44,8 @@ def test_predicted_class_without_ground_truth_is_skipped():
     metric.add_batch(pred, gt, np.ones_like(gt, dtype=bool))
     iou = metric.per_class_iou()
     assert math.isnan(iou[7])
-    # class 1: TP 1, GT 2, pred 2 -> 1/3 as before; the mean stays over classes 0, 1, 4.
-    assert iou[1] == pytest.approx(1 / 3)
+    # class 1: TP 1, GT 2, pred 2 -> 1/3 as before (one division of integers: exact); the mean stays over 0, 1, 4.
+    assert iou[1] == 1 / 3
     assert metric.miou() == round((0.5 + 1 / 3 + 0.5) / 3 * 100, 2) == 44.44
     assert '===> pedestrian - IoU = nan' in metric.summary_lines()
 
@@ -81,7 +82,8 @@ def test_samples_with_different_class_sets_pool_before_the_rule():
     iou = metric.per_class_iou()
     # class 0: TP 2, GT 3, pred 2 -> 2/3. class 3: TP 1, GT 2, pred 2 -> 1/3.
     # class 5: TP 1, GT 3, pred 2 -> 1/4. class 9: no GT -> NaN although predicted twice.
-    assert iou[0] == pytest.approx(2 / 3) and iou[3] == pytest.approx(1 / 3) and iou[5] == pytest.approx(1 / 4)
+    # (one division of integers, correctly rounded on both sides: exact)
+    assert iou[0] == 2 / 3 and iou[3] == 1 / 3 and iou[5] == 1 / 4
     assert math.isnan(iou[9])
     assert np.isnan(np.delete(iou[:17], [0, 3, 5])).all()
     assert metric.miou() == round((2 / 3 + 1 / 3 + 1 / 4) / 3 * 100, 2) == 41.67
@@ -154,7 +156,8 @@ def test_random_grids_against_brute_force():
     for c in range(18):
         denom = gt_count[c] + pred_count[c] - tp[c]
         expected.append(tp[c] / denom if gt_count[c] > 0 else float('nan'))
-    np.testing.assert_allclose(metric.per_class_iou(), expected, rtol=0, atol=1e-15)
+    # the same integer counts divided once in float64 on both sides: equal bit for bit (NaN where no GT)
+    np.testing.assert_array_equal(metric.per_class_iou(), expected)
     present = [e for e in expected[:17] if not math.isnan(e)]
     assert metric.miou() == round(sum(present) / len(present) * 100, 2)
 
@@ -173,7 +176,7 @@ def test_confusion_is_additive_over_samples():
 
 def test_iou_from_confusion_rows_are_ground_truth():
     confusion = np.array([[3, 1], [2, 0]])  # GT 0: 3 right, 1 predicted as 1; GT 1: 2 predicted as 0
-    np.testing.assert_allclose(iou_from_confusion(confusion), [3 / (4 + 5 - 3), 0 / (2 + 1)])
+    np.testing.assert_array_equal(iou_from_confusion(confusion), [3 / (4 + 5 - 3), 0 / (2 + 1)])  # 1/2, 0: exact
     # A column without its row (class 1 predicted, never in GT) is NaN, not 0.
     iou = iou_from_confusion(np.array([[3, 1], [0, 0]]))
     assert iou[0] == 3 / 4 and math.isnan(iou[1])

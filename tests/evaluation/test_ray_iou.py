@@ -11,6 +11,14 @@ from evaluation.ray_iou import RayIoU, cast_rays, generate_lidar_rays, rays_to_v
 from ray_oracle import cast_ray_scalar
 
 SQRT2 = math.sqrt(2.0)
+EPS = float(np.finfo(np.float64).eps)  # 2.2e-16; one float64 rounding is at most EPS / 2 of the result
+# The caster's distances against hand formulas: the length (3 squares, 2 sums, a sqrt), three divisions and up
+# to 3 steps t += dt per axis, each rounding <= EPS / 2 of a number no larger than the distance, plus the
+# formula's own 2-3 roundings: <= ~11 EPS / 2 relative; checked at 16 EPS.
+DIST_REL = 16 * EPS
+# generate_lidar_rays stores z = sin(pitch) in float32: |dz| <= 2^-24 |z|, so arcsin moves by
+# <= 2^-24 |tan(pitch)| <= 2^-24 rad for |pitch| <= 45 degrees; doubled for the float64 sin / arcsin roundings.
+PITCH_TOL = 2 * 2.0 ** -24
 
 
 def both_casters(occupied, origin, end, max_steps=1000):
@@ -63,7 +71,7 @@ def test_oblique_ray_hand_computed():
     # through x = 3 at t = 2.5 sqrt5 / 2.
     dist, voxel = both_casters(occ, (0.5, 0.5, 0.5), (2.5, 1.5, 0.5))
     assert voxel == (2, 1, 0)
-    assert dist == pytest.approx(2.5 * math.sqrt(5) / 2, abs=1e-12)
+    assert dist == pytest.approx(2.5 * math.sqrt(5) / 2, rel=DIST_REL)
 
 
 def test_ties_step_z_before_y_before_x():
@@ -74,11 +82,11 @@ def test_ties_step_z_before_y_before_x():
     occ[3, 3, 0] = True
     dist, voxel = both_casters(occ, (0.5, 0.5, 0.5), (1.5, 1.5, 0.5))
     assert voxel == (3, 3, 0)
-    assert dist == pytest.approx(3.5 * SQRT2, abs=1e-12)
+    assert dist == pytest.approx(3.5 * SQRT2, rel=DIST_REL)
     occ[0, 1, 0] = True
     dist, voxel = both_casters(occ, (0.5, 0.5, 0.5), (1.5, 1.5, 0.5))
     assert voxel == (0, 1, 0)
-    assert dist == pytest.approx(0.5 * SQRT2, abs=1e-12)  # left through x = 1, the same crossing
+    assert dist == pytest.approx(0.5 * SQRT2, rel=DIST_REL)  # left through x = 1, the same crossing
     # x/z tie: z first.
     occ = np.zeros((3, 1, 3), bool)
     occ[0, 0, 1] = True
@@ -89,7 +97,7 @@ def test_ties_step_z_before_y_before_x():
     occ[1, 0, 0] = occ[0, 1, 0] = occ[1, 0, 1] = occ[1, 1, 0] = True  # never visited
     dist, voxel = both_casters(occ, (0.5, 0.5, 0.5), (1.5, 1.5, 1.5))
     assert voxel == (0, 1, 1)
-    assert dist == pytest.approx(0.5 * math.sqrt(3), abs=1e-12)
+    assert dist == pytest.approx(0.5 * math.sqrt(3), rel=DIST_REL)
 
 
 def test_origin_outside_the_grid_enters_it():
@@ -192,14 +200,19 @@ def test_lidar_rays():
     assert rays.shape == (14040, 3) and rays.dtype == np.float32
     pitch = np.arcsin(rays[::360, 2].astype(np.float64))
     assert len(pitch) == 39
-    assert pitch[0] == pytest.approx(-math.pi / 4, abs=1e-6)          # -(pi/2 - atan(1))
-    assert pitch[9] == pytest.approx(-(math.pi / 2 - math.atan(10)), abs=1e-6)
+    assert pitch[0] == pytest.approx(-math.pi / 4, abs=PITCH_TOL)          # -(pi/2 - atan(1))
+    assert pitch[9] == pytest.approx(-(math.pi / 2 - math.atan(10)), abs=PITCH_TOL)
     step = (math.pi / 2 - math.atan(9)) - (math.pi / 2 - math.atan(10))
-    np.testing.assert_allclose(np.diff(pitch[9:]), step, atol=1e-6)
-    assert pitch[-2] < 0.21 <= pitch[-1] + 1e-6
-    np.testing.assert_allclose(np.linalg.norm(rays, axis=1), 1.0, atol=1e-6)
-    azimuth = np.degrees(np.arctan2(rays[:360, 1], rays[:360, 0])) % 360
-    np.testing.assert_allclose(azimuth, np.arange(360), atol=1e-4)
+    # the extension repeats the step in float64 (drift ~1e-15 rad); each difference holds two float32 storages
+    np.testing.assert_allclose(np.diff(pitch[9:]), step, atol=2 * PITCH_TOL)
+    assert pitch[-2] < 0.21 <= pitch[-1] + PITCH_TOL
+    # np.linalg.norm of float32 rows runs in float32: the components' storage (2^-24 of the norm), three squares
+    # and two sums (<= 5 x 2^-24 on the square, half on the root) and the root's rounding: <= 4.5 x 2^-24
+    np.testing.assert_allclose(np.linalg.norm(rays, axis=1), 1.0, atol=5 * 2.0 ** -24)
+    # the angle of the float32-stored (x, y), taken in float64: storage turns it by <= |sin 2a| 2^-24 rad <= 2^-24;
+    # doubled for the float64 deg2rad / arctan2 / degrees roundings (~1e-13 degree)
+    azimuth = np.degrees(np.arctan2(rays[:360, 1].astype(np.float64), rays[:360, 0].astype(np.float64))) % 360
+    np.testing.assert_allclose(azimuth, np.arange(360), atol=2 * math.degrees(2.0 ** -24))
 
 
 def test_rays_to_voxel_frame_rounds_through_float32():
@@ -255,14 +268,15 @@ def test_rayiou_hand_case_with_strict_thresholds():
     np.testing.assert_array_equal(metric.tp_count[:, 11], [1, 1, 1])
     iou = metric.per_class_iou()
     assert iou.shape == (3, 17)
-    np.testing.assert_allclose(iou[:, 4], [0.0, 0.0, 1 / (2 + 1 - 1)])
-    np.testing.assert_allclose(iou[:, 11], [1.0, 1.0, 1.0])
+    # counts divided once, means of 0, 1/2 and 1: every value below is exact in float64
+    np.testing.assert_array_equal(iou[:, 4], [0.0, 0.0, 1 / (2 + 1 - 1)])
+    np.testing.assert_array_equal(iou[:, 11], [1.0, 1.0, 1.0])
     assert np.isnan(iou[:, 15]).all()
     summary = metric.summary()
-    assert summary['RayIoU@1'] == pytest.approx(0.5)
-    assert summary['RayIoU@2'] == pytest.approx(0.5)
-    assert summary['RayIoU@4'] == pytest.approx(0.75)
-    assert summary['RayIoU'] == pytest.approx((0 + 1 + 0 + 1 + 0.5 + 1) / 6)
+    assert summary['RayIoU@1'] == 0.5
+    assert summary['RayIoU@2'] == 0.5
+    assert summary['RayIoU@4'] == 0.75
+    assert summary['RayIoU'] == (0 + 1 + 0 + 1 + 0.5 + 1) / 6   # 3.5 / 6 on both sides
     table = metric.table()
     assert 'RayIoU@1' in table and 'MEAN' in table and '0.750' in table
 

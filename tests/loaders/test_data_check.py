@@ -8,9 +8,8 @@ import pytest
 
 from engine.build import build_dataset
 from loaders.data_check import DataCheckError, check_dataset, dataset_files, info_files
-from tools import check_data
-
 from tiny_ops import TINY_MODEL_CONFIG, TINY_PIPELINES
+from tools import check_data
 
 
 def pipeline(sweeps_num=1, occ_root=None):

@@ -33,6 +33,14 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU (nvJPEG decod
 H, W = 90, 160  # the synthetic world of tests/conftest.py
 IDA = dict(resize_lim=(0.6, 1.1), final_dim=(64, 128), bot_pct_lim=(0.0, 0.2), rot_lim=(0.0, 0.0), H=H, W=W,
            rand_flip=True)
+# Resize: two passes, each rounded to uint8; a one-level difference after the first pass moves the second pass's
+# value by its tap weight (the taps' |weights| sum to <= 1.25 for the a = -0.5 cubic), so the pre-rounding values
+# differ by < 1.25 + the weights' own rounding and the final values by at most 2 levels.
+MAX_RESIZE_DIFF = 2
+# Two JPEG decoders: the IDCT may differ by 1 level per Y/Cb/Cr sample (the standard's accuracy), <= 3 levels
+# after the colour transform, and their chroma upsampling rounds differently at colour edges; most pixels agree,
+# so the mean stays below half a level. 8 levels = 3 bits for the edge pixels.
+JPEG_MEAN_DIFF, JPEG_MAX_DIFF = 0.5, 8
 META_KEYS = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
 
 
@@ -60,8 +68,8 @@ def pil_vs_tensor(img, resize_dims, crop, flip, rotate, device='cpu'):
 # ---------------------------------------------------------------------------------- tensor ops vs PIL
 def test_resize_crop_flip_matches_pil_random_draws():
     """Random training draws (resize up and down, bottom crop, crop past the right edge = zero fill,
-    flip): the tensor implementation gives PIL's pixels within 1 grey level (rounding of the filter
-    weights), almost all exactly."""
+    flip): the tensor implementation gives PIL's pixels within 2 grey levels (rounding of the filter
+    weights, in two passes), almost all exactly."""
     img = textured_bgr(H, W)
     t = RandomTransformImage(IDA, training=True)
     np.random.seed(0)
@@ -70,40 +78,45 @@ def test_resize_crop_flip_matches_pil_random_draws():
         _, dims, crop, flip, rotate = t.sample_augmentation()
         zero_fill += crop[2] > dims[0]
         d = pil_vs_tensor(img, dims, crop, flip, rotate)
-        assert d.max() <= 1 and (d == 0).mean() > 0.99, (dims, crop, flip, d.max(), (d == 0).mean())
+        # PIL sums integer filter weights (16-bit in Pillow-SIMD, 22-bit in Pillow), the tensor version float32:
+        # before rounding the two differ by up to ~1e-2 level, ~3e-3 on average, so a pixel rounds differently
+        # at that rate per pass (~0.5% after both); a one-level difference after the horizontal pass enters the
+        # vertical one with its tap weight (MAX_RESIZE_DIFF)
+        assert d.max() <= MAX_RESIZE_DIFF and (d == 0).mean() > 0.99, (dims, crop, flip, d.max(), (d == 0).mean())
     assert zero_fill, 'no draw cropped past the right edge'
     # the test-time draw and an identity resize (crop only: exact)
     _, dims, crop, flip, rotate = RandomTransformImage(IDA, training=False).sample_augmentation()
-    assert pil_vs_tensor(img, dims, crop, flip, rotate).max() <= 1
+    assert pil_vs_tensor(img, dims, crop, flip, rotate).max() <= MAX_RESIZE_DIFF
     assert pil_vs_tensor(img, (W, H), (-3, 10, 125, 74), True, 0.0).max() == 0
 
 
 def test_rotation_matches_pil_exactly():
     """PIL's nearest-neighbour rotation (fixed-point inverse map, zero fill) is reproduced exactly; with
-    a resize in front, within the resize's 1 grey level."""
+    a resize in front, within the resize's 2 grey levels."""
     img = textured_bgr(64, 128, seed=1)
     for angle in (5.4, -5.4, 0.7, 33.0, 90.0, 180.0, 200.0, -0.0001):
         d = pil_vs_tensor(img, (128, 64), (0, 0, 128, 64), False, angle)
         assert d.max() == 0, (angle, int((d > 0).sum()))
     img = textured_bgr(H, W, seed=2)
     d = pil_vs_tensor(img, (131, 74), (2, 10, 130, 74), True, -4.2)
-    assert d.max() <= 1
+    assert d.max() <= MAX_RESIZE_DIFF
 
 
 def test_real_image_resize_matches_pil():
     """One real 1600x900 nuScenes image, decoded by torchvision on the CPU, at the training resize range
-    ends (0.38 with zero fill at the right, 0.55) and the test resize: within 1 grey level of PIL."""
+    ends (0.38 with zero fill at the right, 0.55) and the test resize: within 2 grey levels of PIL."""
     kf = real_data.load_keyframe()
     path = kf.image_paths['CAM_FRONT']
     rgb = decode_jpeg(torch.from_numpy(read_jpeg_bytes(path)), mode=ImageReadMode.RGB)
     bgr = rgb.flip(0).permute(1, 2, 0).numpy()
     # torchvision's libjpeg-turbo gives the loaders' pixels within JPEG decoder tolerance
     dec = np.abs(imread_bgr(path).astype(np.int16) - bgr.astype(np.int16))
-    assert dec.mean() < 0.5 and dec.max() <= 8
+    assert dec.mean() < JPEG_MEAN_DIFF and dec.max() <= JPEG_MAX_DIFF
     for dims, crop, flip in (((608, 342), (0, 86, 704, 342), True), ((880, 495), (97, 239, 801, 495), False),
                              ((704, 396), (0, 140, 704, 396), False)):
         d = pil_vs_tensor(bgr, dims, crop, flip, 0.0)
-        assert d.max() <= 1 and d.mean() < 0.01, (dims, d.max(), d.mean())
+        # as above; the mean is the rate of rounding differences (< 1% per the argument above)
+        assert d.max() <= MAX_RESIZE_DIFF and d.mean() < 0.01, (dims, d.max(), d.mean())
 
 
 # ---------------------------------------------------------------------------------- JPEG bytes
@@ -197,7 +210,8 @@ def test_gpu_decode_data_flow_matches_cpu_pipeline_on_cpu(synthetic_infos):
     assert isinstance(items, list) and len(items) == 2 and items[0]['data'].device.type == 'cpu'
     assert len(items[0]['offsets']) == 49 and items[0]['crop'][2] - items[0]['crop'][0] == 128
     d = check_same_batch(ref, dev, decode_and_transform(items, 'cpu'))
-    assert d.float().mean() < 0.1 and d.max() <= 8, (d.float().mean(), d.max())
+    # two libjpeg-turbo decodes (JPEG_*_DIFF) followed by the resize (<= 2 levels at < 1% of the pixels)
+    assert d.float().mean() < 0.1 and d.max() <= JPEG_MAX_DIFF, (d.float().mean(), d.max())
 
 
 def test_deferred_transform_errors():
@@ -222,7 +236,9 @@ def test_cuda_resize_crop_flip_matches_pil():
     for dims, crop, flip, rot in (((608, 342), (0, 86, 704, 342), True, 0.0),
                                   ((880, 495), (97, 239, 801, 495), False, 3.0)):
         d = pil_vs_tensor(img, dims, crop, flip, rot, device='cuda')
-        assert d.max() <= 1 and d.mean() < 0.02, (dims, d.max(), d.mean())
+        # the CPU argument (weights rounded differently before each pass's rounding); the CUDA kernel's float32
+        # sums add ~1e-3 level of their own: the rate stays ~1%, the difference <= 2
+        assert d.max() <= MAX_RESIZE_DIFF and d.mean() < 0.02, (dims, d.max(), d.mean())
 
 
 @needs_cuda
@@ -232,6 +248,9 @@ def test_cuda_data_flow_matches_cpu_pipeline(synthetic_infos):
     img = decode_and_transform(dev['img_jpeg'], 'cuda')
     assert img.device.type == 'cuda'
     d = check_same_batch(ref, dev, img)
+    # nvJPEG vs libjpeg-turbo (see test_nvjpeg_real_keyframe_matches_cpu_decode) after the resize: the mean of
+    # their IDCT / chroma upsampling differences (< 2 levels) shrinks under the resize's averaging; the maximum
+    # bounds chroma upsampling differences at sharp colour edges (a quarter of a full-scale edge)
     assert d.float().mean() < 1.5 and d.max() <= 64, (d.float().mean(), d.max())
 
 
@@ -254,8 +273,12 @@ def test_nvjpeg_real_keyframe_matches_cpu_decode():
     for v, path in enumerate(paths):
         cpu = imread_bgr(path)
         full = np.abs(gpu[v].flip(0).permute(1, 2, 0).cpu().numpy().astype(np.int16) - cpu.astype(np.int16))
+        # mean: torchvision's own bound for its CUDA decoder; 99th percentile: the IDCT (+-1 per Y/Cb/Cr sample, <= 3
+        # after the colour transform) and chroma upsampling differences away from the sharpest edges
         assert full.mean() < 2.0 and np.percentile(full, 99) <= 16, (path, full.mean(), np.percentile(full, 99),
                                                                       full.max())
         ref = t.img_transform(cpu, dims, crop, flip, rotate)
         d = np.abs(out[v].permute(1, 2, 0).numpy().astype(np.int16) - ref.astype(np.int16))
+        # after the training resize: the decoders' differences averaged by the filter (mean < 1.5) plus the resize's
+        # own <= 2 levels; the maximum bounds chroma upsampling differences at sharp colour edges
         assert d.mean() < 1.5 and d.max() <= 64, (path, d.mean(), np.percentile(d, 99.9), d.max())

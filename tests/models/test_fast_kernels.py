@@ -8,6 +8,9 @@ from models.ops_sampling import project_points, project_points_fast
 from models.ops_transformer import OPSSelfAttention, decode_points
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+# float32 machine epsilon 2^-23: one rounding moves a value by at most half of it (relative); a K-term float32
+# sum is within K * eps / 2 of the exact sum of its terms' magnitudes, whatever the order (the K * eps below)
+EPS32 = float(torch.finfo(torch.float32).eps)
 
 
 def rig(B, T, N, seed=0):
@@ -27,9 +30,12 @@ def test_fast_projection_is_the_projection():
     m = mats.view(B, T, N, 4, 4)
     expected = torch.einsum('btnij,bqtpj->btnqpi', m[..., :3, :3], points) + m[:, :, :, None, None, :3, 3]
     assert fast.shape == expected.shape == faithful[..., :3].shape
-    scale = expected.abs().max()
-    assert (fast.double() - expected).abs().max() / scale < 1e-6
-    assert (faithful[..., :3].double() - expected).abs().max() / scale < 1e-6
+    # float32 inputs (m and p rounded once each) and a 4-term float32 sum (3 products and the translation, at
+    # most 4 roundings per term): each element is within (2 + 4) * 2^-24 = 3 eps of the float64 value, relative
+    # to the sum of its terms' magnitudes (to first order; 4 eps leaves the second-order terms room)
+    terms = torch.einsum('btnij,bqtpj->btnqpi', m[..., :3, :3].abs(), points.abs()) + m[..., None, None, :3, 3].abs()
+    assert ((fast.double() - expected).abs() / terms).max() < 4 * EPS32
+    assert ((faithful[..., :3].double() - expected).abs() / terms).max() < 4 * EPS32
     assert torch.equal(faithful[..., 3], torch.ones_like(faithful[..., 3]))
 
 
@@ -53,8 +59,13 @@ def test_fused_attention_equals_the_masked_attention(queries):
         tau = module.gen_tau(feat).permute(0, 2, 1)
         got = fused_biased_attention(module.attention.attn, feat, centres, tau, compiled=False)
         far = fused_biased_attention(module.attention.attn, feat, centres * 2, tau, compiled=False)
-    torch.testing.assert_close(got, expected, rtol=0, atol=5e-6)
+    # Both float32, summed in other orders: in- and out-projection (256 terms each), scores (32) and the value
+    # product (Q): worst case (544 + Q) eps of the attention branch; adding the residual rounds once more (eps).
+    branch = (expected - feat).abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=EPS32, atol=(2 * 256 + 32 + queries) * EPS32 * branch)
     if queries > 1:                      # the bias is used: other centroids, other output
+        # twice the distances move every logit by tau * d (metres): the branch (~1) changes by far more than
+        # the rounding tolerance above (~1e-4); 1e-3 asks for ten times that tolerance
         assert (far - got).abs().max() > 1e-3
     # the CPU keeps the mask path even when fast is asked for (no compiled kernel there)
     with torch.no_grad():
@@ -97,17 +108,32 @@ def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
 
     _, _, expected = run(torch.float64, 'cpu', fast=False)
     module, out, got = run(torch.float32, device, fast=True)
-    tol = 1e-2 if device == 'cuda' and queries >= HALF_MIN_QUERIES else 1e-5
+    # float32 against the float64 reference, normwise. Worst case K * eps over the float32 sums of the chain:
+    # forward 256 (in-projection, tau), 32 (scores), Q (value product), 256 (out-projection); backward 256
+    # (out-projection), 32 + Q (attention), 768 (input gradient through the packed in-projection; the weight
+    # gradients sum 2Q rows): (1600 + 2Q) eps ≈ 2e-4 at Q = 23.
+    # fp16 (CUDA, Q >= HALF_MIN_QUERIES): q, k, v, the bias, the kernel's probabilities and dq, dk, dv are
+    # rounded to 2^-11 ≈ 4.9e-4 relative; about 5 such roundings, and the tau gradient (sums of P * (dP -
+    # rowsum) over keys) loses a further factor ~4 to cancellation: 5 * 4 * 2^-11 ≈ 1e-2.
+    tol = 1e-2 if device == 'cuda' and queries >= HALF_MIN_QUERIES else (1600 + 2 * queries) * EPS32
     for a, b, name in zip(got, expected, ('output', 'input grad', 'tau grad', 'in_proj grad')):
         err = relative_error(a, b)
         assert err < tol, f'{name}: relative error {err:.2e} (tolerance {tol:.0e})'
     if device == 'cuda':
         with torch.no_grad():
             layer_path = module(points.to(device), feat.to(device), fast=True)
-        assert relative_error(layer_path, out) < 1e-4       # 8e-6 on the H200: SDPA picks its kernel per call
+        # The same q, k, v and bias, but SDPA may pick another kernel without autograd. float32: other orders
+        # in the scores (32 terms) and the value product (Q), and the logits' own roundings: the keys that
+        # carry weight have logits |tau * d| up to ~155 here, so each rounding moves a weight by up to 155 *
+        # eps / 2, relative; about 8 of them: (32 + Q + 8 * 155 / 2) eps ≈ 8e-5 of the output. fp16: each kernel
+        # rounds its output to fp16, which may differ by one fp16 ulp: 2^-10 relative.
+        tol = 2.0 ** -10 if queries >= HALF_MIN_QUERIES else 1e-4
+        assert relative_error(layer_path, out) < tol
         module.attention.attn.dropout = 0.5
         with torch.no_grad():
             dropped = module(points.to(device), feat.to(device), fast=True)
+        # dropout 0.5 zeroes half of the weights and doubles the rest: the attention branch changes by a
+        # sizeable part of itself, ten times the kernel tolerance above
         assert relative_error(dropped, out) > 1e-2
 
 
@@ -121,8 +147,13 @@ def test_compiled_fused_attention_on_cuda(queries):
     with torch.no_grad():
         expected = module(points, feat)
         got = module(points, feat, fast=True)
-    # float32 kernel below HALF_MIN_QUERIES, fp16 q/k/v from there on
-    tol = 2e-5 if queries < HALF_MIN_QUERIES else 1e-2
+    # float32 kernel below HALF_MIN_QUERIES: in- and out-projection (256 terms each), scores (32) and the value
+    # product (Q) in other orders, worst case (544 + Q) eps of the attention branch (|branch| ≈ 1.5 here).
+    # fp16 q/k/v from there on (and fp16 probabilities and kernel output): roundings of 2^-11 relative, independent
+    # across the 256 channels that the out-projection (weights of rms 1/16/sqrt(3) ≈ 0.036) sums: sigma ≈
+    # sqrt(3 * 256) * 0.036 * 2^-11 * rms|a| (≈ 1) ≈ 5e-4; the largest of 6e5 outputs ≈ 5 sigma ≈ 2.5e-3.
+    branch = (expected - feat).abs().max().item()
+    tol = (2 * 256 + 32 + queries) * EPS32 * branch if queries < HALF_MIN_QUERIES else 1e-2
     assert (got - expected).abs().max() < tol
 
 
@@ -167,22 +198,32 @@ def test_compiled_sampling_geometry_and_mixing_on_cuda():
     assert not ops_sampling.SAMPLING_GEOMETRY.failed
     ref_loc, ref_w = ops_sampling.sampling_locations(*args)
     assert torch.equal(w, ref_w)
+    # Each float32 evaluation of u = (m_u . p + t_u) / d / W is within (2 cond + 1) eps of the exact value, cond =
+    # (sum of |terms| of u * d) / (|d| W) + (sum of |terms| of d) / |d| * |u| (4 roundings per term, 2 divisions);
+    # the two kernels may round differently, so they differ by up to (4 cond + 2) eps. In this data (float64)
+    # cond reaches 425 for in-image points, and 10 of the 38400 points (2.6e-4) lie within that distance of an
+    # image border in some view: only those may change camera or seen-ness.
     same_view = loc[..., 2] == ref_loc[..., 2]
     assert same_view.float().mean() > 0.999                      # a point on a border may change camera
     # Points that no camera sees (view 0, u, v outside the image) read zeros, and their u, v are not
     # compared: with a depth near 0 they reach 1e6 and differ by the rounding of that depth.
     seen_ref = (ref_loc[..., :2] > 0).all(-1) & (ref_loc[..., :2] < 1).all(-1)
     seen = (loc[..., :2] > 0).all(-1) & (loc[..., :2] < 1).all(-1)
+    # (the second condition is no tolerance: the case must have seen points)
     assert (seen == seen_ref).float().mean() > 0.999 and seen_ref.float().mean() > 0.1
     both = seen & seen_ref & same_view
-    assert (loc - ref_loc)[both].abs().max() < 1e-5
+    assert (loc - ref_loc)[both].abs().max() < (4 * 425 + 2) * EPS32
     mix = ops_transformer.AdaptiveMixing(in_dim=64, in_points=32, n_groups=4, query_dim=256, out_points=32).cuda()
     torch.nn.init.normal_(mix.parameter_generator.weight, std=0.02)
     x, query = torch.randn(B, Q, 4, 32, 64, generator=g).cuda(), torch.randn(B, Q, 256, generator=g).cuda()
     with torch.no_grad():
         fast, eager = mix(x, query, fast=True), mix(x, query)
     assert not ops_transformer.MIXING_KERNEL.failed
-    assert ((fast - eager).abs().max() / eager.abs().max()) < 1e-4
+    # float32 in other orders: the generator (256 terms), channel mixing (64), point mixing (32), the
+    # out-projection (4 * 32 * 64 = 8192) and the two LayerNorms' mean and variance over 32 x 64 = 2048 values
+    # (tree reductions on the GPU: log2(2048) = 11 levels each): worst case (256 + 64 + 32 + 8192 + 4 * 11) eps
+    # ≈ 1e-3 of the output's scale (the residual query, |q| up to ~4, is larger than the mixed branch here)
+    assert ((fast - eager).abs().max() / eager.abs().max()) < (256 + 64 + 32 + 8192 + 4 * 11) * EPS32
 
 
 def test_or_eager_runs_the_function_itself_when_the_kernel_cannot_be_built(monkeypatch):

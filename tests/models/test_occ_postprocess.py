@@ -4,7 +4,6 @@ hand-built cells."""
 import numpy as np
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from models.occ_postprocess import CLOSING_KERNEL, dense_occupancy, max_filter3, pack_occupied, unpack_occupied

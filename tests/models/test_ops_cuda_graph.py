@@ -50,7 +50,8 @@ def test_graph_replay_equals_eager_bitwise_online_and_offline():
     with torch.no_grad():
         ref = head.get_occ_grids(head.forward_geometry(feats, occ2img, H, W))
         from models.cuda_graph import GraphedFunction
-        step = GraphedFunction(lambda f0, f1, f2, f3, m: head.get_occ_grids(head.forward_geometry([f0, f1, f2, f3], m, H, W)))
+        step = GraphedFunction(
+            lambda f0, f1, f2, f3, m: head.get_occ_grids(head.forward_geometry([f0, f1, f2, f3], m, H, W)))
         for _ in range(2):
             got = step(*feats, occ2img)
         assert torch.equal(got, ref)
@@ -70,6 +71,10 @@ def test_fast_mode_agrees_with_faithful():
         either = (ga != 17) | (gb != 17)
         same += int((ga[either] == gb[either]).sum())
         total += int(either.sum())
+    # fast mode rounds the backbone to fp16 and the sampling and mixing products to TF32 (2^-11 relative each), so
+    # logits and points move by ~1e-3 of their size after the network: a voxel changes only where a score lies
+    # within that of the 0.5 threshold or of another class, or a point within ~1e-3 * 0.5 m of a voxel border
+    # (3 axes * 2 * 5e-4 m / 0.4 m ≈ 0.8 %): at least 99 % of the voxels agree
     assert total > 0 and same / total >= 0.99
     from models.cuda_graph import EAGER
     # the fast step (compiled fused attention inside) was captured, not run eagerly

@@ -11,6 +11,7 @@ from core.geometry import encode_points
 from models.ops_head import OPSHead
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+EPS32 = float(torch.finfo(torch.float32).eps)   # 2^-23: one float32 rounding moves a value by <= half of it
 
 
 @TRANSFORMER.register_module(name='B1BuildFakeTransformer', force=True)
@@ -62,8 +63,9 @@ def test_registered_and_state_dict_layout():
                    'voxel_size': (3,), 'voxel_num': (3,)}
     assert head.pc_range.dtype == torch.float32 and head.voxel_size.dtype == torch.float32
     assert torch.equal(head.pc_range, torch.tensor(PC_RANGE))
-    assert torch.allclose(head.scene_size, torch.tensor([80.0, 80.0, 6.4]))
-    assert torch.allclose(head.voxel_size, torch.tensor([0.4] * 3))
+    # exact: 40 - (-40) = 80, and float32(5.4) + 1 is float32(6.4) (one binade, [4, 8), no rounding)
+    assert torch.equal(head.scene_size, torch.tensor([80.0, 80.0, 6.4]))
+    assert torch.equal(head.voxel_size, torch.tensor([0.4] * 3))
     assert head.voxel_num.tolist() == [200, 200, 16]
     assert set(k for k in sd if k.startswith('transformer.')) == {'transformer.cls.weight',
                                                                   'transformer.cls.bias'}
@@ -78,8 +80,9 @@ def test_init_weights_uniform_in_unit_box():
     w = head.init_points.weight
     assert head.transformer.initialised
     assert w.min() >= 0 and w.max() <= 1
-    # 1800 U(0,1) draws: mean 0.5 +- 5 sigma (sigma = 0.29/sqrt(1800) = 0.0068).
-    assert abs(w.mean().item() - 0.5) < 0.035 and w.std().item() > 0.25
+    # 1800 U(0,1) draws: mean 0.5 +- 5 sigma (sigma = 0.29/sqrt(1800) = 0.0068); standard deviation
+    # 1/sqrt(12) = 0.2887 with sigma = sqrt((1/80 - 1/144) / 1800) / (2 * 0.2887) = 0.0030: above 0.2887 - 5 sigma.
+    assert abs(w.mean().item() - 0.5) < 0.035 and w.std().item() > 0.2735
 
 
 def test_forward_plumbing_and_shapes():
@@ -107,9 +110,13 @@ def test_decode_encode_round_trip():
     head = build_head(head_cfg())
     n = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 0.75]])
     m = head.decode_points(n)
-    assert torch.allclose(m, torch.tensor([[-40.0, -40.0, -1.0], [40.0, 40.0, 5.4],
-                                           [0.0, -20.0, 3.8]]))
-    assert torch.allclose(encode_points(m, PC_RANGE), n)
+    # n * size + min rounds twice, and the references 5.4 and 3.8 once (float32), each by at most eps / 2 of
+    # |n * size| + |min|: within 2 eps of that per element
+    expect = torch.tensor([[-40.0, -40.0, -1.0], [40.0, 40.0, 5.4], [0.0, -20.0, 3.8]])
+    assert torch.all((m - expect).abs() <= 2 * EPS32 * (n * head.scene_size + head.pc_range[:3].abs()))
+    # back: m's error over size is at most 2 eps * (n + |min| / size) <= 3 eps (|min| / size <= 1/2), and
+    # (m - min) / size rounds twice more (eps / 2 of n <= 1 each): within 4 eps of n
+    assert torch.allclose(encode_points(m, PC_RANGE), n, rtol=0, atol=4 * EPS32)
     # the head decodes with the float32 range of its buffers, like the original
     assert torch.equal(m, n * head.scene_size + head.pc_range[:3])
 

@@ -7,12 +7,21 @@ import torch
 import torch.nn as nn
 
 import models.ops_transformer as opt
-from models.ops_transformer import (AdaptiveMixing, OPSSampling, OPSSelfAttention, OPSTransformer,
-                                    OPSTransformerDecoderLayer, decode_points, encode_points)
-
 from camera_rig import pinhole_rig
+from models.ops_transformer import (
+    AdaptiveMixing,
+    OPSSampling,
+    OPSSelfAttention,
+    OPSTransformer,
+    OPSTransformerDecoderLayer,
+    decode_points,
+    encode_points,
+)
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
+# float32 machine epsilon 2^-23: one rounding moves a value by at most half of it (relative); a K-term float32
+# sum is within K * eps / 2 of the sum of its terms' magnitudes, in any order (the K * eps bounds below)
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def layer_norm_ref(x, axes):
@@ -41,7 +50,11 @@ def test_adaptive_mixing_matches_reference():
     y = np.maximum(layer_norm_ref(np.einsum('bqgpc,bqgcd->bqgpd', np64(x), M), (-2, -1)), 0)
     z = np.maximum(layer_norm_ref(np.einsum('bqgop,bqgpd->bqgod', S, y), (-2, -1)), 0)
     ref = z.reshape(B, Q, -1) @ nn_params['out_proj.weight'].T + nn_params['out_proj.bias'] + np64(query)
-    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=1e-4, atol=1e-5)
+    # float32 sums of the chain: generator D + 1 = 9 terms, channel mixing Cg = 4, LayerNorm mean and variance
+    # over Pin * Cg = 20, point mixing Pin = 5, LayerNorm over Pout * Cg = 12 (twice), out-projection
+    # G * Pout * Cg + 1 = 25: worst case 107 eps of the mixed branch; the residual adds one rounding (eps)
+    branch = np.abs(ref - np64(query)).max()
+    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=EPS32, atol=107 * EPS32 * branch)
 
 
 def test_adaptive_mixing_gradcheck_and_shape_error():
@@ -49,7 +62,10 @@ def test_adaptive_mixing_gradcheck_and_shape_error():
     mix = AdaptiveMixing(in_dim=3, in_points=4, n_groups=2, query_dim=6, out_points=2).double()
     x = torch.randn(1, 2, 2, 4, 3, dtype=torch.float64, requires_grad=True)
     q = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(mix, (x, q), eps=1e-6, atol=1e-6)
+    # central differences in float64: outputs of size ~2 from ~100-term sums carry <= 100 * 2^-53 * 2 ≈ 2e-14,
+    # over 2h = 2e-6 that is 1e-8; truncation h^2 / 6 times the third derivative (LayerNorm: ~1 / std^3, std ~1)
+    # ~1e-12: atol 1e-6 with gradcheck's default rtol 1e-3 is far above both; 1e-7 and no relative part
+    assert torch.autograd.gradcheck(mix, (x, q), eps=1e-6, atol=1e-7, rtol=0)
     with pytest.raises(ValueError, match='in_points=4'):
         mix(torch.randn(1, 2, 2, 5, 3, dtype=torch.float64), q)
 
@@ -83,7 +99,13 @@ def test_scale_adaptive_self_attention_matches_reference():
     attn /= attn.sum(-1, keepdims=True)
     o = np.einsum('bhij,bjhd->bihd', attn, v).reshape(B, Q, E)
     ref = o @ sd['attention.attn.out_proj.weight'].T + sd['attention.attn.out_proj.bias'] + f
-    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=1e-4, atol=1e-5)
+    # float32 sums: in-projection and tau E = 16 terms, scores E / H = 4, value product Q = 5, out-projection 16.
+    # The logit bias -tau * d (|.| <= S) is float32 too: tau's 16-term sum (8 eps relative), the distance
+    # (~3 eps) and ~3 more roundings move a logit by <= 14 eps * S, a weight by twice that, relative, and the
+    # output by that times max |v|: (3E + E/H + Q + 28 S) eps * max |v|; the residual adds one rounding (eps)
+    S = np.abs(tau.transpose(0, 2, 1)[..., None] * dist[:, None]).max()
+    atol = (3 * E + E // H + Q + 28 * S) * EPS32 * np.abs(v).max()
+    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=EPS32, atol=atol)
 
 
 # ----------------------------------------------------------------------------- consistent point sampling
@@ -114,12 +136,18 @@ def test_sampling_points_centre_unbiased_std_and_single_point(monkeypatch):
         expected = (centre[:, :, None] + offsets * scale[:, :, None]).reshape(B, Q, G, P, 3)
         got = np64(calls['points'])
         assert got.shape == (B, Q, T, G, P, 3)
+        # float32: the decode (2 roundings) and the mean of P_in points (P_in roundings) move the centre by
+        # <= ~7 eps / 2 of the metres involved; the std (deviations, squares, sum, sqrt) by ~6 eps relative, and
+        # the product and sum by one rounding each: <= 8 eps of |centre| + |offset * scale|
+        atol = 8 * EPS32 * (np.abs(centre).max() + np.abs(offsets * scale[:, :, None]).max())
         for t in range(T):    # the same 3D points for every frame
-            np.testing.assert_allclose(got[:, :, t], expected, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(got[:, :, t], expected, rtol=0, atol=atol)
         w = np64(calls['weights'])
         assert w.shape == (B, Q, G, T, P, L)
+        # float32 softmax over L = 3 of the same logits: x - max (spread ~3: 3 * 2^-24 relative in exp), exp,
+        # two additions and the division: <= 7 * 2^-24 ≈ 4 eps relative
         for t in range(T):
-            np.testing.assert_allclose(w[:, :, :, t], soft, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(w[:, :, :, t], soft, rtol=4 * EPS32, atol=0)
 
 
 # ----------------------------------------------------------------------------- decoder layer
@@ -156,13 +184,17 @@ def test_layer_wiring_and_refinement():
         x = layer.norm1(layer.mixing(layer.sampling(pts, x, feats, occ2img, H, W), x))
         x = layer.norm2(layer.self_attn(pts, x))
         x = layer.norm3(layer.ffn(x))
-        torch.testing.assert_close(qf_out, x)
-        torch.testing.assert_close(cls, layer.cls_branch(x).reshape(B, Q, 4, 17))
+        # the same float32 operations on the same tensors in the same order: bitwise equal
+        assert torch.equal(qf_out, x)
+        assert torch.equal(cls, layer.cls_branch(x).reshape(B, Q, 4, 17))
         centre = np64(decode_points(pts, PC_RANGE)).mean(2, keepdims=True)                # metres
         offsets = np64(layer.reg_branch(x)).reshape(B, Q, 4, 3) * 0.5
         expected = (centre + offsets - np.array(PC_RANGE[:3])) / (np.array(PC_RANGE[3:]) - np.array(PC_RANGE[:3]))
-    np.testing.assert_allclose(np64(new_pts), expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(encode_points(decode_points(pts, PC_RANGE), PC_RANGE), pts, atol=1e-6)
+    # float32 decode, mean of 3, + offset and encode: x, y move by <= ~1.6e-5 m of 80 m, z by <= ~2e-6 m of
+    # 6.4 m (a few roundings each), <= 3 eps of the normalised range, plus the final rounding: 4 eps
+    np.testing.assert_allclose(np64(new_pts), expected, rtol=0, atol=4 * EPS32)
+    # decode rounds twice (<= 2 eps / 2 of |n * size| + |min| <= 1.5 size), encode twice more: <= 4 eps
+    assert torch.allclose(encode_points(decode_points(pts, PC_RANGE), PC_RANGE), pts, rtol=0, atol=4 * EPS32)
 
 
 @pytest.mark.parametrize('training', [False, True])
@@ -212,8 +244,10 @@ def test_gradient_checkpointing_is_transparent():
         out = layer(pts, qf, feats, occ2img, H, W)
         (out[0].square().sum() + out[1].sum() + out[2].sum()).backward()
         grads.append([p.grad.clone() for p in layer.parameters()] + [f.grad.clone() for f in feats])
+    # recomputation runs the same float32 operations on the same values, and every parameter and feature map
+    # is used once (one gradient contribution each, nothing summed in another order): bitwise equal
     for ga, gb in zip(*grads):
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ga, gb)
 
 
 def test_init_weights_as_spec():
@@ -222,12 +256,15 @@ def test_init_weights_as_spec():
     layer.init_weights()
     assert torch.all(layer.sampling.sampling_offset.weight == 0)
     b = layer.sampling.sampling_offset.bias
-    assert b.min() >= -0.5 and b.max() <= 0.5 and b.std() > 0.1
+    # 24 U(-0.5, 0.5) draws: standard deviation 1/sqrt(12) = 0.289 with sigma = sqrt((1/80 - 1/144) / 24) /
+    # (2 * 0.289) = 0.026 over the draws: above 0.289 - 5 sigma = 0.156
+    assert b.min() >= -0.5 and b.max() <= 0.5 and b.std() > 0.156
     assert torch.all(layer.mixing.parameter_generator.weight == 0)
     assert torch.all(layer.self_attn.gen_tau.weight == 0)
     tau = layer.self_attn.gen_tau.bias
     assert tau.min() >= 0 and tau.max() <= 2
-    assert torch.allclose(layer.cls_branch[-1].bias, torch.full((4 * 17,), -math.log(0.99 / 0.01)))
+    # one float32 rounding of the same float64 value (mmcv's -log((1 - p) / p) agrees to 1e-16): equal
+    assert torch.equal(layer.cls_branch[-1].bias, torch.full((4 * 17,), -math.log(0.99 / 0.01)))
 
 
 # ----------------------------------------------------------------------------- full decoder
@@ -272,7 +309,10 @@ def test_occ2img_is_lidar2img_times_ego2lidar():
     _, _, _, metas = decoder_inputs(B=2)
     occ2img = tr.decoder._occ2img(metas, 'cpu')
     ref = np.stack([np.stack(m['lidar2img']).astype(np.float64) @ m['ego2lidar'] for m in metas])
-    np.testing.assert_allclose(occ2img.double().numpy(), ref, rtol=1e-5, atol=1e-3)
+    # float64 of the same float32 matrices: each element is a 4-term float32 sum, within 4 * 2^-24 (2 eps, to
+    # first order; 3 eps) of the sum of its terms' magnitudes
+    terms = np.stack([np.abs(np.stack(m['lidar2img']).astype(np.float64)) @ np.abs(m['ego2lidar']) for m in metas])
+    assert np.all(np.abs(occ2img.double().numpy() - ref) <= 3 * EPS32 * terms)
 
 
 def test_feature_layout_channel_groups():

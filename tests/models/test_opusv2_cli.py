@@ -51,9 +51,10 @@ def test_train_val_and_timing(v2_config, capsys):
 
 
 def test_training_pipeline_flips_the_gt_and_records_it(v2_config):
-    import loaders  # noqa: F401
     from mmcv import Config
     from mmdet.datasets import build_dataset
+
+    import loaders  # noqa: F401
     _, config = v2_config
     cfg = Config.fromfile(config)
     dataset = build_dataset(cfg.data.train)

@@ -6,10 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.sparse_conv import (KERNEL_OFFSETS, SparseConv3d, SubMConv3d, dilate_sites, neighbour_table, scatter_max,
-                                sparse_conv3d)
+from models.sparse_conv import (
+    KERNEL_OFFSETS,
+    SparseConv3d,
+    SubMConv3d,
+    dilate_sites,
+    neighbour_table,
+    scatter_max,
+    sparse_conv3d,
+)
 
 SHAPE = (7, 6, 5)   # small grid: every site is near a border somewhere
+# float64 machine epsilon 2^-52. A K-term float64 sum is within K * 2^-53 of the sum of its terms' magnitudes,
+# in any order: two implementations of it differ by at most K * eps times that magnitude sum, which is the same
+# computation on |inputs| (`magnitudes`).
+EPS64 = float(torch.finfo(torch.float64).eps)
 
 
 def random_sites(batch, shape, density, seed):
@@ -29,6 +40,17 @@ def at_sites(grid, coords):
     return grid[coords[:, 0], :, coords[:, 1], coords[:, 2], coords[:, 3]]
 
 
+def magnitudes(feats, coords, w, b, batch, out_coords, grad=None):
+    """The dense reference on |feats|, |w|, |b|: per output site the sum of its terms' magnitudes; with `grad`,
+    also those of the gradients of feats, w, b (back-propagating |grad|)."""
+    leaves = [t.detach().abs().requires_grad_(grad is not None) for t in (feats, w, b)]
+    out = at_sites(F.conv3d(dense_grid(leaves[0], coords, batch, SHAPE), leaves[1].permute(0, 4, 1, 2, 3), leaves[2],
+                            padding=1), out_coords)
+    if grad is None:
+        return out.detach()
+    return out.detach(), torch.autograd.grad(out, leaves, grad.abs())
+
+
 def params(c_in, c_out, seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(c_out, 3, 3, 3, c_in, generator=g, dtype=torch.float64, requires_grad=True)
@@ -46,14 +68,17 @@ def test_conv_matches_dense_conv3d_at_output_sites(subm):
     # dense reference: KRSC [out, kx, ky, kz, in] -> conv3d's [out, in, kx, ky, kz]; cross-correlation
     ref = at_sites(F.conv3d(dense_grid(feats, coords, B, SHAPE), w.permute(0, 4, 1, 2, 3), b, padding=1),
                    out_coords)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(out)
+    mag, grad_mags = magnitudes(feats, coords, w, b, B, out_coords, grad)
+    # each output sums <= 27 * c_in + 1 terms (zeros of the dense grid add no rounding)
+    torch.testing.assert_close(out, ref, rtol=0, atol=(27 * c_in + 1) * EPS64 * mag.max().item())
     if subm:
         assert torch.equal(out_coords, coords)
-    grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (feats, w, b), grad)
     want = torch.autograd.grad(ref, (feats, w, b), grad)
-    for g1, g2 in zip(got, want):
-        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-11)
+    # gradient sums: 27 * c_out terms per feature, one term per output site for a weight or the bias
+    for g1, g2, m, terms in zip(got, want, grad_mags, (27 * c_out, len(out), len(out))):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=terms * EPS64 * m.max().item())
 
 
 def test_active_set_is_the_input_dilated_by_one_voxel_clipped_and_sorted():
@@ -97,7 +122,13 @@ def test_cpd_stack_matches_dense_with_the_inactive_sites_zeroed():
     mask[grown[:, 0], 0, grown[:, 1], grown[:, 2], grown[:, 3]] = 1.0
     # the dense conv writes its bias everywhere: outside the active set the sparse conv has no site
     dense = F.conv3d(torch.relu(dense) * mask, subm.weight.permute(0, 4, 1, 2, 3), subm.bias, padding=1)
-    torch.testing.assert_close(z, at_sites(dense, grown), rtol=0, atol=1e-12)
+    # two convolutions of 27 * c + 1 terms: the first one's error (ReLU passes at most all of it) is summed by
+    # the second with |weights|, so both fit in (K1 + K2) eps of the magnitudes of the chain on |inputs|
+    with torch.no_grad():
+        mag1 = F.conv3d(dense_grid(feats.abs(), coords, B, SHAPE), conv.weight.abs().permute(0, 4, 1, 2, 3),
+                        conv.bias.abs(), padding=1) * mask
+        mag2 = F.conv3d(mag1, subm.weight.abs().permute(0, 4, 1, 2, 3), subm.bias.abs(), padding=1)
+    torch.testing.assert_close(z, at_sites(dense, grown), rtol=0, atol=2 * (27 * c + 1) * EPS64 * mag2.max().item())
 
 
 def test_gradcheck_and_empty_input():
@@ -105,9 +136,11 @@ def test_gradcheck_and_empty_input():
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 2, 1], [0, 2, 1, 0]])
     feats = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     w, b = params(2, 2, seed=5)
+    # the convolution is linear in each input, so central differences have no truncation error, only the
+    # float64 rounding of f (55 terms of magnitude ~10: ~6e-14) over 2h = 2e-6, ~3e-8: atol 1e-7, no rtol
     for subm in (False, True):
         assert torch.autograd.gradcheck(lambda f, w_, b_: sparse_conv3d(f, coords, w_, b_, B, shape, subm)[0],
-                                        (feats, w, b), fast_mode=True)
+                                        (feats, w, b), fast_mode=True, atol=1e-7, rtol=0)
     out, out_coords = sparse_conv3d(feats[:0], coords[:0], w, b, B, shape, subm=False)
     assert out.shape == (0, 2) and out_coords.shape == (0, 4)
 
@@ -132,6 +165,7 @@ def test_spconv_default_init_bound():
     bound = 1 / (27 * 64) ** 0.5   # 0.02406
     assert conv.weight.shape == (17, 3, 3, 3, 64)
     assert conv.weight.abs().max() <= bound and conv.bias.abs().max() <= bound
+    # 17 * 27 * 64 = 29376 draws of U(-bound, bound) all stay below 0.9 * bound with probability 0.9^29376 ≈ 0
     assert conv.weight.abs().max() > 0.9 * bound
 
 
@@ -168,4 +202,6 @@ def test_same_results_on_the_gpu():
         cpu, cpu_coords = sparse_conv3d(feats, coords, w, b, B, SHAPE, subm)
         gpu, gpu_coords = sparse_conv3d(feats.cuda(), coords.cuda(), w.cuda(), b.cuda(), B, SHAPE, subm)
         assert torch.equal(gpu_coords.cpu(), cpu_coords)
-        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-12)
+        # other summation orders (and fused multiply-adds) on the GPU: the K = 27 * c + 1 bound of the dense test
+        mag = magnitudes(feats, coords, w, b, B, cpu_coords)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=(27 * c + 1) * EPS64 * mag.max().item())

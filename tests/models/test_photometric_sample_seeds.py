@@ -68,7 +68,9 @@ def test_sample_draws_do_not_depend_on_the_batch():
     aug.set_sample_seeds([11, 22])
     out = aug(imgs)
     aug.set_sample_seeds([22])
-    torch.testing.assert_close(aug(imgs[views:]), out[views:])
+    # the same draws and the same elementwise float32 operations on the same pixels (each a correctly rounded
+    # add, multiply, divide, remainder, min or max, wherever it falls in a vector): bitwise equal
+    assert torch.equal(aug(imgs[views:]), out[views:])
     with pytest.raises(ValueError, match='cannot be split'):
         aug.set_sample_seeds([1, 2, 3, 4, 5])
         aug.draw(views)

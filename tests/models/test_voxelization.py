@@ -1,4 +1,5 @@
-"""tests/models/voxelization_oracle.py (the hard voxelisation of the data-dependent post-processing, now the oracle of models/occ_postprocess.py) against a brute-force Python loop with mmcv's rules."""
+"""tests/models/voxelization_oracle.py (the hard voxelisation of the data-dependent post-processing, now the
+oracle of models/occ_postprocess.py) against a brute-force Python loop with mmcv's rules."""
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ def brute_force(points, voxel_size, pcr, max_points, max_voxels):
     """One point at a time, as mmcv's deterministic kernel: float32 floor, first come first kept."""
     f32 = np.float32
     grid = [int(round((pcr[a + 3] - pcr[a]) / voxel_size[a])) for a in range(3)]
-    voxels, coords, counts = [], [], []
+    voxels, coords = [], []
     where = {}
     for p in points.tolist():
         c = [int(math.floor((f32(p[a]) - f32(pcr[a])) / f32(voxel_size[a]))) for a in range(3)]

@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from mmdet.models.builder import build_backbone, build_neck
 
 import models  # noqa: F401
-from mmdet.models.builder import build_backbone, build_neck
 from models.weights import CheckpointMismatchError, load_checkpoint_strict, load_pretrained_backbone
 
 
@@ -124,6 +124,7 @@ def test_mmcv_training_checkpoints_load_strictly(tmp_path):
     """mmcv's save_checkpoint also stores non-persistent buffers; the strict loader must accept them."""
     import torch.nn as nn
     from mmcv.runner.checkpoint import save_checkpoint
+
     from models.weights import load_checkpoint_strict
 
     class WithConstant(nn.Module):

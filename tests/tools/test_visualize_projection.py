@@ -91,8 +91,10 @@ def test_project_points_keeps_points_in_front_and_inside():
                     -point_at('CAM_FRONT', 50.0, 40.0, 8.0)])      # behind the camera
     uv, depth, index = vis.project_points(pts, m, (H, W))
     np.testing.assert_array_equal(index, [0, 1])
-    np.testing.assert_allclose(uv, [[10.25, 20.5], [0.0, 0.0]], atol=1e-9)
-    np.testing.assert_allclose(depth, [12.0, 5.0], atol=1e-9)
+    # float64 inverse pinhole and projection: ~10 roundings of terms <= (F + CX) x 12 m = 2400 px m, divided by
+    # depths >= 5 m: <= 10 x 1.1e-16 x 2400 / 5 = 5e-13 px; the depth sums terms <= 12 m: ~1e-14 m
+    np.testing.assert_allclose(uv, [[10.25, 20.5], [0.0, 0.0]], atol=1e-11)
+    np.testing.assert_allclose(depth, [12.0, 5.0], atol=1e-13)
 
 
 @pytest.mark.parametrize('scale,radius', [(1.0, 0), (0.5, 1)])
@@ -119,7 +121,7 @@ def test_projection_view_colours_and_labels_options():
     canvas, _ = vis.projection_view(images, mats, pts, colours=colours, scale=1.0, radius=0, labels=True)
     u, v, _ = POINTS['CAM_BACK']
     assert tuple(canvas[H + int(v), W + int(u)]) == (0, 0, 200)
-    # the camera name sits on a black box in the panel's top-left corner
+    # the camera name sits on a black box in the panel's top-left corner (its text covers well under half the box)
     assert (canvas[2:14, 2:60] == 0).all(-1).mean() > 0.5
     with pytest.raises(ValueError, match='CAM_BACK'):
         vis.projection_view(dict(images, CAM_BACK=np.zeros((10, 10, 3), np.uint8)), mats, pts)
@@ -195,6 +197,10 @@ def test_real_keyframe_lidar_points_in_boxes_match_the_annotations(real_keyframe
     theirs = np.array([i['num_lidar_pts'] for i in real_keyframe.info['instances']])
     print(f'\npoints in boxes: {ours.sum()} here, {theirs.sum()} annotated; {np.sum(ours == theirs)} of '
           f'{len(ours)} boxes equal')
+    # nuScenes counted with its own box test in the global frame; the boxes here are the v1.1 LiDAR-frame boxes
+    # (converted, float32), so points close to a face can fall either way: most boxes agree
+    # exactly (61 of 69 here), the totals within 3% and each box within max(2 points, 10%); a wrong box convention
+    # (e.g. the bottom-face centre) or a wrong frame moves whole halves of the boxes' points
     assert np.sum(ours == theirs) >= 55 and abs(int(ours.sum()) - int(theirs.sum())) < 0.03 * theirs.sum()
     assert np.all(np.abs(ours - theirs) <= np.maximum(2, 0.1 * theirs))
 
@@ -220,8 +226,12 @@ def test_real_keyframe_lidar_points_land_on_the_annotated_objects(real_keyframe,
             assert k in listed, f'{cam}: LiDAR points of box {k} project into the image but it is not listed'
             x1, y1, x2, y2 = info['cam_instances'][cam][listed.index(k)]['bbox']
             p = uv[inside]
-            assert (p[:, 0] >= x1 - 1).all() and (p[:, 0] <= x2 + 1).all(), (cam, k)
-            assert (p[:, 1] >= y1 - 1).all() and (p[:, 1] <= y2 + 1).all(), (cam, k)
+            # points inside a box project inside the hull of its projected corners; mmdetection3d projected them with
+            # the float64 calibration, we with the pickle's float32 one (R32 = 8.9e-8 rad x f = 1266 px ~ 1e-4 px), and
+            # the float32 boxes admit points within ~1e-6 m of a face (< 1e-3 px at >= 1 m)
+            slack = 0.01
+            assert (p[:, 0] >= x1 - slack).all() and (p[:, 0] <= x2 + slack).all(), (cam, k)
+            assert (p[:, 1] >= y1 - slack).all() and (p[:, 1] <= y2 + slack).all(), (cam, k)
             checked += int(inside.sum())
             boxes_seen += 1
     assert boxes_seen >= 40 and checked >= 400, (boxes_seen, checked)
@@ -237,5 +247,8 @@ def test_real_keyframe_both_info_formats_give_the_same_projection(real_keyframe,
     for cam in vis.CAMERA_TYPES:
         assert osp.realpath(ours['images'][cam]) == osp.realpath(v2['images'][cam])
         ref = v2['lidar2img'][cam]
-        assert np.abs(ours['lidar2img'][cam] - ref).max() / np.abs(ref).max() < 1e-6, cam
-    np.testing.assert_allclose(ours['lidar2ego'], v2['lidar2ego'], atol=1e-6)
+        # through the tables' nearest rotations vs the pickle's float32 blocks: <= 4.9e-6 relative (the derivation
+        # of LIDAR2IMG_REL in tests/loaders/test_nuscenes_keyframe.py; both sides are float64 here)
+        assert np.abs(ours['lidar2img'][cam] - ref).max() / np.abs(ref).max() < 5e-6, cam
+    # the tables' nearest rotation of the pickle's float32 block (within 3 x 2^-25 = 8.9e-8), the same translation
+    np.testing.assert_allclose(ours['lidar2ego'], v2['lidar2ego'], atol=1e-7)

@@ -17,12 +17,18 @@ def test_decoders_give_the_same_bgr_pixels(tmp_path):
     ref = imread_bgr(path, 'pillow')
     assert ref.shape == (90, 160, 3) and ref.dtype == np.uint8
     assert ref[20, 25, 2] > 230 and ref[20, 25, 0] < 30  # red is the last channel in BGR
-    assert np.abs(ref.astype(int)[..., ::-1] - rgb).mean() < 3  # decodes what was encoded
+    # decodes what was encoded: quality 95 quantisation removes at most all of the sigma = 3 noise (mean |N(0, 3)| =
+    # 2.4 levels) and 4:2:0 chroma blurs the red patch's edges (~200 px off by tens of levels: < 1 level on average);
+    # a swapped channel or a broken decode is off by tens of levels
+    assert np.abs(ref.astype(int)[..., ::-1] - rgb).mean() < 4
     backends = ['cv2', 'auto'] + (['turbojpeg'] if turbojpeg_decoder() is not None else [])
     for backend in backends:
         img = imread_bgr(path, backend)
         assert img.shape == ref.shape and img.dtype == np.uint8
         diff = np.abs(img.astype(int) - ref)
+        # JPEG decoders differ by their IDCT rounding (the standard allows 1 level per Y/Cb/Cr sample: <= 3 levels
+        # after the colour transform) and their chroma upsampling rounding at the red patch's edges; most pixels
+        # are equal, so the mean stays well below one level
         assert diff.max() <= 8 and diff.mean() < 0.5, (backend, diff.max(), diff.mean())
 
 

@@ -9,8 +9,9 @@ fp64/fp32/fp16/bf16, misaligned and non-contiguous inputs, empty inputs and inpu
 
 Locations are mostly multiples of 1/4096: then u*(W-1) and v*(H-1) are exact in float32, the
 kernel and the float64 reference interpolate at the same coordinates, and the only differences
-left are float32 accumulation errors, so a 1e-5 relative bound is meaningful. One test uses
-arbitrary float32 locations, where float32 rounding of the pixel coordinate itself is allowed.
+left are float32 accumulation errors: K * eps relative to the largest value for the longest sum of K
+terms behind a compared value (`accumulation_terms`). One test uses arbitrary float32 locations,
+where float32 rounding of the pixel coordinate itself is allowed.
 """
 import importlib
 import os
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 DEVICE = 'cuda'
+EPS32 = torch.finfo(torch.float32).eps   # 2^-23: one float32 rounding moves a value by <= half of it
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
@@ -136,6 +138,16 @@ def rel_err(a, b):
     return diff / scale if scale > 0 else diff
 
 
+def accumulation_terms(out, gfeats):
+    """Length of the longest sum behind a compared value: a feature gradient gathers the 4 corners of all Q * P
+    samples of its map (atomics: any order), a u or v gradient differences of 2 corners of 2 rows over C channels
+    and L levels (4 C L terms), a weight gradient 4 C, an output 4 L. A K-term float32 sum is within K * eps / 2
+    of the sum of its terms' magnitudes, whatever the order: two of them differ by at most K * eps of that,
+    taken here relative to the largest compared value (of the terms' scale)."""
+    _, Q, C, P = out.shape
+    return max(4 * Q * P, 4 * C * len(gfeats))
+
+
 def assert_all_close(got, ref, tol, what):
     out, gfeats, gloc, gw = got
     rout, rfeats, rloc, rw = ref
@@ -165,7 +177,8 @@ def test_matches_float64_reference(L, C, P, dtype):
     ref = run_reference(feats, loc, weights, grad_out)
     assert got[0].dtype == dtype and got[0].shape == (2, 5, C, P)
     assert all(g.dtype == dtype for g in got[1]) and got[2].dtype == loc.dtype
-    assert_all_close(got, ref, 1e-12 if dtype == torch.float64 else 1e-5, f'L={L} C={C} P={P} {dtype}')
+    tol = accumulation_terms(got[0], got[1]) * torch.finfo(dtype).eps      # dyadic locations: sums only
+    assert_all_close(got, ref, tol, f'L={L} C={C} P={P} {dtype}')
 
 
 def test_model_like_shape_float32():
@@ -173,8 +186,9 @@ def test_model_like_shape_float32():
     sizes = [(16, 44), (8, 22), (4, 11), (2, 6)]
     feats, loc, weights = make_inputs(BB=4, N=6, C=64, Q=60, P=16, L=4, sizes=sizes, seed=7)
     grad_out = torch.randn(4, 60, 64, 16, device=DEVICE)
-    assert_all_close(run_op(feats, loc, weights, grad_out), run_reference(feats, loc, weights, grad_out),
-                     1e-5, 'model-like fp32')
+    got = run_op(feats, loc, weights, grad_out)
+    assert_all_close(got, run_reference(feats, loc, weights, grad_out),
+                     accumulation_terms(got[0], got[1]) * EPS32, 'model-like fp32')
 
 
 def test_arbitrary_float32_locations():
@@ -182,8 +196,11 @@ def test_arbitrary_float32_locations():
     moves the interpolation point, so the bound is looser than with exact coordinates."""
     feats, loc, weights = make_inputs(C=32, P=9, L=4, seed=3, dyadic=False)
     grad_out = torch.randn(2, 5, 32, 9, device=DEVICE)
-    assert_all_close(run_op(feats, loc, weights, grad_out), run_reference(feats, loc, weights, grad_out),
-                     1e-4, 'arbitrary fp32 locations')
+    got = run_op(feats, loc, weights, grad_out)
+    # the sums' bound, plus u * (W_l - 1) rounding by <= 16 * eps / 2 = 8 eps px on each axis, which moves a
+    # sample by <= the largest texel step (<= 2 max |f|) per pixel, on each of L levels: 2 * 2 * 8 * L eps
+    tol = (accumulation_terms(got[0], got[1]) + 32 * len(feats)) * EPS32
+    assert_all_close(got, run_reference(feats, loc, weights, grad_out), tol, 'arbitrary fp32 locations')
 
 
 def test_gradcheck_float64():
@@ -195,26 +212,31 @@ def test_gradcheck_float64():
     def fn(f0, f1, loc_, w_):
         return msmv_sampling_cuda([f0, f1], loc_, w_)
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    # central differences in float64: the op is linear in the features and weights and, inside a texel cell, in
+    # each of u and v (no truncation error); an output (|f| <= ~3, ~15 roundings) is within ~5e-15 of exact,
+    # over 2h = 2e-6 that is 2.5e-9: atol 1e-7, no relative part
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=0)
 
 
 def assert_low_precision_close(got, ref, dtype, what):
     """fp16/bf16 features: fp32 accumulation and one rounding to the feature dtype at the end. The
     reference sees the same (rounded) inputs in float64, so the output and the feature gradients
     may differ by that final rounding (half an ulp: 2^-11 fp16, 2^-8 bf16, relative) plus float32
-    accumulation error; the float32 location / weight gradients by accumulation error only."""
+    accumulation error (`accumulation_terms` * eps of the largest value); the float32 location / weight
+    gradients by accumulation error only."""
     rel = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
     out, gfeats, gloc, gw = got
     rout, rfeats, rloc, rw = ref
     assert out.dtype == dtype and all(g.dtype == dtype for g in gfeats)
     assert gloc.dtype == torch.float32 and gw.dtype == torch.float32
+    acc = accumulation_terms(out, gfeats) * EPS32
     for name, a, b in [('output', out, rout)] + [(f'grad feat {i}', a, b)
                                                 for i, (a, b) in enumerate(zip(gfeats, rfeats))]:
-        tol = rel * b.abs() + 1e-5 * b.abs().max()
+        tol = rel * b.abs() + acc * b.abs().max()
         excess = ((a.double() - b).abs() - tol).max().item()
         assert excess <= 0, f'{what} {name}: exceeds the rounding bound by {excess}'
-    assert rel_err(gloc[..., :2], rloc[..., :2]) < 1e-5, what
-    assert rel_err(gw, rw) < 1e-5, what
+    assert rel_err(gloc[..., :2], rloc[..., :2]) < acc, what
+    assert rel_err(gw, rw) < acc, what
     assert torch.all(gloc[..., 2] == 0), what
 
 
@@ -278,10 +300,12 @@ def test_borders_and_outside_hand_computed():
         lo = loc.to(DEVICE, acc)
         w = torch.ones(1, 1, P, 1, device=DEVICE, dtype=acc)
         out = msmv_sampling_cuda(feats, lo, w)
-        torch.testing.assert_close(out.double(), expected.to(DEVICE), rtol=1e-6, atol=1e-6)
+        # exact: the coordinates, corner weights (multiples of 1/16) and texel values (11 significant bits) are
+        # dyadic, so every product and the sums of <= 4 of them fit in float32's 24 bits
+        torch.testing.assert_close(out.double(), expected.to(DEVICE), rtol=0, atol=0)
         # the reference implements the same conventions (sanity check of the reference itself)
         ref = reference_sampling([fmap.to(DEVICE)], loc.to(DEVICE), w.double())
-        torch.testing.assert_close(ref, expected.to(DEVICE), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ref, expected.to(DEVICE), rtol=0, atol=0)
 
 
 def test_border_gradients_hand_computed():
@@ -302,8 +326,10 @@ def test_border_gradients_hand_computed():
     out.backward(torch.ones_like(out))
     s10 = _texel(0, 1, 0, C).sum().item()
     expect_loc = torch.tensor([[[[2.0 * 4 * s10, 2.0 * 80.0, 0.0], [0.0, 0.0, 0.0]]]])
-    torch.testing.assert_close(loc.grad.cpu(), expect_loc, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(w.grad.cpu(), torch.tensor([[[[0.5 * s10], [0.0]]]]), rtol=1e-6, atol=1e-6)
+    # dyadic texels, weights and coordinates: every term and partial sum is exact in float32; allow one rounding
+    # of the result (eps relative) for a kernel that scales in another order; zeros must be exact zeros
+    torch.testing.assert_close(loc.grad.cpu(), expect_loc, rtol=EPS32, atol=0)
+    torch.testing.assert_close(w.grad.cpu(), torch.tensor([[[[0.5 * s10], [0.0]]]]), rtol=EPS32, atol=0)
     expect_feat = torch.zeros(1, N, H, W, C)
     expect_feat[0, 0, 1, 0] = 2.0 * 0.5    # level weight x corner weight, per channel
     torch.testing.assert_close(feats[0].grad.cpu(), expect_feat, rtol=0, atol=0)
@@ -339,7 +365,7 @@ def test_misaligned_feature_pointers(dtype, offset):
     got = run_op(shifted, loc, weights, grad_out)
     ref = run_reference(feats, loc, weights, grad_out)
     if dtype == torch.float32:
-        assert_all_close(got, ref, 1e-5, f'misaligned by {offset} elements')
+        assert_all_close(got, ref, accumulation_terms(got[0], got[1]) * EPS32, f'misaligned by {offset} elements')
     else:
         assert_low_precision_close(got, ref, dtype, f'misaligned by {offset} elements')
 
@@ -355,11 +381,12 @@ def test_non_contiguous_inputs_and_grad_output():
     (out.permute(0, 2, 1, 3) * R).sum().backward()   # upstream gradient is non-contiguous
     grad_out = R.permute(0, 2, 1, 3)
     rout, rfeats, rloc, rw = run_reference(feats, loc, weights, grad_out)
-    assert rel_err(out, rout) < 1e-5
+    tol = accumulation_terms(out, feats) * EPS32                         # dyadic locations: sums only
+    assert rel_err(out, rout) < tol
     for f, rf in zip(feats_cf, rfeats):
-        assert rel_err(f.grad.permute(0, 1, 3, 4, 2), rf) < 1e-5
-    assert rel_err(loc_t.grad.transpose(1, 2)[..., :2], rloc[..., :2]) < 1e-5
-    assert rel_err(w.grad, rw) < 1e-5
+        assert rel_err(f.grad.permute(0, 1, 3, 4, 2), rf) < tol
+    assert rel_err(loc_t.grad.transpose(1, 2)[..., :2], rloc[..., :2]) < tol
+    assert rel_err(w.grad, rw) < tol
 
 
 def test_feature_gradients_skipped_when_not_needed():
@@ -370,8 +397,11 @@ def test_feature_gradients_skipped_when_not_needed():
     w2 = weights.clone().requires_grad_(True)
     msmv_sampling_cuda(feats, loc2, w2).backward(grad_out)
     assert all(f.grad is None for f in feats)
-    torch.testing.assert_close(loc2.grad, full[2], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(w2.grad, full[3], rtol=1e-6, atol=1e-6)
+    # another backward variant may sum the 4 C L (u, v) and 4 C (weights) terms in another order: K * eps of
+    # the largest value
+    C, L = grad_out.shape[2], len(feats)
+    torch.testing.assert_close(loc2.grad, full[2], rtol=0, atol=4 * C * L * EPS32 * full[2].abs().max().item())
+    torch.testing.assert_close(w2.grad, full[3], rtol=0, atol=4 * C * EPS32 * full[3].abs().max().item())
 
 
 def test_locations_in_other_dtypes_get_gradients_in_their_dtype():
@@ -382,6 +412,8 @@ def test_locations_in_other_dtypes_get_gradients_in_their_dtype():
     out.sum().backward()
     assert loc64.grad.dtype == torch.float64 and w16.grad.dtype == torch.float16
     rout = reference_sampling([f.double() for f in feats], loc64.detach(), w16.detach().double())
+    # dyadic locations (exact in float32) and fp16 weights (exact in float32): only the output's 4 L = 16-term
+    # sums, 16 eps ≈ 1.9e-6 of the largest value; 1e-5 (84 eps) leaves 5x
     assert rel_err(out, rout) < 1e-5
 
 
@@ -456,9 +488,12 @@ def test_knn1_matches_brute_force(M, K):
     # same float32 distance (bitwise) and the lowest index among equals
     assert torch.equal(d[rows, idx], d.min(dim=1).values)
     assert torch.equal(idx, expect)
-    # and truly nearest in float64 up to float32 rounding
+    # and truly nearest in float64 up to float32 rounding: the coordinates (same sign, within 2x) subtract
+    # exactly, the squares and the two sums of nonnegative terms round 3 times (3 * 2^-24 relative), so the
+    # chosen neighbour's float64 distance is within 2 * 3 * 2^-24 = 3 eps of the best one
     d64 = ((query.double()[:, None] - ref.double()[None]) ** 2).sum(-1)
-    assert torch.all(d64[rows, idx] - d64.min(dim=1).values <= 1e-5)
+    best = d64.min(dim=1).values
+    assert torch.all(d64[rows, idx] - best <= 3 * EPS32 * best)
 
 
 def test_knn1_ties_go_to_the_lowest_index():
