@@ -14,7 +14,8 @@ from the feature cache; each timed call includes the host->device copy of the im
 device->host copy of the result, bracketed by cuda.synchronize):
 * eager: faithful arithmetic, each kernel launched from Python (test_cfg.cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
-* fast: graph, the fast test mode (test_cfg.mode='fast': bf16 NHWC backbone + FPN, TF32 and fused decoder kernels).
+* fast: graph, the fast test mode (test_cfg.mode='fast': fp16 NHWC backbone + FPN, TF32 and fused decoder kernels,
+  float32 in the decoder's per-query layers).
 Training modes:
 * faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
@@ -175,6 +176,7 @@ class TrainBench:
 
     def __init__(self, cfg, mode, state, batch, device):
         from mmcv.runner import build_optimizer
+
         from engine.build import set_train_mode
         self.mode = mode
         self.fast = fast = not mode.startswith('faithful')
@@ -252,8 +254,8 @@ def table(title, stats, unit='ms', extra=None):
 
 
 def bench_config(path, args, device):
-    from engine.config import load_config
     import models  # noqa: F401
+    from engine.config import load_config
     cfg = load_config(path)
     name = os.path.basename(path)
     lines = [f'## {name}', '']
@@ -331,7 +333,8 @@ def main():
     parser.add_argument('--skip-inference', action='store_true')
     parser.add_argument('--skip-train', action='store_true')
     parser.add_argument('--out', help='also write the tables (markdown) here')
-    parser.add_argument('--cpu-smoke', action='store_true', help='run on the CPU (checks the script, times nothing useful)')
+    parser.add_argument('--cpu-smoke', action='store_true',
+                        help='run on the CPU (checks the script, times nothing useful)')
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.cpu_smoke:
         sys.exit('bench_e2e.py needs a CUDA GPU (--cpu-smoke runs it on the CPU to check the script)')

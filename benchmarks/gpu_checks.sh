@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The GPU checks of one session on a lent GPU machine, in one call of under 10 minutes:
+# The GPU checks on a GPU machine, in one run of under 10 minutes:
 #   bash benchmarks/gpu_checks.sh            (reports under $OUT: log.txt, gpu_tests.log, e2e_t.md, e2e_l.md, demo.md)
 # The GPU tests run beside two trainings of the demo config (faithful, --fast); then the T and L
 # end-to-end benchmarks alone on the machine; then val.py of both trainings, faithful and --fast, and
 # the voxel agreement of their predictions. Needs beside the working tree: .whl (the wheels,
-# docs/performance.md), .bench_data (copies of ../shared/data/nuscenes-keyframe and occ3d-sample,
-# linked as ../shared/data there) and data/synthetic (`python tools/make_synthetic_nuscenes.py` +
-# gen_sweep_info.py, as `make demo` writes it). Each stage is cut at the 540 s mark.
+# docs/performance.md, "GPU machine set-up"), .bench_data (copies of ../shared/data/nuscenes-keyframe
+# and occ3d-sample, linked as ../shared/data there) and data/synthetic
+# (`python tools/make_synthetic_nuscenes.py` + gen_sweep_info.py, as `make demo` writes it). Each stage
+# is cut at the 540 s mark.
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p $OUT
 T0=$(date +%s); L=$OUT/log.txt; D=$OUT/demo.md
 el() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $L; }
 left() { local l=$(( 540 - ($(date +%s) - T0) )); [ $l -lt $1 ] && echo $l || echo $1; }
-. benchmarks/gpu_session.sh >> $L 2>&1 || { tail -30 $L; exit 1; }
+. benchmarks/gpu_setup.sh >> $L 2>&1 || { tail -30 $L; exit 1; }
 el setup done
 [ -e ../shared/data ] || { mkdir -p ../shared && ln -s $PWD/.bench_data ../shared/data; }
 F='mmcv - INFO|init_weights|torch.Size|Init: |^ *$|The value is the same|Warning|warn|"""'

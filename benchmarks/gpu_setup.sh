@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a lent GPU machine without a package registry (the wheels in .whl, see docs/performance.md):
-#   . benchmarks/gpu_session.sh [full]       (sourced: it exports PYTHONPATH; logs under $OUT or ./gpu_out)
+# Set up an offline GPU machine, one without a package registry (the wheels carried in .whl, see
+# docs/performance.md, "GPU machine set-up"):
+#   . benchmarks/gpu_setup.sh [full]       (sourced: it exports PYTHONPATH; logs under $OUT or ./gpu_out)
 # Installs the wheels and builds OPS's CUDA extension; benchmarks/gpu_checks.sh then runs the GPU tests
 # and the benchmarks.
 # Without `full`, mmcv-full's own CUDA ops are not built (a 5-minute build): a stand-in mmcv._ext lets

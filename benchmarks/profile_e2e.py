@@ -88,7 +88,8 @@ def kernel_table(prof, reps, rows=20):
                 for e in prof.events() if is_kernel(e) and not e.name.startswith('stage:')) / 1000 / reps
     events = [e for e in prof.key_averages() if not e.key.startswith(('stage:', 'step:'))]
     events.sort(key=self_device_us, reverse=True)
-    lines = [f'GPU kernel time per repetition: {total:.2f} ms', '', '| operator | self GPU ms | calls |', '|---|---|---|']
+    lines = [f'GPU kernel time per repetition: {total:.2f} ms', '',
+             '| operator | self GPU ms | calls |', '|---|---|---|']
     for e in events[:rows]:
         if self_device_us(e) == 0:
             break
@@ -217,8 +218,8 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.cpu_smoke:
         sys.exit('profile_e2e.py needs a CUDA GPU (--cpu-smoke runs it on the CPU to check the script)')
-    from engine.config import load_config
     import models  # noqa: F401
+    from engine.config import load_config
     torch.backends.cudnn.benchmark = True
     device = torch.device('cpu' if args.cpu_smoke else 'cuda')
     cfg = load_config(args.config)

@@ -3,7 +3,7 @@
 # full-size 1600x900 images, faithful and --fast:
 #   bash benchmarks/val_throughput.sh [config] [key frames per held-out scene]
 # Defaults: configs/ops-t_r50_704x256_8f_12e.py, 40 key frames x 2 held-out scenes (80 samples).
-# On a lent GPU machine after `. benchmarks/gpu_session.sh`; DEVICE=cpu for a smoke run. The model has
+# On a GPU machine after `. benchmarks/gpu_setup.sh`; DEVICE=cpu for a smoke run. The model has
 # random weights (val.py --random-init): the test step has static shapes, so its time does not depend on
 # them. Prints per run the samples, the wall time of the process, the inference loop's time (val.py's
 # "inference:" log line) split into the first sample (graph capture, kernel compilation) and the steady

@@ -29,7 +29,7 @@ KNOWN_TOP_LEVEL_KEYS = {
     'optimizer_config', 'lr_config', 'momentum_config', 'load_from', 'revise_keys',
     'checkpoint_config', 'log_config', 'eval_config', 'custom_hooks', 'work_dir',
     'find_unused_parameters', 'max_consecutive_nan_steps',
-    'auto_scale_lr', 'custom_imports',  # issue 15: engine/scaling.py; mmcv imports custom_imports' modules
+    'auto_scale_lr', 'custom_imports',  # auto_scale_lr: engine/scaling.py; mmcv imports custom_imports' modules
 }
 # Keys of the original code's configs that nothing in OPS reads: an error that says where the setting went.
 DEAD_TOP_LEVEL_KEYS = {
@@ -307,6 +307,7 @@ class _Checker:
 
     def checkpoint_config(self, value):
         from mmcv.runner import HOOKS
+
         from engine.runner import AtomicEpochBasedRunner
         if not isinstance(value, dict):
             return

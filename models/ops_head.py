@@ -91,9 +91,10 @@ class OPSHead(BaseModule):
         pc_range (sequence[6]): (x_min, y_min, z_min, x_max, y_max, z_max), metres.
         voxel_size (sequence[3]): metres (0.4).
         transformer (dict): config of the decoder, built with mmdet's ``build_transformer``;
-            called as ``transformer(init_points, query_feat, mlvl_feats, img_metas=...)`` and
-            returning ``(cls_scores, refine_pts)``, lists over layers of ``[B, Q, P_i, C]``
-            logits and ``[B, Q, P_i, 3]`` normalised points.
+            the head calls its ``image_geometry(img_metas, device)`` and ``sampling_layout(mlvl_feats)``
+            (``forward``), then ``run(init_points, query_feat, feats, occ2img, image_h, image_w, fast)``
+            (``forward_geometry``), which returns ``(cls_scores, refine_pts)``, lists over layers of
+            ``[B, Q, P_i, C]`` logits and ``[B, Q, P_i, 3]`` normalised points.
         loss_cls (dict): mmdet FocalLoss config (sigmoid, gamma 2, alpha 0.25, weight 2).
         loss_pts (dict): mmdet SmoothL1Loss config (beta 0.2, weight 0.5).
         empty_label (int): label of free voxels in ``voxel_semantics`` (17).
