@@ -35,6 +35,7 @@ import numpy as np
 
 from core.geometry import rigid_transform
 from core.occ3d import CAMERA_NAMES
+
 TABLES = ['category', 'attribute', 'visibility', 'instance', 'sensor', 'calibrated_sensor', 'ego_pose', 'log',
           'scene', 'sample', 'sample_data', 'sample_annotation', 'map']
 # version -> [(devkit split name, output tag, mmdet3d source pickle tag)]

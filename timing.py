@@ -2,8 +2,11 @@
 
   python timing.py --config configs/ops-t_r50_704x256_8f_24e.py --weights checkpoints/ops-t.pth
 
-One process, batch 1, fp32, the val set in order with the online feature cache (the backbone runs on
-the 6 current images; history features come from the cache). Timed per sample: moving the batch to
+One process, batch 1, the val set in order with the online feature cache (the backbone runs on
+the 6 current images; history features come from the cache). By default the faithful test mode (the
+original's arithmetic, float32 backbone and decoder); `--fast` the fast test mode (fp16 backbone and
+FPN, TF32 and fused decoder kernels). On CUDA each test step is replayed from a CUDA graph
+(`--no-cuda-graph`: kernels launched one by one). Timed per sample: moving the batch to
 the device plus the model's forward with post-processing (including the copy of the result to the
 CPU), between two device synchronisations; data loading is outside. The first `--num-warmup`
 samples are not counted.
@@ -20,7 +23,8 @@ from engine.cli import DictAction, UserError, add_common_arguments, entry_point,
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Measure OPS inference FPS (batch 1, online mode; faithful fp32 or --fast)')
+    parser = argparse.ArgumentParser(
+        description='Measure OPS inference FPS (batch 1, online mode; faithful fp32 or --fast)')
     parser.add_argument('--config', required=True)
     parser.add_argument('--weights', help='checkpoint (optional: random init otherwise; see the note printed)')
     parser.add_argument('--num-warmup', '--num_warmup', type=int, default=10, help='samples not timed')
@@ -70,6 +74,7 @@ def _main(argv):
     from engine.logs import quiet_libraries
     quiet_libraries(args.verbose)
     import torch
+
     from engine.config import load_config
     from engine.dist import init_distributed
     cfg = load_config(args.config, args.cfg_options, required=('model', 'data'))

@@ -26,7 +26,8 @@ def parse_args(argv=None):
     parser.add_argument('--config', required=True, help='config file, e.g. configs/ops-t_r50_704x256_8f_12e.py')
     parser.add_argument('--work-dir', help='where logs and checkpoints go (default: outputs/<config name>)')
     parser.add_argument('--resume-from', help='checkpoint to resume from (default: latest.pth of the work dir)')
-    parser.add_argument('--no-auto-resume', action='store_true', help='start afresh even if the work dir has checkpoints')
+    parser.add_argument('--no-auto-resume', action='store_true',
+                        help='start afresh even if the work dir has checkpoints')
     parser.add_argument('--cfg-options', '--override', nargs='+', action=DictAction, default={},
                         help='override config values, e.g. total_epochs=2 data.workers_per_gpu=0')
     parser.add_argument('--seed', type=int, default=0)
@@ -92,13 +93,24 @@ def train(args, cfg, work_dir, rank, world_size, device):
     from mmdet.core import EvalHook
 
     import engine.train_step  # noqa: F401  (registers SyncFreeOptimizerHook for --fast)
-    from engine.build import (build_dataset, build_model, build_test_loader, build_train_loader, set_test_mode,
-                              set_train_mode)
+    from engine.build import (
+        build_dataset,
+        build_model,
+        build_test_loader,
+        build_train_loader,
+        set_test_mode,
+        set_train_mode,
+    )
     from engine.dist import agree_on_checkpoint, wrap_distributed
     from engine.distributed_hooks import CollectiveDistEvalHook, SampleSeedHook
     from engine.parallel import OPSDataParallel
-    from engine.runner import (AtomicEpochBasedRunner, EpochSeedHook, ProgressBarHook, find_latest_checkpoint,
-                               resume_failure_message)
+    from engine.runner import (
+        AtomicEpochBasedRunner,
+        EpochSeedHook,
+        ProgressBarHook,
+        find_latest_checkpoint,
+        resume_failure_message,
+    )
     from engine.scaling import apply_plan, continue_resumed_run, plan_from_config
     from loaders.data_check import check_dataset
     from models.weights import UntrustedCheckpointError
@@ -162,7 +174,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
         raise UserError(f'{args.config}: {exc}') from exc
     logger.info(f'Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}')
     train_loader = build_train_loader(train_dataset, samples_per_gpu, cfg.data.workers_per_gpu,
-                                      dist=world_size > 1, seed=args.seed, cumulative_iters=plan.cumulative_iters)
+                                      seed=args.seed, cumulative_iters=plan.cumulative_iters)
 
     model = model.to(device)
     if world_size > 1:

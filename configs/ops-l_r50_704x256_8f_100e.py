@@ -1,4 +1,5 @@
-# OPS-L: 4800 queries x 16 points, 2 sampling points per group and frame, 100 epochs (same model as the 12-epoch config).
+# OPS-L: 4800 queries x 16 points, 2 sampling points per group and frame, 100 epochs
+# (same model as the 12-epoch config).
 _base_ = ['./ops-l_r50_704x256_8f_12e.py']
 
 total_epochs = 100

@@ -1,4 +1,5 @@
-# OPS-M: 2400 queries x 32 points, 2 sampling points per group and frame, 100 epochs (same model as the 12-epoch config).
+# OPS-M: 2400 queries x 32 points, 2 sampling points per group and frame, 100 epochs
+# (same model as the 12-epoch config).
 _base_ = ['./ops-m_r50_704x256_8f_12e.py']
 
 total_epochs = 100

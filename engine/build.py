@@ -67,9 +67,9 @@ def build_dataset(data_cfg, test_mode=None):
     return mmdet_build_dataset(data_cfg, None if test_mode is None else dict(test_mode=test_mode))
 
 
-def build_train_loader(dataset, samples_per_gpu, workers_per_gpu, dist, seed, cumulative_iters=1):
+def build_train_loader(dataset, samples_per_gpu, workers_per_gpu, seed, cumulative_iters=1):
     """Shuffled training loader of one process whose global batches do not depend on the number of
-    processes (loaders.builder.build_train_dataloader; `dist` is read from the process group)."""
+    processes (loaders.builder.build_train_dataloader; the world size is read from the process group)."""
     from loaders.builder import build_train_dataloader
     return build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, cumulative_iters=cumulative_iters,
                                   seed=seed)
@@ -88,9 +88,10 @@ def set_test_mode(cfg, online, fast=False, cuda_graph=True):
     One decision for the whole run, taken by the entry point from the number of processes:
     online (one process: the test pipeline loads the key frame's images only and the model reuses
     cached features of earlier samples) or offline (every frame's images per sample, any order).
-    `fast` selects the model's fast test mode (bf16 backbone), `cuda_graph` the graph replay of the
-    test step on CUDA (docs/performance.md). Sets `model.online`, `model.test_cfg.mode` and
-    `.cuda_graph`, and `online` of every multi-frame loading step of the val and test pipelines.
+    `fast` selects the model's fast test mode (fp16 backbone and FPN, TF32 and fused decoder kernels),
+    `cuda_graph` the graph replay of the test step on CUDA (docs/performance.md, "Modes"). Sets
+    `model.online`, `model.test_cfg.mode` and `.cuda_graph`, and `online` of every multi-frame loading
+    step of the val and test pipelines.
     """
     cfg.model.online = bool(online)
     cfg.model.setdefault('test_cfg', {})

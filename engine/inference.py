@@ -19,7 +19,7 @@ import torch.distributed as dist
 from engine.dist import DEFAULT_CHUNK_BYTES, gather_object_chunks
 from evaluation.predictions import compact_result, save_prediction
 
-__all__ = ['sampler_indices', 'real_sample_count', 'run_inference', 'collect_results', 'collect_results_cpu',
+__all__ = ['sampler_indices', 'real_sample_count', 'run_inference', 'collect_results',
            'inference']
 
 
@@ -120,11 +120,6 @@ def collect_results(result_part, size, chunk_bytes=DEFAULT_CHUNK_BYTES):
         raise RuntimeError(f'ranks returned {lengths} results for {size} samples; every rank must process '
                            f'the same padded number of samples (mmdet DistributedSampler)')
     return [item for group in zip(*parts) for item in group][:size]
-
-
-def collect_results_cpu(result_part, size, tmpdir=None):
-    """collect_results under its former name; `tmpdir` is ignored (nothing is written to a folder any more)."""
-    return collect_results(result_part, size)
 
 
 def inference(model, data_loader, dataset, device, rank, world_size, save_dir=None, logger=None):

@@ -21,8 +21,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torch.distributed as dist
-from mmcv.runner import RUNNERS, EpochBasedRunner, Hook, HOOKS, OptimizerHook, Fp16OptimizerHook
-from mmcv.runner import get_dist_info
+from mmcv.runner import HOOKS, RUNNERS, EpochBasedRunner, Fp16OptimizerHook, Hook, OptimizerHook, get_dist_info
 from mmcv.runner.checkpoint import save_checkpoint
 from tqdm import tqdm
 
@@ -52,6 +51,7 @@ class AtomicEpochBasedRunner(EpochBasedRunner):
     def load_checkpoint(self, filename, map_location='cpu', strict=False, revise_keys=((r'^module\.', ''),)):
         """mmcv's load_checkpoint on a local file, read with models.weights.load_checkpoint_file."""
         from mmcv.runner.checkpoint import load_state_dict
+
         from models.weights import CheckpointError, load_checkpoint_file
         checkpoint = load_checkpoint_file(filename, 'checkpoint', trust=self.trust_checkpoint,
                                           map_location='cpu' if map_location in (None, 'default') else map_location)

@@ -60,7 +60,8 @@ class NuScenesOccDataset(Dataset):
     def load_annotations(self, ann_file):
         if not osp.isfile(ann_file):
             raise FileNotFoundError(
-                f'info file not found: {ann_file}. Create it with `python gen_sweep_info.py --data-root <nuScenes root> '
+                f'info file not found: {ann_file}. Create it with '
+                f'`python gen_sweep_info.py --data-root <nuScenes root> '
                 f'--version <v1.0-trainval|v1.0-mini|v1.0-test>` (see docs/data.md)')
         data = mmcv.load(ann_file, file_format='pkl')
         if not isinstance(data, dict) or 'infos' not in data:

@@ -12,8 +12,9 @@ the centroids and tau, so no Q x Q tensor exists; softmax and the value product 
 Measured per layer on one H200 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800
 3.8 ms faithful, 0.75 ms fused in bf16 (fp16 since 2026-12-02: the same tensor cores); Q = 600
 0.37 ms faithful, 0.28 ms fused in float32 (bf16 is slower there). Used in eval only: training keeps
-the faithful path, whose attention dropout FlexAttention does not have. On the H200 (2026-12-01) the fast test step with this kernel ran OPS-L
-in 25.1 ms against 64.0 ms before (benchmarks/bench_e2e.py, docs/performance.md).
+the faithful path, whose attention dropout FlexAttention does not have. On the H200 (2026-12-01) the fast
+test step with this kernel ran OPS-L in 25.1 ms against 64.0 ms before (benchmarks/bench_e2e.py,
+docs/performance.md).
 
 Fast training (`sdpa_biased_attention`) keeps the `[B, H, Q, Q]` bias tensor, whose gradient reaches
 tau, but hands it to `F.scaled_dot_product_attention` instead of mmcv's MultiheadAttention: that

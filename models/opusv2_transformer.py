@@ -23,8 +23,13 @@ import torch
 import torch.nn as nn
 from mmdet.models.utils.builder import TRANSFORMER
 
-from .ops_transformer import (OPSSampling, OPSTransformer, OPSTransformerDecoder, OPSTransformerDecoderLayer,
-                              decode_points)
+from .ops_transformer import (
+    OPSSampling,
+    OPSTransformer,
+    OPSTransformerDecoder,
+    OPSTransformerDecoderLayer,
+    decode_points,
+)
 
 __all__ = ['OPUSV2Sampling', 'OPUSV2TransformerDecoderLayer', 'OPUSV2TransformerDecoder', 'OPUSV2Transformer']
 

@@ -69,8 +69,9 @@ def _main(argv):
     else:
         from engine.config import load_config
         cfg = load_config(args.config, args.cfg_options, required=('data',))
-        import loaders  # noqa: F401  (registers the dataset and pipelines)
         from mmdet.datasets import build_dataset
+
+        import loaders  # noqa: F401  (registers the dataset and pipelines)
         for split in args.splits:
             if split not in cfg.data:
                 raise UserError(f'{args.config}: has no data.{split}; check one of '

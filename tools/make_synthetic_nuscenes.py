@@ -32,7 +32,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Write a synthetic nuScenes + Occ3D world (a test world, not nuScenes)')
     p.add_argument('--out', default='data/synthetic', help='output root (becomes --data-root of gen_sweep_info.py)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--train-scenes', type=int, default=3, help=f'1..{len(writer.MINI_TRAIN)} (names of the mini train split)')
+    p.add_argument('--train-scenes', type=int, default=3,
+                   help=f'1..{len(writer.MINI_TRAIN)} (names of the mini train split)')
     p.add_argument('--val-scenes', type=int, default=1, help=f'0..{len(writer.MINI_VAL)} (names of the mini val split)')
     p.add_argument('--keyframes', type=int, default=8, help='key frames (samples, 2 Hz) per scene')
     p.add_argument('--sweeps', type=int, default=5, help='camera sweeps between key frames (5 = 12 Hz as nuScenes)')

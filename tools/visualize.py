@@ -33,6 +33,7 @@ from core.geometry import dense_from_sparse, pad_intrinsic, rigid_inverse, rigid
 from core.occ3d import CAMERA_NAMES as CAMERA_TYPES  # noqa: E402
 from core.occ3d import CLASS_NAMES as OCC_CLASS_NAMES  # noqa: E402
 from core.occ3d import FREE_LABEL, GRID_SHAPE, POINT_CLOUD_RANGE, VOXEL_SIZE  # noqa: E402
+
 # RGB colours per class id (0..16), then free (white).
 PALETTE = np.array([
     [0, 0, 0], [255, 120, 50], [255, 192, 203], [255, 255, 0], [0, 150, 245], [0, 255, 255],

@@ -1,9 +1,13 @@
 """Data pipeline steps, registered in mmdet's PIPELINES (docs/data.md, "2. Dataset and pipeline")."""
 from .formatting import Collect3D, DefaultFormatBundle3D
-from .gpu_decode import (DeferredRandomTransformImage, JpegFormatBundle3D, LoadMultiViewJpegFromFiles,
-                         LoadMultiViewJpegFromMultiSweeps, gpu_decode_pipeline)
-from .loading import (LoadMultiViewImageFromFiles, LoadMultiViewImageFromMultiSweeps, LoadOccFromFile,
-                      compose_lidar2img)
+from .gpu_decode import (
+                         DeferredRandomTransformImage,
+                         JpegFormatBundle3D,
+                         LoadMultiViewJpegFromFiles,
+                         LoadMultiViewJpegFromMultiSweeps,
+                         gpu_decode_pipeline,
+)
+from .loading import LoadMultiViewImageFromFiles, LoadMultiViewImageFromMultiSweeps, LoadOccFromFile, compose_lidar2img
 from .opusv2_transforms import ComposeEgo2Img, RandomTransformOcc
 from .test_time_aug import MultiScaleFlipAug3D
 from .transforms import RandomTransformImage

@@ -1,9 +1,8 @@
 """`cd models/csrc && python setup.py build_ext --inplace` builds the CUDA sampling op in place."""
 import sys
 
-from setuptools import setup
-
 from build import cuda_extensions, unavailable_reason
+from setuptools import setup
 
 if unavailable_reason() is not None:
     sys.exit(f'models/csrc: not built: {unavailable_reason()}. '

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from engine.inference import collect_results_cpu, real_sample_count, sampler_indices
+from engine.inference import collect_results, real_sample_count, sampler_indices
 from evaluation.evaluator import evaluate_occupancy
 from evaluation.predictions import compact_result
 from evaluation.ray_iou import generate_lidar_rays
@@ -32,9 +32,8 @@ def worker(rank, world_size, port, results, infos, occ_root, out_dir):
     dist.init_process_group('gloo', rank=rank, world_size=world_size)
     try:
         part = [compact_result(results[i]) for i in sampler_indices(len(results), rank, world_size)]
-        gathered = collect_results_cpu(part, len(results), tmpdir=os.path.join(out_dir, 'parts'))
-        os.chdir(out_dir)  # the default folder is ./.dist_test
-        again = collect_results_cpu(part, len(results))
+        gathered = collect_results(part, len(results))
+        again = collect_results(part, len(results))   # a second gather over the same group: the same list
         if rank == 0:
             metrics = evaluate_occupancy(gathered, infos, occ_root, logger='silent', device='cpu', rays=RAYS,
                                          show_progress=False)
@@ -68,7 +67,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     single = evaluate_occupancy(results, infos, str(tmp_path / 'gts'), logger='silent', device='cpu', rays=RAYS,
                                 show_progress=False)
     assert multi == single
-    assert not (out_dir / 'parts').exists() and not (out_dir / '.dist_test').exists()  # temp files removed
+    assert sorted(os.listdir(out_dir)) == ['gathered.pkl', 'metrics.json']   # no folder of per-rank parts
 
 
 @pytest.mark.parametrize('num_samples,world_size', [(5, 2), (6, 3), (7, 4), (2, 4), (1, 3)])
@@ -90,4 +89,4 @@ def test_sampler_indices_follow_mmdet(num_samples, world_size):
 
 
 def test_single_process_collect_is_identity():
-    assert collect_results_cpu([1, 2, 3, 4], 3) == [1, 2, 3]
+    assert collect_results([1, 2, 3, 4], 3) == [1, 2, 3]

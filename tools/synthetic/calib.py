@@ -13,6 +13,7 @@ import numpy as np
 from core.occ3d import CAMERA_NAMES  # noqa: F401  (the camera order of the infos and the loaders)
 
 from .geometry import rot_x, rot_y, rot_z
+
 FULL_WIDTH, FULL_HEIGHT = 1600, 900
 
 # name: (translation in ego [m], yaw [deg], pitch [deg], roll [deg], focal [px], cx [px], cy [px])

@@ -1,8 +1,28 @@
 """Random but deterministic placement of the world's shapes along the road (one world per scene)."""
 import numpy as np
 
-from .world import (BARRIER, BICYCLE, BOX, BUS, CAR, CYLINDER, ELLIPSOID, FACADE, FOLIAGE, GLASS, MANMADE,
-                    PEDESTRIAN, PLAIN, STRIPES_X, STRIPES_Z, TRAFFIC_CONE, TRUCK, VEGETATION, Road, World)
+from .world import (
+    BARRIER,
+    BICYCLE,
+    BOX,
+    BUS,
+    CAR,
+    CYLINDER,
+    ELLIPSOID,
+    FACADE,
+    FOLIAGE,
+    GLASS,
+    MANMADE,
+    PEDESTRIAN,
+    PLAIN,
+    STRIPES_X,
+    STRIPES_Z,
+    TRAFFIC_CONE,
+    TRUCK,
+    VEGETATION,
+    Road,
+    World,
+)
 
 CAR_COLOURS = [(0.75, 0.10, 0.10), (0.10, 0.20, 0.60), (0.85, 0.85, 0.85), (0.12, 0.12, 0.12),
                (0.55, 0.57, 0.60), (0.10, 0.45, 0.20), (0.85, 0.65, 0.10)]

@@ -13,7 +13,8 @@ frame, voxel 0.4 m, arrays [200, 200, 16] indexed [x, y, z]; label 17 = free.
 """
 import numpy as np
 
-from core.occ3d import GRID_SHAPE as GRID, POINT_CLOUD_RANGE, VOXEL_SIZE
+from core.occ3d import GRID_SHAPE as GRID
+from core.occ3d import POINT_CLOUD_RANGE, VOXEL_SIZE
 
 from .world import BARRIER, BICYCLE, FREE, MANMADE, PEDESTRIAN, TRAFFIC_CONE, VEGETATION, World
 

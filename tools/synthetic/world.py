@@ -12,7 +12,7 @@ Units: metres, radians; global frame = nuScenes global frame (z up).
 """
 import numpy as np
 
-from core.occ3d import FREE_LABEL as FREE, NUM_CLASSES
+from core.occ3d import NUM_CLASSES
 
 # Occ3D-nuScenes class ids by name, in core.occ3d.CLASS_NAMES order (tests/core/test_occ3d.py checks
 # it); FREE = 17.

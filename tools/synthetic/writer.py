@@ -22,7 +22,8 @@ from .layout import generate_world
 from .render import render
 
 try:  # the devkit's split lists name the scenes; fall back to a copy of the two mini lists
-    from nuscenes.utils.splits import mini_train as MINI_TRAIN, mini_val as MINI_VAL
+    from nuscenes.utils.splits import mini_train as MINI_TRAIN
+    from nuscenes.utils.splits import mini_val as MINI_VAL
 except ImportError:  # pragma: no cover - nuscenes-devkit is a runtime requirement
     MINI_TRAIN = ['scene-0061', 'scene-0553', 'scene-0655', 'scene-0757', 'scene-0796', 'scene-1077',
                   'scene-1094', 'scene-1100']
