@@ -33,6 +33,7 @@ import pickle
 
 import numpy as np
 
+from core.benchmarks import DEFAULT_BENCHMARK, benchmark_names, get_benchmark
 from core.geometry import rigid_transform
 from core.occ3d import CAMERA_NAMES
 
@@ -59,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument('--version', default='v1.0-trainval', choices=sorted(SPLITS))
     p.add_argument('--out-dir', default=None, help='where the pickles go (default: --data-root)')
     p.add_argument('--occ-root', default=None, help='Occ3D labels folder (default: <data-root>/gts)')
+    p.add_argument('--benchmark', default=DEFAULT_BENCHMARK, choices=benchmark_names(),
+                   help='whose label files the infos point to (occ_path), core/benchmarks.py')
     p.add_argument('--no-check-files', action='store_true', help='do not check that every image and label exists')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.add_argument('--debug', action='store_true', help='show the full traceback of an error')
@@ -117,8 +120,9 @@ def load_tables(version, data_root, verbose):
 class InfoBuilder:
     """Builds the info dicts of one nuScenes version with the devkit's NuScenes object."""
 
-    def __init__(self, nusc, data_root, occ_root, check_files=True, require_occ=True):
+    def __init__(self, nusc, data_root, occ_root, check_files=True, require_occ=True, benchmark=DEFAULT_BENCHMARK):
         self.nusc = nusc
+        self.benchmark = get_benchmark(benchmark)
         self.data_root = data_root
         self.occ_root = occ_root
         self.check_files = check_files
@@ -214,12 +218,14 @@ class InfoBuilder:
             sd = nusc.get('sample_data', sd['prev'])
         info['lidar_sweeps'] = lidar_sweeps
 
-        occ_path = osp.join(self.occ_root, scene['name'], sample_token, 'labels.npz')
+        # the benchmark's one label-path rule, with the label root (docs/data.md, "Label files")
+        bench = self.benchmark
+        occ_path = bench.label_path(dict(scene_name=scene['name'], token=sample_token), self.occ_root)
         if self.check_files and self.require_occ and not osp.isfile(occ_path):
             raise DataPrepError(
-                f'Occ3D label file missing: {occ_path}. Download Occ3D-nuScenes and extract its gts/ folder into '
-                f'{self.occ_root} (or pass --occ-root), or pass --no-check-files')
-        info['occ_path'] = occ_path
+                f'{bench.title} label file missing: {occ_path}. Extract the {bench.label_root_dir}/ folder of '
+                f'{bench.label_source} into {self.occ_root} (or pass --occ-root), or pass --no-check-files')
+        info[bench.label_path_key] = occ_path
         return info
 
 
@@ -256,14 +262,16 @@ def generate(args):
 
     data_root = args.data_root.rstrip('/') or '/'
     out_dir = args.out_dir or data_root
-    occ_root = args.occ_root or osp.join(data_root, 'gts')
+    bench = get_benchmark(args.benchmark)
+    occ_root = args.occ_root or osp.join(data_root, bench.label_root_dir)
     check_tables(data_root, args.version)
     is_test = args.version == 'v1.0-test'
     if not is_test and not args.no_check_files and not osp.isdir(occ_root):
-        raise DataPrepError(f'Occ3D labels folder not found: {occ_root}. Download Occ3D-nuScenes and extract gts/ '
-                            f'there, or pass --occ-root')
+        raise DataPrepError(f'{bench.title} labels folder not found: {occ_root}. Extract the '
+                            f'{bench.label_root_dir}/ folder of {bench.label_source} there, or pass --occ-root')
     nusc = load_tables(args.version, data_root, verbose=not args.quiet)
-    builder = InfoBuilder(nusc, data_root, occ_root, check_files=not args.no_check_files, require_occ=not is_test)
+    builder = InfoBuilder(nusc, data_root, occ_root, check_files=not args.no_check_files, require_occ=not is_test,
+                          benchmark=bench)
     splits = create_splits_scenes()
     known = {name for split, _, _ in SPLITS[args.version] for name in splits[split]}
     outside = sorted(s['name'] for s in nusc.scene if s['name'] not in known)

@@ -123,6 +123,7 @@ def _main(argv):
 
     from mmdet.apis import set_random_seed
 
+    from core.benchmarks import DEFAULT_BENCHMARK
     from engine.build import build_dataset, build_model, build_test_loader, set_test_mode
     from engine.inference import inference
     from evaluation import SavedPredictions, evaluate_occupancy
@@ -160,7 +161,8 @@ def _main(argv):
     metrics = None
     if rank == 0:
         start = time.time()
-        metrics = evaluate_occupancy(results, data_infos, occ_root, logger=logger, device=device)
+        metrics = evaluate_occupancy(results, data_infos, occ_root, logger=logger, device=device,
+                                     benchmark=getattr(dataset, 'benchmark', DEFAULT_BENCHMARK))
         logger.info(format_summary(metrics))
         logger.info(f'metrics: {len(data_infos)} samples in {time.time() - start:.1f} s on {device}')
         if args.summary_json:

@@ -1,7 +1,8 @@
-"""What every layer of OPS shares: the Occ3D-nuScenes protocol constants (`core.occ3d`) and the
-geometry helpers (`core.geometry`).
+"""What every layer of OPS shares: the benchmark descriptions (`core.benchmarks`: `Benchmark`, the
+registry, `OCC3D_NUSCENES`), the Occ3D-nuScenes constants under their historical names (`core.occ3d`,
+aliases of `OCC3D_NUSCENES`) and the geometry helpers (`core.geometry`).
 
-`loaders/`, `models/`, `evaluation/`, `tools/` and `gen_sweep_info.py` import these two modules
+`loaders/`, `models/`, `evaluation/`, `tools/` and `gen_sweep_info.py` import these modules
 instead of restating a class list, the grid or a quaternion formula. They depend on numpy and
 torch only (never on mmcv, mmdet or the data pipeline), so any layer can import them.
 """

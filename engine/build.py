@@ -91,18 +91,25 @@ def set_test_mode(cfg, online, fast=False, cuda_graph=True):
     `fast` selects the model's fast test mode (fp16 backbone and FPN, TF32 and fused decoder kernels),
     `cuda_graph` the graph replay of the test step on CUDA (docs/performance.md, "Modes"). Sets
     `model.online`, `model.test_cfg.mode` and `.cuda_graph`, and `online` of every multi-frame loading
-    step of the val and test pipelines.
+    step of the val and test pipelines: the steps whose class declares `loads_history_frames = True`.
     """
     cfg.model.online = bool(online)
     cfg.model.setdefault('test_cfg', {})
     cfg.model.test_cfg['mode'] = 'fast' if fast else 'faithful'
     cfg.model.test_cfg['cuda_graph'] = bool(cuda_graph)
+    register_modules()
+    from mmdet.datasets import PIPELINES
 
     def visit(steps):
         for step in steps:
-            if step.get('type') == 'MultiScaleFlipAug3D':
-                visit(step.get('transforms', []))
-            elif 'MultiSweeps' in str(step.get('type', '')):
+            if not isinstance(step, dict):
+                continue  # a callable step: nothing to set
+            if isinstance(step.get('transforms'), (list, tuple)):  # a wrapper (MultiScaleFlipAug3D)
+                visit(step['transforms'])
+            kind = step.get('type')
+            cls = kind if isinstance(kind, type) else PIPELINES.get(kind) if isinstance(kind, str) else None
+            # the multi-frame loaders say so themselves (loaders/pipelines/loading.py, loads_history_frames)
+            if getattr(cls, 'loads_history_frames', False):
                 step['online'] = bool(online)
 
     for split in ('val', 'test'):

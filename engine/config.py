@@ -9,6 +9,11 @@
   datasets and pipeline steps. The accepted keys come from the signatures of the classes the builders
   construct (mmcv hooks, torch optimisers, the registered datasets and pipeline steps), so they follow
   the installed libraries. `model` is checked when it is built (its builders report unknown keys).
+It also refuses a config that mixes benchmarks: `benchmark` (core/benchmarks.py, default occ3d-nuscenes)
+names the protocol, and the config's own statements of it (occ_names, num_classes, point_cloud_range,
+voxel_size, the head's pc_range / voxel_size / num_classes / empty_label, the transformer's pc_range)
+must agree with the description; with the nested checks, every dataset and pipeline step that takes
+a `benchmark` must name the same one.
 It also keeps the final evaluation when `--cfg-options total_epochs=N` changes the schedule.
 """
 import ast
@@ -22,6 +27,7 @@ CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs
 # Top-level keys a training/evaluation config may define. Anything else is almost always a typo
 # (`totl_epochs`) that mmcv would silently ignore; helper variables of a config start with '_'.
 KNOWN_TOP_LEVEL_KEYS = {
+    'benchmark',  # core/benchmarks.py; a config without it means occ3d-nuscenes
     'model', 'data', 'dataset_type', 'dataset_root', 'occ_root',
     'occ_names', 'num_classes', 'point_cloud_range', 'voxel_size', 'embed_dims', 'num_layers',
     'num_frames', 'num_levels', 'num_query', 'num_points', 'num_refines', 'img_norm_cfg',
@@ -181,6 +187,61 @@ def check_config(cfg, path='<config>', required=REQUIRED_TRAIN_KEYS):
         raise ConfigError(f'{path}: missing required key(s) {missing} (see configs/_base_ for the defaults)')
     if 'model' in cfg and 'type' not in cfg.model:
         raise ConfigError(f'{path}: model has no "type" (expected e.g. type="OPS")')
+    check_benchmark(cfg, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the benchmark
+
+def config_benchmark(cfg, path='<config>'):
+    """The Benchmark the config selects (`benchmark`, default occ3d-nuscenes); an unknown name is a ConfigError."""
+    from core.benchmarks import DEFAULT_BENCHMARK, BenchmarkError, get_benchmark
+    try:
+        return get_benchmark(cfg.get('benchmark', DEFAULT_BENCHMARK))
+    except BenchmarkError as exc:
+        raise ConfigError(f'{path}: benchmark: {exc}') from None
+
+
+def _same(value, expected):
+    """A config value equals a description value: sequences element-wise, numbers up to float rounding."""
+    if isinstance(expected, (tuple, list)):
+        return (isinstance(value, (tuple, list)) and len(value) == len(expected)
+                and all(_same(v, e) for v, e in zip(value, expected)))
+    if isinstance(expected, str) or isinstance(value, (str, bool)) or value is None:
+        return value == expected
+    try:
+        # a value the config computes (80 / 200) may differ from the decimal literal in the last bits (~1e-16)
+        return abs(float(value) - float(expected)) <= 1e-9 * max(1.0, abs(float(expected)))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_benchmark(cfg, path='<config>'):
+    """Raise ConfigError when the config's class list, grid or range disagree with its benchmark's description."""
+    bench = config_benchmark(cfg, path)
+    statements = [('occ_names', cfg.get('occ_names'), bench.class_names),
+                  ('num_classes', cfg.get('num_classes'), bench.num_classes),
+                  ('point_cloud_range', cfg.get('point_cloud_range'), bench.point_cloud_range),
+                  ('voxel_size', cfg.get('voxel_size'), bench.voxel_size)]
+    model = cfg.get('model')
+    head = model.get('pts_bbox_head') if isinstance(model, dict) else None
+    if isinstance(head, dict):
+        statements += [('model.pts_bbox_head.pc_range', head.get('pc_range'), bench.point_cloud_range),
+                       ('model.pts_bbox_head.voxel_size', head.get('voxel_size'), bench.voxel_size),
+                       ('model.pts_bbox_head.num_classes', head.get('num_classes'), bench.num_classes),
+                       ('model.pts_bbox_head.empty_label', head.get('empty_label'), bench.free_label)]
+        transformer = head.get('transformer')
+        if isinstance(transformer, dict):
+            statements.append(('model.pts_bbox_head.transformer.pc_range', transformer.get('pc_range'),
+                               bench.point_cloud_range))
+    for key, value, expected in statements:
+        if value is None:
+            continue  # not stated: the description's value is used
+        if not _same(value, expected):
+            shown, wanted = (list(v) if isinstance(v, (tuple, list)) else v for v in (value, expected))
+            raise ConfigError(f'{path}: {key} = {shown!r} disagrees with benchmark {bench.name!r}, whose value is '
+                              f'{wanted!r}: the config mixes benchmarks (restate {bench.name}\'s value, or select '
+                              f'the benchmark these values belong to with benchmark = \'<name>\')')
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,8 +280,28 @@ def accepted_arguments(obj):
 
 
 class _Checker:
-    def __init__(self, path):
+    def __init__(self, path, benchmark=None):
         self.path = path
+        self.benchmark = benchmark   # the config's Benchmark: datasets and steps that take one must name it
+
+    def same_benchmark(self, where, value, cls):
+        """A dataset or step whose class takes `benchmark` must use the config's (given, or by its default)."""
+        if self.benchmark is None or cls is None:
+            return
+        try:
+            param = inspect.signature(cls).parameters.get('benchmark')
+        except (TypeError, ValueError):
+            return
+        if param is None:
+            return
+        name = value.get('benchmark', param.default)
+        if name is inspect.Parameter.empty:
+            return
+        if name != self.benchmark.name and getattr(name, 'name', None) != self.benchmark.name:
+            given = 'benchmark' in value
+            self.fail(f'{where}.benchmark', f'{name!r}{"" if given else " (its default)"} differs from the config\'s '
+                                            f'benchmark {self.benchmark.name!r}: the config mixes benchmarks; set '
+                                            f'benchmark={self.benchmark.name!r} here')
 
     def fail(self, where, message):
         raise ConfigError(f'{self.path}: {where}: {message}')
@@ -363,7 +444,8 @@ class _Checker:
             for i, item in enumerate(value):
                 self.dataset(f'{where}[{i}]', item)
             return
-        self.registered(where, value, DATASETS, 'dataset', example='NuScenesOccDataset')
+        cls = self.registered(where, value, DATASETS, 'dataset', example='NuScenesOccDataset')
+        self.same_benchmark(where, value, cls)
         for key, sub in value.items():
             if key == 'pipeline':
                 self.pipeline(f'{where}.pipeline', sub)
@@ -377,7 +459,8 @@ class _Checker:
         for i, step in enumerate(steps):
             if not isinstance(step, dict):
                 continue  # a callable: Compose accepts it
-            self.registered(f'{where}[{i}]', step, PIPELINES, 'pipeline step')
+            cls = self.registered(f'{where}[{i}]', step, PIPELINES, 'pipeline step')
+            self.same_benchmark(f'{where}[{i}]', step, cls)
             for key, sub in step.items():  # nested steps (MultiScaleFlipAug3D(transforms=[...]))
                 if isinstance(sub, (list, tuple)) and sub and all(isinstance(s, dict) and 'type' in s for s in sub):
                     self.pipeline(f'{where}[{i}].{key}', sub)
@@ -388,7 +471,7 @@ def check_nested_keys(cfg, path='<config>'):
     import engine.runner  # noqa: F401  (registers the NanGuard hooks)
     import loaders  # noqa: F401  (registers the dataset and the pipeline steps)
     import models  # noqa: F401  (registers the detector, head, transformer)
-    checker = _Checker(path)
+    checker = _Checker(path, config_benchmark(cfg, path))
     if cfg.get('model') is not None:
         checker.model('model', cfg.model)
     if cfg.get('optimizer') is not None:

@@ -1,5 +1,8 @@
 """The dataset-bound evaluator: Occ3D mIoU + RayIoU of sparse predictions against `labels.npz` files.
 
+The protocol's numbers (label names, grid, camera mask, RayIoU on/off) and the label-path rule come from
+the benchmark description (core/benchmarks.py), given by name.
+
 `evaluate_occupancy` streams over the samples: for each one, the ground truth is read from its
 `labels.npz`, the dense prediction grid is built, both metrics accumulate counts, and the grids
 are dropped (a few samples are kept together only to cast their rays in one batch). The protocol:
@@ -9,8 +12,8 @@ import os.path as osp
 
 import torch
 
+from core.benchmarks import DEFAULT_BENCHMARK, LABEL_ROOT_KEY, OCC3D_NUSCENES, BenchmarkError, get_benchmark
 from core.geometry import dense_from_sparse
-from core.occ3d import FREE_LABEL, GRID_SHAPE, LABEL_NAMES, POINT_CLOUD_RANGE, VOXEL_SIZE, read_labels
 
 from .miou import OccMIoU
 from .ray_iou import RayIoU
@@ -28,26 +31,30 @@ def log_msg(msg, logger=None):
         logger.info(msg)
 
 
-def occ_gt_path(info, occ_root):
-    """`info['occ_path']` if given, else `<occ_root>/<scene_name>/<token>/labels.npz` (Occ3D layout)."""
-    if info.get('occ_path'):
-        return info['occ_path']
-    if occ_root is None:
-        raise ValueError('occ_root is None and the data info has no "occ_path": pass the Occ3D gts/ folder '
-                         '(config key occ_root, e.g. data/nuscenes/gts/)')
-    return osp.join(occ_root, info['scene_name'], info['token'], 'labels.npz')
+def occ_gt_path(info, occ_root, benchmark=DEFAULT_BENCHMARK):
+    """The label file of `info`: the benchmark's one rule (`Benchmark.label_path`, docs/data.md "Label files"):
+    `<occ_root>/<scene_name>/<token>/labels.npz` when occ_root is given, else `info['occ_path']`."""
+    try:
+        return get_benchmark(benchmark).label_path(info, occ_root)
+    except BenchmarkError as exc:
+        raise BenchmarkError(f'evaluation: {exc}') from None
 
 
-def load_occ_gt(path):
-    """Read an Occ3D `labels.npz`: (semantics uint8 [X, Y, Z], mask_camera bool [X, Y, Z])."""
+def load_occ_gt(path, benchmark=DEFAULT_BENCHMARK):
+    """Read a label file: (semantics [X, Y, Z] as stored, mask_camera bool [X, Y, Z]); the mask is None when the
+    benchmark's mIoU does not use it."""
+    bench = get_benchmark(benchmark)
     if not osp.isfile(path):
-        raise FileNotFoundError(f'Occ3D ground truth not found: {path}. Check occ_root (the gts/ folder of '
-                                f'Occ3D-nuScenes) or regenerate the info pickles with gen_sweep_info.py')
-    labels = read_labels(path, ('semantics', 'mask_camera'))
-    return labels['semantics'], labels['mask_camera'].astype(bool)
+        raise FileNotFoundError(f'{bench.title} ground truth not found: {path}. Check {LABEL_ROOT_KEY} (the '
+                                f'{bench.label_root_dir}/ folder of {bench.label_source}) or regenerate the info '
+                                f'pickles with gen_sweep_info.py')
+    arrays = ('semantics', 'mask_camera') if bench.camera_mask else ('semantics',)
+    labels = bench.read_labels(path, arrays)
+    mask = labels['mask_camera'].astype(bool) if bench.camera_mask else None
+    return labels['semantics'], mask
 
 
-def dense_prediction(result, shape=GRID_SHAPE, free_label=FREE_LABEL):
+def dense_prediction(result, shape=OCC3D_NUSCENES.grid_shape, free_label=OCC3D_NUSCENES.free_label):
     """Dense uint8 label grid [X, Y, Z] of one model result (free everywhere else).
 
     Args:
@@ -63,24 +70,31 @@ class OccEvaluator:
 
     Args:
         data_infos (list[dict]): dataset infos (dataset order), see `RayOrigins` and `occ_gt_path`.
-        occ_root (str | None): Occ3D `gts/` folder.
+        occ_root (str | None): the label folder (Occ3D `gts/`).
         device (str | torch.device | None): ray-casting device; None = CUDA when available.
         ray_batch (int | None): samples cast together (default 16 on CUDA, 1 on CPU).
         rays (array | None): ray directions (default: the 14,040 virtual LiDAR rays).
+        benchmark (str | Benchmark): the protocol (core/benchmarks.py): labels, grid, the camera mask of the
+            mIoU, whether RayIoU is computed.
     """
 
-    def __init__(self, data_infos, occ_root, device=None, ray_batch=None, rays=None,
-                 class_names=LABEL_NAMES, pc_range=POINT_CLOUD_RANGE, voxel_size=VOXEL_SIZE[0],
-                 grid_shape=GRID_SHAPE):
+    def __init__(self, data_infos, occ_root, device=None, ray_batch=None, rays=None, benchmark=DEFAULT_BENCHMARK):
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         device = torch.device(device)
+        self.benchmark = bench = get_benchmark(benchmark)
         self.data_infos = data_infos
         self.occ_root = occ_root
-        self.grid_shape = tuple(grid_shape)
-        self.origins = RayOrigins(data_infos)
-        self.miou = OccMIoU(class_names)
-        self.ray_iou = RayIoU(class_names, rays=rays, pc_range=pc_range, voxel_size=voxel_size, device=device)
+        self.grid_shape = bench.grid_shape
+        self.miou = OccMIoU(bench.label_names, use_camera_mask=bench.camera_mask)
+        self.origins = self.ray_iou = None
+        if bench.ray_iou:
+            if len(set(bench.voxel_size)) != 1:
+                raise ValueError(f'RayIoU casts rays through cubic voxels; benchmark {bench.name} has voxel_size '
+                                 f'{bench.voxel_size}: set ray_iou=False in its description')
+            self.origins = RayOrigins(data_infos)
+            self.ray_iou = RayIoU(bench.label_names, rays=rays, pc_range=bench.point_cloud_range,
+                                  voxel_size=bench.voxel_size[0], device=device)
         # On the GPU the traversal's cost is mostly kernel launches (a few dozen per step, the same for
         # any number of rays): batching samples amortises them (16 samples ~ 1 GB of ray state).
         self.ray_batch = ray_batch or (16 if device.type == 'cuda' else 1)
@@ -89,12 +103,12 @@ class OccEvaluator:
     def update(self, index, result):
         """Add the prediction for dataset sample `index`."""
         info = self.data_infos[index]
-        gt, mask_camera = load_occ_gt(occ_gt_path(info, self.occ_root))
-        if tuple(gt.shape) != self.grid_shape:
-            raise ValueError(f'{occ_gt_path(info, self.occ_root)}: semantics has shape {gt.shape}, '
-                             f'expected {self.grid_shape}')
-        pred = dense_prediction(result, self.grid_shape)
+        # read_labels checks the grid shape against the benchmark's, naming the file
+        gt, mask_camera = load_occ_gt(occ_gt_path(info, self.occ_root, self.benchmark), self.benchmark)
+        pred = dense_prediction(result, self.grid_shape, self.benchmark.free_label)
         self.miou.add_batch(pred, gt, mask_camera)
+        if self.ray_iou is None:
+            return
         self._pending.append((pred, gt, self.origins[index]))
         if len(self._pending) >= self.ray_batch:
             self.flush()
@@ -108,36 +122,42 @@ class OccEvaluator:
     def summary(self, logger=None):
         """Log the per-class tables and return dict(mIoU=percent, RayIoU, RayIoU@1/2/4 as fractions)."""
         self.flush()
-        log_msg(f'Occ3D mIoU over {self.miou.num_samples} samples (camera mask):\n{self.miou.table()}', logger)
+        mask = ' (camera mask)' if self.benchmark.camera_mask else ''
+        log_msg(f'{self.benchmark.title} mIoU over {self.miou.num_samples} samples{mask}:\n{self.miou.table()}',
+                logger)
         log_msg(self.miou.summary_lines()[-1], logger)
-        log_msg(f'RayIoU over {self.ray_iou.num_samples} samples:\n{self.ray_iou.table()}', logger)
         out = {'mIoU': self.miou.miou()}
-        out.update(self.ray_iou.summary())
+        if self.ray_iou is not None:
+            log_msg(f'RayIoU over {self.ray_iou.num_samples} samples:\n{self.ray_iou.table()}', logger)
+            out.update(self.ray_iou.summary())
         return out
 
 
 def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, ray_batch=None,
-                       show_progress=True, rays=None):
-    """Occ3D mIoU and RayIoU of `results` against the ground truth of `data_infos`.
+                       show_progress=True, rays=None, benchmark=DEFAULT_BENCHMARK):
+    """mIoU and RayIoU of `results` against the ground truth of `data_infos` (the benchmark's protocol).
 
     Args:
         results (Sequence[dict]): one `dict(sem_pred=int [M], occ_loc=int [M, 3])` per sample, in
             dataset order (any Sequence, e.g. a lazy loader of saved predictions).
         data_infos (list[dict]): the dataset's infos (sorted by timestamp), with `scene_name`,
             `token`, `lidar2ego_*`, `ego2global_*` and optionally `occ_path`.
-        occ_root (str | None): Occ3D `gts/` folder (used when an info has no `occ_path`).
+        occ_root (str | None): the label folder (Occ3D `gts/`); given, it wins over the infos' `occ_path`
+            (`Benchmark.label_path`).
         logger (logging.Logger | str | None): where tables go (None = print, 'silent' = nowhere).
         device: ray-casting device (None = CUDA when available, else CPU).
         ray_batch (int | None): samples whose rays are cast together.
         show_progress (bool): tqdm bar.
         rays (array | None): float32 [R, 3] ray directions (default: the protocol's 14,040).
+        benchmark (str | Benchmark): registered benchmark name (default Occ3D-nuScenes).
     Returns:
-        dict(mIoU=percent rounded to 2 decimals, RayIoU, RayIoU@1, RayIoU@2, RayIoU@4 as fractions).
+        dict(mIoU=percent rounded to 2 decimals, RayIoU, RayIoU@1, RayIoU@2, RayIoU@4 as fractions); mIoU only
+        when the benchmark's RayIoU is off.
     """
     if len(results) != len(data_infos):
         raise ValueError(f'{len(results)} predictions for {len(data_infos)} samples: results must hold one entry '
                          f'per dataset sample, in dataset order')
-    evaluator = OccEvaluator(data_infos, occ_root, device=device, ray_batch=ray_batch, rays=rays)
+    evaluator = OccEvaluator(data_infos, occ_root, device=device, ray_batch=ray_batch, rays=rays, benchmark=benchmark)
     indices = range(len(data_infos))
     if show_progress:
         from tqdm import tqdm
@@ -149,6 +169,6 @@ def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, 
 
 def format_summary(metrics):
     """One line with every number of `evaluate_occupancy`'s dict in percent (as the README reports them)."""
-    keys = ['mIoU', 'RayIoU', 'RayIoU@1', 'RayIoU@2', 'RayIoU@4']
+    keys = [k for k in ['mIoU', 'RayIoU', 'RayIoU@1', 'RayIoU@2', 'RayIoU@4'] if k in metrics]
     values = [metrics['mIoU']] + [metrics[k] * 100 for k in keys[1:]]
     return ' | '.join(f'{k} {v:.2f}' for k, v in zip(keys, values)) + '  (percent)'

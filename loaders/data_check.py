@@ -16,6 +16,8 @@ import os.path as osp
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
+from core.benchmarks import DEFAULT_BENCHMARK, BenchmarkError, get_benchmark
+
 __all__ = ['DataCheckError', 'dataset_files', 'info_files', 'find_problems', 'check_dataset', 'check_infos']
 
 
@@ -28,33 +30,30 @@ class DataCheckError(RuntimeError):
         self.problems = list(problems)
 
 
-def _label_path(info, occ_root):
-    """The labels.npz a step reads: `<occ_root>/<scene>/<token>/labels.npz`, else the info's occ_path."""
-    if occ_root is not None:
-        return osp.join(occ_root, info['scene_name'], info['token'], 'labels.npz')
-    return info.get('occ_path')
-
-
-def _eval_label_path(info, occ_root):
-    """The labels.npz the evaluation reads: the info's occ_path first, else under occ_root (Occ3D layout)."""
-    if info.get('occ_path'):
-        return info['occ_path']
-    if occ_root is None:
+def _label_path(info, occ_root, benchmark):
+    """The label file of `info` by the benchmark's one rule (`Benchmark.label_path`: occ_root wins, else the info's
+    occ_path); None when neither is there (the loading step or the evaluator then says what to set)."""
+    try:
+        return benchmark.label_path(info, occ_root)
+    except BenchmarkError:
         return None
-    return osp.join(occ_root, info['scene_name'], info['token'], 'labels.npz')
 
 
-def info_files(infos, images=True, sweeps=True, labels=True, occ_root=None, eval_labels=False):
+def info_files(infos, images=True, sweeps=True, labels=True, occ_root=None, eval_labels=False,
+               benchmark=DEFAULT_BENCHMARK):
     """{path: description} of the files named by `infos` (gen_sweep_info.py dicts), first mention wins.
 
     Args:
         infos (list[dict]): the infos.
         images (bool): key-frame camera images (`cams[*].data_path`).
         sweeps (bool): camera sweeps (`cam_sweeps[*][*].data_path`).
-        labels (bool): the training labels (`<occ_root>/<scene>/<token>/labels.npz`, else `occ_path`).
-        occ_root (str | None): Occ3D gts/ folder.
-        eval_labels (bool): also the labels the evaluation reads (`occ_path` first, else under occ_root).
+        labels (bool): the label files (`<occ_root>/<scene>/<token>/labels.npz` when occ_root is given, else
+            `occ_path`: the benchmark's label-path rule).
+        occ_root (str | None): the label folder (Occ3D gts/).
+        eval_labels (bool): describe them as the labels the evaluation reads (same rule).
+        benchmark (str | Benchmark): registered benchmark name.
     """
+    bench = get_benchmark(benchmark)
     files = {}
 
     def add(path, what):
@@ -70,10 +69,9 @@ def info_files(infos, images=True, sweeps=True, labels=True, occ_root=None, eval
             for k, sweep in enumerate(info.get('cam_sweeps') or []):
                 for cam, entry in sweep.items():
                     add(entry.get('data_path'), f'{cam} sweep {k + 1} of sample {token}')
-        if labels:
-            add(_label_path(info, occ_root), f'Occ3D labels of sample {token}')
-        if eval_labels:
-            add(_eval_label_path(info, occ_root), f'Occ3D labels of sample {token} (evaluation)')
+        if labels or eval_labels:
+            add(_label_path(info, occ_root, bench),
+                f'{bench.title} labels of sample {token}' + (' (evaluation)' if not labels else ''))
     return files
 
 
@@ -96,16 +94,21 @@ def dataset_files(dataset, images=True, eval_labels=False):
         images (bool): the images its pipeline loads (False: e.g. evaluating saved predictions).
         eval_labels (bool): the labels its evaluation reads.
     """
-    steps = {type(step).__name__: step for step in _pipeline_steps(dataset.pipeline)} if dataset.pipeline else {}
-    load_images = images and 'LoadMultiViewImageFromFiles' in steps
-    sweep_step = steps.get('LoadMultiViewImageFromMultiSweeps')
+    from .pipelines.loading import LoadMultiViewImageFromFiles, LoadOccFromFile
+    steps = _pipeline_steps(dataset.pipeline) if dataset.pipeline else []
+    load_images = images and any(isinstance(step, LoadMultiViewImageFromFiles) for step in steps)
+    # the multi-frame loaders declare themselves (loads_history_frames), GPU-decode variants included
+    sweep_step = next((step for step in steps if getattr(step, 'loads_history_frames', False)), None)
     load_sweeps = images and sweep_step is not None and getattr(sweep_step, 'sweeps_num', 0) > 0
-    occ_step = steps.get('LoadOccFromFile')
+    occ_step = next((step for step in steps if isinstance(step, LoadOccFromFile)), None)
+    benchmark = getattr(dataset, 'benchmark', DEFAULT_BENCHMARK)
     files = info_files(dataset.data_infos, images=load_images, sweeps=load_sweeps, labels=occ_step is not None,
-                       occ_root=getattr(occ_step, 'occ_root', None))
+                       occ_root=getattr(occ_step, 'occ_root', None),
+                       benchmark=getattr(occ_step, 'benchmark', benchmark))
     if eval_labels:
         for path, what in info_files(dataset.data_infos, images=False, sweeps=False, labels=False,
-                                     occ_root=getattr(dataset, 'occ_root', None), eval_labels=True).items():
+                                     occ_root=getattr(dataset, 'occ_root', None), eval_labels=True,
+                                     benchmark=benchmark).items():
             files.setdefault(path, what)
     return files
 
@@ -173,7 +176,7 @@ def check_dataset(dataset, name=None, images=True, eval_labels=False, progress=T
     return len(files)
 
 
-def check_infos(ann_file, occ_root=None, sweeps=True, progress=True):
+def check_infos(ann_file, occ_root=None, sweeps=True, progress=True, benchmark=DEFAULT_BENCHMARK):
     """Check every image, sweep and label file an info pickle names; returns (number checked, problems)."""
     import pickle
     if not osp.isfile(ann_file):
@@ -186,5 +189,5 @@ def check_infos(ann_file, occ_root=None, sweeps=True, progress=True):
                              f'regenerate it with gen_sweep_info.py') from exc
     if not isinstance(data, dict) or 'infos' not in data:
         raise DataCheckError(f'{ann_file}: not an info pickle of gen_sweep_info.py (expected a dict with "infos")')
-    files = info_files(data['infos'], sweeps=sweeps, occ_root=occ_root)
+    files = info_files(data['infos'], sweeps=sweeps, occ_root=occ_root, benchmark=benchmark)
     return len(files), find_problems(files, progress=progress, desc=f'data check ({osp.basename(ann_file)})')

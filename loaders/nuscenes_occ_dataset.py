@@ -13,8 +13,8 @@ from mmdet.datasets import DATASETS
 from mmdet.datasets.pipelines import Compose
 from torch.utils.data import Dataset
 
+from core.benchmarks import DEFAULT_BENCHMARK, OCC3D_NUSCENES, get_benchmark
 from core.geometry import pad_intrinsic, quaternion_to_matrix, rigid_inverse, rigid_transform
-from core.occ3d import CAMERA_NAMES, CLASS_NAMES
 
 INFO_KEYS = ('token', 'scene_name', 'timestamp', 'cams', 'cam_sweeps', 'lidar2ego_translation', 'lidar2ego_rotation',
              'ego2global_translation', 'ego2global_rotation')
@@ -27,28 +27,36 @@ class NuScenesOccDataset(Dataset):
     Args:
         ann_file (str): a `*_sweep.pkl` of gen_sweep_info.py.
         pipeline (list[dict]): pipeline steps (loaders/pipelines).
-        data_root (str): nuScenes root; only used to default occ_root to <data_root>/gts.
-        occ_root (str): Occ3D gts/ folder, for evaluation (and LoadOccFromFile(occ_root=None) uses
-            the infos' occ_path).
+        data_root (str): nuScenes root; only used to default occ_root to <data_root>/gts (the benchmark's
+            `label_root_dir`).
+        occ_root (str): the label folder (Occ3D gts/) the evaluation reads the labels from, by the
+            benchmark's label-path rule (docs/data.md, "Label files"): given (or defaulted from data_root),
+            it wins over the infos' occ_path. LoadOccFromFile has its own occ_root.
         test_mode (bool): every sample is returned as the pipeline makes it; in training (False) a
             sample the pipeline drops (returns None) is replaced by a random other one.
         load_interval (int): keep every n-th sample (after sorting).
         into_past (int): maximum length of the camera history list (150 as the original).
+        benchmark (str): registered benchmark name (core/benchmarks.py): camera order, classes, label
+            files and metrics.
 
     Every key frame is a sample (the original forces filter_empty_gt=False). The original's 3D-box
     arguments (classes, modality, box_type_3d, use_valid_flag, filter_empty_gt) are gone: no box
     reaches the model; passing one is an error naming it.
     """
 
-    CLASSES = CLASS_NAMES
+    CLASSES = OCC3D_NUSCENES.class_names   # mmdet's class list; an instance has its benchmark's
 
     def __init__(self, ann_file, pipeline=None, data_root=None, occ_root=None, test_mode=False, load_interval=1,
-                 into_past=150):
+                 into_past=150, benchmark=DEFAULT_BENCHMARK):
         if load_interval < 1:
             raise ValueError(f'load_interval must be >= 1, got {load_interval}')
+        self.benchmark = get_benchmark(benchmark)
+        self.CLASSES = self.benchmark.class_names
         self.ann_file = ann_file
         self.data_root = data_root
-        self.occ_root = occ_root if occ_root is not None else (osp.join(data_root, 'gts') if data_root else None)
+        if occ_root is None and data_root:
+            occ_root = osp.join(data_root, self.benchmark.label_root_dir)
+        self.occ_root = occ_root
         self.test_mode = test_mode
         self.load_interval = load_interval
         self.into_past = into_past
@@ -105,7 +113,7 @@ class NuScenesOccDataset(Dataset):
             ego2global_rotation=quaternion_to_matrix(info['ego2global_rotation']),
             lidar2ego_translation=l2e_t, lidar2ego_rotation=l2e_r, occ_path=info.get('occ_path'))
         img_filename, img_timestamp, lidar2img = [], [], []
-        for cam in CAMERA_NAMES:
+        for cam in self.benchmark.camera_names:
             if cam not in info['cams']:
                 raise KeyError(f'sample {info["token"]} has no {cam} in its infos')
             c = info['cams'][cam]
@@ -114,7 +122,8 @@ class NuScenesOccDataset(Dataset):
             img_timestamp.append(c['timestamp'] / 1e6)
             lidar2img.append((pad_intrinsic(c['cam_intrinsic']) @ rigid_inverse(cam2lidar)).astype(np.float32))
         input_dict.update(img_filename=img_filename, img_timestamp=img_timestamp, lidar2img=lidar2img,
-                          cam_sweeps=dict(prev=self.collect_cam_sweeps(index), next=[]))
+                          cam_sweeps=dict(prev=self.collect_cam_sweeps(index), next=[]),
+                          camera_names=self.benchmark.camera_names)
         return input_dict
 
     def prepare(self, index):
@@ -137,8 +146,8 @@ class NuScenesOccDataset(Dataset):
         Called by mmdet's EvalHook / DistEvalHook during training; val.py calls the evaluator itself.
         """
         from evaluation import evaluate_occupancy
-        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger)
+        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger, benchmark=self.benchmark.name)
 
     def __repr__(self):
         return (f'{self.__class__.__name__}({len(self)} samples of {self.ann_file}, test_mode={self.test_mode}, '
-                f'occ_root={self.occ_root!r})')
+                f'occ_root={self.occ_root!r}, benchmark={self.benchmark.name!r})')

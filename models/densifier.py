@@ -24,6 +24,8 @@ import math
 import torch
 import torch.nn as nn
 
+from core.benchmarks import OCC3D_NUSCENES
+
 from .sparse_conv import SparseConv3d, SubMConv3d, scatter_max
 
 __all__ = ['PFNLayer', 'Densifier']
@@ -82,12 +84,14 @@ class Densifier(nn.Module):
         num_classes (int): K (17).
         pc_range (sequence[6] | Tensor): (x_min, y_min, z_min, x_max, y_max, z_max), metres.
         voxel_num (sequence[3] | Tensor): grid size (200, 200, 16).
+    The defaults of the last three are the Occ3D-nuScenes description's (core/benchmarks.py); the head
+    passes its own.
 
     `pc_range` (float32 [6]) and `voxel_num` (int64 [3]) are buffers, as in the official state dicts.
     """
 
-    def __init__(self, in_channels=32, pfn_channels=(64, 64), num_classes=17,
-                 pc_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), voxel_num=(200, 200, 16)):
+    def __init__(self, in_channels=32, pfn_channels=(64, 64), num_classes=OCC3D_NUSCENES.num_classes,
+                 pc_range=OCC3D_NUSCENES.point_cloud_range, voxel_num=OCC3D_NUSCENES.grid_shape):
         super().__init__()
         self.in_channels, self.num_classes = int(in_channels), int(num_classes)
         self.register_buffer('pc_range', torch.as_tensor(pc_range, dtype=torch.float32).clone().reshape(6))

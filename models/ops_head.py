@@ -21,8 +21,8 @@ from mmdet.models import HEADS
 from mmdet.models.builder import build_loss
 from mmdet.models.utils import build_transformer
 
+from core.benchmarks import OCC3D_NUSCENES
 from core.geometry import decode_points
-from core.occ3d import FREE_LABEL, NUM_CLASSES, POINT_CLOUD_RANGE, VOXEL_SIZE
 
 from .knn import knn1_bidirectional
 from .occ_postprocess import dense_occupancy, pack_occupied, unpack_occupied
@@ -106,16 +106,16 @@ class OPSHead(BaseModule):
     """
 
     def __init__(self,
-                 num_classes=NUM_CLASSES,
+                 num_classes=OCC3D_NUSCENES.num_classes,
                  in_channels=256,
                  num_query=600,
-                 pc_range=POINT_CLOUD_RANGE,
-                 voxel_size=VOXEL_SIZE,
+                 pc_range=OCC3D_NUSCENES.point_cloud_range,
+                 voxel_size=OCC3D_NUSCENES.voxel_size,
                  transformer=None,
                  loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                                loss_weight=2.0),
                  loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5),
-                 empty_label=FREE_LABEL,
+                 empty_label=OCC3D_NUSCENES.free_label,
                  train_cfg=None,
                  test_cfg=None,
                  init_cfg=None):

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 from mmdet.models import HEADS
 
+from core.benchmarks import OCC3D_NUSCENES
+
 from .densifier import Densifier
 from .knn import knn1_bidirectional
 from .ops_head import OPSHead, _merge_cfg, ordered_loss_dict
@@ -51,15 +53,15 @@ class OPUSV2Head(OPSHead):
     """
 
     def __init__(self,
-                 num_classes=17,
+                 num_classes=OCC3D_NUSCENES.num_classes,
                  in_channels=256,
                  num_query=600,
-                 pc_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4),
-                 voxel_size=(0.4, 0.4, 0.4),
+                 pc_range=OCC3D_NUSCENES.point_cloud_range,
+                 voxel_size=OCC3D_NUSCENES.voxel_size,
                  transformer=None,
                  loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
                  loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.5),
-                 empty_label=17,
+                 empty_label=OCC3D_NUSCENES.free_label,
                  pfn_channels=(64, 64),
                  train_cfg=None,
                  test_cfg=None,

@@ -129,12 +129,12 @@ def test_missing_image_and_label_files_are_named(synthetic_world, tmp_path):
     for d in ('samples', 'sweeps'):
         os.symlink(osp.join(synthetic_world.root, d), tmp_path / d)
     os.remove(tmp_path / 'gts')
-    with pytest.raises(SystemExit, match='Occ3D labels folder not found'):
+    with pytest.raises(SystemExit, match='Occ3D-nuScenes labels folder not found'):
         run(['--data-root', str(tmp_path), '--version', 'v1.0-mini'])
     shutil.copytree(osp.join(synthetic_world.root, 'gts'), tmp_path / 'gts')
     victim = sorted(os.listdir(tmp_path / 'gts' / 'scene-0103'))[0]
     os.remove(tmp_path / 'gts' / 'scene-0103' / victim / 'labels.npz')
-    with pytest.raises(SystemExit, match=f'Occ3D label file missing: .*{victim}/labels.npz'):
+    with pytest.raises(SystemExit, match=f'Occ3D-nuScenes label file missing: .*{victim}/labels.npz'):
         run(['--data-root', str(tmp_path), '--version', 'v1.0-mini'])
     # the checks can be skipped (e.g. to prepare infos before the files are extracted)
     written = run(['--data-root', str(tmp_path), '--version', 'v1.0-mini', '--no-check-files'])

@@ -34,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config values, e.g. data.val.ann_file=...')
     parser.add_argument('--occ-root', help='with --infos: Occ3D gts/ folder (default: the infos\' occ_path)')
+    parser.add_argument('--benchmark', default='occ3d-nuscenes',
+                        help='with --infos: the benchmark whose label layout --occ-root has (core/benchmarks.py)')
     parser.add_argument('--no-images', action='store_true', help='check the labels only')
     parser.add_argument('--no-sweeps', action='store_true', help='with --infos: skip the camera sweeps')
     parser.add_argument('--list-all', action='store_true', help='print every problem (default: the first 20)')
@@ -64,7 +66,7 @@ def _main(argv):
     if args.infos:
         for ann_file in args.infos:
             total, problems = check_infos(ann_file, occ_root=args.occ_root, sweeps=not args.no_sweeps,
-                                          progress=not args.quiet)
+                                          progress=not args.quiet, benchmark=args.benchmark)
             results.append((ann_file, total, problems))
     else:
         from engine.config import load_config

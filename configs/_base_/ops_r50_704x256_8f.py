@@ -3,12 +3,17 @@
 # Changing num_frames here also changes the sweep loaders (sweeps_num = num_frames - 1); a config that
 # overrides num_frames must restate the pipelines, because values computed here are not re-evaluated.
 
+# The benchmark protocol (core/benchmarks.py): classes, grid, cameras, label files, metrics. The values
+# restated below (occ_names, point_cloud_range, voxel_size) must be its own: engine/config.py refuses a
+# config that mixes benchmarks.
+benchmark = 'occ3d-nuscenes'
+
 dataset_type = 'NuScenesOccDataset'
 dataset_root = 'data/nuscenes/'
 occ_root = 'data/nuscenes/gts/'
 
 # The original's input_modality and 3D-box class list (object_names) are gone with the box steps of
-# its pipelines: no box ever reached the model. The Occ3D classes (= core/occ3d.py CLASS_NAMES):
+# its pipelines: no box ever reached the model. The Occ3D classes (= the benchmark's class_names):
 occ_names = ['others', 'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle',
              'pedestrian', 'traffic_cone', 'trailer', 'truck', 'driveable_surface', 'other_flat',
              'sidewalk', 'terrain', 'manmade', 'vegetation']
@@ -98,7 +103,7 @@ ida_aug_conf = {
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=num_frames - 1),
-    dict(type='LoadOccFromFile', occ_root=occ_root),
+    dict(type='LoadOccFromFile', occ_root=occ_root, benchmark=benchmark),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=True),
     dict(type='DefaultFormatBundle3D'),
     dict(type='Collect3D', keys=['img', 'voxel_semantics', 'mask_camera'],
@@ -119,7 +124,7 @@ test_pipeline = [
 ]
 
 # fields shared by the train/val/test datasets
-_dataset = dict(type=dataset_type, data_root=dataset_root, occ_root=occ_root)
+_dataset = dict(type=dataset_type, data_root=dataset_root, occ_root=occ_root, benchmark=benchmark)
 data = dict(
     workers_per_gpu=4,
     train=dict(_dataset, ann_file=dataset_root + 'nuscenes_infos_train_sweep.pkl', pipeline=train_pipeline,

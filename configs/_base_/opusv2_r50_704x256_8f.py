@@ -5,6 +5,9 @@
 # OPUS-V2-T (100 epochs). Values computed in the V1 base (pipelines, data) are restated here.
 _base_ = ['./ops_r50_704x256_8f.py']
 
+# the benchmark protocol (core/benchmarks.py); the V1 base's occ_names, point_cloud_range and voxel_size are its values
+benchmark = 'occ3d-nuscenes'
+
 num_layers = 5
 # point features per predicted point, classified on voxels by the CPD modules (helper variables start with
 # '_': engine/config.py accepts only the top-level keys it knows)
@@ -45,7 +48,7 @@ _meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'ego2occ', 'ego
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=7),
-    dict(type='LoadOcc3DFromFile', occ_root={{_base_.occ_root}}),
+    dict(type='LoadOcc3DFromFile', occ_root={{_base_.occ_root}}, benchmark=benchmark),
     dict(type='RandomTransformImage', ida_aug_conf={{_base_.ida_aug_conf}}, training=True),
     dict(type='RandomTransformOcc', bda_aug_conf=_bda_aug_conf),
     dict(type='ComposeEgo2Img'),

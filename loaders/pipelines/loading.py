@@ -2,15 +2,17 @@
 
 Frames: `lidar2img` maps homogeneous points of the *current key frame's LiDAR* frame to pixels
 (rows (u*d, v*d, d, 1)); images are BGR uint8 [H, W, 3]. Lists are frame-major: index t*N + n,
-t = 0 current key frame, t = 1..T-1 increasingly older, n in `core.occ3d.CAMERA_NAMES` order.
+t = 0 current key frame, t = 1..T-1 increasingly older, n in the benchmark's camera order (`camera_names` of the
+dataset's input dict; `core.occ3d.CAMERA_NAMES` when absent).
 """
 import os.path as osp
 
 import numpy as np
 from mmdet.datasets.builder import PIPELINES
 
+from core.benchmarks import DEFAULT_BENCHMARK, LABEL_ROOT_KEY, BenchmarkError, get_benchmark
 from core.geometry import pad_intrinsic, rigid_inverse
-from core.occ3d import CAMERA_NAMES, read_labels
+from core.occ3d import CAMERA_NAMES
 
 from .image_io import BACKENDS, imread_bgr, missing_file_message
 
@@ -89,14 +91,20 @@ class LoadMultiViewImageFromMultiSweeps:
     * training, L <= sweeps_num: all entries, the last one repeated;
     * training, L > sweeps_num: interval ~ randint[min(max_int, lo), max_int] with
       max_int = min(L // sweeps_num, hi), (lo, hi) = train_interval; entries (k+1)*interval - 1.
-    An entry with fewer than N cameras is replaced by the one before it.
+    An entry with fewer than N cameras is replaced by the one before it. Cameras are taken in the order of
+    `results['camera_names']` (the dataset's benchmark; Occ3D-nuScenes' order when absent).
 
     Online mode (test mode in a single process, docs/method.md, "Test modes"): the past images are not loaded (the model
     takes their features from its cache), but `filename`, `img_timestamp` and `lidar2img` still get
     all T*N entries. Offline (`online=False`, the default) loads every frame's images. The entry
     points choose online for one process (engine/build.py, `set_test_mode`); True is only allowed in
     test mode.
+
+    `loads_history_frames = True` declares the step a multi-frame loader that takes `online`: `set_test_mode`
+    sets `online` on every step whose class declares it (subclasses inherit it).
     """
+
+    loads_history_frames = True
 
     def __init__(self, sweeps_num=7, color_type='color', test_mode=False, train_interval=(4, 8), test_interval=6,
                  online=False, backend='auto'):
@@ -160,7 +168,7 @@ class LoadMultiViewImageFromMultiSweeps:
             sweep = history[idx]
             if len(sweep) < num_cams:
                 sweep = history[idx - 1]
-            for cam in CAMERA_NAMES[:num_cams]:
+            for cam in results.get('camera_names', CAMERA_NAMES)[:num_cams]:
                 entry = sweep[cam]
                 path = entry['data_path']
                 if not self.online:
@@ -181,35 +189,51 @@ class LoadMultiViewImageFromMultiSweeps:
 
 @PIPELINES.register_module()
 class LoadOccFromFile:
-    """Occ3D labels of the key frame (docs/method.md, "Occupancy labels").
+    """Occupancy labels of the key frame (docs/method.md, "Occupancy labels").
 
-    Reads `<occ_root>/<scene_name>/<sample_idx>/labels.npz` (or `results['occ_path']` when
-    occ_root is None) and adds `voxel_semantics` uint8 [200, 200, 16] (0..16 classes, 17 free),
-    `mask_lidar` and `mask_camera` bool [200, 200, 16], indexed [x, y, z] in the key frame's ego frame.
+    Reads the sample's label file by the benchmark's one label-path rule (docs/data.md, "Label files"):
+    `<occ_root>/<scene_name>/<sample_token>/labels.npz` when occ_root is given, else the info's
+    `occ_path` (for Occ3D-nuScenes). Adds the label arrays with the benchmark's dtypes: for Occ3D-nuScenes
+    `voxel_semantics` uint8 [200, 200, 16] (0..16 classes, 17 free), `mask_lidar` and `mask_camera` bool
+    [200, 200, 16], indexed [x, y, z] in the key frame's ego frame.
+
+    Args:
+        occ_root (str | None): the label folder (Occ3D: its gts/ folder).
+        benchmark (str): registered benchmark name (core/benchmarks.py).
     """
 
-    def __init__(self, occ_root=None, ignore_class_names=None):
+    # label-file array -> the key the pipeline carries it under (Collect3D's keys); others keep their name
+    RESULT_KEYS = {'semantics': 'voxel_semantics'}
+
+    def __init__(self, occ_root=None, benchmark=DEFAULT_BENCHMARK, ignore_class_names=None):
         if ignore_class_names:
             raise ValueError('LoadOccFromFile: ignore_class_names is not supported (the original crashes on it); '
                              'remove the argument')
         self.occ_root = occ_root
+        self.benchmark = get_benchmark(benchmark)
+
+    def label_path(self, results):
+        """The label file of the sample of `results` (the dataset's input dict: the info's fields, the token as
+        `sample_idx`)."""
+        info = dict(results)
+        if 'token' not in info and 'sample_idx' in info:
+            info['token'] = info['sample_idx']
+        try:
+            return self.benchmark.label_path(info, self.occ_root)
+        except BenchmarkError as exc:
+            raise BenchmarkError(f'LoadOccFromFile: {exc}') from None
 
     def __call__(self, results):
-        if self.occ_root is not None:
-            path = osp.join(self.occ_root, results['scene_name'], results['sample_idx'], 'labels.npz')
-        elif results.get('occ_path'):
-            path = results['occ_path']
-        else:
-            raise ValueError('LoadOccFromFile: no occ_root given and the info has no occ_path; set occ_root to the '
-                             'Occ3D gts/ folder')
+        path = self.label_path(results)
         if not osp.isfile(path):
-            raise FileNotFoundError(f'Occ3D labels not found: {path}. occ_root must be the Occ3D gts/ folder '
-                                    f'(gts/<scene_name>/<sample_token>/labels.npz). ' + missing_file_message(path))
-        occ = read_labels(path)
-        results['voxel_semantics'] = occ['semantics'].astype(np.uint8)
-        results['mask_lidar'] = occ['mask_lidar'].astype(bool)
-        results['mask_camera'] = occ['mask_camera'].astype(bool)
+            bench = self.benchmark
+            raise FileNotFoundError(
+                f'{bench.title} labels not found: {path}. {LABEL_ROOT_KEY} must be the {bench.label_root_dir}/ '
+                f'folder of {bench.label_source} ({bench.label_layout}). ' + missing_file_message(path))
+        labels = self.benchmark.read_labels(path)
+        for name, dtype in self.benchmark.label_dtypes.items():
+            results[self.RESULT_KEYS.get(name, name)] = labels[name].astype(dtype)
         return results
 
     def __repr__(self):
-        return f'{self.__class__.__name__}(occ_root={self.occ_root!r})'
+        return f'{self.__class__.__name__}(occ_root={self.occ_root!r}, benchmark={self.benchmark.name!r})'

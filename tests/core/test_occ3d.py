@@ -1,5 +1,5 @@
-"""core/occ3d.py: the protocol constants are consistent, the published configs restate them, and the one
-reader of labels.npz names what is wrong with a bad file."""
+"""core/occ3d.py: the protocol constants are consistent, the published configs restate them (and select their
+benchmark, core/benchmarks.py), and the one reader of labels.npz names what is wrong with a bad file."""
 import os.path as osp
 
 import numpy as np
@@ -20,15 +20,25 @@ def test_constants_are_consistent():
     assert occ3d.CAMERA_NAMES[0] == 'CAM_FRONT' and occ3d.NUM_VIEWS == len(set(occ3d.CAMERA_NAMES)) == 6
 
 
-@pytest.mark.parametrize('config', ['configs/ops-t_r50_704x256_8f_100e.py', 'configs/ops-demo_synthetic.py'])
+@pytest.mark.parametrize('config', ['configs/ops-t_r50_704x256_8f_100e.py', 'configs/ops-demo_synthetic.py',
+                                    'configs/opusv2-t_r50_704x256_8f_100e.py', 'configs/opusv2-demo_synthetic.py'])
 def test_configs_restate_the_protocol(config):
     from mmcv import Config
     cfg = Config.fromfile(osp.join(ROOT, config))
+    bench = occ3d.BENCHMARK
+    # the config selects the benchmark, and every dataset and the label loader take it by name
+    assert cfg.benchmark == bench.name == 'occ3d-nuscenes'
+    for split in ('train', 'val', 'test'):
+        assert cfg.data[split].get('benchmark', 'occ3d-nuscenes') == bench.name
+    loaders = [s for s in cfg.data.train.pipeline if s['type'] in ('LoadOccFromFile', 'LoadOcc3DFromFile')]
+    assert len(loaders) == 1 and loaders[0].get('benchmark', 'occ3d-nuscenes') == bench.name
     head = cfg.model.pts_bbox_head
-    assert tuple(cfg.point_cloud_range) == tuple(head.pc_range) == occ3d.POINT_CLOUD_RANGE
+    assert tuple(cfg.point_cloud_range) == tuple(head.pc_range) == occ3d.POINT_CLOUD_RANGE == bench.point_cloud_range
     assert tuple(head.transformer.pc_range) == occ3d.POINT_CLOUD_RANGE
-    assert tuple(cfg.voxel_size) == tuple(head.voxel_size) == occ3d.VOXEL_SIZE
-    assert tuple(cfg.occ_names) == occ3d.CLASS_NAMES and head.num_classes == occ3d.NUM_CLASSES
+    assert tuple(cfg.voxel_size) == tuple(head.voxel_size) == occ3d.VOXEL_SIZE == bench.voxel_size
+    assert tuple(cfg.occ_names) == occ3d.CLASS_NAMES == bench.class_names
+    assert head.num_classes == cfg.num_classes == occ3d.NUM_CLASSES == bench.num_classes
+    assert head.get('empty_label', bench.free_label) == bench.free_label
 
 
 def test_the_synthetic_world_uses_the_protocol():

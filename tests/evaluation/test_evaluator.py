@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from core.occ3d import FREE_LABEL as F
+from core.occ3d import LabelFileError
 from evaluation.evaluator import dense_prediction, evaluate_occupancy, format_summary, occ_gt_path
 from evaluation.ray_iou import generate_lidar_rays
 from evaluation.ray_origins import RayOrigins
@@ -74,15 +75,23 @@ def test_perfect_prediction_with_the_protocol_rays(tmp_path, capsys):
     assert '===> mIoU of 1 samples: 100.0' in printed and 'RayIoU@2' in printed and 'MEAN' in printed
 
 
-def test_occ_path_in_the_info_takes_precedence(tmp_path):
+def test_the_label_root_wins_over_the_infos_occ_path(tmp_path):
+    """The one label-path rule (docs/data.md, "Label files"): a label root given wins; the info's occ_path is
+    used only without one."""
     infos, _, preds = make_world(tmp_path, num_samples=1)
-    assert occ_gt_path(infos[0], str(tmp_path)) == str(tmp_path / 'scene-0001' / 'tok00' / 'labels.npz')
+    labels = tmp_path / 'scene-0001' / 'tok00' / 'labels.npz'
     moved = tmp_path / 'elsewhere.npz'
-    (tmp_path / 'scene-0001' / 'tok00' / 'labels.npz').rename(moved)
-    with pytest.raises(FileNotFoundError, match='labels.npz'):
-        evaluate_occupancy(preds, infos, str(tmp_path), logger='silent', rays=RAYS, show_progress=False)
     infos[0]['occ_path'] = str(moved)
+    assert occ_gt_path(infos[0], str(tmp_path)) == str(labels)     # the root wins over occ_path
+    assert occ_gt_path(infos[0], None) == str(moved)                # no root: the info's path
     evaluate_occupancy(preds, infos, str(tmp_path), logger='silent', rays=RAYS, show_progress=False)
+    labels.rename(moved)
+    with pytest.raises(FileNotFoundError, match=r'ground truth not found: .*tok00/labels.npz\. Check occ_root'):
+        evaluate_occupancy(preds, infos, str(tmp_path), logger='silent', rays=RAYS, show_progress=False)
+    evaluate_occupancy(preds, infos, None, logger='silent', rays=RAYS, show_progress=False)
+    del infos[0]['occ_path']
+    with pytest.raises(ValueError, match="no label root given and the sample info has no 'occ_path': set occ_root"):
+        evaluate_occupancy(preds, infos, None, logger='silent', rays=RAYS, show_progress=False)
 
 
 def test_bad_results_are_reported(tmp_path):
@@ -106,3 +115,30 @@ def test_dense_prediction_fills_free():
 def test_format_summary_is_in_percent():
     line = format_summary({'mIoU': 33.2, 'RayIoU': 0.384, 'RayIoU@1': 0.317, 'RayIoU@2': 0.392, 'RayIoU@4': 0.443})
     assert line == 'mIoU 33.20 | RayIoU 38.40 | RayIoU@1 31.70 | RayIoU@2 39.20 | RayIoU@4 44.30  (percent)'
+
+
+def test_another_benchmark_is_evaluated_by_its_description(tmp_path, monkeypatch):
+    """The made-up toy description (tests/toy_benchmark.py): its label layout, its grid, mIoU over every voxel (no
+    camera mask), no RayIoU; against a confusion matrix counted by hand."""
+    from toy_benchmark import TOY, register_toy
+    register_toy(monkeypatch)
+    gt = np.full((4, 4, 2), 3, np.uint8)           # 3 = free
+    gt[0, :, 0] = 1                                # 4 road voxels
+    gt[1, 0, 1] = 0                                # 1 car
+    (tmp_path / 'scene-a').mkdir()
+    # an all-false mask_camera: the toy's mIoU does not use it (with it, no voxel would count)
+    np.savez(tmp_path / 'scene-a' / 'tok.npz', semantics=gt, mask_camera=np.zeros(gt.shape, bool))
+    # prediction: 3 of the 4 road voxels, the car as a tree, one extra road voxel
+    pred = dict(sem_pred=np.array([1, 1, 1, 2, 1]), occ_loc=np.array([[0, 0, 0], [0, 1, 0], [0, 2, 0], [1, 0, 1],
+                                                                     [3, 3, 0]]))
+    infos = [dict(scene_name='scene-a', token='tok')]  # no poses: without RayIoU none are read
+    got = evaluate_occupancy([pred], infos, str(tmp_path), logger='silent', show_progress=False, benchmark='toy-street')
+    # by hand: car TP 0 of (gt 1 + pred 0) -> 0; road TP 3 / (gt 4 + pred 4 - 3) = 3/5; tree: no GT voxel -> NaN,
+    # skipped; mIoU = mean(0, 0.6) = 30 %
+    assert got == {'mIoU': 30.0}
+    assert format_summary(got) == 'mIoU 30.00  (percent)'
+    # the same file evaluated as Occ3D-nuScenes (reached through the info's occ_path): the grid is refused by name
+    occ_infos = [dict(infos[0], occ_path=str(tmp_path / 'scene-a' / 'tok.npz'))]
+    with pytest.raises(LabelFileError, match=r'tok\.npz: semantics has shape \(4, 4, 2\), expected \(200, 200, 16\)'):
+        evaluate_occupancy([pred], occ_infos, None, logger='silent', show_progress=False)
+    assert TOY.ray_iou is False and TOY.camera_mask is False

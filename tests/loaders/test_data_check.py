@@ -61,6 +61,17 @@ def test_a_complete_world_passes_and_only_what_the_pipeline_reads_is_checked(syn
     assert len(labels) == len(val) and all(osp.isfile(p) for p in labels)
 
 
+def test_the_gpu_decode_pipeline_is_checked_like_the_cpu_one(synthetic_infos):
+    """The steps are found by class (and the multi-frame loader by its loads_history_frames), so the GPU-decode
+    variants' images, sweeps and labels are checked too."""
+    cpu = build_dataset(dict(type='NuScenesOccDataset', ann_file=synthetic_infos.train, pipeline=pipeline()))
+    gpu = build_dataset(dict(type='NuScenesOccDataset', ann_file=synthetic_infos.train, pipeline=[
+        dict(type='LoadMultiViewJpegFromFiles'), dict(type='LoadMultiViewJpegFromMultiSweeps', sweeps_num=1),
+        dict(type='LoadOcc3DFromFile')]))
+    files = dataset_files(cpu)
+    assert dataset_files(gpu) == files and sum('sweep' in what for what in files.values()) > 0
+
+
 def test_missing_and_empty_files_are_named(broken_infos):
     path, bad = broken_infos
     dataset = build_dataset(dict(type='NuScenesOccDataset', ann_file=path, pipeline=pipeline()))

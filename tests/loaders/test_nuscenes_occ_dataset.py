@@ -266,12 +266,12 @@ def test_evaluate_delegates_to_the_evaluator(synthetic_infos, monkeypatch):
     ds = make_dataset(synthetic_infos, split='val', pipeline=None)
     calls = []
     monkeypatch.setattr(evaluation, 'evaluate_occupancy',
-                        lambda results, data_infos, occ_root, logger=None: calls.append((results, data_infos, occ_root))
-                        or dict(mIoU=1.0))
+                        lambda results, data_infos, occ_root, logger=None, benchmark=None:
+                        calls.append((results, data_infos, occ_root, benchmark)) or dict(mIoU=1.0))
     results = [dict(sem_pred=np.zeros(0, np.int64), occ_loc=np.zeros((0, 3), np.int64))] * 3
     assert ds.evaluate(results, jsonfile_prefix='ignored') == dict(mIoU=1.0)
     assert calls[0][0] is results and calls[0][1] is ds.data_infos
-    assert calls[0][2] == osp.join(synthetic_infos.root, 'gts')
+    assert calls[0][2] == osp.join(synthetic_infos.root, 'gts') and calls[0][3] == 'occ3d-nuscenes'
 
 
 def test_bad_dataset_inputs(synthetic_infos, tmp_path):
@@ -292,3 +292,18 @@ def test_bad_dataset_inputs(synthetic_infos, tmp_path):
                    dict(use_valid_flag=True), dict(filter_empty_gt=False), dict(file_client_args={})):
         with pytest.raises(TypeError, match=next(iter(option))):
             build_dataset(dict(type='NuScenesOccDataset', ann_file=synthetic_infos.train, pipeline=[], **option))
+
+
+def test_the_dataset_takes_its_benchmark_by_name(synthetic_infos, monkeypatch):
+    from toy_benchmark import register_toy
+    ds = make_dataset(synthetic_infos, pipeline=None)
+    assert ds.benchmark.name == 'occ3d-nuscenes' and ds.CLASSES == ds.benchmark.class_names
+    assert ds.get_data_info(0)['camera_names'] == CAMERA_NAMES     # the sweep loader's camera order
+    assert ds.occ_root == osp.join(synthetic_infos.root, 'gts')      # <data_root>/<the benchmark's label_root_dir>
+    register_toy(monkeypatch)
+    toy = make_dataset(synthetic_infos, pipeline=None, benchmark='toy-street')
+    assert toy.CLASSES == ('car', 'road', 'tree') and toy.occ_root == osp.join(synthetic_infos.root, 'toy_labels')
+    with pytest.raises(KeyError, match='has no CAM_LEFT in its infos'):   # the toy's camera order
+        toy.get_data_info(0)
+    with pytest.raises(ValueError, match="unknown benchmark 'occ3d'; known: occ3d-nuscenes, toy-street"):
+        make_dataset(synthetic_infos, pipeline=None, benchmark='occ3d')

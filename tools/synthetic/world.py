@@ -12,10 +12,11 @@ Units: metres, radians; global frame = nuScenes global frame (z up).
 """
 import numpy as np
 
-from core.occ3d import NUM_CLASSES
+from core.occ3d import FREE_LABEL, NUM_CLASSES
 
 # Occ3D-nuScenes class ids by name, in core.occ3d.CLASS_NAMES order (tests/core/test_occ3d.py checks
-# it); FREE = 17.
+# it); FREE = 17 (imported from here by occupancy.py, make_synthetic_nuscenes.py and the tests).
+FREE = FREE_LABEL
 OTHERS, BARRIER, BICYCLE, BUS, CAR, CONSTRUCTION_VEHICLE, MOTORCYCLE, PEDESTRIAN, TRAFFIC_CONE, \
     TRAILER, TRUCK, DRIVEABLE_SURFACE, OTHER_FLAT, SIDEWALK, TERRAIN, MANMADE, VEGETATION = range(NUM_CLASSES)
 

@@ -117,6 +117,15 @@ def test_history_frames_are_frame_major_and_short_entries_fall_back(monkeypatch)
     np.testing.assert_array_equal(out['lidar2img'][6 + CAMERA_NAMES.index('CAM_BACK')], ref)
 
 
+def test_history_cameras_follow_the_benchmarks_camera_order(monkeypatch):
+    """The dataset passes its benchmark's camera order (`camera_names`); a two-camera rig in another order."""
+    monkeypatch.setattr(loading, 'imread_bgr', lambda path, backend: np.zeros((4, 6, 3), np.uint8))
+    results = fake_results(12, num_cams=2)      # history entries hold CAM_FRONT and CAM_FRONT_RIGHT
+    results['camera_names'] = ('CAM_FRONT_RIGHT', 'CAM_FRONT')
+    out = LoadMultiViewImageFromMultiSweeps(sweeps_num=1, test_mode=True)(results)
+    assert out['filename'][2:] == ['h5_CAM_FRONT_RIGHT.jpg', 'h5_CAM_FRONT.jpg']
+
+
 def test_online_mode_loads_only_current_images(monkeypatch, tmp_path):
     results = fake_results(12)
     for entry in results['cam_sweeps']['prev']:
@@ -153,6 +162,48 @@ def test_online_is_chosen_explicitly_and_set_test_mode_sets_it(monkeypatch):
     assert all(s['online'] is False for s in steps)
 
 
+def test_set_test_mode_sets_online_on_the_steps_that_declare_history_frames():
+    """set_test_mode finds the multi-frame loaders by their class attribute `loads_history_frames`, not by name."""
+    from mmdet.datasets import PIPELINES
+
+    from engine.build import set_test_mode
+    from loaders.pipelines.gpu_decode import LoadMultiViewJpegFromMultiSweeps
+    assert LoadMultiViewImageFromMultiSweeps.loads_history_frames is True
+    assert LoadMultiViewJpegFromMultiSweeps.loads_history_frames is True       # the GPU-decode variant
+    assert not getattr(loading.LoadMultiViewImageFromFiles, 'loads_history_frames', False)
+
+    class HistoryProbe:              # a made-up multi-frame loader with another name
+        loads_history_frames = True
+
+        def __init__(self, online=False):
+            self.online = online
+
+    class MultiSweepsLookalike:      # 'MultiSweeps' in its name, but it declares nothing
+        def __init__(self):
+            pass
+
+    names = ('HistoryProbeForSetTestMode', 'MultiSweepsLookalikeForSetTestMode')
+    PIPELINES.register_module(name=names[0], module=HistoryProbe)
+    PIPELINES.register_module(name=names[1], module=MultiSweepsLookalike)
+    try:
+        from mmcv import Config
+        pipeline = [dict(type=names[0]), dict(type=names[1]), dict(type='MultiScaleFlipAug3D', transforms=[
+            dict(type=names[0]), dict(type=HistoryProbe), dict(type='DefaultFormatBundle3D')])]
+        cfg = Config(dict(model=dict(type='OPS'), data=dict(val=dict(pipeline=pipeline), test=dict(pipeline=[
+            dict(type='LoadMultiViewJpegFromMultiSweeps')]))))
+        set_test_mode(cfg, online=True)
+        val = cfg.data.val.pipeline
+        assert val[0]['online'] is True and 'online' not in val[1]
+        inner = val[2]['transforms']
+        assert inner[0]['online'] is True and inner[1]['online'] is True and 'online' not in inner[2]
+        assert cfg.data.test.pipeline[0]['online'] is True
+        set_test_mode(cfg, online=False)
+        assert cfg.data.val.pipeline[0]['online'] is False and cfg.data.test.pipeline[0]['online'] is False
+    finally:
+        for name in names:
+            PIPELINES.module_dict.pop(name, None)
+
+
 def write_labels(folder, **arrays):
     os.makedirs(folder, exist_ok=True)
     np.savez_compressed(osp.join(folder, 'labels.npz'), **arrays)
@@ -169,7 +220,7 @@ def test_load_occ_from_file(tmp_path):
     assert np.array_equal(out['mask_lidar'], ml.astype(bool))
     out = LoadOccFromFile()(dict(occ_path=str(tmp_path / 'gts' / 'scene-0001' / 'tok' / 'labels.npz')))
     assert np.array_equal(out['voxel_semantics'], sem)
-    with pytest.raises(FileNotFoundError, match=r'Occ3D labels not found: .*scene-0001/other/labels.npz'):
+    with pytest.raises(FileNotFoundError, match=r'Occ3D-nuScenes labels not found: .*scene-0001/other/labels.npz'):
         LoadOccFromFile(occ_root=str(tmp_path / 'gts'))(dict(scene_name='scene-0001', sample_idx='other'))
     write_labels(tmp_path / 'gts' / 'scene-0001' / 'bad', semantics=sem)
     with pytest.raises(LabelFileError, match=r"lacks the array\(s\) \['mask_lidar', 'mask_camera'\]"):
