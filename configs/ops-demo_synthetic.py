@@ -1,6 +1,6 @@
 # A small OPS for the CPU demo on the synthetic world (tools/make_synthetic_nuscenes.py defaults:
 # 3 train scenes + 1 held-out val scene in the v1.0-mini layout, 400x225 images).
-# Same method as OPS-T, scaled down so that ~10 minutes of 2-core CPU training learn the scene layout:
+# Same method as OPS-T, scaled down so that ~14 minutes of 2-core CPU training learn the scene layout:
 # 1 frame instead of 8, 96x256 crops instead of 256x704, ResNet-18 from scratch instead of the
 # nuImages ResNet-50, 3 decoder layers with 400 queries x 64 points instead of 6 layers with
 # 600 x 128, 16 short epochs (384 iterations) with a higher lr and the class term weighted 4x.
