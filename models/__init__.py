@@ -1,5 +1,7 @@
 """OPS models: importing this package registers the detectors, heads and transformers with mmdet
-(V1: OPS, OPSHead, OPSTransformer; OPUS-V2: OPUSV2, OPUSV2Head, OPUSV2DCDHead, OPUSV2Transformer)."""
+(V1: OPS, OPSHead, OPSTransformer; OPUS-V2: OPUSV2, OPUSV2Head, OPUSV2DCDHead, OPUSV2Transformer), and the
+project's own registries: point matchers (models/matcher.py), loss criteria (models/criterion.py) and decoder
+layers (models/ops_transformer.py)."""
 from .ops import OPS
 from .ops_head import OPSHead
 from .ops_transformer import OPSTransformer

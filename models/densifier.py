@@ -7,7 +7,9 @@ One per decoder layer (docs/opusv2.md, "CPD"). It turns the layer's predicted po
    grid (a point outside the range lands in a border voxel, it is not dropped: [QUIRK] kept);
 2. point input = [p - voxel centre (3), p - query centroid (3), point feature (32)] = 38 channels;
 3. two PointPillars-style VFE layers (Linear without bias + BatchNorm1d + ReLU, per-voxel max):
-   38 -> 32 (+ the voxel max, concatenated: 64) -> 64, max per voxel -> `[U, 64]`;
+   38 -> 32 (+ the voxel max, concatenated: 64) -> 64, max per voxel -> `[U, 64]`; in training the
+   BatchNorm statistics are those of each sample's own points (`PFNLayer.normalise`), as one sample per GPU
+   computes them;
 4. regular sparse conv 3x3x3 (64 -> 64; the active set grows by one voxel) -> ReLU -> submanifold
    conv 3x3x3 (64 -> 17) on that grown set -> logits `[U', 17]`.
 
@@ -23,6 +25,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from core.benchmarks import OCC3D_NUSCENES
 
@@ -55,19 +58,45 @@ class PFNLayer(nn.Module):
         self.linear = nn.Linear(in_channels, out_channels, bias=not use_norm)
         self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01) if use_norm else None
 
-    def forward(self, x, inverse, num_voxels):
+    def normalise(self, h, num_samples):
+        """The BatchNorm of `h` `[N, C]`, rows in (sample, point) order with N / num_samples points per sample.
+
+        In training each sample's points are normalised by their own statistics (mean, biased variance over the
+        sample's points, not voxels), as the original computes them at one sample per GPU (its 8 GPUs x 1): every
+        split of the total batch over GPUs then trains the same function (docs/opusv2.md, "The CPD module"). The
+        running statistics move by the mean of the samples' statistics (batch mean, unbiased variance) with the
+        layer's momentum; one sample is nn.BatchNorm1d itself. In eval mode the running statistics normalise
+        every point.
+        """
+        norm = self.norm
+        if num_samples == 1 or not norm.training:
+            return norm(h)
+        if h.shape[0] % num_samples:
+            raise ValueError(f'PFNLayer: {h.shape[0]} points do not split into {num_samples} equal samples')
+        rows = h.view(num_samples, -1, h.shape[1])
+        out = torch.cat([F.batch_norm(r, None, None, norm.weight, norm.bias, True, 0.0, norm.eps) for r in rows])
+        if norm.track_running_stats:
+            with torch.no_grad():
+                norm.num_batches_tracked.add_(1)
+                factor = (1.0 / float(norm.num_batches_tracked)) if norm.momentum is None else norm.momentum
+                norm.running_mean.mul_(1 - factor).add_(rows.mean(dim=1).mean(dim=0), alpha=factor)
+                norm.running_var.mul_(1 - factor).add_(rows.var(dim=1, unbiased=True).mean(dim=0), alpha=factor)
+        return out
+
+    def forward(self, x, inverse, num_voxels, num_samples=1):
         """
         Args:
-            x (Tensor): `[N, C_in]` point features.
+            x (Tensor): `[N, C_in]` point features, rows in (sample, point) order.
             inverse (Tensor): int64 `[N]`, voxel (row of the unique voxel list) of each point.
             num_voxels (int): U.
+            num_samples (int): B, samples of the batch (each N / B points): the BatchNorm's training statistics
+                are per sample (`normalise`).
         Returns:
             Tensor: `[U, C_out]` (last layer) or `[N, 2 * C_out // 2]` = [h, voxel max of h] (other layers).
         """
         h = self.linear(x)
         if self.norm is not None:
-            # statistics over the N points of the batch (points, not voxels)
-            h = self.norm(h)
+            h = self.normalise(h, num_samples)
         h = torch.relu(h)
         voxel_max = scatter_max(h, inverse, num_voxels)
         if self.last_vfe:
@@ -158,7 +187,7 @@ class Densifier(nn.Module):
         x = torch.cat([metres - centre, metres - query_centre, pt_feats], dim=-1).reshape(-1, 6 + self.in_channels)
         num_voxels = uniq.shape[0]
         for pfn in self.pfn_layers:
-            x = pfn(x, inverse, num_voxels)                                   # ends as [U, C_v]
+            x = pfn(x, inverse, num_voxels, B)                                # ends as [U, C_v]
         coords = torch.stack([uniq // (X * Y * Z), (uniq // (Y * Z)) % X, (uniq // Z) % Y, uniq % Z], dim=1)
         conv, relu, subm = self.cls_branch
         y, coords = conv(x, coords, B, (X, Y, Z))

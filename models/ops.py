@@ -195,7 +195,8 @@ class OPS(BaseDetector):
     def extract_img_feat(self, img, amp_dtype=None):
         """Backbone + FPN on normalised `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32.
 
-        Under CUDA autocast with `amp_dtype` (None: no autocast; never on the CPU). Outputs are float32.
+        Under CUDA autocast with `amp_dtype` (None: no autocast; never on the CPU). Outputs are in the model's
+        floating dtype (that of its buffers): float32, or float64 after `.double()` (the float64 tests).
         """
         use_amp = amp_dtype is not None and img.is_cuda
         if img.is_cuda and (self.train_mode if self.training else self.test_mode) == 'fast':
@@ -209,7 +210,7 @@ class OPS(BaseDetector):
             with torch.autocast(img.device.type, dtype=amp_dtype if use_amp else None, enabled=use_amp,
                                 cache_enabled=False):
                 feats = self.img_neck(self.img_backbone(img))
-        return [f.float() for f in feats]
+        return [f.to(self.img_mean.dtype) for f in feats]
 
     def train_amp_dtype(self):
         """Autocast dtype of the backbone in training: `amp_dtype` when the fp16 optimizer hook enabled

@@ -1,6 +1,8 @@
 """OPSHead: learnable initial points, set-to-set losses and occupancy post-processing.
 
-docs/method.md: "Queries and initial points", "Losses", "Inference" (``get_occ``).
+docs/method.md: "Queries and initial points", "Losses", "Inference" (``get_occ``). The losses are a matcher
+(models/matcher.py) and a criterion (models/criterion.py) built from the head's config keys; the head gathers
+the ground truth and calls both for every decoder layer.
 
 Symbols (docs/method.md, "Symbols and frames"): B batch, Q queries, P points per query (of one
 layer), K classes (17; ``C`` in the code's shapes of logits), Ng / Np ground-truth / predicted
@@ -18,13 +20,13 @@ import torch
 import torch.nn as nn
 from mmcv.runner import BaseModule
 from mmdet.models import HEADS
-from mmdet.models.builder import build_loss
 from mmdet.models.utils import build_transformer
 
 from core.benchmarks import OCC3D_NUSCENES
 from core.geometry import decode_points
 
-from .knn import knn1_bidirectional
+from .criterion import build_criterion
+from .matcher import build_matcher
 from .occ_postprocess import dense_occupancy, pack_occupied, unpack_occupied
 
 # Code defaults of the original (docs/method.md, "Losses"); the configs set only cls_weights (None = all 1).
@@ -103,7 +105,16 @@ class OPSHead(BaseModule):
             ((0, 2, 5, 8)), ``rare_weights`` (10).
         test_cfg (dict): the ``pts`` part of the model test_cfg: ``score_thr`` (0.5),
             ``padding`` (True), ``ctr_dist_thr`` (3.0 m).
+        matcher (dict | None): config of the point matcher (models/matcher.py); None:
+            ``dict(type='NearestPointMatcher')``.
+        criterion (dict | None): entries that replace or extend the criterion's config, which the head builds
+            from ``loss_cls``, ``loss_pts`` and ``train_cfg`` (``criterion_config``; type
+            ``DEFAULT_CRITERION``), e.g. ``dict(point_weighting='density')``. None: that config as it is.
+
+    The criterion and the matcher hold no parameters or buffers: the state dict is the official one.
     """
+    DEFAULT_CRITERION = 'ChamferFocalCriterion'   # subclasses (OPUS-V2) swap the criterion type here
+    POINT_WEIGHTING = 'chamfer'                    # the criterion's Chamfer weighting (OPUS-V2's DCD: 'density')
 
     def __init__(self,
                  num_classes=OCC3D_NUSCENES.num_classes,
@@ -118,6 +129,8 @@ class OPSHead(BaseModule):
                  empty_label=OCC3D_NUSCENES.free_label,
                  train_cfg=None,
                  test_cfg=None,
+                 matcher=None,
+                 criterion=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if transformer is None:
@@ -156,14 +169,25 @@ class OPSHead(BaseModule):
         self._pc_range = [float(v) for v in pc_range.tolist()]
         self._voxel_size = [float(v) for v in voxel_size.tolist()]
         self._voxel_num = [int(v) for v in self.voxel_num.tolist()]
-        # Distance factor of the focal weights (docs/method.md, "Losses"): xy distance from the ego origin over
-        # the xy diagonal of the scene (sqrt(80^2 + 80^2) m), so the factor lies in [1, ~1.5].
-        self._max_dist = math.hypot(float(scene_size[0]), float(scene_size[1]))
 
         self.init_points = nn.Embedding(self.num_query, 3)
         self.transformer = build_transformer(transformer)
-        self.loss_cls = build_loss(loss_cls)
-        self.loss_pts = build_loss(loss_pts)
+        self.matcher = build_matcher(dict(type='NearestPointMatcher') if matcher is None else matcher)
+        cfg = self.criterion_config(loss_cls, loss_pts)
+        cfg.update(criterion or {})
+        self.criterion = build_criterion(cfg)
+
+    def criterion_config(self, loss_cls, loss_pts):
+        """The criterion's config from the head's keys: ``loss_cls``, ``loss_pts``, the ``train_cfg`` weights,
+        and the distance factor's scale, the xy diagonal of the range (sqrt(80^2 + 80^2) m: docs/method.md,
+        "Losses")."""
+        cfg = self.train_cfg
+        return dict(type=self.DEFAULT_CRITERION, num_classes=self.num_classes, loss_cls=loss_cls, loss_pts=loss_pts,
+                    cls_weights=self.cls_weights, empty_dist_thr=cfg['empty_dist_thr'],
+                    empty_weights=cfg['empty_weights'], rare_classes=self.rare_classes,
+                    rare_weights=cfg['rare_weights'],
+                    dist_norm=math.hypot(float(self.scene_size[0]), float(self.scene_size[1])),
+                    point_weighting=self.POINT_WEIGHTING)
 
     def init_weights(self):
         """Initial points U(0, 1) in normalised coordinates: uniform over the whole range box."""
@@ -190,6 +214,7 @@ class OPSHead(BaseModule):
             [B, Q, P_i, C] logits; ``all_refine_pts`` list of [B, Q, P_i, 3] normalised points.
         """
         occ2img, (image_h, image_w) = self.transformer.image_geometry(img_metas, mlvl_feats[0].device)
+        occ2img = occ2img.to(mlvl_feats[0].dtype)    # float32 (float64 when the model is, in the float64 tests)
         return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w, fast)
 
     def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
@@ -248,22 +273,20 @@ class OPSHead(BaseModule):
             out.append((points, labels, vis[b][idx[:, 0], idx[:, 1], idx[:, 2]]))
         return out
 
-    def gt_point_weights(self, gt_xyz, pts_for_gt, gt_labels, gt_vis, rare):
-        """Weight of each ground-truth point in the GT -> prediction Chamfer term, `[Ng]`.
+    def match(self, points, gts):
+        """The matcher's match of every sample (no gradient).
 
-        1; `empty_weights` (5) for a camera-visible point whose nearest prediction `pts_for_gt` is
-        farther than `empty_dist_thr` (0.2 m); at least `rare_weights` (10) for a visible point of a
-        rare class (`rare`: long tensor of class ids).
+        Args:
+            points (Tensor): `[B, Np, 3]` predicted points, metres.
+            gts (list): output of ``_gt_points``.
+        Returns:
+            list: B `PointMatch` (models/matcher.py), None for a sample without ground truth.
         """
-        cfg = self.train_cfg
-        gap = (gt_xyz - pts_for_gt).norm(dim=-1)
-        # torch.where, not `weight[mask] = w`: a boolean index reads the mask's count on the host
-        weight = torch.where(gt_vis & (gap > cfg['empty_dist_thr']), float(cfg['empty_weights']), 1.0).to(gap.dtype)
-        is_rare = gt_vis & (gt_labels[:, None] == rare[None, :]).any(dim=1)
-        return torch.where(is_rare, weight.clamp(min=float(cfg['rare_weights'])), weight)
+        return [self.matcher(gt_xyz, points[b]) if gt_xyz.shape[0] else None
+                for b, (gt_xyz, _, _) in enumerate(gts)]
 
     def loss_single(self, cls_scores, pred_points, gts):
-        """Focal + Chamfer terms of one layer (docs/method.md, "Losses").
+        """Focal + Chamfer terms of one layer (docs/method.md, "Losses"): matcher, then criterion.
 
         Args:
             cls_scores (Tensor | None): [B, Q, P, C] logits; None for the initial points, whose
@@ -272,71 +295,21 @@ class OPSHead(BaseModule):
             gts (list): output of ``_gt_points``.
 
         Returns:
-            tuple(Tensor | None, Tensor): loss_cls (None when cls_scores is None), loss_pts.
+            tuple(Tensor | None, Tensor): loss_cls (None when cls_scores is None), loss_pts; each the mean over
+            the samples with ground truth of their own terms (models/criterion.py).
         """
         batch = pred_points.shape[0]
         if len(gts) != batch:
             raise ValueError(f'OPSHead.loss: {len(gts)} ground-truth samples for a prediction '
                              f'batch of {batch}')
         points = self.decode_points(pred_points).reshape(batch, -1, 3)
+        logits = None
         if cls_scores is not None:
             logits = cls_scores.reshape(batch, -1, cls_scores.shape[-1])
             if logits.shape[1] != points.shape[1]:
                 raise ValueError(f'OPSHead.loss: {logits.shape[1]} logit rows for '
                                  f'{points.shape[1]} points per sample')
-        cls_weights = points.new_tensor(self.cls_weights)
-        rare = points.new_tensor(self.rare_classes, dtype=torch.long)
-
-        pred_cls, cls_labels, cls_w = [], [], []
-        pts_to_gt, gt_pts, gt_w = [], [], []          # GT -> prediction direction
-        pred_pts, pred_to_gt = [], []                  # prediction -> GT direction
-        for b, (gt_xyz, gt_labels, gt_vis) in enumerate(gts):
-            if gt_xyz.shape[0] == 0:
-                continue
-            gt_xyz = gt_xyz.to(points.dtype)
-            with torch.no_grad():
-                # a(j): nearest prediction of GT j; b(i): nearest GT of prediction i.
-                nn_pred, nn_gt = knn1_bidirectional(gt_xyz, points[b])
-            matched_gt = gt_xyz[nn_gt]                                       # [Np, 3]
-            pts_for_gt = points[b][nn_pred]                                  # [Ng, 3]
-            with torch.no_grad():
-                # [QUIRK, docs/method.md "Losses"] the class weight is taken per logit channel, not per target class.
-                dist_factor = 1 + matched_gt[:, :2].norm(dim=-1) / self._max_dist
-                weight_cls = cls_weights[None, :] * dist_factor[:, None]     # [Np, C]
-                weight_gt = self.gt_point_weights(gt_xyz, pts_for_gt, gt_labels, gt_vis, rare)
-            if cls_scores is not None:
-                pred_cls.append(logits[b])
-                cls_labels.append(gt_labels[nn_gt])
-                cls_w.append(weight_cls)
-            pts_to_gt.append(pts_for_gt)
-            gt_pts.append(gt_xyz)
-            gt_w.append(weight_gt)
-            pred_pts.append(points[b])
-            pred_to_gt.append(matched_gt)
-
-        if not gt_pts:
-            # No occupied voxel in the whole batch: nothing to match. Zero losses that stay
-            # attached to the graph, so distributed training still sees every parameter
-            # (multiplied before summing: a sum of float-max values would overflow to inf).
-            zero_pts = (points * 0).sum()
-            zero_cls = None if cls_scores is None else (cls_scores * 0).sum()
-            return zero_cls, zero_pts
-
-        # Each sample is normalised by its own point counts and the batch takes the mean over samples
-        # (docs/method.md, "Losses"): the original's function at one sample per GPU (its 8 GPUs x 1),
-        # and the same function for any split of the total batch over GPUs (1 x 8, 2 x 4, ...); the
-        # original divides by the counts of the whole per-GPU batch instead.
-        per_pts, per_cls = [], []
-        for k, gt_xyz in enumerate(gt_pts):
-            num_gt, num_pred = gt_xyz.shape[0], pred_pts[k].shape[0]
-            weight = gt_w[k][:, None].expand_as(gt_xyz)
-            per_pts.append(self.loss_pts(pts_to_gt[k], gt_xyz, weight=weight, avg_factor=num_gt)
-                           + self.loss_pts(pred_pts[k], pred_to_gt[k], avg_factor=num_pred))
-            if cls_scores is not None:
-                per_cls.append(self.loss_cls(pred_cls[k], cls_labels[k], weight=cls_w[k], avg_factor=num_pred))
-        loss_pts = torch.stack(per_pts).mean()
-        loss_cls = torch.stack(per_cls).mean() if cls_scores is not None else None
-        return loss_cls, loss_pts
+        return self.criterion(points, logits, gts, self.match(points, gts))
 
     def loss(self, voxel_semantics, mask_camera, preds_dicts):
         """All loss terms (docs/method.md, "Losses").

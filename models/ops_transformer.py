@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mmcv.cnn import bias_init_with_prob
 from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
 from mmcv.runner import BaseModule
+from mmcv.utils import Registry, build_from_cfg
 from mmdet.models.utils.builder import TRANSFORMER
 from torch.utils.checkpoint import checkpoint
 
@@ -29,7 +30,11 @@ from .precision import float32_matmuls
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
 __all__ = ['OPSTransformer', 'OPSTransformerDecoder', 'OPSTransformerDecoderLayer', 'OPSSampling',
-           'AdaptiveMixing', 'OPSSelfAttention', 'encode_points', 'decode_points']
+           'AdaptiveMixing', 'OPSSelfAttention', 'DECODER_LAYERS', 'encode_points', 'decode_points']
+
+# Decoder-layer classes, resolved by the decoder from `layer_cfg=dict(type=...)` (docs/architecture.md,
+# "Adding a decoder layer")
+DECODER_LAYERS = Registry('decoder layer')
 
 
 class OPSSampling(BaseModule):
@@ -188,6 +193,7 @@ class OPSSelfAttention(BaseModule):
         return self.attention(query_feat, attn_mask=attn_mask.flatten(0, 1))   # [B*H, Q, Q], index b*H + h
 
 
+@DECODER_LAYERS.register_module()
 class OPSTransformerDecoderLayer(BaseModule):
     """One decoder layer: pos-enc -> sampling -> mixing + LN1 -> self-attn + LN2 -> FFN + LN3 -> heads.
 
@@ -287,13 +293,18 @@ class OPSTransformerDecoderLayer(BaseModule):
 
 
 class OPSTransformerDecoder(BaseModule):
-    """Stack of decoder layers; layer i turns `([1] + num_refines)[i]` points per query into `num_refines[i]`."""
-    layer_class = OPSTransformerDecoderLayer   # subclasses (OPUS-V2) swap the layer type here
+    """Stack of decoder layers; layer i turns `([1] + num_refines)[i]` points per query into `num_refines[i]`.
+
+    `layer_cfg` (dict | None): the layers' type, a class registered in `DECODER_LAYERS` (default `layer_class`),
+    and keyword arguments of that class beyond the ones the decoder passes (the shared sizes, the layer's
+    `in_points`, `out_points`, `scale`). None: `layer_class` with the decoder's arguments only.
+    """
+    layer_class = OPSTransformerDecoderLayer   # the default layer type; subclasses (OPUS-V2) swap it here
 
     def __init__(self, embed_dims=256, num_frames=8, num_views=6, num_groups=4, num_points=4, num_layers=6,
                  num_levels=4, num_classes=17, num_refines=(1, 4, 16, 32, 64, 128), scales=(0.5,),
                  pc_range=None, num_heads=8, ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1,
-                 with_cp=True, init_cfg=None):
+                 with_cp=True, layer_cfg=None, init_cfg=None):
         super().__init__(init_cfg)
         if len(num_refines) != num_layers:
             raise ValueError(f'num_refines {list(num_refines)} must have one entry per decoder layer '
@@ -310,10 +321,19 @@ class OPSTransformerDecoder(BaseModule):
         self.num_groups, self.num_levels, self.num_layers = num_groups, num_levels, num_layers
         self.pc_range = list(pc_range)
         in_points = [1] + list(num_refines[:-1])
+        shared = dict(embed_dims=embed_dims, num_frames=num_frames, num_views=num_views, num_groups=num_groups,
+                      num_points=num_points, num_levels=num_levels, num_classes=num_classes, pc_range=pc_range,
+                      num_heads=num_heads, ffn_dims=ffn_dims, mixing_out_points=mixing_out_points,
+                      attn_drop=attn_drop, ffn_drop=ffn_drop, with_cp=with_cp)
+        layer_cfg = dict(layer_cfg or {})
+        layer_cfg.setdefault('type', self.layer_class)
+        clash = sorted(set(layer_cfg) & (set(shared) | {'in_points', 'out_points', 'scale'}))
+        if clash:
+            raise ValueError(f'layer_cfg: {clash} are set by the decoder (its own arguments, num_refines, scales); '
+                             f'give them to the transformer')
         self.decoder_layers = nn.ModuleList([
-            self.layer_class(embed_dims, num_frames, num_views, num_groups, num_points, num_levels,
-                             num_classes, in_points[i], num_refines[i], scales[i], pc_range,
-                             num_heads, ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
+            build_from_cfg(dict(layer_cfg, in_points=in_points[i], out_points=num_refines[i], scale=scales[i],
+                                **shared), DECODER_LAYERS)
             for i in range(num_layers)])
 
     @torch.no_grad()
@@ -421,14 +441,15 @@ class OPSTransformer(BaseModule):
 
     Args mirror the published configs: embed_dims 256, num_frames 8, num_points np, num_layers 6,
     num_levels 4, num_classes 17, num_refines (points per query after each layer), scales [0.5],
-    pc_range; num_views 6 and num_groups 4 are code defaults.
+    pc_range; num_views 6 and num_groups 4 are code defaults; `layer_cfg` (None: the decoder's default
+    layer) picks a registered decoder-layer type and its extra arguments (`OPSTransformerDecoder`).
     """
     decoder_class = OPSTransformerDecoder   # subclasses (OPUS-V2) swap the decoder type here
 
     def __init__(self, embed_dims=256, num_frames=8, num_points=4, num_layers=6, num_levels=4, num_classes=17,
                  num_refines=(1, 4, 16, 32, 64, 128), scales=(0.5,), pc_range=None, num_views=6, num_groups=4,
                  num_heads=8, ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1, with_cp=True,
-                 init_cfg=None):
+                 layer_cfg=None, init_cfg=None):
         super().__init__(init_cfg)
         if pc_range is None or len(pc_range) != 6:
             raise ValueError(f'OPSTransformer needs pc_range=[x0, y0, z0, x1, y1, z1] (metres), got {pc_range}')
@@ -438,7 +459,8 @@ class OPSTransformer(BaseModule):
         self.pc_range = list(pc_range)
         self.decoder = self.decoder_class(embed_dims, num_frames, num_views, num_groups, num_points, num_layers,
                                           num_levels, num_classes, num_refines, scales, pc_range, num_heads,
-                                          ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp)
+                                          ffn_dims, mixing_out_points, attn_drop, ffn_drop, with_cp,
+                                          layer_cfg=layer_cfg)
 
     @torch.no_grad()
     def init_weights(self):

@@ -7,12 +7,15 @@ Chamfer point loss with its weights, and replaces the per-point classification:
   one CPD module per layer (models/densifier.py) turns them and the layer's points into logits on a
   sparse voxel set;
 * loss: sigmoid focal loss on those voxels with the Occ3D label of the voxel itself as target (free
-  = all-negative), per-logit-channel class weights, normalised by the number of predicted voxels that
-  are occupied in GT; 11 terms (the initial points' Chamfer term, then cls + pts for 5 layers);
+  = all-negative), per-logit-channel class weights, each sample normalised by the number of its predicted
+  voxels that are occupied in GT and the batch the mean over its samples; 11 terms (the initial points'
+  Chamfer term, then cls + pts for 5 layers). The arithmetic is the criterion `VoxelChamferFocalCriterion`
+  (models/criterion.py), with V1's matcher;
 * get_occ_grids / get_occ: the last layer's voxels whose max class probability exceeds `score_thr`
   (0.25), label = argmax. No point filtering, voxelisation or closing.
 
-`OPUSV2DCDHead` replaces the Chamfer point loss by its density-normalised variant (`point_loss`).
+`OPUSV2DCDHead` replaces the Chamfer point loss by its density-normalised variant (the criterion's
+`point_weighting='density'`).
 
 Coordinates: points normalised to pc_range in the decoder, metres in the occupancy frame in the
 losses; voxel indices (b, x, y, z) into the [B, 200, 200, 16] grid.
@@ -30,7 +33,6 @@ from mmdet.models import HEADS
 from core.benchmarks import OCC3D_NUSCENES
 
 from .densifier import Densifier
-from .knn import knn1_bidirectional
 from .ops_head import OPSHead, _merge_cfg, ordered_loss_dict
 
 __all__ = ['OPUSV2Head', 'OPUSV2DCDHead']
@@ -44,13 +46,15 @@ class OPUSV2Head(OPSHead):
     """Occupancy head of OPUS-V2.
 
     Args as `OPSHead` (num_classes, in_channels, num_query, pc_range, voxel_size, transformer,
-    loss_cls, loss_pts, empty_label, train_cfg), plus:
+    loss_cls, loss_pts, empty_label, train_cfg, matcher, criterion), plus:
         pfn_channels (sequence[int]): VFE widths of the CPD modules ([64, 64]).
         test_cfg (dict): the `pts` part of the model test_cfg: `score_thr` (default 0.0; configs 0.25).
 
     The transformer (type 'OPUSV2Transformer') gives the number of layers (one CPD module each) and
-    the point-feature width (`num_pt_channels`).
+    the point-feature width (`num_pt_channels`). The criterion is a `VoxelChamferFocalCriterion`
+    (models/criterion.py).
     """
+    DEFAULT_CRITERION = 'VoxelChamferFocalCriterion'
 
     def __init__(self,
                  num_classes=OCC3D_NUSCENES.num_classes,
@@ -65,11 +69,14 @@ class OPUSV2Head(OPSHead):
                  pfn_channels=(64, 64),
                  train_cfg=None,
                  test_cfg=None,
+                 matcher=None,
+                 criterion=None,
                  init_cfg=None):
         # V1's test_cfg keys (padding, ctr_dist_thr) do not exist in V2: checked against V2's defaults below
         super().__init__(num_classes=num_classes, in_channels=in_channels, num_query=num_query, pc_range=pc_range,
                          voxel_size=voxel_size, transformer=transformer, loss_cls=loss_cls, loss_pts=loss_pts,
-                         empty_label=empty_label, train_cfg=train_cfg, test_cfg=None, init_cfg=init_cfg)
+                         empty_label=empty_label, train_cfg=train_cfg, test_cfg=None, matcher=matcher,
+                         criterion=criterion, init_cfg=init_cfg)
         self.test_cfg = _merge_cfg('test_cfg', test_cfg, TEST_DEFAULTS)
         num_pt_channels = getattr(self.transformer, 'num_pt_channels', None)
         num_layers = getattr(self.transformer, 'num_layers', None)
@@ -79,6 +86,10 @@ class OPUSV2Head(OPSHead):
         self.densifiers = nn.ModuleList([
             Densifier(num_pt_channels, pfn_channels, self.num_classes, self.pc_range, self.voxel_num)
             for _ in range(num_layers)])
+
+    def criterion_config(self, loss_cls, loss_pts):
+        """V1's criterion config and the free label of the voxel targets."""
+        return dict(super().criterion_config(loss_cls, loss_pts), empty_label=self.empty_label)
 
     def init_weights(self):
         """V1's (decoder inits, initial points U(0, 1)), then each CPD module's prior bias."""
@@ -118,28 +129,25 @@ class OPUSV2Head(OPSHead):
 
     # ------------------------------------------------------------------ losses
     def point_loss(self, pred_points, gts):
-        """Chamfer point loss of one layer (V1's, unchanged): [B, Q, P, 3] normalised points -> scalar."""
+        """Chamfer point loss of one layer (V1's matcher and the criterion's point term, weighted as the
+        criterion's `point_weighting` says): [B, Q, P, 3] normalised points -> scalar, the mean over the samples
+        with ground truth of their own terms."""
         return self.loss_single(None, pred_points, gts)[1]
 
     def voxel_cls_loss(self, logits, coors, voxel_semantics):
-        """Focal loss of one layer's voxels.
+        """Focal loss of one layer's voxels (`VoxelChamferFocalCriterion.voxel_class_loss`).
 
         Args:
             logits (Tensor): [U', K] logits.
-            coors (Tensor): int64 [U', 4] (b, x, y, z).
+            coors (Tensor): int64 [U', 4] (b, x, y, z), sorted by b (as the CPD module outputs them).
             voxel_semantics (Tensor): [B, X, Y, Z] labels (``empty_label`` = free), after the BDA flips.
         Returns:
-            Tensor: 2.0 * sum_v sum_c w_c FL(s_vc, [c == t_v]) / (N_occ + eps), t_v the label of voxel v
-            (no camera mask; free -> all-negative row), w_c the class weight of the logit channel,
-            N_occ the number of voxels with t_v != free ([QUIRK] kept: 0 divides by eps only).
+            Tensor: the mean over the B samples of 2.0 * sum_v sum_c w_c FL(s_vc, [c == t_v]) / (N_occ + eps) over
+            the sample's voxels, t_v the label of voxel v (no camera mask; free -> all-negative row), w_c the class
+            weight of the logit channel, N_occ the number of the sample's voxels with t_v != free ([QUIRK] kept: 0
+            divides by eps only).
         """
-        target = voxel_semantics[coors[:, 0], coors[:, 1], coors[:, 2], coors[:, 3]].long()
-        free = target == self.empty_label
-        # mmdet's FocalLoss treats label == num_classes as background (an all-zero one-hot row)
-        target = torch.where(free, torch.full_like(target, self.num_classes), target)
-        weight = logits.new_tensor(self.cls_weights)[None, :].expand(logits.shape[0], -1).contiguous()
-        num_occ = (~free).sum().to(logits.dtype)
-        return self.loss_cls(logits, target, weight=weight, avg_factor=num_occ)
+        return self.criterion.voxel_class_loss(logits, coors, voxel_semantics)
 
     def loss(self, voxel_semantics, mask_camera, preds_dicts):
         """All loss terms (11 for 5 layers).
@@ -201,42 +209,8 @@ class OPUSV2DCDHead(OPUSV2Head):
     Per sample, with a(j) the nearest prediction of GT point j and b(i) the nearest GT point of
     prediction i: n_j = #{GT points whose nearest prediction is a(j)}, m_i = #{predictions whose
     nearest GT point is b(i)} (no gradient). GT side: weight w_gt[j] / n_j (w_gt as V1), normaliser
-    D_g = sum_j 1 / n_j; prediction side: weight 1 / m_i, normaliser D_p = sum_i 1 / m_i; normalisers
-    summed over the batch; each side divided by (D + float32 eps) inside mmdet's SmoothL1Loss.
+    D_g = sum_j 1 / n_j; prediction side: weight 1 / m_i, normaliser D_p = sum_i 1 / m_i; each side divided by
+    (D + float32 eps) inside mmdet's SmoothL1Loss; the batch's term is the mean over its samples with ground
+    truth. It is the criterion's `point_weighting='density'` (models/criterion.py, `density_weighting`).
     """
-
-    def point_loss(self, pred_points, gts):
-        batch = pred_points.shape[0]
-        if len(gts) != batch:
-            raise ValueError(f'{type(self).__name__}.loss: {len(gts)} ground-truth samples for a prediction '
-                             f'batch of {batch}')
-        points = self.decode_points(pred_points).reshape(batch, -1, 3)
-        rare = points.new_tensor(self.rare_classes, dtype=torch.long)
-        pts_for_gt, gt_pts, gt_w, pred_pts, pred_to_gt, pred_w = [], [], [], [], [], []
-        d_g = d_p = 0.0
-        for b, (gt_xyz, gt_labels, gt_vis) in enumerate(gts):
-            if gt_xyz.shape[0] == 0:
-                continue
-            gt_xyz = gt_xyz.to(points.dtype)
-            with torch.no_grad():
-                nn_pred, nn_gt = knn1_bidirectional(gt_xyz, points[b])
-                n = torch.bincount(nn_pred, minlength=points.shape[1])[nn_pred].to(points.dtype)   # [Ng]
-                m = torch.bincount(nn_gt, minlength=gt_xyz.shape[0])[nn_gt].to(points.dtype)      # [Np]
-                # V1's GT-side weights, then divided by the multiplicity
-                weight = self.gt_point_weights(gt_xyz, points[b][nn_pred], gt_labels, gt_vis, rare)
-                # per-sample normalisers, summed over the batch: D_g = sum 1/n_j (not weighted by w_gt)
-                d_g = d_g + (1.0 / n).sum()
-                d_p = d_p + (1.0 / m).sum()
-            pts_for_gt.append(points[b][nn_pred])
-            gt_pts.append(gt_xyz)
-            gt_w.append(weight / n)
-            pred_pts.append(points[b])
-            pred_to_gt.append(gt_xyz[nn_gt])
-            pred_w.append(1.0 / m)
-        if not gt_pts:
-            return (points * 0).sum()   # an exact zero attached to the graph, as OPSHead.loss_single
-        gt_cat, pred_cat = torch.cat(gt_pts), torch.cat(pred_pts)
-        w_g, w_p = torch.cat(gt_w), torch.cat(pred_w)
-        return (self.loss_pts(torch.cat(pts_for_gt), gt_cat, weight=w_g[:, None].expand_as(gt_cat), avg_factor=d_g)
-                + self.loss_pts(pred_cat, torch.cat(pred_to_gt), weight=w_p[:, None].expand_as(pred_cat),
-                                avg_factor=d_p))
+    POINT_WEIGHTING = 'density'

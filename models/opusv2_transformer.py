@@ -24,6 +24,7 @@ import torch.nn as nn
 from mmdet.models.utils.builder import TRANSFORMER
 
 from .ops_transformer import (
+    DECODER_LAYERS,
     OPSSampling,
     OPSTransformer,
     OPSTransformerDecoder,
@@ -62,6 +63,7 @@ class OPUSV2Sampling(OPSSampling):
         return centre[:, :, None] + self.sampling_prototype.weight * scale[:, :, None] + offset
 
 
+@DECODER_LAYERS.register_module()
 class OPUSV2TransformerDecoderLayer(OPSTransformerDecoderLayer):
     """V1 layer with V2 sampling; its `num_classes` argument is the point-feature width C_p.
 
@@ -117,11 +119,11 @@ class OPUSV2Transformer(OPSTransformer):
     def __init__(self, embed_dims=256, num_frames=8, num_points=4, num_layers=5, num_levels=4, num_pt_channels=32,
                  num_refines=(8, 16, 32, 64, 128), scales=(0.5,), pc_range=None, num_views=6, num_groups=4,
                  num_heads=8, ffn_dims=512, mixing_out_points=32, attn_drop=0.1, ffn_drop=0.1, with_cp=True,
-                 init_cfg=None):
+                 layer_cfg=None, init_cfg=None):
         # the layers' class-branch width is the point-feature width (V1's num_classes slot)
         super().__init__(embed_dims=embed_dims, num_frames=num_frames, num_points=num_points, num_layers=num_layers,
                          num_levels=num_levels, num_classes=num_pt_channels, num_refines=num_refines, scales=scales,
                          pc_range=pc_range, num_views=num_views, num_groups=num_groups, num_heads=num_heads,
                          ffn_dims=ffn_dims, mixing_out_points=mixing_out_points, attn_drop=attn_drop,
-                         ffn_drop=ffn_drop, with_cp=with_cp, init_cfg=init_cfg)
+                         ffn_drop=ffn_drop, with_cp=with_cp, layer_cfg=layer_cfg, init_cfg=init_cfg)
         self.num_pt_channels = int(num_pt_channels)

@@ -35,10 +35,10 @@ class FakeTransformer(BaseModule):
         self.lin = nn.Linear(3, 3)
 
 
-def make_head():
+def make_head(**kw):
     return OPSHead(num_query=4, pc_range=PC_RANGE, voxel_size=[0.4] * 3,
                    transformer=dict(type='B1LossFakeTransformer'),
-                   train_cfg=dict(cls_weights=CLS_WEIGHTS))
+                   train_cfg=dict(cls_weights=CLS_WEIGHTS), **kw)
 
 
 # ---------------------------------------------------------------- float64 reference ("Losses")
@@ -301,18 +301,17 @@ def test_a_batch_is_the_mean_of_its_samples():
     assert single[0]['loss_pts'].item() != pytest.approx(single[1]['loss_pts'].item(), rel=1e-3)
 
 
-def test_the_loss_reads_the_device_once_per_batch_and_once_per_sample(monkeypatch):
+def test_the_loss_reads_the_device_once_per_batch_and_once_per_sample():
     """Each host read of a device value (`.item()`, a boolean index, `nonzero`) stalls the host until the GPU
     has caught up, so the fast training step runs ahead of the GPU only between them. The head's own code
-    reads the label check once per batch and each sample's ground-truth count (nonzero); nothing per layer.
-    Counted on the CPU at the dispatcher, for the operators inside models/ops_head.py."""
+    reads the label check once per batch and each sample's ground-truth count (nonzero); nothing per layer,
+    neither in the matcher nor in the criterion. Counted on the CPU at the dispatcher, for the operators inside
+    models/ops_head.py, models/matcher.py and models/criterion.py."""
     import traceback
-    from functools import partial
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import models.ops_head as ops_head
-    from models.knn import knn1_bidirectional
+    own_files = ('models/ops_head.py', 'models/matcher.py', 'models/criterion.py')
 
     class HostReads(TorchDispatchMode):
         def __init__(self):
@@ -328,14 +327,14 @@ def test_the_loss_reads_the_device_once_per_batch_and_once_per_sample(monkeypatc
                 # itself; on CUDA it runs mmcv's kernel)
                 caller = next(f for f in reversed(traceback.extract_stack())
                               if '/torch/' not in f.filename and f.filename != __file__)
-                if caller.filename.endswith('models/ops_head.py'):
-                    self.reads.append(f'{name} at ops_head.py:{caller.lineno}')
+                if caller.filename.endswith(own_files):
+                    self.reads.append(f'{name} at {caller.filename}:{caller.lineno}')
             return func(*args, **(kwargs or {}))
 
-    # the CPU's KD-tree matching reads the host itself; the CUDA kernel does not
-    monkeypatch.setattr(ops_head, 'knn1_bidirectional', partial(knn1_bidirectional, backend='torch'))
+    # the CPU's KD-tree matching reads the host itself; the CUDA kernel and the tiled PyTorch path do not
     sem, vis, gts, init, layers = make_scene(0)
-    head, preds = make_head(), to_preds(init, layers)
+    head = make_head(matcher=dict(type='NearestPointMatcher', backend='torch'))
+    preds = to_preds(init, layers)
     with HostReads() as spy:
         head.loss(torch.from_numpy(sem), torch.from_numpy(vis), preds)
     batch = sem.shape[0]

@@ -356,3 +356,47 @@ def test_decoder_input_errors():
         tr(pts, qf, [f[:, :4] for f in feats], metas)
     with pytest.raises(ValueError, match='one entry per decoder layer'):
         small_transformer(num_refines=[1, 2])
+
+
+# ----------------------------------------------------------------------------- decoder layers from the registry
+@opt.DECODER_LAYERS.register_module(name='DampedOffsetsLayer', force=True)
+class DampedOffsetsLayer(OPSTransformerDecoderLayer):
+    """The worked example of docs/architecture.md ("Adding a decoder layer"): V1's layer whose point offsets
+    are scaled by a learned factor, starting at `damping`."""
+
+    def __init__(self, damping=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.damping = nn.Parameter(torch.tensor(float(damping)))
+
+    def refine_points(self, query_points, offsets):
+        return super().refine_points(query_points, offsets * self.damping)
+
+
+def test_decoder_layers_come_from_the_registry():
+    default = small_transformer()
+    assert all(type(layer) is OPSTransformerDecoderLayer for layer in default.decoder.decoder_layers)
+    named = small_transformer(layer_cfg=dict(type='OPSTransformerDecoderLayer'))
+    assert list(named.state_dict()) == list(default.state_dict())   # the published configs' layout, unchanged
+    variant = small_transformer(layer_cfg=dict(type='DampedOffsetsLayer', damping=0.5))
+    layers = variant.decoder.decoder_layers
+    assert all(type(layer) is DampedOffsetsLayer for layer in layers)
+    assert [(layer.in_points, layer.out_points, layer.damping.item()) for layer in layers] == \
+        [(1, 1, 0.5), (1, 2, 0.5), (2, 4, 0.5)]
+    assert set(variant.state_dict()) - set(default.state_dict()) == {f'decoder.decoder_layers.{i}.damping'
+                                                                      for i in range(3)}
+    # damping 1 is the default layer: the same weights give the same outputs (x * 1.0 is exact)
+    torch.manual_seed(3)
+    base = small_transformer().eval()
+    base.init_weights()
+    same = small_transformer(layer_cfg=dict(type='DampedOffsetsLayer')).eval()
+    same.load_state_dict(dict(base.state_dict(), **{f'decoder.decoder_layers.{i}.damping': torch.tensor(1.0)
+                                                    for i in range(3)}))
+    pts, qf, feats, metas = decoder_inputs()
+    with torch.no_grad():
+        want, got = base(pts, qf, feats, metas), same(pts, qf, feats, metas)
+    for a, b in zip(want[0] + want[1], got[0] + got[1]):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match='set by the decoder'):
+        small_transformer(layer_cfg=dict(type='DampedOffsetsLayer', out_points=3))
+    with pytest.raises(KeyError, match='NoSuchLayer'):
+        small_transformer(layer_cfg=dict(type='NoSuchLayer'))

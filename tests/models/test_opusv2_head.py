@@ -69,23 +69,32 @@ def test_voxel_focal_loss_against_a_hand_computation():
     sem[1, 199, 199, 15] = 0
     sem[0, 1, 1, 1] = 2     # occupied but not predicted: no term
     labels = [4, None, 11, 0]   # voxel 1 is free: all 17 targets are 0
-    total = 0.0
+    totals = [0.0, 0.0]         # per sample (voxels 0, 1 are sample 0's, voxels 2, 3 sample 1's)
     for v, label in enumerate(labels):
         for c in range(17):
             p = sigmoid(float(logits[v, c]))
             term = -0.25 * (1 - p) ** 2 * math.log(p) if c == label else -0.75 * p ** 2 * math.log(1 - p)
-            total += CLS_WEIGHTS[c] * term   # the weight of the logit channel, not of the target class
-    want = 2.0 * total / (3 + EPS32)          # 3 predicted voxels are occupied in GT
+            totals[int(coors[v, 0])] += CLS_WEIGHTS[c] * term   # the weight of the logit channel, not of the target
+    # each sample divided by its own voxels occupied in GT (sample 0: 1, sample 1: 2), then the mean over samples
+    want = (2.0 * totals[0] / (1 + EPS32) + 2.0 * totals[1] / (2 + EPS32)) / 2
     got = head.voxel_cls_loss(logits, coors, sem)
-    # float64 on both sides: 68 nonnegative focal terms summed (68 eps / 2 each side) and ~10 roundings per term;
-    # this hand computation's 1 - p loses e^x ulps at logit x (<= 4.0 here: e^4 ≈ 55 ulps of a small term, a
-    # few eps of the total): (68 + 10) eps and those few, 100 eps ≈ 2.2e-14
+    # float64 on both sides: 34 nonnegative focal terms summed per sample (34 eps / 2 each side) and ~10 roundings
+    # per term; this hand computation's 1 - p loses e^x ulps at logit x (<= 4.0 here: e^4 ≈ 55 ulps of a small
+    # term, a few eps of the total); the mean adds one rounding: (34 + 10 + 1) eps and those few, 100 eps ≈ 2.2e-14
     assert got.item() == pytest.approx(want, rel=100 * EPS64)
-    # [QUIRK] kept: no predicted voxel occupied -> the sum is divided by eps only
+    # the per-sample normalisation differs from the pooled one of the official code at batch 2 (1 + 2 voxels):
+    # far beyond the tolerance above, so the check tells them apart
+    pooled = 2.0 * (totals[0] + totals[1]) / (3 + EPS32)
+    assert abs(pooled - want) > 1e-3 * want
+    # [QUIRK] kept: no predicted voxel occupied -> the sum is divided by eps only; here sample 0 has one free voxel
+    # and sample 1 none (an exact zero), and the batch's term is the mean of the two
     free_only = head.voxel_cls_loss(logits[1:2], coors[1:2], sem)
     want_free = 2.0 * sum(CLS_WEIGHTS[c] * -0.75 * sigmoid(float(logits[1, c])) ** 2 *
-                          math.log(1 - sigmoid(float(logits[1, c]))) for c in range(17)) / EPS32
+                          math.log(1 - sigmoid(float(logits[1, c]))) for c in range(17)) / EPS32 / 2
     assert free_only.item() == pytest.approx(want_free, rel=100 * EPS64)   # 17 terms: the bound above holds
+    # the voxels must come grouped by sample, as the CPD module sorts them
+    with pytest.raises(ValueError, match='sorted'):
+        head.voxel_cls_loss(logits, coors[[2, 0, 1, 3]], sem)
 
 
 # ---------------------------------------------------------------- point losses
