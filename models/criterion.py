@@ -108,9 +108,13 @@ class ChamferFocalCriterion(nn.Module):
         if point_weighting not in POINT_WEIGHTINGS:
             raise ValueError(f'{type(self).__name__}: point_weighting must be one of {sorted(POINT_WEIGHTINGS)}, '
                              f'got {point_weighting!r}')
-        # plain Python numbers: no buffers (the official state dicts have none), tensors made on the loss's device
         self.cls_weights = [float(w) for w in cls_weights]
         self.rare_classes = [int(c) for c in rare_classes]
+        # made once and moved with the model; non-persistent, so the official state dicts stay as they are.
+        # float64: casting to a loss's dtype rounds each weight once, as building it in that dtype would.
+        self.register_buffer('cls_weight_table', torch.tensor(self.cls_weights, dtype=torch.float64),
+                             persistent=False)
+        self.register_buffer('rare_class_ids', torch.tensor(self.rare_classes, dtype=torch.long), persistent=False)
         self.empty_dist_thr, self.empty_weights = float(empty_dist_thr), float(empty_weights)
         self.rare_weights, self.dist_norm = float(rare_weights), float(dist_norm)
         self.point_weighting = point_weighting
@@ -128,7 +132,7 @@ class ChamferFocalCriterion(nn.Module):
         1; `empty_weights` (5) for a camera-visible point whose matched prediction `pts_for_gt` is farther than
         `empty_dist_thr` (0.2 m); at least `rare_weights` (10) for a visible point of a rare class.
         """
-        rare = gt_labels.new_tensor(self.rare_classes)
+        rare = self.rare_class_ids.to(gt_labels.device)
         gap = (gt_xyz - pts_for_gt).norm(dim=-1)
         # torch.where, not `weight[mask] = w`: a boolean index reads the mask's count on the host
         weight = torch.where(gt_vis & (gap > self.empty_dist_thr), self.empty_weights, 1.0).to(gap.dtype)
@@ -141,7 +145,7 @@ class ChamferFocalCriterion(nn.Module):
         [QUIRK, docs/method.md "Losses"] the class weight is taken per logit channel, not per target class.
         """
         dist_factor = 1 + matched_gt[:, :2].norm(dim=-1) / self.dist_norm
-        return matched_gt.new_tensor(self.cls_weights)[None, :] * dist_factor[:, None]
+        return self.cls_weight_table.to(matched_gt)[None, :] * dist_factor[:, None]
 
     # ------------------------------------------------------------------ one sample
     def sample_losses(self, points, logits, gt, match):
@@ -233,7 +237,7 @@ class VoxelChamferFocalCriterion(ChamferFocalCriterion):
         free = target == self.empty_label
         # mmdet's FocalLoss treats label == num_classes as background (an all-zero one-hot row)
         target = torch.where(free, torch.full_like(target, self.num_classes), target)
-        weight = logits.new_tensor(self.cls_weights)[None, :].expand(logits.shape[0], -1).contiguous()
+        weight = self.cls_weight_table.to(logits)[None, :].expand(logits.shape[0], -1).contiguous()
         num_occ = (~free).sum().to(logits.dtype)
         return self.loss_cls(logits, target, weight=weight, avg_factor=num_occ)
 

@@ -111,7 +111,7 @@ class OPSHead(BaseModule):
             from ``loss_cls``, ``loss_pts`` and ``train_cfg`` (``criterion_config``; type
             ``DEFAULT_CRITERION``), e.g. ``dict(point_weighting='density')``. None: that config as it is.
 
-    The criterion and the matcher hold no parameters or buffers: the state dict is the official one.
+    The criterion and the matcher hold no parameters and no persistent buffers: the state dict is the official one.
     """
     DEFAULT_CRITERION = 'ChamferFocalCriterion'   # subclasses (OPUS-V2) swap the criterion type here
     POINT_WEIGHTING = 'chamfer'                    # the criterion's Chamfer weighting (OPUS-V2's DCD: 'density')
