@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', default=None, help='where the pickles go (default: --data-root)')
     p.add_argument('--occ-root', default=None, help='Occ3D labels folder (default: <data-root>/gts)')
     p.add_argument('--benchmark', default=DEFAULT_BENCHMARK, choices=benchmark_names(),
-                   help='whose label files the infos point to (occ_path), core/benchmarks.py')
+                   help='whose label files the infos point to (occ_path), core/benchmarks/')
     p.add_argument('--no-check-files', action='store_true', help='do not check that every image and label exists')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.add_argument('--debug', action='store_true', help='show the full traceback of an error')

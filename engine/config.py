@@ -9,7 +9,7 @@
   datasets and pipeline steps. The accepted keys come from the signatures of the classes the builders
   construct (mmcv hooks, torch optimisers, the registered datasets and pipeline steps), so they follow
   the installed libraries. `model` is checked when it is built (its builders report unknown keys).
-It also refuses a config that mixes benchmarks: `benchmark` (core/benchmarks.py, default occ3d-nuscenes)
+It also refuses a config that mixes benchmarks: `benchmark` (core/benchmarks/, default occ3d-nuscenes)
 names the protocol, and the config's own statements of it (occ_names, num_classes, point_cloud_range,
 voxel_size, the head's pc_range / voxel_size / num_classes / empty_label, the transformer's pc_range)
 must agree with the description; with the nested checks, every dataset and pipeline step that takes
@@ -27,7 +27,7 @@ CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs
 # Top-level keys a training/evaluation config may define. Anything else is almost always a typo
 # (`totl_epochs`) that mmcv would silently ignore; helper variables of a config start with '_'.
 KNOWN_TOP_LEVEL_KEYS = {
-    'benchmark',  # core/benchmarks.py; a config without it means occ3d-nuscenes
+    'benchmark',  # core/benchmarks/; a config without it means occ3d-nuscenes
     'model', 'data', 'dataset_type', 'dataset_root', 'occ_root',
     'occ_names', 'num_classes', 'point_cloud_range', 'voxel_size', 'embed_dims', 'num_layers',
     'num_frames', 'num_levels', 'num_query', 'num_points', 'num_refines', 'img_norm_cfg',

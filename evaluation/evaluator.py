@@ -1,7 +1,7 @@
 """The dataset-bound evaluator: Occ3D mIoU + RayIoU of sparse predictions against `labels.npz` files.
 
 The protocol's numbers (label names, grid, camera mask, RayIoU on/off) and the label-path rule come from
-the benchmark description (core/benchmarks.py), given by name.
+the benchmark description (core/benchmarks/), given by name.
 
 `evaluate_occupancy` streams over the samples: for each one, the ground truth is read from its
 `labels.npz`, the dense prediction grid is built, both metrics accumulate counts, and the grids
@@ -74,7 +74,7 @@ class OccEvaluator:
         device (str | torch.device | None): ray-casting device; None = CUDA when available.
         ray_batch (int | None): samples cast together (default 16 on CUDA, 1 on CPU).
         rays (array | None): ray directions (default: the 14,040 virtual LiDAR rays).
-        benchmark (str | Benchmark): the protocol (core/benchmarks.py): labels, grid, the camera mask of the
+        benchmark (str | Benchmark): the protocol (core/benchmarks/): labels, grid, the camera mask of the
             mIoU, whether RayIoU is computed.
     """
 

@@ -36,7 +36,7 @@ class NuScenesOccDataset(Dataset):
             sample the pipeline drops (returns None) is replaced by a random other one.
         load_interval (int): keep every n-th sample (after sorting).
         into_past (int): maximum length of the camera history list (150 as the original).
-        benchmark (str): registered benchmark name (core/benchmarks.py): camera order, classes, label
+        benchmark (str): registered benchmark name (core/benchmarks/): camera order, classes, label
             files and metrics.
 
     Every key frame is a sample (the original forces filter_empty_gt=False). The original's 3D-box

@@ -113,7 +113,7 @@ class Densifier(nn.Module):
         num_classes (int): K (17).
         pc_range (sequence[6] | Tensor): (x_min, y_min, z_min, x_max, y_max, z_max), metres.
         voxel_num (sequence[3] | Tensor): grid size (200, 200, 16).
-    The defaults of the last three are the Occ3D-nuScenes description's (core/benchmarks.py); the head
+    The defaults of the last three are the Occ3D-nuScenes description's (core/benchmarks/); the head
     passes its own.
 
     `pc_range` (float32 [6]) and `voxel_num` (int64 [3]) are buffers, as in the official state dicts.

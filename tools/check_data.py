@@ -35,7 +35,7 @@ def parse_args(argv=None):
                         help='override config values, e.g. data.val.ann_file=...')
     parser.add_argument('--occ-root', help='with --infos: Occ3D gts/ folder (default: the infos\' occ_path)')
     parser.add_argument('--benchmark', default='occ3d-nuscenes',
-                        help='with --infos: the benchmark whose label layout --occ-root has (core/benchmarks.py)')
+                        help='with --infos: the benchmark whose label layout --occ-root has (core/benchmarks/)')
     parser.add_argument('--no-images', action='store_true', help='check the labels only')
     parser.add_argument('--no-sweeps', action='store_true', help='with --infos: skip the camera sweeps')
     parser.add_argument('--list-all', action='store_true', help='print every problem (default: the first 20)')

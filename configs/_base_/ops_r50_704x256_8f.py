@@ -3,7 +3,7 @@
 # Changing num_frames here also changes the sweep loaders (sweeps_num = num_frames - 1); a config that
 # overrides num_frames must restate the pipelines, because values computed here are not re-evaluated.
 
-# The benchmark protocol (core/benchmarks.py): classes, grid, cameras, label files, metrics. The values
+# The benchmark protocol (core/benchmarks/): classes, grid, cameras, label files, metrics. The values
 # restated below (occ_names, point_cloud_range, voxel_size) must be its own: engine/config.py refuses a
 # config that mixes benchmarks.
 benchmark = 'occ3d-nuscenes'

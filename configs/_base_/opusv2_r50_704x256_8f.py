@@ -5,7 +5,7 @@
 # OPUS-V2-T (100 epochs). Values computed in the V1 base (pipelines, data) are restated here.
 _base_ = ['./ops_r50_704x256_8f.py']
 
-# the benchmark protocol (core/benchmarks.py); the V1 base's occ_names, point_cloud_range and voxel_size are its values
+# the benchmark protocol (core/benchmarks/); the V1 base's occ_names, point_cloud_range and voxel_size are its values
 benchmark = 'occ3d-nuscenes'
 
 num_layers = 5

@@ -199,7 +199,7 @@ class LoadOccFromFile:
 
     Args:
         occ_root (str | None): the label folder (Occ3D: its gts/ folder).
-        benchmark (str): registered benchmark name (core/benchmarks.py).
+        benchmark (str): registered benchmark name (core/benchmarks/).
     """
 
     # label-file array -> the key the pipeline carries it under (Collect3D's keys); others keep their name

@@ -1,4 +1,4 @@
-"""core/benchmarks.py: the Benchmark description, its registry, its one label-path rule (the same path in all four
+"""core/benchmarks/: the Benchmark description, its registry, its one label-path rule (the same path in all four
 places that locate label files), and its label reader's checks."""
 import os.path as osp
 

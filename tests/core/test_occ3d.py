@@ -1,5 +1,5 @@
 """core/occ3d.py: the protocol constants are consistent, the published configs restate them (and select their
-benchmark, core/benchmarks.py), and the one reader of labels.npz names what is wrong with a bad file."""
+benchmark, core/benchmarks/), and the one reader of labels.npz names what is wrong with a bad file."""
 import os.path as osp
 
 import numpy as np

@@ -5,7 +5,8 @@ class names and the free label, the voxel grid (shape, point-cloud range, voxel 
 order, where a sample's label file is and what it holds, and the metrics' settings. The dataset,
 the label-loading pipeline step and the evaluator take a benchmark by name (`get_benchmark`); the
 configs select it with the top-level key `benchmark` (engine/config.py checks that the config's
-class list, range and voxel size agree with it). Adding a benchmark: docs/architecture.md,
+class list, range and voxel size agree with it). Each protocol is a module of this package that registers
+its description on import (occ3d_nuscenes.py); adding a benchmark: docs/architecture.md,
 "Adding a benchmark".
 
     from core.benchmarks import get_benchmark
@@ -242,26 +243,7 @@ def get_benchmark(name):
         raise BenchmarkError(f'unknown benchmark {name!r}; known: {", ".join(benchmark_names())}') from None
 
 
-# Occ3D-nuScenes (Tian et al., NeurIPS 2023 datasets track), as the OPS/OPUS configs use it.
-OCC3D_NUSCENES = register_benchmark(Benchmark(
-    name='occ3d-nuscenes',
-    title='Occ3D-nuScenes',
-    class_names=('others', 'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle',
-                 'pedestrian', 'traffic_cone', 'trailer', 'truck', 'driveable_surface', 'other_flat',
-                 'sidewalk', 'terrain', 'manmade', 'vegetation'),
-    free_label=17,
-    grid_shape=(200, 200, 16),
-    point_cloud_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4),
-    voxel_size=(0.4, 0.4, 0.4),
-    # mmdet3d's order; the decoder's view choice prefers the earlier ones
-    camera_names=('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT'),
-    label_file='{scene_name}/{token}/labels.npz',
-    label_path_key='occ_path',
-    label_arrays=(('semantics', 'uint8'), ('mask_lidar', 'bool'), ('mask_camera', 'bool')),
-    label_root_dir='gts',
-    label_source='the Occ3D-nuScenes download',
-    camera_mask=True,
-    ray_iou=True,
-))
+# The registered protocols, one module each (importing a module registers its description).
+from core.benchmarks.occ3d_nuscenes import OCC3D_NUSCENES  # noqa: E402
 
 DEFAULT_BENCHMARK = OCC3D_NUSCENES.name   # what a config without a `benchmark` key means
