@@ -18,6 +18,7 @@ from core.geometry import dense_from_sparse
 from .miou import OccMIoU
 from .ray_iou import RayIoU
 from .ray_origins import RayOrigins
+from .ssc import SSCMetric
 
 __all__ = ['evaluate_occupancy', 'OccEvaluator', 'occ_gt_path', 'load_occ_gt', 'dense_prediction', 'format_summary',
            'log_msg']
@@ -40,18 +41,24 @@ def occ_gt_path(info, occ_root, benchmark=DEFAULT_BENCHMARK):
         raise BenchmarkError(f'evaluation: {exc}') from None
 
 
+def evaluation_mask_name(benchmark):
+    """The label array whose true voxels the metrics count: the description's `eval_mask` when it has one
+    (nuScenes-Occupancy: 'mask_valid'), else 'mask_camera' with `camera_mask`, else None (every voxel)."""
+    bench = get_benchmark(benchmark)
+    return getattr(bench, 'eval_mask', 'mask_camera' if bench.camera_mask else None)
+
+
 def load_occ_gt(path, benchmark=DEFAULT_BENCHMARK):
-    """Read a label file: (semantics [X, Y, Z] as stored, mask_camera bool [X, Y, Z]); the mask is None when the
-    benchmark's mIoU does not use it."""
+    """Read a label file: (semantics [X, Y, Z] as stored, the evaluation mask bool [X, Y, Z]: `mask_camera` for
+    Occ3D, `mask_valid` for nuScenes-Occupancy); the mask is None when the benchmark's metric uses none."""
     bench = get_benchmark(benchmark)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{bench.title} ground truth not found: {path}. Check {LABEL_ROOT_KEY} (the '
                                 f'{bench.label_root_dir}/ folder of {bench.label_source}) or regenerate the info '
                                 f'pickles with gen_sweep_info.py')
-    arrays = ('semantics', 'mask_camera') if bench.camera_mask else ('semantics',)
-    labels = bench.read_labels(path, arrays)
-    mask = labels['mask_camera'].astype(bool) if bench.camera_mask else None
-    return labels['semantics'], mask
+    mask_name = evaluation_mask_name(bench)
+    labels = bench.read_labels(path, ('semantics',) + ((mask_name,) if mask_name else ()))
+    return labels['semantics'], (labels[mask_name].astype(bool) if mask_name else None)
 
 
 def dense_prediction(result, shape=OCC3D_NUSCENES.grid_shape, free_label=OCC3D_NUSCENES.free_label):
@@ -86,7 +93,9 @@ class OccEvaluator:
         self.data_infos = data_infos
         self.occ_root = occ_root
         self.grid_shape = bench.grid_shape
-        self.miou = OccMIoU(bench.label_names, use_camera_mask=bench.camera_mask)
+        # nuScenes-Occupancy: geometry IoU + mIoU on the non-noise voxels (evaluation/ssc.py)
+        self.miou = SSCMetric(bench.label_names) if getattr(bench, 'geometry_iou', False) else \
+            OccMIoU(bench.label_names, use_camera_mask=evaluation_mask_name(bench) is not None)
         self.origins = self.ray_iou = None
         if bench.ray_iou:
             if len(set(bench.voxel_size)) != 1:
@@ -120,13 +129,15 @@ class OccEvaluator:
             self._pending = []
 
     def summary(self, logger=None):
-        """Log the per-class tables and return dict(mIoU=percent, RayIoU, RayIoU@1/2/4 as fractions)."""
+        """Log the per-class tables and return dict(mIoU=percent, RayIoU, RayIoU@1/2/4 as fractions); with a
+        geometry IoU (nuScenes-Occupancy) dict(mIoU=percent, IoU=percent)."""
         self.flush()
-        mask = ' (camera mask)' if self.benchmark.camera_mask else ''
+        mask_name = evaluation_mask_name(self.benchmark)
+        mask = {None: '', 'mask_camera': ' (camera mask)'}.get(mask_name, f' ({mask_name} voxels)')
         log_msg(f'{self.benchmark.title} mIoU over {self.miou.num_samples} samples{mask}:\n{self.miou.table()}',
                 logger)
         log_msg(self.miou.summary_lines()[-1], logger)
-        out = {'mIoU': self.miou.miou()}
+        out = self.miou.summary() if isinstance(self.miou, SSCMetric) else {'mIoU': self.miou.miou()}
         if self.ray_iou is not None:
             log_msg(f'RayIoU over {self.ray_iou.num_samples} samples:\n{self.ray_iou.table()}', logger)
             out.update(self.ray_iou.summary())
@@ -169,6 +180,7 @@ def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, 
 
 def format_summary(metrics):
     """One line with every number of `evaluate_occupancy`'s dict in percent (as the README reports them)."""
-    keys = [k for k in ['mIoU', 'RayIoU', 'RayIoU@1', 'RayIoU@2', 'RayIoU@4'] if k in metrics]
-    values = [metrics['mIoU']] + [metrics[k] * 100 for k in keys[1:]]
+    percent = [k for k in ['mIoU', 'IoU'] if k in metrics]      # IoU: nuScenes-Occupancy's geometry IoU
+    keys = percent + [k for k in ['RayIoU', 'RayIoU@1', 'RayIoU@2', 'RayIoU@4'] if k in metrics]
+    values = [metrics[k] for k in percent] + [metrics[k] * 100 for k in keys[len(percent):]]
     return ' | '.join(f'{k} {v:.2f}' for k, v in zip(keys, values)) + '  (percent)'
