@@ -22,11 +22,29 @@ backward pass does the same with the reversed table (the outputs an input feeds)
 kernel. A custom autograd Function keeps only the features, the weights and the tables, so memory
 grows with the number of active sites, not with 27 gathered copies.
 
+The LiDAR encoder of OPUS-Fusion (models/lidar/, docs/method.md, "OPUS-Fusion: the LiDAR branch") needs
+spconv's convolutions with any kernel, stride and padding, on grids far too large for a dense lookup grid
+(1 x 41 x 1600 x 1600 sites). `SparseConvolution3d` / `SubMConvolution3d` (with `SparseTensor` and
+`SparseSequential`) give them, with spconv's index semantics:
+
+* a *regular* conv of kernel k, stride s, padding p (per axis) maps the grid `n` to
+  `floor((n + 2p - k) / s) + 1` cells; output site o is active when some active input i = o*s - p + t
+  (0 <= t < k per axis) exists, and `y[o] = bias + sum_t W[:, t0, t1, t2, :] @ v[o*s - p + t]` (a
+  cross-correlation: a dense `F.conv3d(grid, W.permute(0, 4, 1, 2, 3), bias, stride=s, padding=p)` read
+  at the active output sites gives the same numbers);
+* a *submanifold* conv (odd kernel, stride 1) outputs at its input sites only, reading `v[o + t - k//2]`;
+* the sites are looked up by binary search in their sorted linear indices (`rulebook`), so memory grows
+  with the active sites, not with the grid.
+
+Both paths share the gather-GEMM autograd Function below; its backward inverts the forward table, so it
+needs no second search.
+
 Symbol legend:
     B        batch size
-    X, Y, Z  grid size (voxels), indexed [x, y, z]
+    X, Y, Z  grid size (voxels), indexed [x, y, z] (any three axes: the LiDAR encoder's are (z, y, x))
     U        active input sites;  U'  active output sites
-    C_in, C_out  channels;  K = 27 kernel offsets (3x3x3), k = (dx+1)*9 + (dy+1)*3 + (dz+1)
+    C_in, C_out  channels;  K kernel taps: 27 (3x3x3), k = (dx+1)*9 + (dy+1)*3 + (dz+1); in general
+             k = (t0 * k1 + t1) * k2 + t2 for the tap (t0, t1, t2) of a (k0, k1, k2) kernel
     N        rows (points) pooled by `scatter_max`
 """
 import itertools
@@ -37,7 +55,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilate_sites', 'neighbour_table', 'sparse_conv3d', 'SparseConv3d',
-           'SubMConv3d', 'scatter_max']
+           'SubMConv3d', 'scatter_max', 'SparseTensor', 'conv_output_shape', 'regular_output_sites', 'rulebook',
+           'sparse_convolution', 'SparseConvolution3d', 'SubMConvolution3d', 'SparseSequential']
 
 # (dx, dy, dz) of kernel index k, in the order of the flattened [3, 3, 3] kernel axes (x slowest)
 KERNEL_OFFSETS = tuple(itertools.product((-1, 0, 1), repeat=3))
@@ -112,6 +131,18 @@ def neighbour_table(in_coords, out_coords, batch_size, spatial_shape, sign=1):
     return table
 
 
+@torch.no_grad()
+def spconv_init_(weight, bias):
+    """spconv's default initialisation: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = K * C_in.
+
+    torch's fan-in helper would read the KRSC layout `[C_out, k0, k1, k2, C_in]` wrongly (dim 1 is k0, not C_in).
+    """
+    bound = 1.0 / math.sqrt(weight[0].numel())
+    weight.uniform_(-bound, bound)
+    if bias is not None:
+        bias.uniform_(-bound, bound)
+
+
 def _gather_matmul(rows, table, weight2d, chunk):
     """sum_k rows_pad[table[:, k]] @ W_k for a `[M, K]` table: one GEMM per chunk of M, no scatter.
 
@@ -125,43 +156,61 @@ def _gather_matmul(rows, table, weight2d, chunk):
     return out
 
 
+def invert_table(table, num_in):
+    """The reversed table of a `[U', K]` table: `[U, K]`, entry (j, k) = the output o with table[o, k] == j, or U'.
+
+    For a fixed tap k every output reads a different input (o -> o*s - p + t is injective), so each (j, k)
+    has at most one such o: the inversion is a plain index assignment, no search.
+    """
+    num_out, num_taps = table.shape
+    reverse = torch.full((num_in + 1, num_taps), num_out, dtype=torch.long, device=table.device)
+    taps = torch.arange(num_taps, device=table.device).expand(num_out, num_taps)
+    rows = torch.arange(num_out, device=table.device)[:, None].expand(num_out, num_taps)
+    # every pad entry (== num_in) lands in the extra last row, which is dropped
+    reverse[table, taps] = rows
+    return reverse[:num_in]
+
+
 class _SparseConvFunction(torch.autograd.Function):
-    """y[o] = bias + sum_k W_k x[nbr[o, k]]: gathers and GEMMs both ways (a scatter-free backward)."""
+    """y[o] = bias + sum_k W_k x[table[o, k]]: gathers and GEMMs both ways (a scatter-free backward)."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, table, in_coords, out_coords, batch_size, spatial_shape):
+    def forward(ctx, features, weight, bias, table):
         c_out, c_in = weight.shape[0], weight.shape[-1]
-        chunk = max(1024, (1 << 24) // (len(KERNEL_OFFSETS) * max(c_in, c_out)))   # ~64 MB of fp32 columns
-        # [C_out, kx, ky, kz, C_in] -> [K * C_in, C_out], row k * C_in + c
+        num_taps = table.shape[1]
+        chunk = max(1024, (1 << 24) // (num_taps * max(c_in, c_out)))   # ~64 MB of fp32 columns
+        # [C_out, k0, k1, k2, C_in] -> [K * C_in, C_out], row k * C_in + c
         out = _gather_matmul(features, table, weight.reshape(c_out, -1).t(), chunk)
         if bias is not None:
             out += bias
-        ctx.save_for_backward(features, weight, table, in_coords, out_coords)
-        ctx.geometry = (batch_size, tuple(spatial_shape), chunk, bias is not None)
+        ctx.save_for_backward(features, weight, table)
+        ctx.geometry = (chunk, bias is not None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        features, weight, table, in_coords, out_coords = ctx.saved_tensors
-        batch_size, spatial_shape, chunk, has_bias = ctx.geometry
+        features, weight, table = ctx.saved_tensors
+        chunk, has_bias = ctx.geometry
         c_out, c_in = weight.shape[0], weight.shape[-1]
+        num_taps = table.shape[1]
         grad_out = grad_out.contiguous()
         grad_feat = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # input j feeds output o = j - offset_k through W_k: the same gather-GEMM on the reversed table
-            reverse = neighbour_table(out_coords, in_coords, batch_size, spatial_shape, sign=-1)
-            w_t = weight.permute(1, 2, 3, 0, 4).reshape(len(KERNEL_OFFSETS) * c_out, c_in)   # row k * C_out + o
+            # input j feeds output o = reverse[j, k] through W_k: the same gather-GEMM on the reversed table
+            reverse = invert_table(table, features.shape[0])
+            # row k * C_out + o
+            w_t = weight.reshape(c_out, num_taps, c_in).transpose(0, 1).reshape(num_taps * c_out, c_in)
             grad_feat = _gather_matmul(grad_out, reverse, w_t, chunk)
         if ctx.needs_input_grad[1]:
             padded = torch.cat([features, features.new_zeros(1, c_in)])
-            grad_w = features.new_zeros(c_out, len(KERNEL_OFFSETS) * c_in)
+            grad_w = features.new_zeros(c_out, num_taps * c_in)
             for i in range(0, table.shape[0], chunk):
                 cols = padded[table[i:i + chunk]]
                 grad_w += grad_out[i:i + chunk].t() @ cols.reshape(cols.shape[0], -1)
             grad_w = grad_w.reshape(weight.shape)
         if has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
-        return grad_feat, grad_w, grad_bias, None, None, None, None, None
+        return grad_feat, grad_w, grad_bias, None
 
 
 def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, subm):
@@ -184,8 +233,7 @@ def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, sub
     coords = coords.long()
     out_coords = coords if subm else dilate_sites(coords, batch_size, spatial_shape)
     table = neighbour_table(coords, out_coords, batch_size, spatial_shape)
-    out = _SparseConvFunction.apply(features, weight, bias, table, coords, out_coords, int(batch_size),
-                                    tuple(int(s) for s in spatial_shape))
+    out = _SparseConvFunction.apply(features, weight, bias, table)
     return out, out_coords
 
 
@@ -208,13 +256,8 @@ class SparseConv3d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self):
-        # torch's fan-in helper would read the KRSC layout wrongly (dim 1 is kx, not C_in)
-        bound = 1.0 / math.sqrt(27 * self.in_channels)
-        self.weight.uniform_(-bound, bound)
-        if self.bias is not None:
-            self.bias.uniform_(-bound, bound)
+        spconv_init_(self.weight, self.bias)
 
     def forward(self, features, coords, batch_size, spatial_shape):
         """`[U, C_in]` at int `[U, 4]` sites -> (`[U', C_out]`, int64 `[U', 4]` sites)."""
@@ -257,3 +300,224 @@ def scatter_max(src, index, num_segments):
         empty = arg == N
     out = src.gather(0, arg.clamp(max=max(N - 1, 0))) if N else src.new_zeros(num_segments, C)
     return out.masked_fill(empty, 0.0) if N else out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# General sparse convolutions (any kernel, stride, padding), spconv's SparseConv3d / SubMConv3d semantics
+# ---------------------------------------------------------------------------------------------------------------
+
+def _triple(value, name):
+    values = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * 3
+    if len(values) != 3:
+        raise ValueError(f'{name} must be an int or 3 ints, got {value!r}')
+    return values
+
+
+class SparseTensor:
+    """Active sites of a batch of 3D grids with their features (spconv's SparseConvTensor, minus the rule-book cache).
+
+    Args:
+        features (Tensor): `[U, C]`.
+        coords (Tensor): int `[U, 4]` (b, i0, i1, i2), unique; stored as int64.
+        spatial_shape (sequence[3]): grid size (D0, D1, D2) of the axes i0, i1, i2.
+        batch_size (int): B.
+    """
+
+    def __init__(self, features, coords, spatial_shape, batch_size):
+        self.spatial_shape = tuple(int(s) for s in spatial_shape)
+        self.batch_size = int(batch_size)
+        if features.dim() != 2 or features.shape[0] != coords.shape[0]:
+            raise ValueError(f'SparseTensor: features {tuple(features.shape)} must be [U, C] for '
+                             f'{coords.shape[0]} sites')
+        _check_coords(coords, self.batch_size, self.spatial_shape)
+        self.features = features
+        self.coords = coords.long()
+
+    @classmethod
+    def _of(cls, features, coords, spatial_shape, batch_size):
+        """Without the checks (they read the sites back to the host): for the outputs of the convs here."""
+        x = cls.__new__(cls)
+        x.features, x.coords, x.spatial_shape, x.batch_size = features, coords, tuple(spatial_shape), batch_size
+        return x
+
+    def replace_features(self, features):
+        """The same sites with new features `[U, C']`."""
+        if features.shape[0] != self.coords.shape[0]:
+            raise ValueError(f'SparseTensor: {features.shape[0]} feature rows for {self.coords.shape[0]} sites')
+        return SparseTensor._of(features, self.coords, self.spatial_shape, self.batch_size)
+
+    def dense(self):
+        """`[B, C, D0, D1, D2]`, zeros at inactive sites (spconv's `dense()`)."""
+        c = self.coords
+        grid = self.features.new_zeros((self.batch_size, self.features.shape[1]) + self.spatial_shape)
+        grid[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]] = self.features
+        return grid
+
+
+def conv_output_shape(spatial_shape, kernel_size, stride, padding):
+    """Grid size after a regular conv: `floor((n + 2p - k) / s) + 1` per axis (dilation 1)."""
+    k, s, p = _triple(kernel_size, 'kernel_size'), _triple(stride, 'stride'), _triple(padding, 'padding')
+    out = tuple((int(n) + 2 * pa - ka) // sa + 1 for n, ka, sa, pa in zip(spatial_shape, k, s, p))
+    if min(out) < 1:
+        raise ValueError(f'a conv of kernel {k}, stride {s}, padding {p} leaves nothing of the grid '
+                         f'{tuple(spatial_shape)} (output {out})')
+    return out
+
+
+def _kernel_taps(kernel_size, device):
+    """int64 `[K, 3]`: the taps (t0, t1, t2) of a kernel in the order of its flattened weight axes (t2 fastest)."""
+    k0, k1, k2 = kernel_size
+    return torch.tensor(list(itertools.product(range(k0), range(k1), range(k2))), dtype=torch.long,
+                        device=device).reshape(-1, 3)
+
+
+def regular_output_sites(coords, batch_size, spatial_shape, kernel_size, stride, padding):
+    """Active output sites of a regular sparse conv (spconv's `SparseConv3d` indices).
+
+    Args:
+        coords (Tensor): int `[U, 4]` active input sites (b, i0, i1, i2), unique.
+        batch_size (int), spatial_shape (D0, D1, D2): the input grid.
+        kernel_size, stride, padding: ints or 3-tuples.
+    Returns:
+        tuple: int64 `[U', 4]` sites o with some input i = o*s - p + t (0 <= t < k, per axis) active, sorted by
+        (b, o0, o1, o2) (spconv's GPU order depends on its hash table; any order gives the same dense result);
+        the output grid size (3 ints).
+    """
+    k, s, p = _triple(kernel_size, 'kernel_size'), _triple(stride, 'stride'), _triple(padding, 'padding')
+    out_shape = conv_output_shape(spatial_shape, k, s, p)
+    c = coords.long()
+    if c.shape[0] == 0:
+        return c.new_zeros((0, 4)), out_shape
+    taps = _kernel_taps(k, c.device)                                               # [K, 3]
+    scaled = c[:, None, 1:] + torch.tensor(p, device=c.device) - taps[None]       # [U, K, 3] = o * s
+    s_t, out_t = torch.tensor(s, device=c.device), torch.tensor(out_shape, device=c.device)
+    o = torch.div(scaled, s_t, rounding_mode='floor')
+    ok = ((scaled - o * s_t) == 0).all(-1) & (o >= 0).all(-1) & (o < out_t).all(-1)
+    cand = torch.cat([c[:, None, :1].expand(-1, taps.shape[0], 1), o], dim=-1)[ok]   # [M, 4]
+    keys = torch.unique(linear_index(cand, out_shape))                            # sorted
+    d0, d1, d2 = out_shape
+    sites = torch.stack([keys // (d0 * d1 * d2), keys // (d1 * d2) % d0, keys // d2 % d1, keys % d2], dim=1)
+    return sites, out_shape
+
+
+def rulebook(in_coords, out_coords, spatial_shape, kernel_size, stride, padding, subm):
+    """Row of the input read by every output site and kernel tap.
+
+    Args:
+        in_coords (Tensor): int `[U, 4]` input sites, unique; out_coords: int `[U', 4]`.
+        spatial_shape (D0, D1, D2): the input grid.
+        kernel_size, stride, padding: ints or 3-tuples; subm (bool): taps read `o + t - k//2` (stride and padding
+            unused) instead of `o*s - p + t`.
+    Returns:
+        Tensor: int64 `[U', K]`, rows of `in_coords`, or U (one past the last row: a zero pad row) where the input
+        is outside the grid or inactive.
+    """
+    k = _triple(kernel_size, 'kernel_size')
+    device = in_coords.device
+    num_in = in_coords.shape[0]
+    taps = _kernel_taps(k, device)
+    out = out_coords.long()
+    if subm:
+        pos = out[:, None, 1:] + taps[None] - torch.tensor([kk // 2 for kk in k], device=device)
+    else:
+        s, p = torch.tensor(_triple(stride, 'stride'), device=device), torch.tensor(_triple(padding, 'padding'),
+                                                                                   device=device)
+        pos = out[:, None, 1:] * s - p + taps[None]                                # [U', K, 3]
+    inside = ((pos >= 0) & (pos < torch.tensor(spatial_shape, device=device))).all(-1)
+    if num_in == 0:
+        return torch.zeros(inside.shape, dtype=torch.long, device=device)   # all pad (index U = 0)
+    wanted = torch.cat([out[:, None, :1].expand(-1, taps.shape[0], 1), pos], dim=-1)
+    keys = linear_index(wanted.reshape(-1, 4), spatial_shape).reshape(inside.shape)
+    sorted_keys, order = torch.sort(linear_index(in_coords, spatial_shape))
+    # outside the grid a linear index may alias another site: `inside` masks it
+    at = torch.searchsorted(sorted_keys, keys).clamp(max=num_in - 1)
+    found = inside & (sorted_keys[at] == keys)
+    return torch.where(found, order[at], torch.full_like(at, num_in))
+
+
+def sparse_convolution(features, coords, weight, bias, batch_size, spatial_shape, stride=1, padding=0, subm=False):
+    """Functional sparse conv with spconv's semantics (module docstring), kernel size from the weight.
+
+    Args:
+        features (Tensor): `[U, C_in]`; coords: int `[U, 4]` sites (b, i0, i1, i2), unique.
+        weight (Tensor): `[C_out, k0, k1, k2, C_in]` (KRSC); bias: `[C_out]` or None.
+        batch_size (int), spatial_shape (D0, D1, D2): the input grid.
+        stride, padding: ints or 3-tuples (regular conv only).
+        subm (bool): submanifold: outputs at `coords` in the same order, odd kernel, stride 1.
+    Returns:
+        tuple: features `[U', C_out]`, int64 sites `[U', 4]`, the output grid size.
+    """
+    if features.dim() != 2 or features.shape[0] != coords.shape[0]:
+        raise ValueError(f'features {tuple(features.shape)} must be [U, C_in] for {coords.shape[0]} sites')
+    if weight.dim() != 5 or weight.shape[-1] != features.shape[1]:
+        raise ValueError(f'weight {tuple(weight.shape)} must be [C_out, k0, k1, k2, C_in={features.shape[1]}]')
+    spatial_shape = tuple(int(n) for n in spatial_shape)
+    _check_coords(coords, batch_size, spatial_shape)
+    kernel = tuple(weight.shape[1:4])
+    coords = coords.long()
+    if subm:
+        if any(kk % 2 == 0 for kk in kernel) or _triple(stride, 'stride') != (1, 1, 1):
+            raise ValueError(f'a submanifold conv needs an odd kernel and stride 1, got kernel {kernel}, stride '
+                             f'{stride}')
+        out_coords, out_shape = coords, spatial_shape
+    else:
+        out_coords, out_shape = regular_output_sites(coords, batch_size, spatial_shape, kernel, stride, padding)
+    table = rulebook(coords, out_coords, spatial_shape, kernel, stride, padding, subm)
+    out = _SparseConvFunction.apply(features, weight, bias, table)
+    return out, out_coords, out_shape
+
+
+class SparseConvolution3d(nn.Module):
+    """Regular sparse conv (spconv's `SparseConv3d`) on a `SparseTensor`: any kernel, stride, padding.
+
+    Parameters as spconv >= 2.2 stores them: `weight` `[C_out, k0, k1, k2, C_in]`, `bias` `[C_out]` (if any);
+    spconv's initialisation (`spconv_init_`). `indice_key` (spconv's rule-book cache key) is accepted and unused:
+    every conv builds its own table.
+    """
+    subm = False
+    takes_sparse_tensor = True   # SparseSequential passes it the SparseTensor, not the features
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, indice_key=None):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _triple(kernel_size, 'kernel_size')
+        self.stride, self.padding = _triple(stride, 'stride'), _triple(padding, 'padding')
+        self.indice_key = indice_key
+        if self.subm and (any(k % 2 == 0 for k in self.kernel_size) or self.stride != (1, 1, 1)):
+            raise ValueError(f'{type(self).__name__}: a submanifold conv needs an odd kernel and stride 1, got '
+                             f'kernel {self.kernel_size}, stride {self.stride}')
+        self.weight = nn.Parameter(torch.empty(self.out_channels, *self.kernel_size, self.in_channels))
+        self.bias = nn.Parameter(torch.empty(self.out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        spconv_init_(self.weight, self.bias)
+
+    def forward(self, x):
+        """SparseTensor `[U, C_in]` -> SparseTensor `[U', C_out]` on the output grid."""
+        feats, coords, shape = sparse_convolution(x.features, x.coords, self.weight, self.bias, x.batch_size,
+                                                  x.spatial_shape, self.stride, self.padding, self.subm)
+        return SparseTensor._of(feats, coords, shape, x.batch_size)
+
+    def extra_repr(self):
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
+                f'padding={self.padding}, subm={self.subm}, bias={self.bias is not None}')
+
+
+class SubMConvolution3d(SparseConvolution3d):
+    """Submanifold sparse conv (spconv's `SubMConv3d`): outputs at the input sites, same order; odd kernel,
+    centred (the padding argument is accepted for the configs' sake; spconv centres a submanifold kernel too)."""
+    subm = True
+
+
+class SparseSequential(nn.Sequential):
+    """spconv's `SparseSequential`: sparse convs get the `SparseTensor`, every other module (BatchNorm1d, ReLU)
+    its features `[U, C]`. The children are numbered 0, 1, ... as spconv's, so the state-dict keys match."""
+
+    def forward(self, x):
+        for module in self:
+            if getattr(module, 'takes_sparse_tensor', False):
+                x = module(x)
+            else:
+                x = x.replace_features(module(x.features))
+        return x
