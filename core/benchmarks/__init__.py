@@ -246,5 +246,6 @@ def get_benchmark(name):
 # The registered protocols, one module each (importing a module registers its description).
 from core.benchmarks.nuscenes_occupancy import NUSCENES_OCCUPANCY  # noqa: E402,F401
 from core.benchmarks.occ3d_nuscenes import OCC3D_NUSCENES  # noqa: E402
+from core.benchmarks.occ3d_waymo import OCC3D_WAYMO  # noqa: E402,F401
 
 DEFAULT_BENCHMARK = OCC3D_NUSCENES.name   # what a config without a `benchmark` key means
