@@ -513,6 +513,7 @@ class SubMConvolution3d(SparseConvolution3d):
 class SparseSequential(nn.Sequential):
     """spconv's `SparseSequential`: sparse convs get the `SparseTensor`, every other module (BatchNorm1d, ReLU)
     its features `[U, C]`. The children are numbered 0, 1, ... as spconv's, so the state-dict keys match."""
+    takes_sparse_tensor = True   # nested SparseSequentials get the SparseTensor too
 
     def forward(self, x):
         for module in self:
