@@ -9,8 +9,8 @@ setup(
     name='ops-occupancy',
     version='0.1.0',
     description='OPS: occupancy prediction as a sparse set (OPUS, NeurIPS 2024) on PyTorch 2.x',
-    packages=find_packages(include=['core', 'core.*', 'models', 'models.*', 'loaders', 'loaders.*', 'evaluation',
-                                    'evaluation.*', 'engine', 'engine.*']),
+    packages=find_packages(include=['core', 'core.*', 'models', 'models.*', 'accel', 'accel.*', 'loaders',
+                                    'loaders.*', 'evaluation', 'evaluation.*', 'engine', 'engine.*']),
     python_requires='>=3.11',
     zip_safe=False,
 )

@@ -81,16 +81,19 @@ def _main(argv):
     _, _, device = init_distributed(args.device, launcher='none')  # one process (parse_args refuses torchrun)
     from mmdet.apis import set_random_seed
 
+    from accel import policy_from_config
     from engine.build import build_dataset, build_model, build_test_loader, set_test_mode
     from engine.parallel import unpack_batch
     set_random_seed(0, deterministic=True)
     torch.backends.cudnn.benchmark = True
-    set_test_mode(cfg, online=True, fast=args.fast, cuda_graph=not args.no_cuda_graph)
+    set_test_mode(cfg, online=True)
+    policy = policy_from_config(cfg.get('execution'), fast=args.fast,
+                                test_cuda_graph=False if args.no_cuda_graph else None)
 
     dataset = build_dataset(cfg.data.val, test_mode=True)
     workers = cfg.data.get('workers_per_gpu', 4) if args.workers is None else args.workers
     data_loader = build_test_loader(dataset, workers, dist=False)
-    model = build_model(cfg.model, checkpoint=args.weights, trust_checkpoint=args.trust_checkpoint)
+    model = build_model(cfg.model, checkpoint=args.weights, trust_checkpoint=args.trust_checkpoint, execution=policy)
     if args.weights:
         weights_note = args.weights
     else:
@@ -105,9 +108,8 @@ def _main(argv):
     print(f'config:    {args.config}')
     print(f'weights:   {weights_note}')
     print(f'device:    {device_name(device)}')
-    precision = 'fp16 backbone (fast)' if args.fast else 'fp32 (faithful)'
-    graph = 'CUDA graph' if device.type == 'cuda' and not args.no_cuda_graph else 'eager'
-    print(f'precision: {precision}, {graph}, batch 1, online mode (feature cache), {samples} samples, '
+    graph = 'CUDA graph' if device.type == 'cuda' and policy.test_cuda_graph and model.GRAPH_CAPTURABLE else 'eager'
+    print(f'{policy.describe()}, {graph}, batch 1, online mode (feature cache), {samples} samples, '
           f'{args.num_warmup} warm-up' + (f' (the val set has only {len(dataset)})' if samples < args.samples else ''))
 
     def sync():

@@ -37,9 +37,10 @@ def parse_args(argv=None):
                         help='how the processes were started: torchrun (pytorch), srun (slurm; rank, world size '
                              'and master from SLURM\'s variables) or one process (none); auto detects it '
                              '(docs/distributed.md)')
-    parser.add_argument('--amp-dtype', choices=['fp16', 'bf16'], default='fp16',
+    parser.add_argument('--amp-dtype', choices=['fp16', 'bf16'], default=None,
                         help='autocast dtype of the backbone on GPU: fp16 with the static loss scale of the '
-                             'original, or bf16 (no loss scaling; Ampere and newer)')
+                             'original (default), or bf16 (no loss scaling; Ampere and newer); '
+                             'overrides the config\'s execution.train_autocast')
     parser.add_argument('--fast', action='store_true',
                         help='the fast training path: same function, no host reads per step (lazy logging, fused '
                              'AdamW that skips non-finite steps on the device), no gradient checkpointing '
@@ -99,7 +100,6 @@ def train(args, cfg, work_dir, rank, world_size, device):
         build_test_loader,
         build_train_loader,
         set_test_mode,
-        set_train_mode,
     )
     from engine.dist import agree_on_checkpoint, wrap_distributed
     from engine.distributed_hooks import CollectiveDistEvalHook, SampleSeedHook
@@ -145,18 +145,19 @@ def train(args, cfg, work_dir, rank, world_size, device):
         logger.info(message)
     logger.info(plan.summary())
     samples_per_gpu = plan.samples_per_gpu
-    if args.fast and plan.cumulative_iters > 1:
-        raise UserError('--fast does not combine with gradient accumulation yet (this world size needs '
-                        f'{plan.cumulative_iters} accumulated iterations per step); train without --fast')
-    set_train_mode(cfg, fast=args.fast, amp_dtype=args.amp_dtype)
+    from accel import policy_from_config
+    policy = policy_from_config(cfg.get('execution'), fast=args.fast, train_autocast=args.amp_dtype)
+    if policy.lazy_logs and plan.cumulative_iters > 1:
+        raise UserError(f'the {policy.preset} execution (lazy logs, sync-free step) does not combine with gradient '
+                        f'accumulation yet (this world size needs {plan.cumulative_iters} accumulated iterations per '
+                        f'step); train without --fast')
+    if policy.fused_optimizer:
+        cfg.optimizer['fused'] = True
     set_test_mode(cfg, online=world_size == 1)   # the periodic evaluation: online in one process, as val.py
-    if args.fast:
-        logger.info('fast training path: lazy logging, fused AdamW, no gradient checkpointing; on CUDA the decoder '
-                    'from CUDA graphs (TF32 products, SDPA attention)')
-    elif not cfg.model.pts_bbox_head.transformer.get('with_cp', True):
-        logger.info('faithful training: the decoder without gradient checkpointing, on CUDA replayed from CUDA '
-                    'graphs (same arithmetic, more memory: OPS-L 25 GiB instead of 9 on the H200); '
-                    '--cfg-options model.train_cfg.cuda_graph=False keeps the checkpointing and the eager decoder')
+    if policy.train_cuda_graph and policy.checkpointing:
+        logger.info('the decoder trains without gradient checkpointing, on CUDA replayed from CUDA graphs (same '
+                    'arithmetic, more memory); --cfg-options execution.train_cuda_graph=False keeps the '
+                    'checkpointing and the eager decoder')
     try:
         train_dataset = build_dataset(cfg.data.train)
         val_dataset = None if args.no_validate else build_dataset(cfg.data.val, test_mode=True)
@@ -166,7 +167,8 @@ def train(args, cfg, work_dir, rank, world_size, device):
                 check_dataset(val_dataset, 'val', eval_labels=True, progress=rank == 0, logger=logger)
         # a resumed run takes every weight from its checkpoint: no pretrained backbone then
         model = build_model(cfg.model, pretrained=None if resume_from else cfg.get('load_from'),
-                            revise_keys=cfg.get('revise_keys'), logger=logger, trust_checkpoint=args.trust_checkpoint)
+                            revise_keys=cfg.get('revise_keys'), logger=logger, trust_checkpoint=args.trust_checkpoint,
+                            execution=policy)
     except KeyError as exc:  # mmcv registries raise KeyError for an unknown `type`
         raise UserError(f'{args.config}: {exc.args[0] if exc.args else exc} '
                         f'(is the type spelled right, and is the module imported?)') from exc
@@ -182,7 +184,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
     else:
         model = OPSDataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model, cfg.optimizer)
-    if args.fast:   # one fused AdamW launch per lr multiplier instead of one per parameter (same update)
+    if policy.fused_optimizer:   # one fused AdamW launch per lr multiplier instead of one per parameter (same update)
         optimizer = engine.train_step.merge_param_groups(optimizer)
 
     runner = AtomicEpochBasedRunner(model, optimizer=optimizer, work_dir=work_dir, logger=logger,
@@ -190,7 +192,8 @@ def train(args, cfg, work_dir, rank, world_size, device):
                                     max_epochs=cfg.total_epochs,
                                     trust_checkpoint=args.trust_checkpoint)
     runner.timestamp = time.strftime('%Y%m%d_%H%M%S')
-    optimizer_config = optimizer_hook_config(cfg, device, args.amp_dtype, plan.cumulative_iters, fast=args.fast)
+    optimizer_config = optimizer_hook_config(cfg, device, policy.train_autocast, plan.cumulative_iters,
+                                             sync_free=policy.lazy_logs)
     runner.register_training_hooks(cfg.lr_config, optimizer_config, cfg.checkpoint_config, cfg.log_config,
                                    cfg.get('momentum_config'), custom_hooks_config=cfg.get('custom_hooks'))
     runner.register_hook(EpochSeedHook(args.seed), priority='VERY_HIGH')
@@ -219,16 +222,16 @@ def train(args, cfg, work_dir, rank, world_size, device):
     logger.info(f'training finished; checkpoints in {work_dir}')
 
 
-def optimizer_hook_config(cfg, device, amp_dtype, cumulative_iters=1, fast=False):
+def optimizer_hook_config(cfg, device, amp_dtype, cumulative_iters=1, sync_free=False):
     """The optimizer hook: the config's grad clip and loss scale, mixed precision only on GPU; with
-    `cumulative_iters` > 1 mmcv's gradient accumulation (engine/distributed_hooks.py); `fast`: the
+    `cumulative_iters` > 1 mmcv's gradient accumulation (engine/distributed_hooks.py); `sync_free`: the
     sync-free step (engine/train_step.py) with the same clip and loss scale."""
     opt_cfg = dict(cfg.optimizer_config)
     grad_clip = opt_cfg.get('grad_clip')
     use_fp16 = opt_cfg.get('type') in ('Fp16OptimizerHook', 'GradientCumulativeFp16OptimizerHook') and \
         device.type == 'cuda' and amp_dtype == 'fp16'
     max_nan = cfg.get('max_consecutive_nan_steps', 5)
-    if fast:
+    if sync_free:
         return dict(type='SyncFreeOptimizerHook', grad_clip=grad_clip, fp16=use_fp16,
                     loss_scale=opt_cfg.get('loss_scale', 512.0) if use_fp16 else 1.0,
                     max_consecutive_nan_steps=max_nan)

@@ -36,7 +36,7 @@ def parse_args(argv=None):
                         help='samples per process and forward; above 1 the model runs offline (every frame\'s '
                              'images per sample, no feature cache), which pays on a GPU')
     parser.add_argument('--fast', action='store_true',
-                        help='fast test mode: fp16 backbone, TF32 and fused decoder kernels (test_cfg.mode=fast, '
+                        help='fast test mode: fp16 backbone, TF32 and fused decoder kernels (execution.preset=fast, '
                              'docs/performance.md); default: faithful, the original\'s arithmetic')
     parser.add_argument('--no-cuda-graph', action='store_true',
                         help='launch the test step\'s kernels one by one instead of replaying a CUDA graph')
@@ -123,6 +123,7 @@ def _main(argv):
 
     from mmdet.apis import set_random_seed
 
+    from accel import policy_from_config
     from core.benchmarks import DEFAULT_BENCHMARK
     from engine.build import build_dataset, build_model, build_test_loader, set_test_mode
     from engine.inference import inference
@@ -135,12 +136,14 @@ def _main(argv):
     # One process and one sample per step: online, as the original (the feature cache needs the
     # samples in order); several processes or batches: offline.
     online = world_size == 1 and args.batch_size == 1
-    set_test_mode(cfg, online=online, fast=args.fast, cuda_graph=not args.no_cuda_graph)
+    set_test_mode(cfg, online=online)
+    policy = policy_from_config(cfg.get('execution'), fast=args.fast,
+                                test_cuda_graph=False if args.no_cuda_graph else None)
     dataset = build_dataset(cfg.data.val, test_mode=True)
     data_infos = dataset.data_infos
     occ_root = getattr(dataset, 'occ_root', None) or cfg.get('occ_root')
     mode = 'saved predictions' if args.load_preds else (
-        f'{"online" if online else "offline"}, {cfg.model.test_cfg.mode}, batch {args.batch_size}')
+        f'{"online" if online else "offline"}, {policy.preset}, batch {args.batch_size}')
     logger.info(f'config {args.config}: {len(dataset)} samples, {world_size} process(es) on {device}, mode {mode}')
     if not args.skip_data_check:  # the images the model reads (not for saved predictions) and the labels
         check_dataset(dataset, 'val', images=not args.load_preds, eval_labels=True, progress=rank == 0, logger=logger)
@@ -148,7 +151,8 @@ def _main(argv):
     if args.load_preds:
         results = SavedPredictions(args.load_preds, [info['token'] for info in data_infos]) if rank == 0 else None
     else:
-        model = build_model(cfg.model, checkpoint=args.weights, logger=logger, trust_checkpoint=args.trust_checkpoint)
+        model = build_model(cfg.model, checkpoint=args.weights, logger=logger, trust_checkpoint=args.trust_checkpoint,
+                            execution=policy)
         if args.weights is None:
             logger.info('no checkpoint: evaluating the randomly initialised model (--random-init)')
         model.to(device).eval()

@@ -12,21 +12,21 @@ ground-truth voxels, colour augmentation, grad clip 35, AdamW with the config's 
 Inference modes (batch 1, online: the backbone sees the 6 key-frame images, 7 history frames come
 from the feature cache; each timed call includes the host->device copy of the images and the
 device->host copy of the result, bracketed by cuda.synchronize):
-* eager: faithful arithmetic, each kernel launched from Python (test_cfg.cuda_graph=False);
+* eager: faithful arithmetic, each kernel launched from Python (execution.test_cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
-* fast: graph, the fast test mode (test_cfg.mode='fast': fp16 NHWC backbone + FPN, TF32 and fused decoder kernels,
+* fast: graph, the fast test mode (execution.preset='fast': fp16 NHWC backbone + FPN, TF32 and fused decoder kernels,
   float32 in the decoder's per-query layers).
 Training modes:
 * faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
   on the host every step (mmcv's optimizer hook + mmdet's loss parsing); the decoder launched from
-  Python (train.py with model.train_cfg.cuda_graph=False);
+  Python (train.py with execution.train_cuda_graph=False);
 * faithful: the same arithmetic with the decoder not checkpointed and its forward and backward
   replayed from CUDA graphs (train.py);
 * fast-eager: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
   skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
   checkpointing, channels-last backbone; in the decoder TF32 products and the self-attention through
-  SDPA; the decoder launched from Python (train_cfg.cuda_graph=False);
+  SDPA; the decoder launched from Python (execution.train_cuda_graph=False);
 * fast: fast-eager with the decoder replayed from CUDA graphs (train.py --fast);
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
@@ -49,8 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.synthetic import calib  # noqa: E402
 
 NUM_VIEWS = 6
-INFER_MODES = {'eager': dict(mode='faithful', cuda_graph=False), 'faithful': dict(mode='faithful', cuda_graph=True),
-               'fast': dict(mode='fast', cuda_graph=True)}
+# each mode's execution policy (accel/policy.py), as val.py / timing.py build it
+INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast')}
 TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16')
 
 
@@ -110,10 +110,12 @@ def random_occupancy(num_occupied, generator, batch=1):
     return torch.stack(sems), torch.stack(masks)
 
 
-def build_model(cfg, device, test_cfg=None, state=None):
+def build_model(cfg, device, execution=None, state=None):
+    """The config's detector on `device` with `state` (None: random weights whose points pass the threshold),
+    run by the execution policy of the `execution` dict (None: the bare model)."""
     from mmdet.models import build_detector
-    cfg = copy.deepcopy(cfg)
-    cfg.model.test_cfg.update(test_cfg or {})
+
+    from accel import accelerate, policy_from_config
     torch.manual_seed(0)
     model = build_detector(cfg.model)
     if state is None:
@@ -123,6 +125,8 @@ def build_model(cfg, device, test_cfg=None, state=None):
             torch.nn.init.constant_(layer.cls_branch[-1].bias, 0.2)
     else:
         model.load_state_dict(state)
+    if execution is not None:
+        accelerate(model, policy_from_config(execution))
     return model.to(device)
 
 
@@ -177,14 +181,15 @@ class TrainBench:
     def __init__(self, cfg, mode, state, batch, device):
         from mmcv.runner import build_optimizer
 
-        from engine.build import set_train_mode
         self.mode = mode
         self.fast = fast = not mode.startswith('faithful')
-        # the config train.py builds for this mode (train_cfg.mode / amp_dtype, fused AdamW, checkpointing)
+        # the policy and optimizer train.py builds for this mode (fused AdamW, checkpointing, graphs)
         cfg = copy.deepcopy(cfg)
-        cfg.model.setdefault('train_cfg', {})['cuda_graph'] = not mode.endswith('-eager')
-        cfg = set_train_mode(cfg, fast=fast, amp_dtype='bf16' if mode == 'fast-bf16' else 'fp16')
-        self.model = build_model(cfg, device, state=state).train()
+        execution = dict(preset='fast' if fast else 'faithful', train_cuda_graph=not mode.endswith('-eager'),
+                         train_autocast='bf16' if mode == 'fast-bf16' else 'fp16')
+        if fast:
+            cfg.optimizer['fused'] = True
+        self.model = build_model(cfg, device, execution, state=state).train()
         self.model.fp16_enabled = mode != 'fast-bf16'   # what the fp16 / sync-free hooks' wrap_fp16_model sets
         self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier

@@ -98,7 +98,7 @@ def kernel_table(prof, reps, rows=20):
 
 
 def profile_inference(cfg, mode, state, device, reps=5):
-    model = build_model(cfg, device, dict(INFER_MODES[mode], cuda_graph=False), state=state)
+    model = build_model(cfg, device, dict(INFER_MODES[mode], test_cuda_graph=False), state=state)
     stream = InferenceStream(model, cfg.num_frames)
     for _ in range(cfg.num_frames + 3):
         stream.sample()
@@ -133,7 +133,7 @@ def profile_graph_host(cfg, mode, state, device, reps=20):
     stream = InferenceStream(model, cfg.num_frames)
     for _ in range(cfg.num_frames + 3):
         stream.sample()
-    step, gpu_ms = model._online_step, []
+    step, gpu_ms = model.graphed_steps['online_step'], []
 
     def timed_step(*args, **kwargs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -142,11 +142,11 @@ def profile_graph_host(cfg, mode, state, device, reps=20):
         end.record()
         gpu_ms.append((start, end))
         return out
-    model._online_step = timed_step
+    model.graphed_steps['online_step'] = timed_step
     wall = float(np.median([stream.sample() for _ in range(reps)]))
     sync()
     replay = float(np.median([s.elapsed_time(e) for s, e in gpu_ms]))
-    model._online_step = step
+    model.graphed_steps['online_step'] = step
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(reps):

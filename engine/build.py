@@ -2,12 +2,13 @@
 
     model = build_model(cfg.model, checkpoint=path)          # evaluation: strict weights
     model = build_model(cfg.model, pretrained=cfg.load_from)   # training: init + pretrained backbone
+    model = build_model(cfg.model, checkpoint=path, execution=policy_from_config(cfg.get('execution'), fast=True))
     dataset = build_dataset(cfg.data.val, test_mode=True)
     loader = build_test_loader(dataset, workers, dist=world_size > 1)
 
 Building registers the project's modules first (the `models` and `loaders` packages), so a config's
-`type='OPS'`, `type='NuScenesOccDataset'` etc. resolve. Mode switches of the model (fp16, online,
-CUDA graphs) are set by the entry points after building.
+`type='OPS'`, `type='NuScenesOccDataset'` etc. resolve. How the model is run (autocast, CUDA graphs,
+kernels) is an execution policy applied after its weights are loaded (accel/, `accelerate`).
 """
 import os.path as osp
 
@@ -22,7 +23,8 @@ def register_modules():
     import models  # noqa: F401  (detector, head, transformer)
 
 
-def build_model(model_cfg, checkpoint=None, pretrained=None, revise_keys=None, logger=None, trust_checkpoint=False):
+def build_model(model_cfg, checkpoint=None, pretrained=None, revise_keys=None, logger=None, trust_checkpoint=False,
+                execution=None):
     """The detector of `model_cfg`, with its weights.
 
     Args:
@@ -36,6 +38,8 @@ def build_model(model_cfg, checkpoint=None, pretrained=None, revise_keys=None, l
         trust_checkpoint (bool): read `checkpoint` / `pretrained` with the full unpickler, which can run
             code stored in the file (the entry points' --trust-checkpoint); by default only tensors,
             containers and numbers load (models/weights.py).
+        execution (ExecutionPolicy | None): applied with `accel.accelerate` once the weights are in; None: the
+            bare model (the method's float32 arithmetic, eager).
     Returns:
         the detector on the CPU, in training mode.
     """
@@ -48,15 +52,20 @@ def build_model(model_cfg, checkpoint=None, pretrained=None, revise_keys=None, l
         load_checkpoint_strict(model, checkpoint, trust=trust_checkpoint)
         if logger is not None:
             logger.info(f'loaded {checkpoint}')
-        return model
-    model.init_weights()
-    if pretrained:
-        if not osp.isfile(pretrained):
-            raise FileNotFoundError(
-                f'pretrained weights not found: {pretrained}. Download them as described in pretrain/README.md, '
-                f'or train from scratch with --cfg-options load_from=None')
-        load_pretrained_backbone(model, pretrained, revise_keys=revise_keys or DEFAULT_REVISE_KEYS, logger=logger,
-                                 trust=trust_checkpoint)
+    else:
+        model.init_weights()
+        if pretrained:
+            if not osp.isfile(pretrained):
+                raise FileNotFoundError(
+                    f'pretrained weights not found: {pretrained}. Download them as described in pretrain/README.md, '
+                    f'or train from scratch with --cfg-options load_from=None')
+            load_pretrained_backbone(model, pretrained, revise_keys=revise_keys or DEFAULT_REVISE_KEYS,
+                                     logger=logger, trust=trust_checkpoint)
+    if execution is not None:
+        from accel import accelerate
+        accelerate(model, execution)
+        if logger is not None:
+            logger.info(execution.describe())
     return model
 
 
@@ -82,21 +91,17 @@ def build_test_loader(dataset, workers_per_gpu, dist, samples_per_gpu=1):
     return build_dataloader(dataset, samples_per_gpu, workers_per_gpu, num_gpus=1, dist=dist, shuffle=False)
 
 
-def set_test_mode(cfg, online, fast=False, cuda_graph=True):
+def set_test_mode(cfg, online):
     """Choose the test path in the config, before the model and the loaders are built.
 
     One decision for the whole run, taken by the entry point from the number of processes:
     online (one process: the test pipeline loads the key frame's images only and the model reuses
     cached features of earlier samples) or offline (every frame's images per sample, any order).
-    `fast` selects the model's fast test mode (fp16 backbone and FPN, TF32 and fused decoder kernels),
-    `cuda_graph` the graph replay of the test step on CUDA (docs/performance.md, "Modes"). Sets
-    `model.online`, `model.test_cfg.mode` and `.cuda_graph`, and `online` of every multi-frame loading
-    step of the val and test pipelines: the steps whose class declares `loads_history_frames = True`.
+    Sets `model.online` and `online` of every multi-frame loading step of the val and test pipelines: the
+    steps whose class declares `loads_history_frames = True`. (How the model runs, faithful or fast, is the
+    execution policy's: `build_model(..., execution=policy)`.)
     """
     cfg.model.online = bool(online)
-    cfg.model.setdefault('test_cfg', {})
-    cfg.model.test_cfg['mode'] = 'fast' if fast else 'faithful'
-    cfg.model.test_cfg['cuda_graph'] = bool(cuda_graph)
     register_modules()
     from mmdet.datasets import PIPELINES
 
@@ -115,31 +120,4 @@ def set_test_mode(cfg, online, fast=False, cuda_graph=True):
     for split in ('val', 'test'):
         if split in cfg.get('data', {}):
             visit(cfg.data[split].get('pipeline', []))
-    return cfg
-
-
-def set_train_mode(cfg, fast=False, amp_dtype='fp16'):
-    """Choose the training path in the config, before the model and the optimizer are built.
-
-    `fast`: the model keeps its log values on the device (`model.train_cfg.mode='fast'`), AdamW runs
-    fused (`optimizer.fused=True`), and the backbone runs without gradient checkpointing (the same
-    function, computed once instead of recomputed in the backward pass; more memory).
-    In both modes the decoder of a detector that can graph it (`TRAIN_DECODER_GRAPHS`: OPS, not
-    OPUS-V2) trains without gradient checkpointing, so that on CUDA its forward and backward replay
-    from CUDA graphs (`model.train_cfg.cuda_graph`, default on; a graph keeps the activations anyway).
-    With `model.train_cfg.cuda_graph=False` the faithful mode keeps the config's decoder checkpointing
-    (the least memory) and runs the decoder eagerly.
-    `amp_dtype`: the backbone's autocast dtype on CUDA ('fp16' with the fp16 optimizer hook's static
-    loss scale, as the original, or 'bf16').
-    """
-    cfg.model.setdefault('train_cfg', {})
-    cfg.model.train_cfg['mode'] = 'fast' if fast else 'faithful'
-    cfg.model.train_cfg['amp_dtype'] = amp_dtype
-    if fast:
-        cfg.optimizer['fused'] = True
-        cfg.model.img_backbone['with_cp'] = False
-    from mmdet.models import DETECTORS
-    graphs = getattr(DETECTORS.get(cfg.model.type), 'TRAIN_DECODER_GRAPHS', False)
-    if fast or (graphs and cfg.model.train_cfg.get('cuda_graph', True)):
-        cfg.model.pts_bbox_head.transformer['with_cp'] = False
     return cfg

@@ -35,6 +35,7 @@ KNOWN_TOP_LEVEL_KEYS = {
     'optimizer_config', 'lr_config', 'momentum_config', 'load_from', 'revise_keys',
     'checkpoint_config', 'log_config', 'eval_config', 'custom_hooks', 'work_dir',
     'find_unused_parameters', 'max_consecutive_nan_steps',
+    'execution',  # accel/policy.py: how the model is run (preset, CUDA graphs, autocast, ...)
     'auto_scale_lr', 'custom_imports',  # auto_scale_lr: engine/scaling.py; mmcv imports custom_imports' modules
 }
 # Keys of the original code's configs that nothing in OPS reads: an error that says where the setting went.

@@ -6,7 +6,7 @@ the loss for the NaN guard, the gradient norm for the log, and the loss scaler's
 read stalls the host until the GPU has caught up, so the host cannot queue the next kernels early.
 This module computes the same update with every such value kept on the device:
 
-* `parse_losses_lazy` (models/ops.py; the model's train_step in `train_cfg.mode='fast'`): the total
+* `parse_losses_lazy` (accel/accelerate.py; the model's train_step under a policy with `lazy_logs`): the total
   loss as mmdet sums it (dict order), log values as detached tensors;
 * `LazyLogBuffer`: mmcv's LogBuffer that accepts tensors and reads them once per log interval;
 * `SyncFreeOptimizerHook`: zero grad, scaled backward, unscale, clip (norm on the device), and a
@@ -26,7 +26,7 @@ import torch
 from mmcv.runner import HOOKS, Hook
 from mmcv.runner.log_buffer import LogBuffer
 
-from models.ops import parse_losses_lazy
+from accel.accelerate import parse_losses_lazy
 
 __all__ = ['parse_losses_lazy', 'LazyLogBuffer', 'SyncFreeOptimizerHook', 'SyncFreeStep', 'merge_param_groups',
            'regroup_optimizer_state']

@@ -25,8 +25,6 @@ grid on the device (static shapes too), so that the host copies only those: `unp
 import torch
 import torch.nn.functional as F
 
-from .compiled import CompiledOrNone
-
 __all__ = ['close_and_label', 'dense_occupancy', 'max_filter3', 'pack_occupied', 'unpack_occupied']
 
 
@@ -59,12 +57,8 @@ def close_and_label(dense, score_thr):
     return (closed > score_thr).any(dim=0).reshape(-1), closed.argmax(dim=0).reshape(-1)
 
 
-# maxima, comparisons and argmax are exact, so the compiled kernel's voxels are those of the eager code
-CLOSING_KERNEL = CompiledOrNone(close_and_label, 'the compiled closing kernel', 'the eager closing')
-
-
 def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, ctr_dist_thr=3.0,
-                    padding=True, max_points=10, free_label=17, compiled=False):
+                    padding=True, max_points=10, free_label=17, closing=close_and_label):
     """Occupancy grid of one sample from its predicted points.
 
     Args:
@@ -78,8 +72,8 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
         padding (bool): apply the 3x3x3 closing.
         max_points (int): points averaged per cell (the first ones in input order).
         free_label (int): label of empty cells.
-        compiled (bool): on CUDA, the closing and labelling as one torch.compile'd kernel (the fast
-            test mode; the same voxels).
+        closing (callable): `close_and_label` or a kernel computing the same (dense scores
+            `[C, X, Y, Z]`, score_thr) -> (occupied, labels) (accel/kernels.py compiles it).
     Returns:
         Tensor: `[X, Y, Z]` uint8 labels (`free_label` where empty), on the input's device.
     """
@@ -129,7 +123,7 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
     scores = buffer[:C * V].view(C, V)                                    # 0 where empty
 
     if padding:
-        occupied, labels = CLOSING_KERNEL.or_eager(compiled and scores.is_cuda, scores.view(C, X, Y, Z), score_thr)
+        occupied, labels = closing(scores.view(C, X, Y, Z), score_thr)
     else:
         # every cell with a kept point (index_fill_ takes the value as a kernel argument: `buffer[idx] =
         # True` would copy a host tensor, which a CUDA graph capture refuses)

@@ -10,46 +10,37 @@ t = 0 the key frame); `img_metas` B dicts with T*N `lidar2img`, `filename`, ... 
 only the N key-frame images are given and the history features come from a per-frame cache.
 """
 import warnings
-from collections import OrderedDict
 
 import torch
-import torch.distributed as dist
 from mmdet.models import DETECTORS
 from mmdet.models.builder import build_backbone, build_head, build_neck
 from mmdet.models.detectors.base import BaseDetector
 
-from .cuda_graph import GraphedFunction, GraphedTrainingFunction
 from .feature_cache import FrameFeatureCache
 from .gpu_image_decode import decode_and_transform
 from .occ_postprocess import pack_occupied
 from .photometric import GpuPhotoMetricDistortion
-from .precision import tf32_matmuls
 
-__all__ = ['OPS', 'parse_losses_lazy']
+__all__ = ['OPS']
+
+# train_cfg / test_cfg keys that name how the model is executed, not what it computes: they live in the
+# config's top-level `execution` dict now (accel/policy.py); a config that still sets one is told where
+_EXECUTION_KEYS = {'mode': 'preset', 'cuda_graph': 'train_cuda_graph / test_cuda_graph',
+                   'amp_dtype': 'train_autocast', 'offline_fp16': 'offline_autocast'}
 
 
-def parse_losses_lazy(losses):
-    """mmdet's `_parse_losses` without `.item()`: (total loss, OrderedDict of detached 0-d tensors).
-
-    The total is the sum of the entries whose key contains 'loss', in dict order (float32 sums
-    depend on it), as mmdet computes it. Across processes the logged values are averaged with one
-    all-reduce (no host read).
-    """
-    log_vars = OrderedDict()
-    for name, value in losses.items():
-        if isinstance(value, torch.Tensor):
-            log_vars[name] = value.mean()
-        elif isinstance(value, (list, tuple)):
-            log_vars[name] = sum(v.mean() for v in value)
-        else:
-            raise TypeError(f'{name} is not a tensor or list of tensors')
-    loss = sum(v for k, v in log_vars.items() if 'loss' in k)
-    log_vars['loss'] = loss
-    values = torch.stack([v.detach().float() for v in log_vars.values()])
-    if dist.is_available() and dist.is_initialized():
-        values = values / dist.get_world_size()
-        dist.all_reduce(values)
-    return loss, OrderedDict(zip(log_vars, values.unbind(0)))
+def _method_cfg(cfg, which):
+    """`train_cfg` / `test_cfg` as a dict holding the method's `pts` settings only."""
+    cfg = dict(cfg or {})
+    moved = sorted(set(cfg) & set(_EXECUTION_KEYS))
+    if moved:
+        raise ValueError(f'OPS: {which}.{moved[0]} is an execution setting; set execution=dict('
+                         f'{_EXECUTION_KEYS[moved[0]].split(" / ")[0]}=...) at the top of the config instead '
+                         f'(accel/policy.py, docs/performance.md)')
+    unknown = sorted(set(cfg) - {'pts'})
+    if unknown:
+        raise ValueError(f'OPS: unknown {which} keys {unknown}; it holds the head\'s settings under "pts"')
+    return cfg
 
 
 @DETECTORS.register_module()
@@ -67,35 +58,17 @@ class OPS(BaseDetector):
             cache); False: offline (all T*N images); None: from the input, online when only the N
             key-frame images are given (docs/method.md, "Test modes"). The entry points set it from
             the number of processes (engine/build.py, `set_test_mode`).
-        train_cfg (dict): `pts` entries are handed to the head; `mode` 'faithful' (default: mmdet's
-            loss parsing, which reads every logged value on the host each step) or 'fast' (the same
-            total loss, log values kept on the device; needs engine/train_step.py's
-            SyncFreeOptimizerHook, which `train.py --fast` sets up; on CUDA NHWC backbone tensors, the
-            decoder's matrix products in TF32 and its self-attention through SDPA, fp16 from
-            HALF_MIN_QUERIES queries on, models/fused_attention.py);
-            `amp_dtype` 'fp16' (default: the backbone's autocast when the fp16 optimizer hook is on)
-            or 'bf16' (autocast always on CUDA, no loss scaling); `cuda_graph` (default True): on CUDA,
-            with the decoder trained without gradient checkpointing (as train.py sets it in both modes,
-            engine/build.py: set_train_mode), the decoder's forward and backward replay from CUDA graphs
-            (the kernels of the eager decoder, in fast mode the backward's TF32 products included;
-            dropout draws other random numbers), captured once per input shape. With cuda_graph=False
-            the eager backward follows the global `torch.backends.cuda.matmul` setting. A checkpointed
-            decoder runs eagerly: a graph of it did not pass the GPU check (docs/performance.md).
-        test_cfg (dict): `pts` entries are handed to the head; and the inference path:
-            `mode` 'faithful' (default: the original's arithmetic, fp32 online) or 'fast' (on CUDA:
-            backbone and FPN under fp16 autocast on NHWC tensors; in the decoder TF32 matrix products
-            except the small per-query layers (position encoder, self-attention, FFN, class and offset
-            branches: float32), the projection without per-point matrix copies and the self-attention
-            as one fused kernel, docs/performance.md); `cuda_graph` (default True): on CUDA, replay each test
-            step (backbone, feature cache, decoder, post-processing) from a CUDA graph, which computes
-            exactly what the same step computes eagerly; `offline_fp16` (default True): in faithful
-            offline mode the backbone runs under fp16 autocast on CUDA, as the original's multi-GPU
-            test does (online it runs fp32, as the original).
+        train_cfg, test_cfg (dict): the method's settings, `pts` entries handed to the head. How the model
+            is executed (autocast dtypes, CUDA graphs, kernels, matrix-product precision) is not model
+            config: the engine applies an execution policy after building it (accel/, `accelerate`).
+
+    The device entry points, graph-capturable (host work only before them): `online_step` and
+    `offline_step` (a test step: images -> packed occupancy) and `train_decoder` (the training decoder:
+    image features -> the head's outputs).
     """
-    # the training decoder can replay from CUDA graphs (graphs_train_decoder, engine/build.py: set_train_mode)
-    TRAIN_DECODER_GRAPHS = True
+    # the device entry points have static shapes, so that a CUDA graph can capture them (accel/cuda_graph.py)
+    GRAPH_CAPTURABLE = True
     CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
-    TEST_MODES = ('faithful', 'fast')
     # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img
     PROJECTION_KEY = 'lidar2img'
 
@@ -107,31 +80,12 @@ class OPS(BaseDetector):
                              'configs); set model.use_grid_mask=False')
         self.img_backbone = build_backbone(img_backbone)
         self.img_neck = build_neck(img_neck)
+        train_cfg, test_cfg = _method_cfg(train_cfg, 'train_cfg'), _method_cfg(test_cfg, 'test_cfg')
         head = dict(pts_bbox_head)
         head.update(train_cfg=train_cfg['pts'] if train_cfg else None,
                     test_cfg=test_cfg['pts'] if test_cfg else None)
         self.pts_bbox_head = build_head(head)
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
-        train_cfg = dict(train_cfg or {})
-        unknown = sorted(set(train_cfg) - {'pts', 'mode', 'amp_dtype', 'cuda_graph'})
-        if unknown:
-            raise ValueError(f'OPS: unknown train_cfg keys {unknown}; known: pts, mode, amp_dtype, cuda_graph')
-        self.train_mode = train_cfg.get('mode', 'faithful')
-        if self.train_mode not in self.TEST_MODES:
-            raise ValueError(f"OPS: train_cfg.mode must be one of {self.TEST_MODES}, got {self.train_mode!r}")
-        self.train_cuda_graph = bool(train_cfg.get('cuda_graph', True))
-        amp = train_cfg.get('amp_dtype', 'fp16')
-        if amp not in ('fp16', 'bf16'):
-            raise ValueError(f"OPS: train_cfg.amp_dtype must be 'fp16' or 'bf16', got {amp!r}")
-        test_cfg = dict(test_cfg or {})
-        unknown = sorted(set(test_cfg) - {'pts', 'mode', 'cuda_graph', 'offline_fp16'})
-        if unknown:
-            raise ValueError(f'OPS: unknown test_cfg keys {unknown}; known: pts, mode, cuda_graph, offline_fp16')
-        self.test_mode = test_cfg.get('mode', 'faithful')
-        if self.test_mode not in self.TEST_MODES:
-            raise ValueError(f"OPS: test_cfg.mode must be one of {self.TEST_MODES}, got {self.test_mode!r}")
-        self.cuda_graph = bool(test_cfg.get('cuda_graph', True))
-        self.offline_fp16 = bool(test_cfg.get('offline_fp16', True))
 
         data_aug = dict(data_aug or {})
         self.color_aug = GpuPhotoMetricDistortion() if data_aug.get('img_color_aug', False) else None
@@ -145,13 +99,7 @@ class OPS(BaseDetector):
         self.size_divisor = data_aug.get('img_pad_cfg', {}).get('size_divisor', 1)
         self.stop_prev_grad = stop_prev_grad
         self.online = online
-        # autocast dtype of the backbone on CUDA (train.py may set bfloat16: then no loss scaling is needed and
-        # autocast is used without the fp16 optimizer hook)
-        self.amp_dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
         self.feature_cache = FrameFeatureCache(self.CACHE_SIZE)
-        self._online_step = GraphedFunction(self._online_step_fn)
-        self._offline_step = GraphedFunction(self._offline_step_fn)
-        self._train_decoder = GraphedTrainingFunction(self.pts_bbox_head, self._train_decoder_fn)
 
     # ------------------------------------------------------------------ image branch
     @property
@@ -199,9 +147,6 @@ class OPS(BaseDetector):
         floating dtype (that of its buffers): float32, or float64 after `.double()` (the float64 tests).
         """
         use_amp = amp_dtype is not None and img.is_cuda
-        if img.is_cuda and (self.train_mode if self.training else self.test_mode) == 'fast':
-            # NHWC: cuDNN's own layout for fp16/bf16 convolutions (the NCHW path transposes around each one)
-            img = img.contiguous(memory_format=torch.channels_last)
         with warnings.catch_warnings():
             # mmdet 2.28's ResNet(with_cp=True) calls torch.utils.checkpoint without `use_reentrant`; the
             # reentrant variant it gets is the original's behaviour, the per-block warning is noise
@@ -213,9 +158,9 @@ class OPS(BaseDetector):
         return [f.to(self.img_mean.dtype) for f in feats]
 
     def train_amp_dtype(self):
-        """Autocast dtype of the backbone in training: `amp_dtype` when the fp16 optimizer hook enabled
-        fp16 or `amp_dtype` is bfloat16 (no loss scaling needed), else None (fp32)."""
-        return self.amp_dtype if (self.fp16_enabled or self.amp_dtype == torch.bfloat16) else None
+        """Autocast dtype of the backbone in training: fp16 when mmcv's fp16 optimizer hook enabled it (the
+        configs' `fp16 = dict(loss_scale=512.0)`, as the original), else None (fp32)."""
+        return torch.float16 if self.fp16_enabled else None
 
     def extract_feat(self, img, img_metas):
         """Training: `[B, V, 3, H, W]` BGR images -> L levels `[B, V, C, H_l, W_l]` (V = T*N)."""
@@ -239,57 +184,46 @@ class OPS(BaseDetector):
 
     # ------------------------------------------------------------------ test steps (static shapes)
     def test_amp_dtype(self, online):
-        """Autocast dtype of the backbone at test time: fp16 in fast mode (as fast as bf16 on the same tensor
-        cores, and its 10 mantissa bits move fewer voxels than bf16's 7: docs/performance.md); in faithful
-        mode fp32 online (as the original) and offline the fp16 autocast that the original's multi-GPU test
-        enables."""
-        if self.test_mode == 'fast':
-            return torch.float16
-        return torch.float16 if (self.offline_fp16 and not online) else None
+        """Autocast dtype of the backbone at test time: None (float32). An execution policy may choose
+        another (accel/policy.py: the original's multi-GPU test runs the backbone offline under fp16)."""
+        return None
 
     def _image_feats(self, img, amp_dtype):
         """uint8 `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32."""
         return self.extract_img_feat(self.preprocess(img), amp_dtype)
 
-    def _online_step_fn(self, img, occ2img, slot, frame_slots, image_h, image_w):
+    def online_step(self, img, occ2img, slot, frame_slots, image_h, image_w):
         """One online sample on device tensors: `[1, N, 3, H, W]` uint8 images of the key frame,
         `[1, T*N, 4, 4]` occ2img, int64 key-frame slot `[1]` and frame slots `[T]` -> packed occupancy
-        (`_decode`)."""
+        (`decode`)."""
         transformer = self.pts_bbox_head.transformer
         feats = self._image_feats(img[0], self.test_amp_dtype(online=True))     # L x [N, C, H_l, W_l]
         self.feature_cache.write(slot, [transformer.frame_sampling_layout(f) for f in feats])
         frames = self.feature_cache.read(frame_slots)              # L x [T, G, N, H_l, W_l, C/G]
-        return self._decode([f.flatten(0, 1) for f in frames], occ2img, image_h, image_w)
+        return self.decode([f.flatten(0, 1) for f in frames], occ2img, image_h, image_w)
 
-    def _decode(self, feats, occ2img, image_h, image_w):
-        """Decoder + post-processing of the test step (float32; in fast mode TF32 matrix products, except in
-        the layers that OPSTransformerDecoderLayer keeps in float32) on
-        features in the sampling layout (`transformer.sampling_layout`) -> the occupied cells of each
-        sample, packed (`pack_occupied`: int64 `[B]` counts, int32 `[B, 2V]`)."""
-        fast = self.test_mode == 'fast'
+    def decode(self, feats, occ2img, image_h, image_w):
+        """Decoder + post-processing of the test step (float32) on features in the sampling layout
+        (`transformer.sampling_layout`) -> the occupied cells of each sample, packed (`pack_occupied`:
+        int64 `[B]` counts, int32 `[B, 2V]`)."""
         head = self.pts_bbox_head
-        with torch.autocast(occ2img.device.type, enabled=False), tf32_matmuls(fast and occ2img.is_cuda):
-            outs = head.forward_geometry(feats, occ2img, image_h, image_w, fast=fast)
-            return pack_occupied(head.get_occ_grids(outs, fast=fast), head.empty_label)
+        with torch.autocast(occ2img.device.type, enabled=False):
+            outs = head.forward_geometry(feats, occ2img, image_h, image_w)
+            return pack_occupied(head.get_occ_grids(outs), head.empty_label)
 
-    def _offline_step_fn(self, img, occ2img, image_h, image_w):
-        """B offline samples: uint8 `[B, T*N, 3, H, W]` -> packed occupancy (`_decode`)."""
+    def offline_step(self, img, occ2img, image_h, image_w):
+        """B offline samples: uint8 `[B, T*N, 3, H, W]` -> packed occupancy (`decode`)."""
         B, V = img.shape[:2]
         feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
         feats = [f.view(B, V, *f.shape[1:]) for f in feats]
-        return self._decode(self.pts_bbox_head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
-
-    def _run_step(self, step, *tensors, **static):
-        if self.cuda_graph:
-            return step(*tensors, **static)
-        return step.fn(*tensors, **static)
+        return self.decode(self.pts_bbox_head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
 
     def online_occupancy(self, img, img_metas):
         """Online mode (batch 1): the N key-frame images, history features from the cache.
 
         The cache is keyed by the first camera's filename of each frame; a history frame is found
         there when the samples arrive in dataset order in one process (the previous key frames were
-        the key frame of earlier samples). Returns the packed occupancy (`_decode`) on the device.
+        the key frame of earlier samples). Returns the packed occupancy (`decode`) on the device.
         """
         if img.shape[0] != 1 or len(img_metas) != 1:
             raise ValueError(f'OPS online test mode supports batch size 1, got {img.shape[0]}')
@@ -315,15 +249,13 @@ class OPS(BaseDetector):
         self._set_shape_metas(img_metas, H, W)
         occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
         slots = torch.tensor([slot] + frame_slots, dtype=torch.long).to(img.device)
-        return self._run_step(self._online_step, img, occ2img, slots[:1], slots[1:],
-                              image_h=int(H), image_w=int(W))
+        return self.online_step(img, occ2img, slots[:1], slots[1:], image_h=int(H), image_w=int(W))
 
     def offline_occupancy(self, img, img_metas):
-        """Offline mode: all T*N images of B samples -> the packed occupancy (`_decode`) on the device."""
+        """Offline mode: all T*N images of B samples -> the packed occupancy (`decode`) on the device."""
         self._set_shape_metas(img_metas, *img.shape[-2:])
         occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
-        return self._run_step(self._offline_step, img, occ2img,
-                              image_h=int(img.shape[-2]), image_w=int(img.shape[-1]))
+        return self.offline_step(img, occ2img, image_h=int(img.shape[-2]), image_w=int(img.shape[-1]))
 
     def use_online(self, img, img_metas):
         """The test mode for this input (see the `online` argument)."""
@@ -348,13 +280,8 @@ class OPS(BaseDetector):
         return self.forward_test(img, img_metas, **kwargs)
 
     def train_step(self, data, optimizer):
-        """mmcv's training step: losses -> (total, log values). In fast train mode the log values stay
-        device tensors (read at the log interval by engine/train_step.py's LazyLogBuffer)."""
-        losses = self(**data)
-        if self.train_mode == 'fast':
-            loss, log_vars = parse_losses_lazy(losses)
-        else:
-            loss, log_vars = self._parse_losses(losses)
+        """mmcv's training step: losses -> (total, log values read on the host, mmdet's `_parse_losses`)."""
+        loss, log_vars = self._parse_losses(self(**data))
         return dict(loss=loss, log_vars=log_vars, num_samples=len(data['img_metas']))
 
     def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, img_jpeg=None, **kwargs):
@@ -372,30 +299,18 @@ class OPS(BaseDetector):
         voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
         mask_camera = torch.as_tensor(mask_camera, device=img.device)
         head = self.pts_bbox_head
-        fast = self.train_mode == 'fast'
+        occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
         with torch.autocast(img.device.type, enabled=False):
-            with tf32_matmuls(fast and img.is_cuda):
-                if self.graphs_train_decoder():
-                    occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
-                    outs = self._train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w),
-                                               fast=fast)
-                else:
-                    outs = head(feats, img_metas, fast=fast)
+            outs = self.train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w))
             return head.loss(voxel_semantics, mask_camera, outs)
 
-    def graphs_train_decoder(self):
-        """Whether training replays the decoder from CUDA graphs (on CUDA tensors): `train_cfg.cuda_graph`, for a
-        detector whose decoder can be graphed (`TRAIN_DECODER_GRAPHS`), when no decoder layer recomputes in the
-        backward pass (gradient checkpointing), in either train mode."""
-        layers = self.pts_bbox_head.transformer.decoder.decoder_layers
-        return self.TRAIN_DECODER_GRAPHS and self.train_cuda_graph and not any(layer.with_cp for layer in layers)
-
-    def _train_decoder_fn(self, *tensors, image_h, image_w, fast):
+    def train_decoder(self, *tensors, image_h, image_w):
         """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img
-        `[B, T*N, 4, 4]` -> the head's outputs (`OPSHead.forward`); graphed on CUDA."""
+        `[B, T*N, 4, 4]` (float32) -> the head's outputs (`OPSHead.forward`)."""
         *feats, occ2img = tensors
         head = self.pts_bbox_head
-        return head.forward_geometry(head.transformer.sampling_layout(feats), occ2img, image_h, image_w, fast=fast)
+        occ2img = occ2img.to(feats[0].dtype)    # float64 when the model is (the float64 tests)
+        return head.forward_geometry(head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
 
     def forward_test(self, img, img_metas, rescale=True, img_jpeg=None, **kwargs):
         """Test samples come wrapped in one-element lists (a single test-time augmentation)."""

@@ -27,7 +27,7 @@ from core.geometry import decode_points
 
 from .criterion import build_criterion
 from .matcher import build_matcher
-from .occ_postprocess import dense_occupancy, pack_occupied, unpack_occupied
+from .occ_postprocess import close_and_label, dense_occupancy, pack_occupied, unpack_occupied
 
 # Code defaults of the original (docs/method.md, "Losses"); the configs set only cls_weights (None = all 1).
 TRAIN_DEFAULTS = dict(cls_weights=None, empty_dist_thr=0.2, empty_weights=5.0,
@@ -94,7 +94,7 @@ class OPSHead(BaseModule):
         voxel_size (sequence[3]): metres (0.4).
         transformer (dict): config of the decoder, built with mmdet's ``build_transformer``;
             the head calls its ``image_geometry(img_metas, device)`` and ``sampling_layout(mlvl_feats)``
-            (``forward``), then ``run(init_points, query_feat, feats, occ2img, image_h, image_w, fast)``
+            (``forward``), then ``run(init_points, query_feat, feats, occ2img, image_h, image_w)``
             (``forward_geometry``), which returns ``(cls_scores, refine_pts)``, lists over layers of
             ``[B, Q, P_i, C]`` logits and ``[B, Q, P_i, 3]`` normalised points.
         loss_cls (dict): mmdet FocalLoss config (sigmoid, gamma 2, alpha 0.25, weight 2).
@@ -115,6 +115,9 @@ class OPSHead(BaseModule):
     """
     DEFAULT_CRITERION = 'ChamferFocalCriterion'   # subclasses (OPUS-V2) swap the criterion type here
     POINT_WEIGHTING = 'chamfer'                    # the criterion's Chamfer weighting (OPUS-V2's DCD: 'density')
+    # the 3x3x3 closing and labelling of the score grid (`dense_occupancy`); a kernel computing the same may
+    # replace it (accel/kernels.py)
+    closing = staticmethod(close_and_label)
 
     def __init__(self,
                  num_classes=OCC3D_NUSCENES.num_classes,
@@ -200,14 +203,12 @@ class OPSHead(BaseModule):
         return decode_points(points, self._pc_range)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, mlvl_feats, img_metas, fast=False):
+    def forward(self, mlvl_feats, img_metas):
         """Run the decoder from the learned initial points.
 
         Args:
             mlvl_feats (list[Tensor]): FPN levels, ``[B, T*N, C, H_l, W_l]``.
             img_metas (list[dict]): B meta dicts (the camera geometry).
-            fast (bool): the fast modes' decoder kernels (in training: the projection, see
-                ``OPSTransformerDecoderLayer.forward``).
 
         Returns:
             dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_cls_scores`` list over layers of
@@ -215,9 +216,9 @@ class OPSHead(BaseModule):
         """
         occ2img, (image_h, image_w) = self.transformer.image_geometry(img_metas, mlvl_feats[0].device)
         occ2img = occ2img.to(mlvl_feats[0].dtype)    # float32 (float64 when the model is, in the float64 tests)
-        return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w, fast)
+        return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w)
 
-    def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
+    def forward_geometry(self, feats, occ2img, image_h, image_w):
         """`forward` with the camera geometry as device tensors (no host work: graph-capturable).
 
         Args:
@@ -225,13 +226,11 @@ class OPSHead(BaseModule):
                 (``transformer.sampling_layout`` of ``[B, T*N, C, H_l, W_l]``).
             occ2img (Tensor): ``[B, T*N, 4, 4]`` ego (key frame) -> pixels of the augmented images.
             image_h, image_w (int): augmented image size in pixels.
-            fast (bool): the fast modes' decoder kernels.
         """
         batch = occ2img.shape[0]
         init_points = self.init_points.weight[None, :, None, :].repeat(batch, 1, 1, 1)
         query_feat = init_points.new_zeros(batch, self.num_query, self.in_channels)
-        cls_scores, refine_pts = self.transformer.run(init_points, query_feat, feats, occ2img,
-                                                      image_h, image_w, fast)
+        cls_scores, refine_pts = self.transformer.run(init_points, query_feat, feats, occ2img, image_h, image_w)
         if len(cls_scores) != len(refine_pts) or len(cls_scores) == 0:
             raise RuntimeError(f'OPSHead: the transformer must return equally long non-empty '
                                f'lists of logits and points, got {len(cls_scores)} and '
@@ -341,17 +340,16 @@ class OPSHead(BaseModule):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def get_occ_grids(self, preds_dicts, fast=False):
+    def get_occ_grids(self, preds_dicts):
         """Dense occupancy from the last layer: uint8 `[B, X, Y, Z]` labels (free = `empty_label`), on the
-        device, with static shapes and no host synchronisation (models/occ_postprocess.py); `fast`: the
-        closing as a compiled kernel on CUDA (the same voxels)."""
+        device, with static shapes and no host synchronisation (models/occ_postprocess.py)."""
         cls_scores = preds_dicts['all_cls_scores'][-1]               # [B, Q, P, C] logits
         points = self.decode_points(preds_dicts['all_refine_pts'][-1]).float()
         cfg = self.test_cfg
         return torch.stack([
             dense_occupancy(cls_scores[b].float().sigmoid(), points[b], self._pc_range, self._voxel_size,
                             self._voxel_num, float(cfg['score_thr']), float(cfg['ctr_dist_thr']),
-                            bool(cfg['padding']), MAX_POINTS_PER_VOXEL, self.empty_label, compiled=fast)
+                            bool(cfg['padding']), MAX_POINTS_PER_VOXEL, self.empty_label, closing=self.closing)
             for b in range(cls_scores.shape[0])])
 
     @torch.no_grad()

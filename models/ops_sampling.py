@@ -8,10 +8,10 @@ augmented image.
 """
 import torch
 
-from .compiled import CompiledOrNone
 from .csrc.wrapper import msmv_sampling
 
-__all__ = ['sampling_4d', 'sampling_locations', 'project_points', 'project_points_fast', 'level_weight_group']
+__all__ = ['sampling_4d', 'sampling_locations', 'sample_features', 'check_sampling_shapes', 'project_points',
+           'level_weight_group']
 
 
 def level_weight_group(t, g, num_frames, num_groups):
@@ -48,33 +48,17 @@ def project_points(points, occ2img, num_views):
     return torch.matmul(mats, homo).squeeze(-1)
 
 
-def project_points_fast(points, occ2img, num_views):
-    """`project_points` without its per-point copies of the matrices (the fast modes, training and test).
-
-    The faithful form expands the `[B, T*N, 4, 4]` matrices to one copy per point and runs a batched
-    matrix-vector product (on the GPU 48 x Q x G*P products, e.g. 1.8 M for OPS-L, in chunks). This
-    form broadcasts instead: (u*d, v*d, d) = M[:3, :3] @ p + M[:3, 3] per view, float32 products
-    summed in another order (results differ from `project_points` by float32 rounding).
-
-    Returns:
-        Tensor: `[B, T, N, Q, GP, 3]` = (u*d, v*d, d); the homogeneous 1 is left out.
-    """
-    B, Q, T, GP, _ = points.shape
-    mats = occ2img.view(B, T, num_views, 1, 1, 4, 4)[..., :3, :]                    # [B, T, N, 1, 1, 3, 4]
-    xyz = points.permute(0, 2, 1, 3, 4)[:, :, None, :, :, None, :]                  # [B, T, 1, Q, GP, 1, 3]
-    return (mats[..., :3] * xyz).sum(-1) + mats[..., 3]
-
-
-def sampling_locations(sample_points, scale_weights, occ2img, image_h, image_w, num_views, eps, fast):
+def sampling_locations(sample_points, scale_weights, occ2img, image_h, image_w, num_views, eps,
+                       project=project_points):
     """The sampling op's inputs: where each point is read (one camera per point and frame) and its level weights.
 
-    Args as `sampling_4d` (`fast`: `project_points_fast`). Returns:
+    Args as `sampling_4d`; `project` is `project_points` or a function of the same arguments returning the
+    same first three coordinates (accel/kernels.py has one without per-point matrix copies). Returns:
         (Tensor, Tensor): `[B*T*G, Q, P, 3]` (u, v, view / (N - 1)) and `[B*T*G, Q, P, L]` level weights.
     """
     B, Q, T, G, P, _ = sample_points.shape
     N = num_views
     L = scale_weights.shape[-1]
-    project = project_points_fast if fast else project_points
     proj = project(sample_points.reshape(B, Q, T, G * P, 3), occ2img, N)           # [B, T, N, Q, GP, 3 or 4]
     depth = proj[..., 2]
     depth_clamped = torch.clamp(depth, min=eps)
@@ -101,11 +85,37 @@ def sampling_locations(sample_points, scale_weights, occ2img, image_h, image_w, 
     return loc, weights
 
 
-SAMPLING_GEOMETRY = CompiledOrNone(sampling_locations, 'the compiled sampling geometry', 'the eager one')
+def check_sampling_shapes(sample_points, scale_weights, occ2img, num_views):
+    """Shape checks of `sampling_4d`'s inputs (a message naming the mismatch)."""
+    B, Q, T, G, P, _ = sample_points.shape
+    N = num_views
+    if occ2img.shape[:2] != (B, T * N):
+        raise ValueError(f'sampling_4d: occ2img has shape {tuple(occ2img.shape)}, expected [B={B}, T*N={T * N}, 4, 4] '
+                         f'(T={T} frames from the sampling points, N={N} views)')
+    if tuple(scale_weights.shape[:5]) != (B, Q, G, T, P):
+        raise ValueError(f'sampling_4d: scale_weights has shape {tuple(scale_weights.shape)}, expected '
+                         f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
 
 
-def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, image_w, num_views=6, eps=1e-5,
-                fast=False):
+def sample_features(mlvl_feats, loc, weights, batch, frames, groups):
+    """The sampling op at the locations of `sampling_locations`.
+
+    Args:
+        mlvl_feats (list[Tensor]): L levels `[B*T*G, N, H_l, W_l, C]` channel-last.
+        loc (Tensor): `[B*T*G, Q, P, 3]` (u, v, view / (N - 1)); weights (Tensor): `[B*T*G, Q, P, L]`.
+        batch, frames, groups (int): B, T, G.
+    Returns:
+        Tensor: `[B, Q, G, T*P, C]` sampled features (T-major, then P).
+    """
+    B, T, G = batch, frames, groups
+    Q, P = loc.shape[1:3]
+    out = msmv_sampling(mlvl_feats, loc, weights)                               # [B*T*G, Q, C, P]
+    C = out.shape[2]
+    out = out.reshape(B, T, G, Q, C, P).permute(0, 3, 2, 1, 5, 4)               # [B, Q, G, T, P, C]
+    return out.reshape(B, Q, G, T * P, C)
+
+
+def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, image_w, num_views=6, eps=1e-5):
     """Sample image features at 3D points seen by every frame, one camera per point and frame.
 
     Args:
@@ -118,22 +128,10 @@ def sampling_4d(sample_points, mlvl_feats, scale_weights, occ2img, image_h, imag
         image_h, image_w (int): size of the augmented (unpadded) image in pixels; u, v are normalised by it.
         num_views (int): N cameras per frame.
         eps (float): minimum depth in metres for a valid projection.
-        fast (bool): project with `project_points_fast` (the fast modes).
     Returns:
         Tensor: `[B, Q, G, T*P, C]` sampled features (T-major, then P).
     """
     B, Q, T, G, P, _ = sample_points.shape
-    N = num_views
-    if occ2img.shape[:2] != (B, T * N):
-        raise ValueError(f'sampling_4d: occ2img has shape {tuple(occ2img.shape)}, expected [B={B}, T*N={T * N}, 4, 4] '
-                         f'(T={T} frames from the sampling points, N={N} views)')
-    if tuple(scale_weights.shape[:5]) != (B, Q, G, T, P):
-        raise ValueError(f'sampling_4d: scale_weights has shape {tuple(scale_weights.shape)}, expected '
-                         f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
-    args = (sample_points, scale_weights, occ2img, image_h, image_w, N, eps, fast)
-    # fast test mode (no autograd) on CUDA: the projection and view choice as one compiled kernel
-    loc, weights = SAMPLING_GEOMETRY.or_eager(fast and occ2img.is_cuda and not torch.is_grad_enabled(), *args)
-    out = msmv_sampling(mlvl_feats, loc, weights)                               # [B*T*G, Q, C, P]
-    C = out.shape[2]
-    out = out.reshape(B, T, G, Q, C, P).permute(0, 3, 2, 1, 5, 4)               # [B, Q, G, T, P, C]
-    return out.reshape(B, Q, G, T * P, C)
+    check_sampling_shapes(sample_points, scale_weights, occ2img, num_views)
+    loc, weights = sampling_locations(sample_points, scale_weights, occ2img, image_h, image_w, num_views, eps)
+    return sample_features(mlvl_feats, loc, weights, B, T, G)

@@ -23,10 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from core.geometry import decode_points, encode_points
 
-from .compiled import CompiledOrNone
-from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
-from .ops_sampling import sampling_4d
-from .precision import float32_matmuls
+from .ops_sampling import check_sampling_shapes, sample_features, sampling_locations
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
 __all__ = ['OPSTransformer', 'OPSTransformerDecoder', 'OPSTransformerDecoderLayer', 'OPSSampling',
@@ -70,16 +67,20 @@ class OPSSampling(BaseModule):
         offset = self.sampling_offset(query_feat).view(B, Q, self.num_groups * self.num_points, 3)
         return centre[:, :, None] + offset * scale[:, :, None]
 
-    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
+    def locations(self, sample_points, weights, occ2img, image_h, image_w):
+        """Where the op reads each sampling point, and its level weights (`sampling_locations`; the
+        projection eps 1e-5 m as the original)."""
+        return sampling_locations(sample_points, weights, occ2img, image_h, image_w, self.num_views, 1e-5)
+
+    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
         """
         Args:
             query_points (Tensor): `[B, Q, P_in, 3]` normalised, detached.
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`; image_h, image_w: augmented image size (pixels).
-            fast (bool): the fast modes' projection (`project_points_fast`).
         Returns:
-            Tensor: `[B, Q, G, T*np, C/G]`.
+            Tensor: `[B, Q, G, T*np, C/G]` (`sampling_4d`).
         """
         B, Q = query_points.shape[:2]
         T, G, P, L = self.num_frames, self.num_groups, self.num_points, self.num_levels
@@ -87,7 +88,9 @@ class OPSSampling(BaseModule):
         sample_points = sample_points.view(B, Q, 1, G, P, 3).expand(B, Q, T, G, P, 3)
         weights = self.scale_weights(query_feat).view(B, Q, G, 1, P, L).softmax(-1)
         weights = weights.expand(B, Q, G, T, P, L)
-        return sampling_4d(sample_points, mlvl_feats, weights, occ2img, image_h, image_w, self.num_views, fast=fast)
+        check_sampling_shapes(sample_points, weights, occ2img, self.num_views)
+        loc, level_weights = self.locations(sample_points, weights, occ2img, image_h, image_w)
+        return sample_features(mlvl_feats, loc, level_weights, B, T, G)
 
 
 def adaptive_mixing(x, query, gen_weight, gen_bias, out_weight, out_bias, in_dim, out_dim, in_points, out_points):
@@ -102,9 +105,6 @@ def adaptive_mixing(x, query, gen_weight, gen_bias, out_weight, out_bias, in_dim
     out = torch.matmul(S, out)                                                 # point mixing
     out = F.relu(F.layer_norm(out, out.shape[-2:]), inplace=True)
     return query + F.linear(out.reshape(B, Q, -1), out_weight, out_bias)
-
-
-MIXING_KERNEL = CompiledOrNone(adaptive_mixing, 'the compiled adaptive mixing', 'the eager one')
 
 
 class AdaptiveMixing(nn.Module):
@@ -131,23 +131,24 @@ class AdaptiveMixing(nn.Module):
         # zero weight: every query starts from the same (bias-only) mixing matrices
         nn.init.zeros_(self.parameter_generator.weight)
 
-    def forward(self, x, query, fast=False):
-        """
-        Args:
-            x (Tensor): `[B, Q, G, in_points, C_g]` sampled features.
-            query (Tensor): `[B, Q, query_dim]`.
-            fast (bool): in the fast test mode (no autograd, CUDA) one compiled kernel (LayerNorm and
-                ReLU fused; float32 results differ by rounding).
-        Returns:
-            Tensor: `[B, Q, query_dim]` = query + mixed features.
-        """
+    def mixing_args(self, x, query):
+        """The arguments of `adaptive_mixing` for inputs `x`, `query` (shapes checked)."""
         B, Q, G, P, C = x.shape
         if (G, P, C) != (self.n_groups, self.in_points, self.in_dim):
             raise ValueError(f'AdaptiveMixing: x has shape {tuple(x.shape)}, expected [B, Q, G={self.n_groups}, '
                              f'in_points={self.in_points}, C_g={self.in_dim}]')
-        args = (x, query, self.parameter_generator.weight, self.parameter_generator.bias, self.out_proj.weight,
+        return (x, query, self.parameter_generator.weight, self.parameter_generator.bias, self.out_proj.weight,
                 self.out_proj.bias, self.in_dim, self.out_dim, self.in_points, self.out_points)
-        return MIXING_KERNEL.or_eager(fast and x.is_cuda and not torch.is_grad_enabled(), *args)
+
+    def forward(self, x, query):
+        """
+        Args:
+            x (Tensor): `[B, Q, G, in_points, C_g]` sampled features.
+            query (Tensor): `[B, Q, query_dim]`.
+        Returns:
+            Tensor: `[B, Q, query_dim]` = query + mixed features.
+        """
+        return adaptive_mixing(*self.mixing_args(x, query))
 
 
 class OPSSelfAttention(BaseModule):
@@ -168,28 +169,24 @@ class OPSSelfAttention(BaseModule):
         nn.init.zeros_(self.gen_tau.weight)
         nn.init.uniform_(self.gen_tau.bias, 0.0, 2.0)
 
-    def forward(self, query_points, query_feat, fast=False):
-        """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`.
-
-        `fast` (the fast modes, models/fused_attention.py): in eval on CUDA, heads of at least
-        MIN_HEAD_DIMS channels, the bias computed inside one fused kernel instead of a `[B*H, Q, Q]`
-        mask; in training on CUDA the mask through SDPA (softmax, dropout and value product fused).
-        """
+    def bias_terms(self, query_points, query_feat):
+        """The bias's factors: query centroids `[B, Q, 3]` (metres, no gradient) and tau `[B, H, Q]`."""
         with torch.no_grad():
             centres = decode_points(query_points, self.pc_range).mean(2)      # [B, Q, 3] metres
-        tau = self.gen_tau(query_feat).permute(0, 2, 1)                        # [B, H, Q]
-        head_dims = query_feat.shape[-1] // self.num_heads
-        if fast and not self.training and query_feat.is_cuda and head_dims >= MIN_HEAD_DIMS:
-            out = fused_biased_attention(self.attention.attn, query_feat, centres, tau)
-            if out is not None:
-                return out
+        return centres, self.gen_tau(query_feat).permute(0, 2, 1)
+
+    @staticmethod
+    def attention_bias(centres, tau):
+        """`[B, Q, 3]` centroids, `[B, H, Q]` tau -> the additive logit bias `[B, H, Q, Q]`."""
         with torch.no_grad():
             # exact differences (no |a|^2 - 2ab + |b|^2 expansion); broadcasting is much faster than
             # cdist's exact-mode kernel on the GPU
             dist = (centres[:, :, None] - centres[:, None]).norm(dim=-1)  # [B, Q, Q]
-        attn_mask = -tau[..., None] * dist[:, None]                            # [B, H, Q, Q]
-        if fast and self.training and query_feat.is_cuda:
-            return sdpa_biased_attention(self.attention, query_feat, attn_mask)
+        return -tau[..., None] * dist[:, None]
+
+    def forward(self, query_points, query_feat):
+        """query_points `[B, Q, P, 3]` normalised; query_feat `[B, Q, C]` -> `[B, Q, C]`."""
+        attn_mask = self.attention_bias(*self.bias_terms(query_points, query_feat))   # [B, H, Q, Q]
         return self.attention(query_feat, attn_mask=attn_mask.flatten(0, 1))   # [B*H, Q, Q], index b*H + h
 
 
@@ -259,15 +256,13 @@ class OPSTransformerDecoderLayer(BaseModule):
         centre = decode_points(query_points, self.pc_range).mean(2, keepdim=True)
         return encode_points(centre + offsets, self.pc_range)
 
-    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
+    def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
         """
         Args:
             query_points (Tensor): `[B, Q, P_in, 3]` normalised (detached by the decoder).
             query_feat (Tensor): `[B, Q, C]`.
             mlvl_feats (list[Tensor]): L x `[B*T*G, N, H_l, W_l, C/G]` channel-last.
             occ2img (Tensor): `[B, T*N, 4, 4]`.
-            fast (bool): the fast modes' kernels: the projection without per-point matrix copies,
-                the self-attention through SDPA (training) or one fused kernel (test).
         Returns:
             tuple: query_feat `[B, Q, C]`, cls logits `[B, Q, P_out, num_classes]`,
             new points `[B, Q, P_out, 3]` normalised.
@@ -275,20 +270,13 @@ class OPSTransformerDecoderLayer(BaseModule):
         B, Q, P_in, _ = query_points.shape
         if P_in != self.in_points:
             raise ValueError(f'decoder layer expects {self.in_points} points per query, got {P_in}')
-        # The fast test mode keeps these small per-query layers in float32 inside the decoder's TF32: their
-        # rounding reaches the points' voxels and the scores at the threshold directly, and their products
-        # are a small part of the decoder's (docs/performance.md, "Where the fast test mode loses voxels").
-        # Fast training keeps TF32 throughout (its step was measured so).
-        precise = fast and not self.training
-        with float32_matmuls(precise):
-            query_feat = query_feat + self.position_encoder(query_points.flatten(2))
-        sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast)
-        query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat, fast))
-        with float32_matmuls(precise):
-            query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat, fast))
-            query_feat = self.norm3(self.ffn(query_feat))
-            cls_score = self.cls_head(query_feat)
-            offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
+        query_feat = query_feat + self.position_encoder(query_points.flatten(2))
+        sampled = self._cp(self.sampling, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w)
+        query_feat = self.norm1(self._cp(self.mixing, sampled, query_feat))
+        query_feat = self.norm2(self._cp(self.self_attn, query_points, query_feat))
+        query_feat = self.norm3(self.ffn(query_feat))
+        cls_score = self.cls_head(query_feat)
+        offsets = self.reg_branch(query_feat).reshape(B, Q, self.out_points, 3) * self.scale
         return query_feat, cls_score, self.refine_points(query_points, offsets)
 
 
@@ -408,12 +396,11 @@ class OPSTransformerDecoder(BaseModule):
         """(occ2img `[B, T*N, 4, 4]` float32 on `device`, (image_h, image_w) of the augmented images)."""
         return self._occ2img(img_metas, device), tuple(img_metas[0]['img_shape'][0][:2])
 
-    def run_layers(self, query_points, query_feat, feats, occ2img, image_h, image_w, fast=False):
+    def run_layers(self, query_points, query_feat, feats, occ2img, image_h, image_w):
         """The decoder on device tensors only (no host work, so it can be captured in a CUDA graph).
 
         feats: L levels in the sampling layout `[B*T*G, N, H_l, W_l, C/G]` (`sampling_layout`);
-        occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels);
-        fast: the fast modes' kernels (training and test, see OPSTransformerDecoderLayer.forward).
+        occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels).
         """
         B, T, G = occ2img.shape[0], self.num_frames, self.num_groups
         if len(feats) != self.num_levels:
@@ -426,8 +413,7 @@ class OPSTransformerDecoder(BaseModule):
         for layer in self.decoder_layers:
             # each layer refines around the previous points without back-propagating into them
             query_points = query_points.detach()
-            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w,
-                                                        fast)
+            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w)
             cls_scores.append(cls_score)
             refine_pts.append(query_points)
         # a layer may return no logits (None: OPUS-V2 in eval mode before the last layer)
@@ -482,6 +468,6 @@ class OPSTransformer(BaseModule):
         """See `OPSTransformerDecoder.frame_sampling_layout`."""
         return self.decoder.frame_sampling_layout(feat)
 
-    def run(self, query_points, query_feat, feats, occ2img, image_h, image_w, fast=False):
+    def run(self, query_points, query_feat, feats, occ2img, image_h, image_w):
         """The decoder on device tensors, features in the sampling layout (`OPSTransformerDecoder.run_layers`)."""
-        return self.decoder.run_layers(query_points, query_feat, feats, occ2img, image_h, image_w, fast)
+        return self.decoder.run_layers(query_points, query_feat, feats, occ2img, image_h, image_w)

@@ -18,17 +18,12 @@ __all__ = ['OPUSV2']
 class OPUSV2(OPS):
     """OPUS-V2 detector (config type 'OPUSV2'; same arguments and state-dict prefixes as `OPS`).
 
-    Test steps and the training decoder run eagerly: the CPD module's sparse voxel sets have
-    data-dependent sizes, which a CUDA graph cannot capture, so `test_cfg.cuda_graph` and
-    `train_cfg.cuda_graph` are ignored (val.py / timing.py set the first True by default for every
-    model; V2 has nothing to replay, so this is silent).
+    Its device entry points are not graph-capturable: the CPD module's sparse voxel sets have
+    data-dependent sizes, so the test steps and the training decoder always run eagerly (an execution
+    policy's CUDA graphs do not apply, accel/accelerate.py).
     """
     PROJECTION_KEY = 'ego2img'
-    TRAIN_DECODER_GRAPHS = False   # no graphed decoder, and train.py keeps the configs' decoder checkpointing
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cuda_graph = False
+    GRAPH_CAPTURABLE = False
 
     def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):
         """As `OPS.forward_train`; without `mask_camera` every voxel counts as camera-visible (as the original)."""

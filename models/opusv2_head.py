@@ -98,7 +98,7 @@ class OPUSV2Head(OPSHead):
             densifier.init_weights()
 
     # ------------------------------------------------------------------ forward
-    def forward_geometry(self, feats, occ2img, image_h, image_w, fast=False):
+    def forward_geometry(self, feats, occ2img, image_h, image_w):
         """Decoder (V1's `forward_geometry`), then the CPD module of every layer that produced point features.
 
         Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and
@@ -110,7 +110,7 @@ class OPUSV2Head(OPSHead):
             normalised; ``all_cls_scores`` list of [U'_i, K] voxel logits or None (eval mode, layers
             before the last); ``all_voxel_coors`` list of int64 [U'_i, 4] (b, x, y, z) or None.
         """
-        outs = super().forward_geometry(feats, occ2img, image_h, image_w, fast)
+        outs = super().forward_geometry(feats, occ2img, image_h, image_w)
         pt_feats = outs.pop('all_cls_scores')
         if len(pt_feats) != len(self.densifiers):
             raise RuntimeError(f'{type(self).__name__}: {len(pt_feats)} decoder layers for {len(self.densifiers)} '
@@ -180,9 +180,8 @@ class OPUSV2Head(OPSHead):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def get_occ_grids(self, preds_dicts, fast=False):
-        """Dense occupancy from the last layer's voxels: uint8 `[B, X, Y, Z]` labels, `empty_label` elsewhere
-        (`fast` changes nothing here: there is no closing).
+    def get_occ_grids(self, preds_dicts):
+        """Dense occupancy from the last layer's voxels: uint8 `[B, X, Y, Z]` labels, `empty_label` elsewhere.
 
         A voxel is kept when its max class probability (sigmoid) exceeds `score_thr` (strictly); its label
         is the argmax. `OPSHead.get_occ` turns the grids into the sparse result dicts. The batch size comes

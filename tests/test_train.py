@@ -202,4 +202,4 @@ def test_fast_training_path_follows_the_faithful_loss_curve(tiny_config, tmp_pat
     for key in wa:
         if wa[key].is_floating_point():
             torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-3, msg=key)
-    assert any('fast training path' in r.getMessage() for r in caplog.records)
+    assert any('execution: fast' in r.getMessage() for r in caplog.records)

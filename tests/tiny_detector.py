@@ -49,7 +49,7 @@ def build(seed=0, **kw):
 
 def no_checkpointing(model):
     """`model` without gradient checkpointing (same function, more memory), returned: as train.py trains
-    the decoder (engine/build.py: set_train_mode)."""
+    the decoder by default (accel/accelerate.py)."""
     for module in model.modules():
         if hasattr(module, 'with_cp'):
             module.with_cp = False

@@ -15,7 +15,6 @@ Layout: features are channel-last `[BB, N, H_l, W_l, C]` for both paths (the lay
 reads coalesced); the fallback permutes to channel-first internally for `F.grid_sample`.
 """
 import math
-import os
 import warnings
 
 import torch
@@ -32,8 +31,6 @@ def _get_cuda_op():
     global _cuda_op, _cuda_import_tried
     if not _cuda_import_tried:
         _cuda_import_tried = True
-        if os.environ.get('OPS_MSMV_FALLBACK', '0') == '1':
-            return None
         try:
             from .msmv_cuda import msmv_sampling_cuda
             _cuda_op = msmv_sampling_cuda
@@ -124,8 +121,8 @@ def msmv_sampling(mlvl_feats, sampling_locations, scale_weights):
     """Multi-scale multi-view sampling: the CUDA op for CUDA inputs when it is built, else the fallback.
 
     Shapes as `msmv_sampling_pytorch`: features L x `[BB, N, H_l, W_l, C]` (channel-last), locations
-    `[BB, Q, P, 3]`, weights `[BB, Q, P, L]` -> `[BB, Q, C, P]`. Set OPS_MSMV_FALLBACK=1 to force the
-    fallback on the GPU.
+    `[BB, Q, P, 3]`, weights `[BB, Q, P, L]` -> `[BB, Q, C, P]` (`msmv_sampling_pytorch` is the fallback itself,
+    on any device).
     """
     if sampling_locations.is_cuda:
         op = _get_cuda_op()

@@ -69,10 +69,11 @@ def test_the_benchmark_key_is_known_and_a_config_without_it_means_occ3d_nuscenes
     assert load_config(CONFIG).benchmark == 'occ3d-nuscenes'
     no_key = write(tmp_path / 'no_key.py', 'model = dict(type="OPS")\n')
     assert config_benchmark(load_config(no_key, required=())).name == 'occ3d-nuscenes'
+    from core.benchmarks import benchmark_names
     with pytest.raises(ConfigError) as err:
-        load_config(child(tmp_path, "benchmark = 'occ3d-waymo'\n"))
-    assert str(err.value) == (f"{tmp_path / 'child.py'}: benchmark: unknown benchmark 'occ3d-waymo'; "
-                              f"known: occ3d-nuscenes")
+        load_config(child(tmp_path, "benchmark = 'occ3d-kitti'\n"))
+    assert str(err.value) == (f"{tmp_path / 'child.py'}: benchmark: unknown benchmark 'occ3d-kitti'; "
+                              f"known: {', '.join(benchmark_names())}")
 
 
 @pytest.mark.parametrize('text, key, value, expected', [

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from dist_helpers import free_port
-from engine.train_step import parse_losses_lazy
-from models.cuda_graph import EAGER, without_dropout
-from tiny_detector import build, gt, images, metas_for, no_checkpointing, tiny_cfg
+from accel import accelerate, parse_losses_lazy, policy_from_config
+from accel.cuda_graph import EAGER, without_dropout
+from tiny_detector import build, gt, images, metas_for
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
 
@@ -24,8 +24,8 @@ MICRO_BATCHES = 2    # per rank and step: gradient accumulation, as train.py on 
 
 
 def tiny_model(cuda_graph):
-    built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='faithful', cuda_graph=cuda_graph))
-    return without_dropout(no_checkpointing(built))
+    built = accelerate(build(), policy_from_config(dict(train_cuda_graph=cuda_graph, checkpointing=False)))
+    return without_dropout(built)
 
 
 def losses(model, seed, device):
@@ -56,7 +56,7 @@ def _rank(rank, port, state_path, out_path):
             for index in range(MICRO_BATCHES):
                 losses(ddp, 100 * step + micro_batch_seed(rank, index), device).backward()
             grads.append({n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None})
-        graphs = list(model._train_decoder.graphs.values())
+        graphs = list(model.graphed_steps['train_decoder'].graphs.values())
         if rank == 0:
             torch.save(dict(grads=grads, graphed=len(graphs) == 1 and graphs[0] is not EAGER), out_path)
     finally:

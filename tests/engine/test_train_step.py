@@ -14,8 +14,9 @@ from engine.train_step import (
     parse_losses_lazy,
     regroup_optimizer_state,
 )
-from models.cuda_graph import without_dropout
-from tiny_detector import build, gt, images, metas_for, no_checkpointing, tiny_cfg
+from accel import accelerate, policy_from_config
+from accel.cuda_graph import without_dropout
+from tiny_detector import build, gt, images, metas_for
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
                  paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=0.1),
@@ -32,8 +33,10 @@ def losses_of(model, seed=0):
 
 def test_one_fast_step_equals_one_faithful_step():
     faithful = without_dropout(build()).train()
-    fast = without_dropout(no_checkpointing(build(train_cfg=dict(tiny_cfg()['train_cfg'], mode='fast')))).train()
-    assert fast.train_mode == 'fast'                   # its decoder projects with project_points_fast
+    fast = without_dropout(accelerate(build(), policy_from_config(fast=True))).train()
+    # its decoder projects with project_points_fast, unchecked (accel/accelerate.py)
+    layer = fast.pts_bbox_head.transformer.decoder.decoder_layers[0]
+    assert type(layer.sampling).__name__ == 'FastOPSSampling' and not layer.with_cp
     fast.load_state_dict(faithful.state_dict())
     opt_a = build_optimizer(faithful, dict(OPTIMIZER, foreach=False))
     opt_b = merge_param_groups(build_optimizer(fast, dict(OPTIMIZER, fused=True)))   # as train.py --fast
@@ -182,35 +185,10 @@ def test_a_non_fused_optimizer_is_refused():
         SyncFreeStep(build_optimizer(model, OPTIMIZER))
 
 
-def test_the_training_decoder_is_graphed_in_either_mode_without_checkpointing():
-    for mode in ('faithful', 'fast'):
-        train_cfg = dict(tiny_cfg()['train_cfg'], mode=mode)
-        assert no_checkpointing(build(train_cfg=train_cfg)).graphs_train_decoder()
-        assert not build(train_cfg=train_cfg).graphs_train_decoder()                 # checkpointed decoder
-        assert not no_checkpointing(build(train_cfg=dict(train_cfg, cuda_graph=False))).graphs_train_decoder()
-
-
-def test_train_py_turns_the_decoder_checkpointing_off_unless_graphs_are_off():
-    from engine.build import set_train_mode
-    from engine.config import load_config
-    cfg = load_config('configs/ops-t_r50_704x256_8f_12e.py')
-    decoder_cp = lambda cfg: cfg.model.pts_bbox_head.transformer.get('with_cp', True)   # noqa: E731 (OPSTransformer's default)
-    assert decoder_cp(cfg) and cfg.model.img_backbone.with_cp
-    faithful = set_train_mode(copy.deepcopy(cfg))
-    assert not decoder_cp(faithful) and faithful.model.img_backbone.with_cp
-    fast = set_train_mode(copy.deepcopy(cfg), fast=True)
-    assert not decoder_cp(fast) and not fast.model.img_backbone.with_cp
-    # the least memory, as the config says: train.py --cfg-options model.train_cfg.cuda_graph=False
-    eager = load_config('configs/ops-t_r50_704x256_8f_12e.py', {'model.train_cfg.cuda_graph': False})
-    assert decoder_cp(set_train_mode(eager))
-    v2 = load_config('configs/opusv2-t_r50_704x256_8f_50e.py')      # OPUS-V2 cannot graph its decoder
-    assert decoder_cp(set_train_mode(copy.deepcopy(v2))) and not decoder_cp(set_train_mode(v2, fast=True))
-
-
 def test_graphed_parameter_gradients_accumulate_over_backward_passes():
     """A graph returns each parameter's gradient in a static buffer that its next replay overwrites
-    (models/cuda_graph.py: _own_parameter_grads). Here a stand-in for the graphed backward node."""
-    from models.cuda_graph import _own_parameter_grads
+    (accel/cuda_graph.py: _own_parameter_grads). Here a stand-in for the graphed backward node."""
+    from accel.cuda_graph import _own_parameter_grads
     static_grad = torch.zeros(3)
 
     class Replayed(torch.autograd.Function):
@@ -246,12 +224,13 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
     op's and cuDNN's backward: a second eager model measures that noise, and the graph must stay
     within 1e-4 or 4x it. In fast mode the graph holds the backward's TF32 products, so the eager
     backward runs under TF32 there; and the fast losses stay within TF32 rounding of a faithful model's."""
-    from models.cuda_graph import EAGER
-    from models.precision import tf32_matmuls
+    from accel.cuda_graph import EAGER
+    from accel.precision import tf32_matmuls
 
     def model(cuda_graph, mode=mode):
-        built = build(train_cfg=dict(tiny_cfg()['train_cfg'], mode=mode, cuda_graph=cuda_graph))
-        return without_dropout(no_checkpointing(built)).cuda().train()
+        built = accelerate(build(), policy_from_config(dict(preset=mode, train_cuda_graph=cuda_graph,
+                                                            checkpointing=False)))
+        return without_dropout(built).cuda().train()
 
     eager, eager_again, graphed = model(False), model(False), model(True)
     eager_again.load_state_dict(eager.state_dict())
@@ -306,5 +285,5 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
         for name, err in relative_differences(grads[2], grads[0]).items():
             assert err < max(1e-4, 4 * noise), (f'step {step}, {name}: gradients differ by {err:.2e} (relative '
                                                 f'norm); two eager models by up to {noise:.2e}')
-    assert len(graphed._train_decoder.graphs) == 1
-    assert next(iter(graphed._train_decoder.graphs.values())) is not EAGER
+    graphs = graphed.graphed_steps['train_decoder'].graphs
+    assert len(graphs) == 1 and next(iter(graphs.values())) is not EAGER

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.occ_postprocess import CLOSING_KERNEL, dense_occupancy, max_filter3, pack_occupied, unpack_occupied
+from models.occ_postprocess import dense_occupancy, max_filter3, pack_occupied, unpack_occupied
 from occ_reference import reference_occ
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
@@ -100,8 +100,9 @@ def test_cuda_equals_cpu_and_reference():
     np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
     ref = reference_occ(probs.cuda(), points.cuda(), PC_RANGE, VOXEL, GRID, 0.5)
     np.testing.assert_array_equal(gpu.cpu().numpy(), as_grid(ref))
-    # the fast test mode's compiled closing: the same voxels
-    compiled = dense_occupancy(probs.cuda(), points.cuda(), PC_RANGE, VOXEL, GRID, 0.5, compiled=True)
+    # the fast head's compiled closing (accel/kernels.py): the same voxels
+    from accel.kernels import CLOSING_KERNEL, compiled_closing
+    compiled = dense_occupancy(probs.cuda(), points.cuda(), PC_RANGE, VOXEL, GRID, 0.5, closing=compiled_closing)
     assert not CLOSING_KERNEL.failed
     np.testing.assert_array_equal(compiled.cpu().numpy(), cpu.numpy())
 

@@ -151,12 +151,14 @@ def test_online_offline_decision():
     with pytest.raises(ValueError, match='online test mode needs the 6 key-frame images'):
         model.use_online(full[:, :4], metas)
     assert build(online=False).online is False
-    # test-time precision: fast = fp16; faithful = fp32 online, fp16 offline (the original's multi-GPU test)
-    assert model.test_amp_dtype(online=True) is None and model.test_amp_dtype(online=False) == torch.float16
-    assert build(test_cfg=dict(pts=dict(score_thr=0.5), offline_fp16=False)).test_amp_dtype(online=False) is None
-    assert build(test_cfg=dict(pts=dict(score_thr=0.5), mode='fast')).test_amp_dtype(online=True) == torch.float16
-    with pytest.raises(ValueError, match='test_cfg.mode'):
-        build(test_cfg=dict(pts=dict(score_thr=0.5), mode='quick'))
+    # the bare model computes in float32; autocast is the execution policy's (tests/accel/test_accelerate.py)
+    assert model.test_amp_dtype(online=True) is None and model.test_amp_dtype(online=False) is None
+    # the execution settings the model config used to hold: one line naming the new place
+    for key, where in (('mode', 'preset'), ('cuda_graph', 'train_cuda_graph'), ('offline_fp16', 'offline_autocast')):
+        with pytest.raises(ValueError, match=f'test_cfg.{key} is an execution setting; set execution=dict.{where}'):
+            build(test_cfg={'pts': dict(score_thr=0.5), key: True})
+    with pytest.raises(ValueError, match='train_cfg.amp_dtype is an execution setting'):
+        build(train_cfg=dict(tiny_cfg()['train_cfg'], amp_dtype='bf16'))
     with pytest.raises(ValueError, match='unknown test_cfg keys'):
         build(test_cfg=dict(pts=dict(score_thr=0.5), cuda_graphs=True))
 
@@ -218,15 +220,15 @@ def test_the_test_step_makes_no_tensor_from_host_values(offline):
     assert control.count == 2
     model = build().eval()
     torch.nn.init.constant_(model.pts_bbox_head.transformer.decoder.decoder_layers[-1].cls_branch[-1].bias, 4.0)
-    step = model._offline_step if offline else model._online_step
-    step_fn, counts = step.fn, []
+    name = 'offline_step' if offline else 'online_step'
+    step_fn, counts = getattr(model, name), []
 
     def spied(*args, **kwargs):
         with HostTensorSpy() as spy:
             out = step_fn(*args, **kwargs)
         counts.append(spy.count)
         return out
-    step.fn = spied
+    setattr(model, name, spied)
     with torch.no_grad():
         for frames in ([0, 0], [1, 0]):
             img = torch.cat([images(t) for t in frames]) if offline else images(frames[0])

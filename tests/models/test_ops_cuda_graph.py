@@ -1,9 +1,10 @@
-"""The CUDA-graph test step computes exactly what the same step computes eagerly (faithful mode), keeps the
-online cache semantics, and the fast mode agrees with the faithful one."""
+"""The CUDA-graph test step computes exactly what the same step computes eagerly (the faithful policy), keeps
+the online cache semantics, and the fast policy agrees with the faithful one."""
 import numpy as np
 import pytest
 import torch
 
+from accel import accelerate, policy_from_config
 from tiny_detector import H, N, T, W, build, images, metas_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -20,6 +21,11 @@ def run_stream(model, frames_list, offline=False):
     return out
 
 
+def run_by(execution, **kw):
+    """The tiny detector run by the policy of the `execution` dict."""
+    return accelerate(build(**kw), policy_from_config(execution))
+
+
 def confident(model):
     torch.nn.init.constant_(model.pts_bbox_head.transformer.decoder.decoder_layers[-1].cls_branch[-1].bias, 0.5)
     return model
@@ -27,8 +33,8 @@ def confident(model):
 
 def test_graph_replay_equals_eager_bitwise_online_and_offline():
     torch.manual_seed(0)
-    eager = confident(build(test_cfg=dict(pts=dict(score_thr=0.5, padding=True), cuda_graph=False))).cuda().eval()
-    graph = confident(build(test_cfg=dict(pts=dict(score_thr=0.5, padding=True), cuda_graph=True))).cuda().eval()
+    eager = confident(run_by(dict(test_cuda_graph=False))).cuda().eval()
+    graph = confident(run_by(dict(test_cuda_graph=True))).cuda().eval()
     graph.load_state_dict(eager.state_dict())
     for offline in (False, True):
         a, b = run_stream(eager, SEQ, offline), run_stream(graph, SEQ, offline)
@@ -36,8 +42,8 @@ def test_graph_replay_equals_eager_bitwise_online_and_offline():
         for ra, rb in zip(a, b):
             np.testing.assert_array_equal(ra['occ_loc'], rb['occ_loc'])
             np.testing.assert_array_equal(ra['sem_pred'], rb['sem_pred'])
-    from models.cuda_graph import EAGER
-    for step in (graph._online_step, graph._offline_step):       # captured, not fallen back to eager
+    from accel.cuda_graph import EAGER
+    for step in (graph.graphed_steps['online_step'], graph.graphed_steps['offline_step']):   # captured, not eager
         assert len(step.graphs) == 1 and all(entry is not EAGER for entry in step.graphs.values())
     # the cache bookkeeping is the original's: the same keys, oldest first, in both
     assert list(graph.feature_cache.slots) == list(eager.feature_cache.slots)
@@ -49,7 +55,7 @@ def test_graph_replay_equals_eager_bitwise_online_and_offline():
     feats = head.transformer.sampling_layout(feats)
     with torch.no_grad():
         ref = head.get_occ_grids(head.forward_geometry(feats, occ2img, H, W))
-        from models.cuda_graph import GraphedFunction
+        from accel.cuda_graph import GraphedFunction
         step = GraphedFunction(
             lambda f0, f1, f2, f3, m: head.get_occ_grids(head.forward_geometry([f0, f1, f2, f3], m, H, W)))
         for _ in range(2):
@@ -59,8 +65,8 @@ def test_graph_replay_equals_eager_bitwise_online_and_offline():
 
 def test_fast_mode_agrees_with_faithful():
     torch.manual_seed(0)
-    faithful = confident(build()).cuda().eval()
-    fast = confident(build(test_cfg=dict(pts=dict(score_thr=0.5, padding=True), mode='fast'))).cuda().eval()
+    faithful = confident(run_by(None)).cuda().eval()
+    fast = confident(run_by(dict(preset='fast'))).cuda().eval()
     fast.load_state_dict(faithful.state_dict())
     a, b = run_stream(faithful, SEQ), run_stream(fast, SEQ)
     same = total = 0
@@ -76,6 +82,7 @@ def test_fast_mode_agrees_with_faithful():
     # within that of the 0.5 threshold or of another class, or a point within ~1e-3 * 0.5 m of a voxel border
     # (3 axes * 2 * 5e-4 m / 0.4 m ≈ 0.8 %): at least 99 % of the voxels agree
     assert total > 0 and same / total >= 0.99
-    from models.cuda_graph import EAGER
+    from accel.cuda_graph import EAGER
     # the fast step (compiled fused attention inside) was captured, not run eagerly
-    assert fast._online_step.graphs and all(e is not EAGER for e in fast._online_step.graphs.values())
+    graphs = fast.graphed_steps['online_step'].graphs
+    assert graphs and all(e is not EAGER for e in graphs.values())

@@ -36,7 +36,7 @@ class FakeTransformer(BaseModule):
         """The head hands the decoder its features in the sampling layout (here: marked as converted)."""
         return [('sampling layout', f) for f in mlvl_feats]
 
-    def run(self, init_points, query_feat, mlvl_feats, occ2img, image_h, image_w, fast=False):
+    def run(self, init_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
         self.calls.append((init_points, query_feat, mlvl_feats, occ2img, (image_h, image_w)))
         p1 = init_points + 0.01
         p2 = torch.cat([p1 - 0.01, p1 + 0.02], dim=2)

@@ -338,5 +338,4 @@ def test_tiny_training_step_and_inference_on_the_cpu():
     out = model(img=[img], img_metas=[metas], return_loss=False, rescale=True)
     assert len(out) == 1 and out[0]['occ_loc'].shape[1] == 3 and len(out[0]['sem_pred']) > 0
     assert out[0]['sem_pred'].shape[0] == out[0]['occ_loc'].shape[0]
-    assert model.cuda_graph is False
-    assert not no_checkpointing(model).graphs_train_decoder()   # V2's training decoder always runs eagerly
+    assert model.GRAPH_CAPTURABLE is False                     # sparse voxel sets of data-dependent sizes

@@ -65,7 +65,8 @@ class GraphedFunction:
             # A step that cannot be captured (an op that synchronises with the host, say) still
             # computes the right thing eagerly: say so once and run it eagerly from now on.
             warnings.warn(f'CUDA graph capture of {getattr(self.fn, "__name__", self.fn)} failed ({err}); '
-                          f'running it eagerly (slower). Set test_cfg.cuda_graph=False to skip the attempt.')
+                          f'running it eagerly (slower). Set execution=dict(test_cuda_graph=False) '
+                          f'in the config to skip the attempt.')
             return EAGER
         return graph, inputs, outputs
 
@@ -125,8 +126,8 @@ class GraphedTrainingFunction:
                                                      num_warmup_iters=self.warmup, allow_unused_input=True)
         except (RuntimeError, AssertionError) as err:
             warnings.warn(f'CUDA graph capture of the training function {getattr(self.fn, "__name__", self.fn)} '
-                          f'failed ({err}); running it eagerly (slower). Set train_cfg.cuda_graph=False to skip '
-                          f'the attempt.')
+                          f'failed ({err}); running it eagerly (slower). Set execution=dict(train_cuda_graph=False) '
+                          f'in the config to skip the attempt.')
             return EAGER
 
 

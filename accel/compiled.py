@@ -1,6 +1,6 @@
-"""torch.compile'd kernels of the fast test mode, built at their first call, with a way back.
+"""torch.compile'd kernels of the fast modules (accel/kernels.py), built at their first call, with a way back.
 
-A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, the fast mode must
+A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, the fast module must
 still compute the right thing: `CompiledOrNone` then warns once and returns None from every call,
 and its caller runs its eager (faithful) code instead (`or_eager`: the eager code is `fn` itself).
 """
@@ -49,6 +49,6 @@ class CompiledOrNone:
         except Exception as err:  # noqa: BLE001 (inductor/Triton errors have no common base class)
             self._compiled = _FAILED
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            warnings.warn(f'fast test mode: {self.what} could not be built here ({type(err).__name__}: '
+            warnings.warn(f'{self.what} could not be built here ({type(err).__name__}: '
                           f'{first[:200]}); using {self.instead} instead')
             return None

@@ -1,4 +1,4 @@
-"""The decoder's distance-biased self-attention as one fused kernel (the fast test mode).
+"""The decoder's distance-biased self-attention as fused kernels (the fast self-attention, accel/modules.py).
 
 Symbols: B batch, H heads, Q queries, d channels per head (C / H).
 
@@ -9,12 +9,10 @@ for OPS-L (Q = 4800) 737 MB per layer, written and read several times. Here the 
 inside a FlexAttention kernel (torch.nn.attention.flex_attention, compiled by torch.compile) from
 the centroids and tau, so no Q x Q tensor exists; softmax and the value product are fused.
 
-Measured per layer on one H200 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800
-3.8 ms faithful, 0.75 ms fused in bf16 (fp16 since 2026-12-02: the same tensor cores); Q = 600
-0.37 ms faithful, 0.28 ms fused in float32 (bf16 is slower there). Used in eval only: training keeps
-the faithful path, whose attention dropout FlexAttention does not have. On the H200 (2026-12-01) the fast
-test step with this kernel ran OPS-L in 25.1 ms against 64.0 ms before (benchmarks/bench_e2e.py,
-docs/performance.md).
+Per layer on one H200 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800 3.8 ms
+faithful, 0.75 ms fused in half precision; Q = 600 0.37 ms faithful, 0.28 ms fused in float32 (half
+precision is slower there). Used in eval only: training keeps the faithful path, whose attention dropout
+FlexAttention does not have.
 
 Fast training (`sdpa_biased_attention`) keeps the `[B, H, Q, Q]` bias tensor, whose gradient reaches
 tau, but hands it to `F.scaled_dot_product_attention` instead of mmcv's MultiheadAttention: that
@@ -29,14 +27,10 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from .compiled import CompiledOrNone
+from .precision import HALF_MIN_QUERIES
 
 __all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'HALF_MIN_QUERIES',
            'MIN_HEAD_DIMS']
-
-# From this many queries on, the attention runs in half precision (faster at Q = 4800, slower at Q = 600):
-# fp16 q/k/v (10 mantissa bits, bf16 has 7) in the fused test kernel, whose bias stays float32 inside the
-# kernel; fp16 q/k/v and bias in training's SDPA, whose bias is a tensor of magnitudes up to ~100.
-HALF_MIN_QUERIES = 2048
 
 # FlexAttention's compiled kernel needs heads of at least 16 channels (OPS: 256 / 8 = 32; the tests'
 # tiny models have fewer and keep the mask path)

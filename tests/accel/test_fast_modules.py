@@ -1,16 +1,28 @@
-"""The fast test mode's decoder kernels compute the faithful formulas (within float32 rounding)."""
+"""The fast modules (accel/modules.py) and their kernels compute their faithful parents' functions (within
+float32 rounding)."""
+import copy
+
 import pytest
 import torch
 
-from models.compiled import CompiledOrNone
-from models.fused_attention import HALF_MIN_QUERIES, fused_biased_attention, sdpa_biased_attention
-from models.ops_sampling import project_points, project_points_fast
+from accel.compiled import CompiledOrNone
+from accel.fused_attention import HALF_MIN_QUERIES, fused_biased_attention, sdpa_biased_attention
+from accel.kernels import project_points_fast
+from accel.modules import FAST_MODULES
+from models.ops_sampling import project_points
 from models.ops_transformer import OPSSelfAttention, decode_points
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 # float32 machine epsilon 2^-23: one rounding moves a value by at most half of it (relative); a K-term float32
 # sum is within K * eps / 2 of the exact sum of its terms' magnitudes, whatever the order (the K * eps below)
 EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def as_fast(module):
+    """A copy of the faithful `module` as its fast subclass (what `accelerate` swaps in), same weights."""
+    fast = copy.deepcopy(module)
+    fast.__class__ = FAST_MODULES[type(module)]
+    return fast
 
 
 def rig(B, T, N, seed=0):
@@ -67,9 +79,9 @@ def test_fused_attention_equals_the_masked_attention(queries):
         # twice the distances move every logit by tau * d (metres): the branch (~1) changes by far more than
         # the rounding tolerance above (~1e-4); 1e-3 asks for ten times that tolerance
         assert (far - got).abs().max() > 1e-3
-    # the CPU keeps the mask path even when fast is asked for (no compiled kernel there)
+    # on the CPU the fast module keeps the mask path (no compiled kernel there)
     with torch.no_grad():
-        assert torch.equal(module(points, feat, fast=True), expected)
+        assert torch.equal(as_fast(module)(points, feat), expected)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -121,7 +133,7 @@ def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
         assert err < tol, f'{name}: relative error {err:.2e} (tolerance {tol:.0e})'
     if device == 'cuda':
         with torch.no_grad():
-            layer_path = module(points.to(device), feat.to(device), fast=True)
+            layer_path = as_fast(module)(points.to(device), feat.to(device))
         # The same q, k, v and bias, but SDPA may pick another kernel without autograd. float32: other orders
         # in the scores (32 terms) and the value product (Q), and the logits' own roundings: the keys that
         # carry weight have logits |tau * d| up to ~155 here, so each rounding moves a weight by up to 155 *
@@ -131,7 +143,7 @@ def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
         assert relative_error(layer_path, out) < tol
         module.attention.attn.dropout = 0.5
         with torch.no_grad():
-            dropped = module(points.to(device), feat.to(device), fast=True)
+            dropped = as_fast(module)(points.to(device), feat.to(device))
         # dropout 0.5 zeroes half of the weights and doubles the rest: the attention branch changes by a
         # sizeable part of itself, ten times the kernel tolerance above
         assert relative_error(dropped, out) > 1e-2
@@ -146,7 +158,7 @@ def test_compiled_fused_attention_on_cuda(queries):
     feat = torch.randn(1, queries, 256, generator=g).cuda()
     with torch.no_grad():
         expected = module(points, feat)
-        got = module(points, feat, fast=True)
+        got = as_fast(module)(points, feat)
     # float32 kernel below HALF_MIN_QUERIES: in- and out-projection (256 terms each), scores (32) and the value
     # product (Q) in other orders, worst case (544 + Q) eps of the attention branch (|branch| ≈ 1.5 here).
     # fp16 q/k/v from there on (and fp16 probabilities and kernel output): roundings of 2^-11 relative, independent
@@ -158,8 +170,8 @@ def test_compiled_fused_attention_on_cuda(queries):
 
 
 def test_a_kernel_that_cannot_be_built_falls_back_with_one_warning(monkeypatch):
-    """No Triton for this GPU, say: the fast mode warns once and computes the faithful attention."""
-    import models.fused_attention as fa
+    """No Triton for this GPU, say: the fast module warns once and computes the faithful attention."""
+    import accel.fused_attention as fa
 
     calls = []
 
@@ -184,19 +196,19 @@ def test_a_kernel_that_cannot_be_built_falls_back_with_one_warning(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_compiled_sampling_geometry_and_mixing_on_cuda():
-    """The fast test mode's compiled projection + view choice and adaptive mixing against eager float32."""
-    import models.ops_sampling as ops_sampling
+    """The fast modules' compiled projection + view choice and adaptive mixing against eager float32."""
+    import accel.kernels as kernels
     import models.ops_transformer as ops_transformer
     g = torch.Generator().manual_seed(5)
     B, Q, T, G, P, L, N = 1, 300, 8, 4, 4, 4, 6
     mats, _ = rig(B, T, N, seed=5)
     points = torch.rand(B, Q, T, G, P, 3, generator=g) * 80 - 40
     weights = torch.rand(B, Q, G, T, P, L, generator=g).softmax(-1)
-    args = (points.cuda(), weights.cuda(), mats.float().cuda(), 256, 704, N, 1e-5, True)
+    args = (points.cuda(), weights.cuda(), mats.float().cuda(), 256, 704, N, 1e-5)
     with torch.no_grad():
-        loc, w = ops_sampling.SAMPLING_GEOMETRY(*args)
-    assert not ops_sampling.SAMPLING_GEOMETRY.failed
-    ref_loc, ref_w = ops_sampling.sampling_locations(*args)
+        loc, w = kernels.SAMPLING_GEOMETRY(*args)
+    assert not kernels.SAMPLING_GEOMETRY.failed
+    ref_loc, ref_w = kernels.fast_sampling_locations(*args)
     assert torch.equal(w, ref_w)
     # Each float32 evaluation of u = (m_u . p + t_u) / d / W is within (2 cond + 1) eps of the exact value, cond =
     # (sum of |terms| of u * d) / (|d| W) + (sum of |terms| of d) / |d| * |u| (4 roundings per term, 2 divisions);
@@ -217,8 +229,8 @@ def test_compiled_sampling_geometry_and_mixing_on_cuda():
     torch.nn.init.normal_(mix.parameter_generator.weight, std=0.02)
     x, query = torch.randn(B, Q, 4, 32, 64, generator=g).cuda(), torch.randn(B, Q, 256, generator=g).cuda()
     with torch.no_grad():
-        fast, eager = mix(x, query, fast=True), mix(x, query)
-    assert not ops_transformer.MIXING_KERNEL.failed
+        fast, eager = as_fast(mix)(x, query), mix(x, query)
+    assert not kernels.MIXING_KERNEL.failed
     # float32 in other orders: the generator (256 terms), channel mixing (64), point mixing (32), the
     # out-projection (4 * 32 * 64 = 8192) and the two LayerNorms' mean and variance over 32 x 64 = 2048 values
     # (tree reductions on the GPU: log2(2048) = 11 levels each): worst case (256 + 64 + 32 + 8192 + 4 * 11) eps
