@@ -3,12 +3,15 @@
     python gen_sweep_info.py --data-root data/nuscenes --version v1.0-trainval
     python gen_sweep_info.py --data-root data/nuscenes --version v1.0-test
     python gen_sweep_info.py --data-root data/nuscenes --version v1.0-mini
+    python gen_sweep_info.py --data-root data/nuscenes --version v1.0-trainval --benchmark nuscenes-occupancy
 
 Outputs in --out-dir (default: --data-root): nuscenes_infos_{train,val}_sweep.pkl (trainval),
 nuscenes_infos_test_sweep.pkl (test), nuscenes_infos_{train,val}_mini_sweep.pkl (mini). Each is
 `dict(infos=[...], metadata=dict(version=...))` with one info per key frame:
 
-* lidar_path, token, scene_name, scene_token, timestamp (us), occ_path;
+* lidar_path, token, lidar_token, scene_name, scene_token, timestamp (us), occ_path (the label file of
+  --benchmark: Occ3D-nuScenes `gts/<scene_name>/<token>/labels.npz`, nuScenes-Occupancy
+  `occupancy/scene_<scene_token>/occupancy/<lidar_token>.npy`);
 * lidar2ego_translation / _rotation (quaternion w, x, y, z), ego2global_translation / _rotation;
 * cams: for each of the 6 cameras {data_path, type, timestamp (us), cam_intrinsic (3x3),
   sensor2lidar_rotation (3x3, column convention: p_lidar = R p_cam + t), sensor2lidar_translation,
@@ -176,6 +179,7 @@ class InfoBuilder:
         lidar2global = rigid_transform(pose['rotation'], pose['translation']) @ \
             rigid_transform(cs['rotation'], cs['translation'])
         info = dict(lidar_path=osp.join(self.data_root, lidar_sd['filename']), token=sample_token,
+                    lidar_token=lidar_token,
                     scene_name=scene['name'], scene_token=scene['token'], timestamp=sample['timestamp'],
                     lidar2ego_translation=cs['translation'], lidar2ego_rotation=cs['rotation'],
                     ego2global_translation=pose['translation'], ego2global_rotation=pose['rotation'])
@@ -220,7 +224,7 @@ class InfoBuilder:
 
         # the benchmark's one label-path rule, with the label root (docs/data.md, "Label files")
         bench = self.benchmark
-        occ_path = bench.label_path(dict(scene_name=scene['name'], token=sample_token), self.occ_root)
+        occ_path = bench.label_path(info, self.occ_root)
         if self.check_files and self.require_occ and not osp.isfile(occ_path):
             raise DataPrepError(
                 f'{bench.title} label file missing: {occ_path}. Extract the {bench.label_root_dir}/ folder of '

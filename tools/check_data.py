@@ -4,6 +4,7 @@
     python tools/check_data.py --config CFG --splits val --no-images                   # labels only
     python tools/check_data.py --infos data/nuscenes/nuscenes_infos_val_sweep.pkl      # an info pickle
     python tools/check_data.py --infos PKL --occ-root data/nuscenes/gts --no-sweeps
+    python tools/check_data.py --infos PKL --benchmark nuscenes-occupancy --occ-root data/nuscenes/occupancy
 
 With --config it checks what each split's pipeline reads (key-frame images, camera sweeps when the
 config uses past frames, the Occ3D labels) plus the labels the evaluation reads (val, test); with
@@ -34,7 +35,8 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config values, e.g. data.val.ann_file=...')
     parser.add_argument('--occ-root', help='with --infos: Occ3D gts/ folder (default: the infos\' occ_path)')
-    parser.add_argument('--benchmark', default='occ3d-nuscenes',
+    from core.benchmarks import benchmark_names
+    parser.add_argument('--benchmark', default='occ3d-nuscenes', choices=benchmark_names(),
                         help='with --infos: the benchmark whose label layout --occ-root has (core/benchmarks/)')
     parser.add_argument('--no-images', action='store_true', help='check the labels only')
     parser.add_argument('--no-sweeps', action='store_true', help='with --infos: skip the camera sweeps')

@@ -7,7 +7,9 @@ Writes <out>/v1.0-mini/*.json (readable by nuscenes-devkit's NuScenes class), si
 key frame (samples/CAM_*) and per camera sweep (sweeps/CAM_*), a LiDAR scan per key frame
 (samples/LIDAR_TOP/*.pcd.bin), a driveable-area map per scene (maps/*.png) and the Occ3D labels
 (gts/<scene>/<sample_token>/labels.npz). Scene names come from the nuScenes mini split, so the
-devkit's split lists divide the scenes into train and val.
+devkit's split lists divide the scenes into train and val. `--benchmark nuscenes-occupancy` also writes the
+nuScenes-Occupancy labels (occupancy/scene_<scene_token>/occupancy/<lidar_token>.npy, 0.2 m voxels in the LiDAR
+frame: tools/synthetic/nusc_occupancy.py).
 
 This is a test world rendered from simple 3D shapes, deterministic from --seed; see docs/data.md.
 """
@@ -24,8 +26,11 @@ import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from tools.synthetic import calib, writer  # noqa: E402
+from tools.synthetic import calib, nusc_occupancy, writer  # noqa: E402
 from tools.synthetic.world import FREE  # noqa: E402
+
+# label layouts the world can be written in (core/benchmarks/); the Occ3D labels are always written
+BENCHMARKS = ('occ3d-nuscenes', 'nuscenes-occupancy')
 
 
 def parse_args(argv=None):
@@ -43,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument('--force', action='store_true', help='delete --out first if it exists')
     p.add_argument('--skip-if-exists', action='store_true',
                    help='do nothing when --out already holds a complete world generated with the same arguments')
+    p.add_argument('--benchmark', default='occ3d-nuscenes', choices=BENCHMARKS,
+                   help='whose labels to write: occ3d-nuscenes (gts/), or nuscenes-occupancy (occupancy/, '
+                        'besides gts/)')
     p.add_argument('--quiet', action='store_true')
     return p.parse_args(argv)
 
@@ -84,6 +92,8 @@ def generate(args):
     start = time.time()
     root = args.out
     params = {k: getattr(args, k) for k in WORLD_KEYS}
+    if args.benchmark != BENCHMARKS[0]:   # recorded only when not the default, so older worlds stay reusable
+        params['benchmark'] = args.benchmark
     if osp.exists(root):
         done = osp.join(root, PARAMS_FILE)
         if args.skip_if_exists and not args.force and osp.isfile(done):
@@ -114,19 +124,19 @@ def generate(args):
     if not args.quiet:
         from tqdm import tqdm
         progress = tqdm(total=len(tasks), desc='rendering key frames', unit='frame')
-    if args.workers > 1:
-        with multiprocessing.get_context('fork').Pool(args.workers) as pool:
-            results = pool.imap_unordered(writer.render_frame, tasks)
-            for _, _, n, h in results:
-                n_images, hist = n_images + n, hist + h
-                if progress:
-                    progress.update()
-    else:
-        for task in tasks:
-            _, _, n, h = writer.render_frame(task)
+    pool = multiprocessing.get_context('fork').Pool(args.workers) if args.workers > 1 else None
+    try:
+        results = pool.imap_unordered(writer.render_frame, tasks) if pool else map(writer.render_frame, tasks)
+        for _, _, n, h in results:
             n_images, hist = n_images + n, hist + h
             if progress:
                 progress.update()
+        if args.benchmark == 'nuscenes-occupancy':
+            nusc_occupancy.write_world_labels(root, scenes, pool)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
     if progress:
         progress.close()
     width, height = calib.image_size(args.scale)

@@ -200,17 +200,25 @@ class LoadOccFromFile:
     Args:
         occ_root (str | None): the label folder (Occ3D: its gts/ folder).
         benchmark (str): registered benchmark name (core/benchmarks/).
+        arrays (sequence[str] | None): the label-file arrays to load (default: all of the benchmark's), e.g.
+            ['semantics'] where the training needs no mask.
     """
 
     # label-file array -> the key the pipeline carries it under (Collect3D's keys); others keep their name
     RESULT_KEYS = {'semantics': 'voxel_semantics'}
 
-    def __init__(self, occ_root=None, benchmark=DEFAULT_BENCHMARK, ignore_class_names=None):
+    def __init__(self, occ_root=None, benchmark=DEFAULT_BENCHMARK, ignore_class_names=None, arrays=None):
         if ignore_class_names:
             raise ValueError('LoadOccFromFile: ignore_class_names is not supported (the original crashes on it); '
                              'remove the argument')
         self.occ_root = occ_root
         self.benchmark = get_benchmark(benchmark)
+        names = self.benchmark.label_array_names
+        self.arrays = names if arrays is None else tuple(arrays)
+        unknown = [a for a in self.arrays if a not in names]
+        if unknown:
+            raise ValueError(f'LoadOccFromFile: arrays {unknown} are not in {self.benchmark.name} label files, which '
+                             f'hold {list(names)}')
 
     def label_path(self, results):
         """The label file of the sample of `results` (the dataset's input dict: the info's fields, the token as
@@ -230,9 +238,10 @@ class LoadOccFromFile:
             raise FileNotFoundError(
                 f'{bench.title} labels not found: {path}. {LABEL_ROOT_KEY} must be the {bench.label_root_dir}/ '
                 f'folder of {bench.label_source} ({bench.label_layout}). ' + missing_file_message(path))
-        labels = self.benchmark.read_labels(path)
-        for name, dtype in self.benchmark.label_dtypes.items():
-            results[self.RESULT_KEYS.get(name, name)] = labels[name].astype(dtype)
+        labels = self.benchmark.read_labels(path, self.arrays)
+        dtypes = self.benchmark.label_dtypes
+        for name in self.arrays:
+            results[self.RESULT_KEYS.get(name, name)] = labels[name].astype(dtypes[name])
         return results
 
     def __repr__(self):

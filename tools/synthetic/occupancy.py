@@ -13,6 +13,7 @@ frame, voxel 0.4 m, arrays [200, 200, 16] indexed [x, y, z]; label 17 = free.
 """
 import numpy as np
 
+from core.occ3d import BENCHMARK as OCC3D
 from core.occ3d import GRID_SHAPE as GRID
 from core.occ3d import POINT_CLOUD_RANGE, VOXEL_SIZE
 
@@ -29,34 +30,46 @@ LIDAR_MAX_RANGE = 70.0
 _PRIORITY = {MANMADE: 0, VEGETATION: 1, BARRIER: 3, BICYCLE: 3, PEDESTRIAN: 4, TRAFFIC_CONE: 4}
 
 
-def voxel_centres():
-    """Ego-frame centres [200, 200, 16, 3] of all voxels (metres)."""
-    axes = [PC_RANGE[a] + (np.arange(GRID[a]) + 0.5) * VOXEL for a in range(3)]
-    return np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)
+def voxel_axes(grid=OCC3D):
+    """Voxel-centre coordinates along x, y, z (metres, the grid's frame) of a benchmark's grid (cubic voxels)."""
+    lo, voxel = np.array(grid.point_cloud_range[:3]), grid.voxel_size[0]
+    return [lo[a] + (np.arange(grid.grid_shape[a]) + 0.5) * voxel for a in range(3)]
 
 
-def semantics(world: World, ego2global):
-    """uint8 [200, 200, 16] labels in the ego frame of pose `ego2global` (4x4, planar: z and yaw only)."""
-    sem = np.full(GRID, FREE, dtype=np.uint8)
-    centres = voxel_centres()
+def voxel_centres(grid=OCC3D):
+    """Grid-frame centres [X, Y, Z, 3] of all voxels (metres): [200, 200, 16, 3] for Occ3D-nuScenes."""
+    return np.stack(np.meshgrid(*voxel_axes(grid), indexing='ij'), axis=-1)
+
+
+def semantics(world: World, ego2global, grid=OCC3D):
+    """uint8 [X, Y, Z] labels (Occ3D ids, 17 = free) in the frame of pose `ego2global` (4x4, planar: z and yaw
+    only), on the grid of the benchmark description `grid` (Occ3D-nuScenes: [200, 200, 16] in the ego frame;
+    nuScenes-Occupancy: tools/synthetic/nusc_occupancy.py passes its [512, 512, 40] grid and the LiDAR pose)."""
+    shape, lo_range, voxel = grid.grid_shape, np.array(grid.point_cloud_range[:3]), grid.voxel_size[0]
+    axes = voxel_axes(grid)
+    sem = np.full(shape, FREE, dtype=np.uint8)
     # ground: one voxel layer per column, the one whose z-span contains global z = 0
-    col = centres[:, :, 0] @ ego2global[:3, :3].T + ego2global[:3, 3]
+    col = np.stack(np.meshgrid(axes[0], axes[1], axes[2][:1], indexing='ij'), axis=-1)[:, :, 0]
+    col = col @ ego2global[:3, :3].T + ego2global[:3, 3]
     ground_z_ego = -ego2global[2, 3]
-    k = int(np.floor((ground_z_ego - PC_RANGE[2]) / VOXEL))
-    if 0 <= k < GRID[2]:
+    k = int(np.floor((ground_z_ego - lo_range[2]) / voxel))
+    if 0 <= k < shape[2]:
         sem[:, :, k] = world.ground_class(col[..., 0], col[..., 1])
     global2ego = np.linalg.inv(ego2global)
-    offsets = np.array([[x, y, z] for x in (-0.1, 0.1) for y in (-0.1, 0.1) for z in (-0.1, 0.1)])
+    # 2 x 2 x 2 sample points per voxel, a quarter voxel from its centre (+-0.1 m for 0.4 m voxels)
+    q = voxel / 4
+    offsets = np.array([[x, y, z] for x in (-q, q) for y in (-q, q) for z in (-q, q)])
     order = sorted(range(len(world)), key=lambda i: (_PRIORITY.get(int(world.label[i]), 2), i))
     for i in order:
         c = global2ego[:3, :3] @ world.centre[i] + global2ego[:3, 3]
         rxy, hz = np.hypot(world.half[i, 0], world.half[i, 1]), world.half[i, 2]
-        lo = np.floor((c - (rxy, rxy, hz) - PC_RANGE[:3]) / VOXEL).astype(int)
-        hi = np.floor((c + (rxy, rxy, hz) - PC_RANGE[:3]) / VOXEL).astype(int) + 1
-        lo, hi = np.maximum(lo, 0), np.minimum(hi, GRID)
+        lo = np.floor((c - (rxy, rxy, hz) - lo_range) / voxel).astype(int)
+        hi = np.floor((c + (rxy, rxy, hz) - lo_range) / voxel).astype(int) + 1
+        lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
         if np.any(lo >= hi):
             continue
-        sub = centres[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        sub = np.stack(np.meshgrid(axes[0][lo[0]:hi[0]], axes[1][lo[1]:hi[1]], axes[2][lo[2]:hi[2]], indexing='ij'),
+                       axis=-1)
         pts = (sub[..., None, :] + offsets) @ ego2global[:3, :3].T + ego2global[:3, 3]
         inside = world.inside(i, pts).any(axis=-1)
         sem[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][inside] = world.label[i]
