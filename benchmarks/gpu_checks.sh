@@ -22,7 +22,7 @@ for m in faithful fast; do
   ( s=$(date +%s); timeout 220 python train.py --config $C --work-dir /tmp/d_$m --device cuda --no-validate --no-progress $X > /tmp/tr_$m.log 2>&1
     echo "train $m rc=$? in $(( $(date +%s) - s )) s" >> /tmp/tr_status ) &
 done
-timeout $(left 120) python -m pytest -q -rs tests/models/test_ops_cuda_graph.py tests/models/test_fast_kernels.py \
+timeout $(left 120) python -m pytest -q -rs tests/models/test_ops_cuda_graph.py tests/accel \
   tests/models/test_occ_postprocess.py tests/engine/test_train_step.py tests/models/test_weights.py \
   tests/loaders/test_gpu_decode.py -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
 el "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|SKIPPED" $OUT/gpu_tests.log | tail -12 | tee -a $L
