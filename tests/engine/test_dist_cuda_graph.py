@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from dist_helpers import free_port
 from accel import accelerate, parse_losses_lazy, policy_from_config
 from accel.cuda_graph import EAGER, without_dropout
+from dist_helpers import free_port
 from tiny_detector import build, gt, images, metas_for
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')

@@ -7,6 +7,8 @@ import pytest
 import torch
 from mmcv.runner import build_optimizer
 
+from accel import accelerate, policy_from_config
+from accel.cuda_graph import without_dropout
 from engine.train_step import (
     LazyLogBuffer,
     SyncFreeStep,
@@ -14,8 +16,6 @@ from engine.train_step import (
     parse_losses_lazy,
     regroup_optimizer_state,
 )
-from accel import accelerate, policy_from_config
-from accel.cuda_graph import without_dropout
 from tiny_detector import build, gt, images, metas_for
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,

@@ -16,7 +16,6 @@ import models  # noqa: F401
 from camera_rig import pinhole_rig
 from models.opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from models.opusv2_transformer import OPUSV2Sampling, OPUSV2Transformer
-from tiny_detector import no_checkpointing
 from tiny_opusv2 import TINY_OPUSV2_MODEL_CONFIG
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
