@@ -100,6 +100,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
         build_test_loader,
         build_train_loader,
         set_test_mode,
+        use_gpu_decode,
     )
     from engine.dist import agree_on_checkpoint, wrap_distributed
     from engine.distributed_hooks import CollectiveDistEvalHook, SampleSeedHook
@@ -153,6 +154,8 @@ def train(args, cfg, work_dir, rank, world_size, device):
                         f'step); train without --fast')
     if policy.fused_optimizer:
         cfg.optimizer['fused'] = True
+    if policy.gpu_decode:
+        use_gpu_decode(cfg)
     set_test_mode(cfg, online=world_size == 1)   # the periodic evaluation: online in one process, as val.py
     if policy.train_cuda_graph and policy.checkpointing:
         logger.info('the decoder trains without gradient checkpointing, on CUDA replayed from CUDA graphs (same '

@@ -51,6 +51,10 @@ class ExecutionPolicy:
         lazy_logs (bool): training log values stay device tensors (read at the log interval), with the
             sync-free optimizer step (engine/train_step.py).
         fused_optimizer (bool): AdamW's fused kernel, one launch per lr multiplier.
+        gpu_decode (bool): the data loaders hand the JPEG bytes to the model, which decodes them on the
+            device (nvJPEG on CUDA) with the same augmentation (loaders/pipelines/gpu_decode.py), for machines
+            whose CPU cores cannot decode 48 images per sample at the step rate; the engine converts the
+            pipelines (`engine.build.use_gpu_decode`).
     """
     preset: str = 'faithful'
     fast_modules: bool = False
@@ -64,6 +68,7 @@ class ExecutionPolicy:
     checkpointing: bool = True
     lazy_logs: bool = False
     fused_optimizer: bool = False
+    gpu_decode: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISION_TABLES:

@@ -14,7 +14,8 @@ import os.path as osp
 
 DEFAULT_REVISE_KEYS = [(r'^backbone', 'img_backbone')]
 
-__all__ = ['register_modules', 'build_model', 'build_dataset', 'build_train_loader', 'build_test_loader']
+__all__ = ['register_modules', 'build_model', 'build_dataset', 'build_train_loader', 'build_test_loader',
+           'set_test_mode', 'use_gpu_decode']
 
 
 def register_modules():
@@ -120,4 +121,16 @@ def set_test_mode(cfg, online):
     for split in ('val', 'test'):
         if split in cfg.get('data', {}):
             visit(cfg.data[split].get('pipeline', []))
+    return cfg
+
+
+def use_gpu_decode(cfg):
+    """Convert the config's train, val and test pipelines to the GPU-decode steps (the execution policy's
+    `gpu_decode`; loaders/pipelines/gpu_decode.py: the loaders read JPEG bytes and draw the augmentation, the
+    model decodes on its device). Before the datasets are built; returns `cfg`."""
+    register_modules()
+    from loaders.pipelines import gpu_decode_pipeline
+    for split in ('train', 'val', 'test'):
+        if split in cfg.get('data', {}) and 'pipeline' in cfg.data[split]:
+            cfg.data[split].pipeline = gpu_decode_pipeline(cfg.data[split].pipeline)
     return cfg

@@ -123,3 +123,28 @@ def test_batched_offline_inference_matches_online(tiny_val_setup, single_run, ca
         np.testing.assert_array_equal(a['occ_loc'], b['occ_loc'])
         np.testing.assert_array_equal(a['sem_pred'], b['sem_pred'])
     assert metrics == single
+
+
+def test_gpu_decode_runs_the_same_model_on_the_decoded_images(tiny_val_setup, single_run, capsys):
+    """--gpu-decode (execution.gpu_decode): the loaders hand JPEG bytes to the model, which decodes and resizes
+    them itself (on the CPU here; nvJPEG on a GPU). Its resize differs from PIL's by up to 2 grey levels on some
+    pixels (tests/loaders/test_gpu_decode.py), far below what moves a voxel of this model except at a score
+    threshold: the predictions of every sample agree with the CPU pipeline's."""
+    work, config, checkpoint, _ = tiny_val_setup
+    _, one, _ = single_run
+    decoded = work / 'preds_gpu_decode'
+    val.main(['--config', config, '--weights', checkpoint, '--device', 'cpu', '--gpu-decode', '--save-dir',
+              str(decoded)])
+    assert sorted(os.listdir(decoded)) == sorted(os.listdir(one))
+    same = union = 0
+    for name in os.listdir(one):
+        a, b = np.load(one / name), np.load(decoded / name)
+        cells_a = {tuple(c) + (s,) for c, s in zip(a['occ_loc'], a['sem_pred'])}
+        cells_b = {tuple(c) + (s,) for c, s in zip(b['occ_loc'], b['sem_pred'])}
+        same, union = same + len(cells_a & cells_b), union + len(cells_a | cells_b)
+    assert union > 0 and same / union > 0.9
+    assert 'execution: faithful (gpu_decode=True)' in capsys.readouterr().out
+    from engine.build import use_gpu_decode
+    from engine.config import load_config
+    steps = [step['type'] for step in use_gpu_decode(load_config(config)).data.val.pipeline]
+    assert steps[0] == 'LoadMultiViewJpegFromFiles' and 'LoadMultiViewImageFromFiles' not in steps
