@@ -146,5 +146,5 @@ def test_gpu_decode_runs_the_same_model_on_the_decoded_images(tiny_val_setup, si
     assert 'execution: faithful (gpu_decode=True)' in capsys.readouterr().out
     from engine.build import use_gpu_decode
     from engine.config import load_config
-    steps = [step['type'] for step in use_gpu_decode(load_config(config)).data.val.pipeline]
+    steps = [step['type'] for step in use_gpu_decode(load_config(config, required=('data',))).data.val.pipeline]
     assert steps[0] == 'LoadMultiViewJpegFromFiles' and 'LoadMultiViewImageFromFiles' not in steps
