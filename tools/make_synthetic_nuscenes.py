@@ -5,7 +5,8 @@
 
 Writes <out>/v1.0-mini/*.json (readable by nuscenes-devkit's NuScenes class), six camera JPEGs per
 key frame (samples/CAM_*) and per camera sweep (sweeps/CAM_*), a LiDAR scan per key frame
-(samples/LIDAR_TOP/*.pcd.bin), a driveable-area map per scene (maps/*.png) and the Occ3D labels
+(samples/LIDAR_TOP/*.pcd.bin) and per LiDAR sweep (sweeps/LIDAR_TOP, with --lidar-sweeps), a
+driveable-area map per scene (maps/*.png) and the Occ3D labels
 (gts/<scene>/<sample_token>/labels.npz). Scene names come from the nuScenes mini split, so the
 devkit's split lists divide the scenes into train and val. `--benchmark nuscenes-occupancy` also writes the
 nuScenes-Occupancy labels (occupancy/scene_<scene_token>/occupancy/<lidar_token>.npy, 0.2 m voxels in the LiDAR
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument('--val-scenes', type=int, default=1, help=f'0..{len(writer.MINI_VAL)} (names of the mini val split)')
     p.add_argument('--keyframes', type=int, default=8, help='key frames (samples, 2 Hz) per scene')
     p.add_argument('--sweeps', type=int, default=5, help='camera sweeps between key frames (5 = 12 Hz as nuScenes)')
+    p.add_argument('--lidar-sweeps', type=int, default=0,
+                   help='LiDAR sweeps between key frames (9 = 20 Hz as nuScenes; 0: key-frame scans only)')
     p.add_argument('--scale', type=float, default=0.25, help='image size as a fraction of 1600x900 (0.25 -> 400x225)')
     p.add_argument('--jpeg-quality', type=int, default=92)
     p.add_argument('--workers', type=int, default=2, help='processes rendering frames in parallel')
@@ -65,6 +68,8 @@ def check_args(args):
         raise SystemExit(f'--keyframes must be >= 1, got {args.keyframes}')
     if args.sweeps < 0:
         raise SystemExit(f'--sweeps must be >= 0, got {args.sweeps}')
+    if args.lidar_sweeps < 0:
+        raise SystemExit(f'--lidar-sweeps must be >= 0, got {args.lidar_sweeps}')
     if not 0.01 <= args.scale <= 1.0:
         raise SystemExit(f'--scale must be in [0.01, 1], got {args.scale}')
     if args.workers < 1:
@@ -77,7 +82,8 @@ def make_scenes(args):
     for i, name in enumerate(names):
         rng = np.random.default_rng([args.seed, i, 1])
         scenes.append(writer.SceneConfig(index=i, name=name, seed=args.seed, num_keyframes=args.keyframes,
-                                         num_sweeps=args.sweeps, scale=args.scale, speed=float(rng.uniform(3.5, 6.5)),
+                                         num_sweeps=args.sweeps, num_lidar_sweeps=args.lidar_sweeps,
+                                         scale=args.scale, speed=float(rng.uniform(3.5, 6.5)),
                                          origin=(160.0 + float(rng.uniform(0, 20)), 160.0 + float(rng.uniform(0, 20)))))
     return scenes
 
@@ -92,6 +98,8 @@ def generate(args):
     start = time.time()
     root = args.out
     params = {k: getattr(args, k) for k in WORLD_KEYS}
+    if args.lidar_sweeps:   # recorded only when used: worlds written before the flag existed still match
+        params['lidar_sweeps'] = args.lidar_sweeps
     if args.benchmark != BENCHMARKS[0]:   # recorded only when not the default, so older worlds stay reusable
         params['benchmark'] = args.benchmark
     if osp.exists(root):
@@ -109,6 +117,7 @@ def generate(args):
         shutil.rmtree(root)
     scenes = make_scenes(args)
     for sub in [writer.VERSION, 'maps', f'samples/{writer.LIDAR}'] + \
+            [f'sweeps/{writer.LIDAR}'] * bool(args.lidar_sweeps) + \
             [f'{d}/{c}' for d in ('samples', 'sweeps') for c in calib.CAMERA_NAMES]:
         os.makedirs(osp.join(root, sub), exist_ok=True)
     tables = writer.build_tables(scenes)

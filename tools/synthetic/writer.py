@@ -3,8 +3,10 @@
 
 Timeline of a scene: key frames (samples) every 0.5 s (2 Hz) at the LiDAR timestamp; each camera's
 key-frame image is a few ms off it (calib.CAMERA_TIME_OFFSETS) and `sweeps` camera images lie evenly
-between consecutive key frames (5 -> 12 Hz like nuScenes). The ego drives along the road's right
-lane at a constant speed; every image is rendered from the ego pose at its own timestamp.
+between consecutive key frames (5 -> 12 Hz like nuScenes), as do `num_lidar_sweeps` LiDAR scans
+(sweeps/LIDAR_TOP; 9 -> 20 Hz like nuScenes; 0 by default: key-frame scans only). The ego drives along
+the road's right lane at a constant speed; every image and scan is rendered from the ego pose at its
+own timestamp.
 """
 import hashlib
 import os
@@ -47,6 +49,7 @@ class SceneConfig:
     scale: float
     speed: float
     origin: tuple
+    num_lidar_sweeps: int = 0
     log_name: str = ''
     travel: float = field(init=False)
 
@@ -81,6 +84,17 @@ class SceneConfig:
             out.append((self.key_time(k) + int(round(off * 1e6)), True, k))
         return out
 
+    def lidar_times(self):
+        """[(timestamp_us, is_key_frame, key index it belongs to)] of the LiDAR, in time order."""
+        out = []
+        for k in range(self.num_keyframes):
+            if k > 0:
+                for j in range(1, self.num_lidar_sweeps + 1):
+                    out.append((self.key_time(k - 1) + int(round(j * KEY_INTERVAL / (self.num_lidar_sweeps + 1) * 1e6)),
+                                False, k))
+            out.append((self.key_time(k), True, k))
+        return out
+
 
 def token(*parts):
     """Deterministic 32-hex token (nuScenes tokens are 32 hex characters)."""
@@ -92,8 +106,9 @@ def image_filename(scene: SceneConfig, cam, timestamp, key):
     return f'{folder}/{cam}/{scene.log_name}__{cam}__{timestamp}.jpg'
 
 
-def lidar_filename(scene: SceneConfig, timestamp):
-    return f'samples/{LIDAR}/{scene.log_name}__{LIDAR}__{timestamp}.pcd.bin'
+def lidar_filename(scene: SceneConfig, timestamp, key=True):
+    folder = 'samples' if key else 'sweeps'
+    return f'{folder}/{LIDAR}/{scene.log_name}__{LIDAR}__{timestamp}.pcd.bin'
 
 
 def sensor2ego(cam):
@@ -135,6 +150,10 @@ def render_frame(task):
                     cam_views.append((cam2global, mk, dist))
                 else:
                     cam_views.append((cam2global, intrinsic, dist))
+    for t, key, kk in scene.lidar_times():
+        if kk == k and not key:   # the LiDAR sweeps just before key frame k
+            points, _ = occupancy.lidar_scan(world, scene.ego_pose(t, world) @ sensor2ego(LIDAR))
+            points.tofile(osp.join(root, lidar_filename(scene, t, key=False)))
     t_key = scene.key_time(k)
     ego2global = scene.ego_pose(t_key, world)
     lidar2global = ego2global @ sensor2ego(LIDAR)
@@ -193,7 +212,7 @@ def build_tables(scenes):
         width, height = calib.image_size(scene.scale)
         for ch in channels:
             if ch == LIDAR:
-                frames = [(scene.key_time(k), True, k) for k in range(scene.num_keyframes)]
+                frames = scene.lidar_times()
             else:
                 frames = scene.camera_times(ch)
             sd_tokens = [token(scene.seed, scene.name, 'sd', ch, t) for t, _, _ in frames]
@@ -209,7 +228,7 @@ def build_tables(scenes):
                     ego_pose_token=sd_tokens[n], calibrated_sensor_token=calib_tokens[ch], timestamp=t,
                     fileformat='pcd' if ch == LIDAR else 'jpg', is_key_frame=key,
                     height=0 if ch == LIDAR else height, width=0 if ch == LIDAR else width,
-                    filename=lidar_filename(scene, t) if ch == LIDAR else image_filename(scene, ch, t, key),
+                    filename=lidar_filename(scene, t, key) if ch == LIDAR else image_filename(scene, ch, t, key),
                     prev=sd_tokens[n - 1] if n > 0 else '', next=sd_tokens[n + 1] if n + 1 < len(frames) else ''))
     return tables
 

@@ -17,6 +17,7 @@ from mmcv.utils import build_from_cfg
 from mmdet.datasets.builder import PIPELINES
 
 from core.geometry import rigid_transform
+from lidar_reference import float32_bound
 from loaders.pipelines.points import (
     LiDARToOccSpace,
     LoadPointsFromFile,
@@ -28,7 +29,6 @@ from loaders.pipelines.points import (
 )
 
 POINT_CLOUD_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
-U32 = 2.0 ** -24   # float32 unit roundoff
 # the authors' config (T/S/M/L), restated
 AUTHORS_STEPS = [
     dict(type='LoadPointsFromFile', coord_type='LIDAR', load_dim=5, use_dim=5),
@@ -49,14 +49,6 @@ def keyframe_input(kf, sweeps=()):
     lidar2ego = np.asarray(info['lidar_points']['lidar2ego'], dtype=np.float64)
     return dict(sample_idx='kf', pts_filename=kf.lidar_path, lidar_sweeps=dict(prev=list(sweeps), next=[]),
                 timestamp=info['timestamp'], ego2lidar=np.linalg.inv(lidar2ego))
-
-
-def float32_bound(matrix, points, translation=0.0):
-    """Per coordinate: the rounding of `float32(float32(p @ R.T) + t)` and of a float32 4x4 matmul with float32
-    entries stays below 8 u times the magnitudes of its terms (2 roundings before, 1 of the matrix entries, <= 4
-    of the 4-term dot product, 1 spare)."""
-    magnitude = np.abs(matrix[:3, :3]) @ (np.abs(points) + np.abs(translation)).T + np.abs(matrix[:3, 3:4])
-    return 8 * U32 * magnitude.T
 
 
 def test_key_sweep_and_padding_on_the_real_sweep(real_keyframe):
