@@ -526,8 +526,14 @@ def camera_panel(grid, sample, bench=DEFAULT, mask=None, width=1280):
     scale = width / (3 * next(iter(images.values())).shape[1])
     points, labels = voxel_points_in_lidar(grid, sample, bench, mask)
     canvas, _ = projection_view(images, sample['lidar2img'], points, colours=class_palette(bench.num_classes)[labels],
-                                scale=scale, radius=1)
-    return canvas[:-COLOUR_BAR_HEIGHT]
+                                scale=scale, radius=1, labels=False)
+    canvas = canvas[:-COLOUR_BAR_HEIGHT]
+    h, w = canvas.shape[0] // 2, canvas.shape[1] // 3
+    for row, names in enumerate(PANEL_LAYOUT):       # the camera names only: the panels are small
+        for col, cam in enumerate(names):
+            canvas[row * h:(row + 1) * h, col * w:(col + 1) * w] = _label(canvas[row * h:(row + 1) * h,
+                                                                                 col * w:(col + 1) * w], cam)
+    return canvas
 
 
 def _fit_width(image, width):
@@ -542,19 +548,22 @@ def occupancy_figure(pred, gt=None, bench=DEFAULT, views=VIEWS, width=640, mask=
                      cameras=None):
     """One picture of a prediction and its ground truth in 3D.
 
-    Layout, top to bottom: `title`; for each of `views` a row [prediction | ground truth] (the
-    prediction alone without `gt`), each panel under a caption; `cameras` (an RGB image such as
-    camera_panel's, scaled to the figure's width); the class legend.
+    Layout, top to bottom: `title`; for each of `views` a row [prediction | ground truth] (either alone
+    when the other is None), each panel under a caption; `cameras` (an RGB image such as camera_panel's,
+    scaled to the figure's width); the class legend.
 
     Args:
-        pred, gt (array): [X, Y, Z] label grids of `bench` (checked by the caller: load_prediction, load_gt).
+        pred, gt (array | None): [X, Y, Z] label grids of `bench` (checked by the caller: load_prediction,
+            load_gt); at least one.
         mask (array | None): bool [X, Y, Z]; voxels where it is false are drawn as free in both grids.
         width (int): pixels per panel; the figure is `width` or 2 `width` wide.
         supersample (int): anti-aliasing factor of the 3D panels.
     Returns:
         RGB uint8 [H, W, 3].
     """
-    grids = [('prediction', pred)] + ([('ground truth', gt)] if gt is not None else [])
+    grids = [(name, grid) for name, grid in (('prediction', pred), ('ground truth', gt)) if grid is not None]
+    if not grids:
+        raise ValueError('occupancy_figure: give a prediction, a ground truth or both')
     total = width * len(grids)
     rows = [caption(total, title, size=16)] if title else []
     for view in views:
@@ -563,7 +572,8 @@ def occupancy_figure(pred, gt=None, bench=DEFAULT, views=VIEWS, width=640, mask=
                   for name, grid in grids]
         rows.append(np.concatenate(panels, axis=1))
     if cameras is not None:
-        rows += [caption(total, 'prediction seen by the cameras (voxel centres)'), _fit_width(cameras, total)]
+        seen = 'prediction' if pred is not None else 'ground truth'
+        rows += [caption(total, f'{seen} seen by the cameras (voxel centres)'), _fit_width(cameras, total)]
     rows.append(legend(bench, total))
     return np.concatenate(rows)
 
@@ -578,24 +588,28 @@ def _save_png(image, out):
 def render_main(argv=None):
     parser = argparse.ArgumentParser(prog='visualize.py render', description='3D picture (voxels as shaded cubes) '
                                      'of a prediction beside its ground truth, from a chase and a bird\'s-eye camera')
-    parser.add_argument('--pred', required=True, help='.npz with sem_pred + occ_loc (val.py --save-dir) or semantics')
-    parser.add_argument('--gt', default=None, help='label file (Occ3D labels.npz), drawn beside the prediction')
+    parser.add_argument('--pred', default=None, help='.npz with sem_pred + occ_loc (val.py --save-dir) or semantics')
+    parser.add_argument('--gt', default=None, help='label file (Occ3D labels.npz), drawn beside the prediction '
+                                                   '(or alone)')
     parser.add_argument('--camera-mask', action='store_true', help='with --gt: only camera-visible voxels')
     parser.add_argument('--views', nargs='+', choices=VIEWS, default=list(VIEWS))
     parser.add_argument('--width', type=int, default=640, help='pixels per panel (default 640)')
     parser.add_argument('--supersample', type=int, default=2, help='anti-aliasing factor (default 2; 1: off)')
-    parser.add_argument('--info', default=None, help='info pickle: also draw the prediction\'s voxels on the six '
-                                                     'camera images of the sample (--index or --token)')
+    parser.add_argument('--info', default=None, help='info pickle: also draw the voxels (of the prediction, else of '
+                                                     'the ground truth) on the six camera images of the sample '
+                                                     '(--index or --token)')
     parser.add_argument('--index', type=int, default=0)
     parser.add_argument('--token', default=None)
     parser.add_argument('--data-dir', default=None, help='folder for relative file names (default: the pickle\'s)')
     parser.add_argument('--out', default='occupancy_3d.png')
     _benchmark_argument(parser)
     args = parser.parse_args(argv)
+    if not (args.pred or args.gt):
+        parser.error('give --pred, --gt or both')
     if args.camera_mask and not args.gt:
         parser.error('--camera-mask needs --gt (the mask is the label file\'s)')
     bench = get_benchmark(args.benchmark)
-    pred = load_prediction(args.pred, bench)
+    pred = load_prediction(args.pred, bench) if args.pred else None
     gt, mask = load_gt(args.gt, bench) if args.gt else (None, None)
     if args.camera_mask and mask is None:
         parser.error(f'--camera-mask: benchmark {bench.name} has no camera mask')
@@ -603,7 +617,8 @@ def render_main(argv=None):
     cameras = None
     if args.info:
         sample = load_sample_geometry(args.info, args.index, args.token, args.data_dir, bench.camera_names)
-        cameras = camera_panel(pred, sample, bench, mask, args.width * (2 if gt is not None else 1))
+        cameras = camera_panel(pred if pred is not None else gt, sample, bench, mask,
+                               args.width * (2 if pred is not None and gt is not None else 1))
     title = os.path.basename(os.path.dirname(args.gt)) if args.gt else os.path.basename(args.pred)
     figure = occupancy_figure(pred, gt, bench, args.views, args.width, mask, args.supersample, title, cameras)
     out = _save_png(figure, args.out)

@@ -340,6 +340,12 @@ def test_render_cli_puts_the_prediction_beside_the_ground_truth(tmp_path):
     camera = vis.view_camera('bev', OCC3D, width)
     u, v, _ = project(np.asarray(OCC3D.point_cloud_range[:3]) + np.array([151.5, 61.5, 6]) * 0.4, camera)
     assert hue_matches(bev[v, width + u], PALETTE[VEGETATION]) and tuple(bev[v, u]) == R.BACKGROUND
+    # the ground truth alone: one column
+    out = vis.main(['render', '--gt', str(tmp_path / 'labels.npz'), '--views', 'bev', '--width', '96',
+                    '--supersample', '1', '--out', str(tmp_path / 'gt.png')])
+    figure = np.asarray(Image.open(out).convert('RGB'))
+    assert figure.shape[1] == 96
+    np.testing.assert_array_equal(figure[2 * cap:2 * cap + 96], vis.render_view(gt, OCC3D, 'bev', 96, supersample=1))
 
 
 def test_camera_mask_hides_the_invisible_voxels_in_both_panels(tmp_path):
