@@ -136,7 +136,8 @@ class OccEvaluator:
         mask = {None: '', 'mask_camera': ' (camera mask)'}.get(mask_name, f' ({mask_name} voxels)')
         log_msg(f'{self.benchmark.title} mIoU over {self.miou.num_samples} samples{mask}:\n{self.miou.table()}',
                 logger)
-        log_msg(self.miou.summary_lines()[-1], logger)
+        # the lines after the header and the per-class ones: the mIoU (and the geometry IoU)
+        log_msg('\n'.join(self.miou.summary_lines()[self.miou.num_labels:]), logger)
         out = self.miou.summary() if isinstance(self.miou, SSCMetric) else {'mIoU': self.miou.miou()}
         if self.ray_iou is not None:
             log_msg(f'RayIoU over {self.ray_iou.num_samples} samples:\n{self.ray_iou.table()}', logger)

@@ -133,3 +133,15 @@ def test_the_t_models_build_on_the_benchmark_grid(kind, built):
     torch.testing.assert_close(head.pc_range, torch.tensor(RANGE))   # float32 of the same decimals
     if kind == 'v2':
         assert all(d.voxel_num.tolist() == [512, 512, 40] and d.num_classes == 16 for d in head.densifiers)
+
+
+def test_the_demo_config_is_the_v2_t_config_shrunk():
+    """configs/opusv2-demo_nusc-occupancy_synthetic.py: the checker accepts it; the benchmark's values are V2-T's."""
+    from engine.config import load_config
+    demo = load_config(os.path.join(ROOT, 'configs', 'opusv2-demo_nusc-occupancy_synthetic.py'))
+    full = Config.fromfile(v2_path('t'))
+    changed = differing_keys(demo.model.to_dict(), full.model.to_dict())
+    assert not changed & BENCHMARK_MODEL_KEYS
+    head = demo.model.pts_bbox_head
+    assert (head.num_query, head.transformer.num_layers, head.transformer.num_frames) == (100, 3, 1)
+    assert demo.data.train.type == 'NuScenesOccupancyDataset' and demo.data.train.benchmark == 'nuscenes-occupancy'

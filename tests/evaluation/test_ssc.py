@@ -5,7 +5,8 @@ Reference semantics: the OPUS-V2 authors' `Metric_mIoU_Occupancy` (loaders/old_m
 216dc53: a 17 x 17 histogram and a 2 x 2 occupied(0)/empty(1) histogram over the voxels whose release label is
 not noise, summed over the set; per-class IoU NaN where the class has no ground truth; mIoU = nanmean of the 16
 classes and IoU = the binary histogram's IoU of 'occupied', both x100 rounded to 2 decimals. The expected values
-below are a hand count and a recount with boolean masks per class (no confusion matrix), in float64.
+below are a hand count and a recount with boolean masks per class (no confusion matrix), in float64
+(tests/ssc_oracle.py).
 """
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ import pytest
 from core.benchmarks.nuscenes_occupancy import NUSCENES_OCCUPANCY
 from evaluation.evaluator import evaluate_occupancy, format_summary
 from evaluation.ssc import SSCMetric, geometry_iou_from_confusion
+from ssc_oracle import boolean_recount
 
 LABELS = NUSCENES_OCCUPANCY.label_names     # 16 classes + free
-EMPTY = 16
 
 
 def test_hand_counted_case():
@@ -43,24 +44,6 @@ def test_a_class_without_ground_truth_is_skipped_and_no_occupied_ground_truth_is
     assert np.isnan(geometry_iou_from_confusion(np.diag([0, 0, 5])))
     with pytest.raises(ValueError, match='needs the evaluation mask'):
         metric.add_batch(np.array([0]), np.array([0]))
-
-
-def boolean_recount(samples):
-    """Per class: TP, GT and predicted counts with boolean masks, float64; occupied vs empty the same way."""
-    tp, gt_n, pred_n = np.zeros(16), np.zeros(16), np.zeros(16)
-    geo = np.zeros(3)   # TP, FN, FP of 'occupied'
-    for pred, gt, mask in samples:
-        p, g = pred[mask], gt[mask]
-        for c in range(16):
-            tp[c] += np.logical_and(g == c, p == c).sum()
-            gt_n[c] += (g == c).sum()
-            pred_n[c] += (p == c).sum()
-        geo += [np.logical_and(g != EMPTY, p != EMPTY).sum(), np.logical_and(g != EMPTY, p == EMPTY).sum(),
-                np.logical_and(g == EMPTY, p != EMPTY).sum()]
-    with np.errstate(invalid='ignore', divide='ignore'):
-        iou = tp / (gt_n + pred_n - tp)
-    iou[gt_n == 0] = np.nan
-    return iou, geo[0] / geo.sum()
 
 
 def test_random_grids_match_a_boolean_recount():
