@@ -4,9 +4,10 @@
 #       --benchmark nuscenes-occupancy
 # Scaled down from OPUS-V2-T on nuScenes-Occupancy as configs/opusv2-demo_synthetic.py scales the Occ3D one
 # (1 frame, 96x256 crops, ResNet-18 from scratch, 3 decoder layers, fp32, higher lr), with fewer queries and
-# points: the benchmark's grid cannot shrink (512 x 512 x 40 voxels of 0.2 m, about 4e5 occupied voxels per
-# synthetic frame), and every ground-truth voxel is matched to its nearest predicted point in each layer, so the
-# matching costs grow with the predicted points. Not tuned; a smoke test of the software, not a recipe.
+# points: the benchmark's grid cannot shrink (512 x 512 x 40 voxels of 0.2 m; 8.4e5 to 9.4e5 occupied voxels
+# in a frame of the tests' world), and every ground-truth voxel is matched to its nearest predicted point in
+# each layer, so the matching costs grow with the predicted points. Not tuned; a smoke test of the software,
+# not a recipe.
 _base_ = ['./opusv2-t_r50_704x256_8f_nusc-occupancy_50e.py']
 
 dataset_root = 'data/synthetic-nusc-occupancy/'
