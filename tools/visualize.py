@@ -668,6 +668,10 @@ def scene_frames(pred_dir, info_path=None, scene=None):
             where = (f'{info_path} has no scene {scene} (it has {", ".join(known[:5])}{more})' if scene not in known
                      else f'{pred_dir} holds no prediction of scene {scene}')
             raise UserError(f'{where}; choose a scene with --scene')
+    undated = [info['token'] for info in found if 'timestamp' not in info]
+    if undated:
+        raise UserError(f'{info_path}: the sample {undated[0]} has no timestamp to order the frames by; give the '
+                        f'infos of gen_sweep_info.py, or leave out --info to order by file name')
     found.sort(key=lambda info: info['timestamp'])
     return [dict(token=info['token'], path=files[info['token']], info=info) for info in found]
 
@@ -702,6 +706,8 @@ def video_main(argv=None):
     if os.path.splitext(args.out)[1].lower() not in VIDEO_SUFFIXES:
         raise VideoError(f'--out {args.out}: name it .mp4 (H.264) or .gif')
     bench = get_benchmark(args.benchmark)
+    if args.camera_mask and not bench.camera_mask:
+        parser.error(f'--camera-mask: benchmark {bench.name} has no camera mask')
     frames = scene_frames(args.pred_dir, args.info, args.scene)
     v2 = read_infos(args.info)[1] if args.cameras else None
     base = args.data_dir or (os.path.dirname(os.path.abspath(args.info)) if args.info else None)
