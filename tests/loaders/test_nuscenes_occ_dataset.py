@@ -305,5 +305,6 @@ def test_the_dataset_takes_its_benchmark_by_name(synthetic_infos, monkeypatch):
     assert toy.CLASSES == ('car', 'road', 'tree') and toy.occ_root == osp.join(synthetic_infos.root, 'toy_labels')
     with pytest.raises(KeyError, match='has no CAM_LEFT in its infos'):   # the toy's camera order
         toy.get_data_info(0)
-    with pytest.raises(ValueError, match="unknown benchmark 'occ3d'; known: occ3d-nuscenes, toy-street"):
+    from core.benchmarks import benchmark_names
+    with pytest.raises(ValueError, match=f"unknown benchmark 'occ3d'; known: {', '.join(benchmark_names())}"):
         make_dataset(synthetic_infos, pipeline=None, benchmark='occ3d')
