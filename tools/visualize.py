@@ -225,9 +225,19 @@ def colour_bar(width, max_depth):
     return np.asarray(im)
 
 
+def panel_layout(camera_names):
+    """Rows of three camera names (None: an empty cell): PANEL_LAYOUT for the six nuScenes cameras (fronts on
+    top, as a driver sees them), else the cameras in their order."""
+    if set(camera_names) == {cam for row in PANEL_LAYOUT for cam in row}:
+        return PANEL_LAYOUT
+    names = list(camera_names)
+    return tuple(tuple(names[i:i + 3]) + (None,) * max(0, i + 3 - len(names)) for i in range(0, len(names), 3))
+
+
 def projection_view(images, lidar2imgs, points, colours=None, scale=0.5, max_depth=60.0, radius=1, labels=True,
                     min_depth=MIN_DEPTH):
-    """The six camera images in a 2 x 3 grid with `points` drawn on them.
+    """The camera images in rows of three (panel_layout: the six nuScenes cameras in a 2 x 3 grid) with
+    `points` drawn on them.
 
     Args:
         images (dict): camera name -> RGB uint8 [H, W, 3] (all the same size).
@@ -240,16 +250,19 @@ def projection_view(images, lidar2imgs, points, colours=None, scale=0.5, max_dep
         radius (int): points are (2 radius + 1)^2 squares of panel pixels.
         labels (bool): camera names in the panels' top-left corners.
     Returns:
-        (canvas RGB uint8 [2 h + COLOUR_BAR_HEIGHT, 3 w, 3] with h, w = round(H scale), round(W scale),
+        (canvas RGB uint8 [rows h + COLOUR_BAR_HEIGHT, 3 w, 3] with h, w = round(H scale), round(W scale),
         dict camera -> number of points drawn).
     """
     from PIL import Image
     H, W = next(iter(images.values())).shape[:2]
     h, w = int(round(H * scale)), int(round(W * scale))
-    canvas = np.zeros((2 * h + COLOUR_BAR_HEIGHT, 3 * w, 3), np.uint8)
+    layout = panel_layout(images)
+    canvas = np.zeros((len(layout) * h + COLOUR_BAR_HEIGHT, 3 * w, 3), np.uint8)
     counts = {}
-    for row, names in enumerate(PANEL_LAYOUT):
+    for row, names in enumerate(layout):
         for col, cam in enumerate(names):
+            if cam is None:
+                continue
             img = images[cam]
             if img.shape[:2] != (H, W):
                 raise ValueError(f'projection_view: {cam} is {img.shape[1]}x{img.shape[0]}, the others {W}x{H}')
@@ -261,7 +274,7 @@ def projection_view(images, lidar2imgs, points, colours=None, scale=0.5, max_dep
                 panel = _label(panel, f'{cam}  ({len(index)} points)')
             canvas[row * h:(row + 1) * h, col * w:(col + 1) * w] = panel
             counts[cam] = len(index)
-    canvas[2 * h:] = colour_bar(3 * w, max_depth)
+    canvas[len(layout) * h:] = colour_bar(3 * w, max_depth)
     return canvas, counts
 
 
@@ -518,8 +531,8 @@ def render_view(grid, bench, view, width=640, mask=None, supersample=2, ego=True
 
 
 def camera_panel(grid, sample, bench=DEFAULT, mask=None, width=1280):
-    """The six camera images of `sample` (load_sample_geometry) with the occupied voxel centres of `grid`
-    drawn in class colours, nearest on top: RGB uint8 [2 h, 3 w, 3] with 3 w ~ `width` (projection_view
+    """The camera images of `sample` (load_sample_geometry) with the occupied voxel centres of `grid` drawn
+    in class colours, nearest on top: RGB uint8 [rows h, 3 w, 3] with 3 w ~ `width` (projection_view
     without its depth bar)."""
     from PIL import Image
     images = {cam: np.asarray(Image.open(path).convert('RGB')) for cam, path in sample['images'].items()}
@@ -528,9 +541,12 @@ def camera_panel(grid, sample, bench=DEFAULT, mask=None, width=1280):
     canvas, _ = projection_view(images, sample['lidar2img'], points, colours=class_palette(bench.num_classes)[labels],
                                 scale=scale, radius=1, labels=False)
     canvas = canvas[:-COLOUR_BAR_HEIGHT]
-    h, w = canvas.shape[0] // 2, canvas.shape[1] // 3
-    for row, names in enumerate(PANEL_LAYOUT):       # the camera names only: the panels are small
+    layout = panel_layout(images)
+    h, w = canvas.shape[0] // len(layout), canvas.shape[1] // 3
+    for row, names in enumerate(layout):             # the camera names only: the panels are small
         for col, cam in enumerate(names):
+            if cam is None:
+                continue
             canvas[row * h:(row + 1) * h, col * w:(col + 1) * w] = _label(canvas[row * h:(row + 1) * h,
                                                                                  col * w:(col + 1) * w], cam)
     return canvas

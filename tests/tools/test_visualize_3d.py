@@ -364,10 +364,14 @@ def test_camera_mask_hides_the_invisible_voxels_in_both_panels(tmp_path):
     assert not hue_matches(empty.reshape(-1, 3)[np.argmax(empty.min(-1) < 255)], PALETTE[CAR])
 
 
-def test_camera_panel_draws_voxel_centres_where_the_cameras_see_them(tmp_path):
+@pytest.mark.parametrize('names, yaws, front_cell', [
+    (('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT'),
+     (0, -60, 60, 180, 120, -120), (0, 1)),                       # nuScenes: fronts on top, FRONT in the middle
+    (('FRONT', 'FRONT_LEFT', 'FRONT_RIGHT', 'SIDE_LEFT', 'SIDE_RIGHT'), (0, 45, -45, 90, -90), (0, 0)),  # in order
+])
+def test_camera_panel_draws_voxel_centres_where_the_cameras_see_them(tmp_path, names, yaws, front_cell):
     ih, iw, focal = 90, 160, 120.0
-    names = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
-    mats = pinhole_rig([0], [0, -60, 60, 180, 120, -120], ih, iw, focal, 0.0)    # cameras 1.5 m above the LiDAR
+    mats = pinhole_rig([0], list(yaws), ih, iw, focal, 0.0)               # cameras 1.5 m above the LiDAR
     images = {}
     for cam in names:
         images[cam] = str(tmp_path / f'{cam}.png')
@@ -380,8 +384,11 @@ def test_camera_panel_draws_voxel_centres_where_the_cameras_see_them(tmp_path):
     # voxel (125, 101, 2): ego (10.2, 0.6, 0.0) m = LiDAR (9.7, 0.6, -1.0) m; the front camera sits at z = 1.5
     x, y, z = 9.7, 0.6, -1.0 - 1.5
     u, v = iw / 2 + focal * (-y) / x, ih / 2 + focal * (-z) / x
-    assert tuple(canvas[int(v), iw + int(u)]) == tuple(PALETTE[CAR])   # CAM_FRONT: top row, middle column
-    assert not np.any(np.all(canvas[ih:] == PALETTE[CAR], -1))          # the back row does not see it
+    row, col = front_cell
+    assert tuple(canvas[row * ih + int(v), col * iw + int(u)]) == tuple(PALETTE[CAR])
+    assert not np.any(np.all(canvas[ih:] == PALETTE[CAR], -1))          # the second row does not see it
+    if len(names) == 5:
+        assert np.all(canvas[ih:, 2 * iw:] == 0)                          # the sixth cell stays empty
 
 
 # ------------------------------------------------------------------------------------------ video
