@@ -240,7 +240,8 @@ class WaymoOccDataset(NuScenesOccDataset):
         Args:
             camera_mask (bool | None): None = the benchmark's protocol (mIoU on `mask_camera` voxels); False =
                 mIoU over every voxel of the grid; True = on `mask_camera` voxels.
+            **kwargs: `evaluate_occupancy`'s device, ray_batch, show_progress, rays.
         """
         from evaluation import evaluate_occupancy
         bench = self.benchmark if camera_mask is None else replace(self.benchmark, camera_mask=bool(camera_mask))
-        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger, benchmark=bench)
+        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger, benchmark=bench, **kwargs)

@@ -1,0 +1,15 @@
+# OPS-L on Occ3D-Waymo: 4800 queries x 16 points, 2 sampling points per group and frame, 24 epochs (the
+# OPS-L model of ops-l_r50_704x256_8f_24e.py, with the data, classes and cameras of the Occ3D-Waymo base).
+_base_ = ['./_base_/ops_waymo_r50_704x320_8f.py']
+
+num_query = 4800
+num_points = 2
+num_refines = [1, 2, 4, 8, 16, 16]
+total_epochs = 24
+
+model = dict(
+    pts_bbox_head=dict(
+        num_query=num_query,
+        transformer=dict(num_points=num_points, num_refines=num_refines)))
+
+eval_config = dict(interval=total_epochs)
