@@ -21,7 +21,7 @@ from .ray_origins import RayOrigins
 from .ssc import SSCMetric
 
 __all__ = ['evaluate_occupancy', 'OccEvaluator', 'occ_gt_path', 'load_occ_gt', 'dense_prediction', 'format_summary',
-           'log_msg']
+           'log_msg', 'protocol_lines']
 
 
 def log_msg(msg, logger=None):
@@ -41,22 +41,64 @@ def occ_gt_path(info, occ_root, benchmark=DEFAULT_BENCHMARK):
         raise BenchmarkError(f'evaluation: {exc}') from None
 
 
-def evaluation_mask_name(benchmark):
+def evaluation_mask_name(benchmark, camera_mask=None):
     """The label array whose true voxels the metrics count: the description's `eval_mask` when it has one
-    (nuScenes-Occupancy: 'mask_valid'), else 'mask_camera' with `camera_mask`, else None (every voxel)."""
+    (nuScenes-Occupancy: 'mask_valid'), else 'mask_camera' with `camera_mask`, else None (every voxel).
+
+    `camera_mask` (bool | None) overrides the description's camera mask (None: the description's); asking for
+    a mask the benchmark's label files do not hold is an error naming the benchmark."""
     bench = get_benchmark(benchmark)
-    return getattr(bench, 'eval_mask', 'mask_camera' if bench.camera_mask else None)
+    if hasattr(bench, 'eval_mask'):
+        if camera_mask:
+            raise BenchmarkError(f'{bench.title} has no camera mask (its metric counts the {bench.eval_mask} voxels); '
+                                 f'evaluate with --camera-mask off')
+        return bench.eval_mask
+    if camera_mask is None:
+        camera_mask = bench.camera_mask
+    if camera_mask and 'mask_camera' not in bench.label_array_names:
+        raise BenchmarkError(f'{bench.title} label files hold no mask_camera ({list(bench.label_array_names)}); '
+                             f'evaluate with --camera-mask off')
+    return 'mask_camera' if camera_mask else None
 
 
-def load_occ_gt(path, benchmark=DEFAULT_BENCHMARK):
+def protocol_lines(benchmark, camera_mask=None, num_rays=None):
+    """What an evaluation of `benchmark` counts, as printed above its tables (docs/evaluation.md, "Protocols").
+
+    Args:
+        benchmark (str | Benchmark): the description.
+        camera_mask (bool | None): the override of `evaluation_mask_name`.
+        num_rays (int | None): rays cast per origin when RayIoU is computed.
+    """
+    bench = get_benchmark(benchmark)
+    mask = evaluation_mask_name(bench, camera_mask)
+    grid = ' x '.join(str(n) for n in bench.grid_shape)
+    voxel = '/'.join(f'{v:g}' for v in sorted(set(bench.voxel_size)))
+    rng = ', '.join(f'{v:g}' for v in bench.point_cloud_range)
+    names = bench.class_names
+    lines = [f'protocol: {bench.title} ({bench.name}): grid {grid} of {voxel} m over [{rng}] m',
+             f'  mIoU: {len(names)} classes ({names[0]} .. {names[-1]}), free ({bench.free_label}) not averaged; '
+             + {None: 'every voxel counted', 'mask_camera': 'camera-visible voxels only (mask_camera)'}.get(
+                 mask, f'{mask} voxels only')]
+    if getattr(bench, 'geometry_iou', False):
+        lines.append('  IoU: geometry (occupied vs free) over the same voxels')
+    if bench.ray_iou:
+        from .ray_iou import RAY_THRESHOLDS
+        rays = f'{num_rays:,} rays' if num_rays else 'the virtual LiDAR rays'
+        lines.append(f'  RayIoU: depth thresholds {", ".join(f"{t:g}" for t in RAY_THRESHOLDS)} m; {rays} from the '
+                     f'ego origins of the frames of each scene (evaluation/ray_iou.py, ray_origins.py), no mask')
+    return lines
+
+
+def load_occ_gt(path, benchmark=DEFAULT_BENCHMARK, camera_mask=None):
     """Read a label file: (semantics [X, Y, Z] as stored, the evaluation mask bool [X, Y, Z]: `mask_camera` for
-    Occ3D, `mask_valid` for nuScenes-Occupancy); the mask is None when the benchmark's metric uses none."""
+    Occ3D, `mask_valid` for nuScenes-Occupancy); the mask is None when the metric uses none (`camera_mask`:
+    `evaluation_mask_name`'s override)."""
     bench = get_benchmark(benchmark)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{bench.title} ground truth not found: {path}. Check {LABEL_ROOT_KEY} (the '
                                 f'{bench.label_root_dir}/ folder of {bench.label_source}) or regenerate the info '
                                 f'pickles with gen_sweep_info.py')
-    mask_name = evaluation_mask_name(bench)
+    mask_name = evaluation_mask_name(bench, camera_mask)
     labels = bench.read_labels(path, ('semantics',) + ((mask_name,) if mask_name else ()))
     return labels['semantics'], (labels[mask_name].astype(bool) if mask_name else None)
 
@@ -83,19 +125,23 @@ class OccEvaluator:
         rays (array | None): ray directions (default: the 14,040 virtual LiDAR rays).
         benchmark (str | Benchmark): the protocol (core/benchmarks/): labels, grid, the camera mask of the
             mIoU, whether RayIoU is computed.
+        camera_mask (bool | None): count only camera-visible voxels in the mIoU (None: as the benchmark says).
     """
 
-    def __init__(self, data_infos, occ_root, device=None, ray_batch=None, rays=None, benchmark=DEFAULT_BENCHMARK):
+    def __init__(self, data_infos, occ_root, device=None, ray_batch=None, rays=None, benchmark=DEFAULT_BENCHMARK,
+                 camera_mask=None):
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         device = torch.device(device)
         self.benchmark = bench = get_benchmark(benchmark)
+        self.camera_mask = camera_mask
+        self.mask_name = evaluation_mask_name(bench, camera_mask)
         self.data_infos = data_infos
         self.occ_root = occ_root
         self.grid_shape = bench.grid_shape
         # nuScenes-Occupancy: geometry IoU + mIoU on the non-noise voxels (evaluation/ssc.py)
         self.miou = SSCMetric(bench.label_names) if getattr(bench, 'geometry_iou', False) else \
-            OccMIoU(bench.label_names, use_camera_mask=evaluation_mask_name(bench) is not None)
+            OccMIoU(bench.label_names, use_camera_mask=self.mask_name is not None)
         self.origins = self.ray_iou = None
         if bench.ray_iou:
             if len(set(bench.voxel_size)) != 1:
@@ -113,7 +159,8 @@ class OccEvaluator:
         """Add the prediction for dataset sample `index`."""
         info = self.data_infos[index]
         # read_labels checks the grid shape against the benchmark's, naming the file
-        gt, mask_camera = load_occ_gt(occ_gt_path(info, self.occ_root, self.benchmark), self.benchmark)
+        path = occ_gt_path(info, self.occ_root, self.benchmark)
+        gt, mask_camera = load_occ_gt(path, self.benchmark, self.camera_mask)
         pred = dense_prediction(result, self.grid_shape, self.benchmark.free_label)
         self.miou.add_batch(pred, gt, mask_camera)
         if self.ray_iou is None:
@@ -132,8 +179,9 @@ class OccEvaluator:
         """Log the per-class tables and return dict(mIoU=percent, RayIoU, RayIoU@1/2/4 as fractions); with a
         geometry IoU (nuScenes-Occupancy) dict(mIoU=percent, IoU=percent)."""
         self.flush()
-        mask_name = evaluation_mask_name(self.benchmark)
-        mask = {None: '', 'mask_camera': ' (camera mask)'}.get(mask_name, f' ({mask_name} voxels)')
+        num_rays = None if self.ray_iou is None else len(self.ray_iou.rays)
+        log_msg('\n'.join(protocol_lines(self.benchmark, self.camera_mask, num_rays)), logger)
+        mask = {None: '', 'mask_camera': ' (camera mask)'}.get(self.mask_name, f' ({self.mask_name} voxels)')
         log_msg(f'{self.benchmark.title} mIoU over {self.miou.num_samples} samples{mask}:\n{self.miou.table()}',
                 logger)
         # the lines after the header and the per-class ones: the mIoU (and the geometry IoU)
@@ -146,7 +194,7 @@ class OccEvaluator:
 
 
 def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, ray_batch=None,
-                       show_progress=True, rays=None, benchmark=DEFAULT_BENCHMARK):
+                       show_progress=True, rays=None, benchmark=DEFAULT_BENCHMARK, camera_mask=None):
     """mIoU and RayIoU of `results` against the ground truth of `data_infos` (the benchmark's protocol).
 
     Args:
@@ -162,6 +210,7 @@ def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, 
         show_progress (bool): tqdm bar.
         rays (array | None): float32 [R, 3] ray directions (default: the protocol's 14,040).
         benchmark (str | Benchmark): registered benchmark name (default Occ3D-nuScenes).
+        camera_mask (bool | None): the mIoU on camera-visible voxels only, or on all (None: the benchmark's).
     Returns:
         dict(mIoU=percent rounded to 2 decimals, RayIoU, RayIoU@1, RayIoU@2, RayIoU@4 as fractions); mIoU only
         when the benchmark's RayIoU is off.
@@ -169,7 +218,8 @@ def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, 
     if len(results) != len(data_infos):
         raise ValueError(f'{len(results)} predictions for {len(data_infos)} samples: results must hold one entry '
                          f'per dataset sample, in dataset order')
-    evaluator = OccEvaluator(data_infos, occ_root, device=device, ray_batch=ray_batch, rays=rays, benchmark=benchmark)
+    evaluator = OccEvaluator(data_infos, occ_root, device=device, ray_batch=ray_batch, rays=rays, benchmark=benchmark,
+                             camera_mask=camera_mask)
     indices = range(len(data_infos))
     if show_progress:
         from tqdm import tqdm

@@ -41,11 +41,14 @@ class SavedPredictions:
     Args:
         pred_dir (str): folder of `<token>.npz` files.
         tokens (list[str]): sample tokens in dataset order.
+        grid_shape (tuple[int] | None): the benchmark's grid; given, a prediction with a voxel index outside it
+            (a prediction of another benchmark's grid) is an error naming the file.
     Returns (per item):
         dict(sem_pred=int64 [M], occ_loc=int64 [M, 3]).
     """
 
-    def __init__(self, pred_dir, tokens):
+    def __init__(self, pred_dir, tokens, grid_shape=None):
+        self.grid_shape = None if grid_shape is None else tuple(int(n) for n in grid_shape)
         if not osp.isdir(pred_dir):
             raise FileNotFoundError(f'prediction folder not found: {pred_dir} (write it with val.py --save-dir)')
         self.paths = [osp.join(pred_dir, f'{token}.npz') for token in tokens]
@@ -59,7 +62,15 @@ class SavedPredictions:
         return len(self.paths)
 
     def __getitem__(self, index):
-        return read_prediction(self.paths[index])
+        result = read_prediction(self.paths[index])
+        if self.grid_shape is not None and len(result['occ_loc']):
+            top = tuple(int(v) for v in result['occ_loc'].max(0))
+            if result['occ_loc'].min() < 0 or any(t >= n for t, n in zip(top, self.grid_shape)):
+                grid = ' x '.join(map(str, self.grid_shape))
+                raise PredictionFileError(
+                    f'{self.paths[index]}: voxel indices reach {top}, outside the {grid} grid evaluated: predictions '
+                    f'of another benchmark? Evaluate them with their own --benchmark')
+        return result
 
 
 def read_prediction(path):

@@ -77,6 +77,18 @@ def tiny_val_setup(synthetic_infos, tmp_path_factory):
     return work, str(config), str(checkpoint), synthetic_infos
 
 
+@pytest.fixture(scope='session')
+def single_run(tiny_val_setup):
+    """One val.py run of the tiny model (one process, online mode) with saved predictions: (metrics, preds dir,
+    json path); tests/test_val.py and tests/tools/test_evaluate.py read it."""
+    import val
+    work, config, checkpoint, _ = tiny_val_setup
+    preds, summary = work / 'preds', work / 'metrics.json'
+    metrics = val.main(['--config', config, '--weights', checkpoint, '--device', 'cpu', '--save-dir', str(preds),
+                        '--summary-json', str(summary)])
+    return metrics, preds, summary
+
+
 @pytest.fixture
 def in_dir():
     """Context-free helper: `with in_dir(path): ...` runs the block with `path` as working directory."""

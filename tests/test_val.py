@@ -23,16 +23,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope='module')
-def single_run(tiny_val_setup):
-    """One val.py run (one process, online mode) with saved predictions: (metrics, preds dir, json path)."""
-    work, config, checkpoint, _ = tiny_val_setup
-    preds, summary = work / 'preds', work / 'metrics.json'
-    metrics = val.main(['--config', config, '--weights', checkpoint, '--device', 'cpu', '--save-dir', str(preds),
-                        '--summary-json', str(summary)])
-    return metrics, preds, summary
-
-
 def test_single_process_save_reload_and_metrics(tiny_val_setup, single_run):
     work, config, checkpoint, infos = tiny_val_setup
     metrics, preds, summary = single_run
