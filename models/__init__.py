@@ -5,6 +5,7 @@ layers (models/ops_transformer.py)."""
 from .ops import OPS
 from .ops_head import OPSHead
 from .ops_transformer import OPSTransformer
+from .opus_fusion import OPUSV1Fusion, OPUSV1FusionHead, OPUSV1FusionTransformer  # noqa: F401  (OPUS-Fusion)
 from .opusv2 import OPUSV2
 from .opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from .opusv2_transformer import OPUSV2Transformer
