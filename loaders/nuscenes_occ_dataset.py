@@ -16,6 +16,8 @@ from torch.utils.data import Dataset
 from core.benchmarks import DEFAULT_BENCHMARK, OCC3D_NUSCENES, get_benchmark
 from core.geometry import pad_intrinsic, quaternion_to_matrix, rigid_inverse, rigid_transform
 
+from .pipelines.points import lidar_input_dict
+
 INFO_KEYS = ('token', 'scene_name', 'timestamp', 'cams', 'cam_sweeps', 'lidar2ego_translation', 'lidar2ego_rotation',
              'ego2global_translation', 'ego2global_rotation')
 
@@ -38,6 +40,8 @@ class NuScenesOccDataset(Dataset):
         into_past (int): maximum length of the camera history list (150 as the original).
         benchmark (str): registered benchmark name (core/benchmarks/): camera order, classes, label
             files and metrics.
+        use_lidar (bool): also hand the pipeline the key frame's LiDAR file and sweeps (`pts_filename`,
+            `lidar_sweeps`; OPUS-Fusion); infos without them are an error naming the sample.
 
     Every key frame is a sample (the original forces filter_empty_gt=False). The original's 3D-box
     arguments (classes, modality, box_type_3d, use_valid_flag, filter_empty_gt) are gone: no box
@@ -47,7 +51,7 @@ class NuScenesOccDataset(Dataset):
     CLASSES = OCC3D_NUSCENES.class_names   # mmdet's class list; an instance has its benchmark's
 
     def __init__(self, ann_file, pipeline=None, data_root=None, occ_root=None, test_mode=False, load_interval=1,
-                 into_past=150, benchmark=DEFAULT_BENCHMARK):
+                 into_past=150, benchmark=DEFAULT_BENCHMARK, use_lidar=False):
         if load_interval < 1:
             raise ValueError(f'load_interval must be >= 1, got {load_interval}')
         self.benchmark = get_benchmark(benchmark)
@@ -60,6 +64,7 @@ class NuScenesOccDataset(Dataset):
         self.test_mode = test_mode
         self.load_interval = load_interval
         self.into_past = into_past
+        self.use_lidar = bool(use_lidar)
         self.data_infos = self.load_annotations(ann_file)
         self.pipeline = Compose(pipeline) if pipeline is not None else None
         # one aspect-ratio group for mmdet's (Distributed)GroupSampler
@@ -124,6 +129,8 @@ class NuScenesOccDataset(Dataset):
         input_dict.update(img_filename=img_filename, img_timestamp=img_timestamp, lidar2img=lidar2img,
                           cam_sweeps=dict(prev=self.collect_cam_sweeps(index), next=[]),
                           camera_names=self.benchmark.camera_names)
+        if self.use_lidar:   # the key frame's LiDAR file and its sweeps (OPUS-Fusion, loaders/pipelines/points.py)
+            input_dict.update(lidar_input_dict(info, self.ann_file))
         return input_dict
 
     def prepare(self, index):

@@ -9,6 +9,7 @@ from .gpu_decode import (
 )
 from .loading import LoadMultiViewImageFromFiles, LoadMultiViewImageFromMultiSweeps, LoadOccFromFile, compose_lidar2img
 from .opusv2_transforms import ComposeEgo2Img, RandomTransformOcc
+from .points import LiDARToOccSpace, LoadPointsFromFile, LoadPointsFromMultiSweeps, PointsRangeFilter, lidar_input_dict
 from .test_time_aug import MultiScaleFlipAug3D
 from .transforms import RandomTransformImage
 
@@ -17,4 +18,7 @@ __all__ = ['Collect3D', 'ComposeEgo2Img', 'DefaultFormatBundle3D', 'LoadMultiVie
            'RandomTransformOcc', 'compose_lidar2img',
            # GPU decode path (loaders/pipelines/gpu_decode.py)
            'DeferredRandomTransformImage', 'JpegFormatBundle3D', 'LoadMultiViewJpegFromFiles',
-           'LoadMultiViewJpegFromMultiSweeps', 'gpu_decode_pipeline']
+           'LoadMultiViewJpegFromMultiSweeps', 'gpu_decode_pipeline',
+           # LiDAR points (OPUS-Fusion, loaders/pipelines/points.py)
+           'LiDARToOccSpace', 'LoadPointsFromFile', 'LoadPointsFromMultiSweeps', 'PointsRangeFilter',
+           'lidar_input_dict']

@@ -30,6 +30,9 @@ class DefaultFormatBundle3D:
                 imgs = imgs[None] if imgs.ndim == 3 else imgs
             imgs = np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))
             results['img'] = DC(torch.from_numpy(imgs), stack=True)
+        if 'points' in results:   # [N, D] per sample, N differs: a list in the batch (OPUS-Fusion)
+            results['points'] = DC(torch.from_numpy(np.ascontiguousarray(results['points'], dtype=np.float32)),
+                                   stack=False)
         return results
 
     def __repr__(self):

@@ -308,3 +308,25 @@ def test_the_dataset_takes_its_benchmark_by_name(synthetic_infos, monkeypatch):
     from core.benchmarks import benchmark_names
     with pytest.raises(ValueError, match=f"unknown benchmark 'occ3d'; known: {', '.join(benchmark_names())}"):
         make_dataset(synthetic_infos, pipeline=None, benchmark='occ3d')
+
+
+def test_use_lidar_hands_the_pipeline_the_key_sweep_and_names_infos_without_one(synthetic_infos, tmp_path):
+    """use_lidar=True (OPUS-Fusion): the input dict carries the info's LiDAR file and its sweep list; infos
+    without `lidar_path` are one error naming the pickle and the sample."""
+    import pickle
+    ds = make_dataset(synthetic_infos, 'val', pipeline=[], use_lidar=True)
+    info, d = ds.data_infos[0], ds.get_data_info(0)
+    assert d['pts_filename'] == info['lidar_path'] and d['lidar_sweeps']['prev'] == list(info['lidar_sweeps'])
+    assert 'pts_filename' not in make_dataset(synthetic_infos, 'val', pipeline=[]).get_data_info(0)
+    with open(synthetic_infos.val, 'rb') as f:
+        data = pickle.load(f)
+    for entry in data['infos']:
+        entry.pop('lidar_path')
+    stripped = tmp_path / 'no_lidar.pkl'
+    with open(stripped, 'wb') as f:
+        pickle.dump(data, f)
+    ds = build_dataset(dict(type='NuScenesOccDataset', ann_file=str(stripped), pipeline=[],
+                            data_root=synthetic_infos.root, test_mode=True, use_lidar=True))
+    with pytest.raises(ValueError, match=f"{stripped}: sample {ds.data_infos[0]['token']} has no lidar_path; write the "
+                                         f"infos with gen_sweep_info.py"):
+        ds.get_data_info(0)
