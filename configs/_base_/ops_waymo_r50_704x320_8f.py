@@ -67,7 +67,8 @@ ida_aug_conf = {
 # draw (3, 7) = 0.3..0.7 s covers the base's (4, 8) sweeps = 0.33..0.67 s. Online evaluation (one process, batch 1)
 # needs whole cached frames (loaders/pipelines/loading.py accepts multiples of 6 only) and the model's cache holds
 # 15 frames, less than the 7 x 5 + 1 = 36 this history spans: evaluate offline (several processes, or
-# val.py --batch-size 2 or more), which loads every history image.
+# val.py --batch-size 2 or more), which loads every history image; train.py in one process validates online, so
+# there train with --no-validate.
 _meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
