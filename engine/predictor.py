@@ -31,6 +31,8 @@ for every slot older than the scene; with no earlier call (first frame, or `ego_
 frame fills every slot.
 """
 import contextlib
+import itertools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,9 @@ from core.geometry import pad_intrinsic, rigid_inverse
 __all__ = ['OccupancyPredictor', 'OccupancyResult', 'PredictorInputError', 'test_ida_aug_conf']
 
 CHANNEL_ORDERS = ('bgr', 'rgb')
+# the detector's online cache finds a frame's features by a key (the first camera's filename in the loaders):
+# one per call, never reused, also across predictors
+_FRAME_KEYS = itertools.count()
 # |R^T R - I| and the bottom row of a rigid 4x4 transform: poses written out in float32 are rigid to ~1e-7,
 # a matrix that is not a rotation (a scaled or sheared one, a transposed convention mixed in) misses by >> 1e-3
 RIGID_TOLERANCE = 1e-4
@@ -129,6 +134,18 @@ def test_ida_aug_conf(cfg, path='<config>'):
 
 
 @contextlib.contextmanager
+def _quiet_logger(name, level=logging.WARNING):
+    """Logger `name` at `level` within the block (mmcv logs one INFO record per parameter it initialises)."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
 def _head_outputs(head):
     """Within the block, every `head.forward_geometry(...)` output dict is also appended to the yielded list
     (the detector's test step keeps only the occupancy it computes from them; docs/api.md, "Points")."""
@@ -191,6 +208,9 @@ class OccupancyPredictor:
         points (bool): also return the last decoder layer's points and scores. On CUDA this needs the test
             step eager (`from_config` turns the test CUDA graph off): a graph replay does not run the Python
             that hands them out.
+
+    The predictor runs the detector's online test mode: between the calls of a scene the detector's feature
+    cache holds the earlier frames' features, so the detector must not run other samples in between.
     """
 
     def __init__(self, model, ida_aug_conf, benchmark, device='auto', channel_order='bgr', points=True):
@@ -207,16 +227,15 @@ class OccupancyPredictor:
         self.points = bool(points)
         transformer = model.pts_bbox_head.transformer
         self.num_frames, self.num_views = int(transformer.num_frames), int(model.num_views)
-        if self.num_frames - 1 > model.CACHE_SIZE - 1:
-            raise ValueError(f'{type(model).__name__}: {self.num_frames} frames need {self.num_frames} cached frames; '
-                             f'the online cache holds {model.CACHE_SIZE}')
+        if self.num_frames > model.CACHE_SIZE:
+            raise ValueError(f'{type(model).__name__}: {self.num_frames} frames per sample, but its online feature '
+                             f'cache holds {model.CACHE_SIZE} frames')
         names = tuple(benchmark.camera_names)
         self.camera_names = names if len(names) == self.num_views else tuple(f'camera {n}' for n in
                                                                                 range(self.num_views))
         if self.points and self.device.type == 'cuda' and self._replays_graph():
             raise ValueError('points=True needs the test step run eagerly on CUDA: build the model with '
                              'execution test_cuda_graph=False (from_config does), or pass points=False')
-        self._next_key = 0
         self._history = []           # earlier frames of the scene, newest first (at most T-1)
         self._scene_length = 0
 
@@ -238,7 +257,7 @@ class OccupancyPredictor:
         set_test_mode(cfg, online=True)
         # the test step hands out the points only when it runs as Python (not replayed from a CUDA graph)
         policy = policy_from_config(cfg.get('execution'), fast=fast, test_cuda_graph=False if points else None)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_logger('mmcv'):
             torch.manual_seed(0)    # random initial weights (weights=None) are the same at every call
             model = build_model(cfg.model, checkpoint=weights, trust_checkpoint=trust_checkpoint, execution=policy)
         return cls(model, ida_aug_conf, config_benchmark(cfg, config_path), device=device,
@@ -301,13 +320,20 @@ class OccupancyPredictor:
         N = self.num_views
         images = self._check_images(images)
         intrinsics = _matrices(intrinsics, (N, 3, 3), 'intrinsics')
+        bad = np.flatnonzero(np.abs(intrinsics[:, 2] - [0.0, 0.0, 1.0]).max(axis=1) > 0)
+        if bad.size:
+            raise PredictorInputError(f'intrinsics[{bad[0]}]: last row {intrinsics[bad[0], 2].tolist()}, expected '
+                                      f'[0, 0, 1] (a pinhole camera matrix K in pixels)')
         cam2ego = _matrices(cam2ego, (N, 4, 4), 'cam2ego')
         _check_rigid(cam2ego, 'cam2ego')
         if ego_pose is not None:
             ego_pose = _matrices(ego_pose, (4, 4), 'ego_pose')
             _check_rigid(ego_pose, 'ego_pose')
         if timestamp is not None:
-            timestamp = float(timestamp)
+            try:
+                timestamp = float(timestamp)
+            except (TypeError, ValueError):
+                raise PredictorInputError(f'timestamp: {timestamp!r} is not a number of seconds') from None
             last = self._history[0].timestamp if self._history and ego_pose is not None else None
             if last is not None and not timestamp > last:
                 raise PredictorInputError(f'timestamp {timestamp} is not after the previous frame\'s {last}: give '
@@ -326,7 +352,7 @@ class OccupancyPredictor:
                               if f is not None else current for f in history]
         ego2img = np.stack(frames).astype(np.float32)                                        # [T, N, 4, 4]
 
-        key = f'frame-{self._next_key}'
+        key = f'predictor-frame-{next(_FRAME_KEYS)}'
         keys = [key] + [f.key if f is not None else key for f in history]
         time = 0.0 if timestamp is None else timestamp
         times = [time] + [f.timestamp if f is not None else time for f in history]
@@ -334,7 +360,6 @@ class OccupancyPredictor:
         img = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))[None].to(self.device)
         with _head_outputs(self.model.pts_bbox_head) as outputs, torch.no_grad():
             occupancy = self.model.simple_test(img, [metas])[0]
-        self._next_key += 1
         index = self._scene_length
         result = self._result(occupancy, outputs[-1] if self.points and outputs else None, ego2img,
                               images[0].shape[:2], index, tuple(f.index if f is not None else index for f in history))
