@@ -155,7 +155,15 @@ class WaymoOccDataset(NuScenesOccDataset):
                              f'{self.pose_cameras} or have no image folder ({sorted(IMAGE_FOLDERS)})')
         self.frame_infos = sorted((self.frame_info(info, poses) for info in raw), key=lambda i: i['sample_idx'])
         self.metadata, self.version = {}, None
-        return self.frame_infos[::self.load_interval]
+        samples = self.frame_infos[::self.load_interval]
+        # as gen_sweep_info.py's `cam_sweeps`: the frames between the previous sample and this one, newest first (the
+        # data check reads them, so that with load_interval > 1 the history images are checked too)
+        for position in range(0, len(self.frame_infos), self.load_interval):
+            scene = self.frame_infos[position]['scene_name']
+            between = range(position - 1, max(position - self.load_interval, -1), -1)
+            self.frame_infos[position]['cam_sweeps'] = [
+                self.frame_infos[q]['cams'] for q in between if self.frame_infos[q]['scene_name'] == scene]
+        return samples
 
     def frame_info(self, info, poses):
         """One release info (+ the pose file) -> the project's info dict of that frame (module docstring)."""

@@ -70,6 +70,12 @@ def test_infos_follow_the_release_files(world):
     assert [i['token'] for i in half.data_infos] == ['1000000', '1000002']
     history = half.get_data_info(1)['cam_sweeps']['prev']
     assert [h['FRONT']['data_path'][-11:] for h in history] == ['1000001.png', '1000000.png']
+    # the frames between two samples are their `cam_sweeps` (what the data check reads): every image is checked
+    assert [[s['FRONT']['data_path'][-11:] for s in i['cam_sweeps']] for i in half.data_infos] == [[], ['1000001.png']]
+    from loaders.data_check import info_files
+    checked = info_files(half.data_infos, labels=False)
+    assert sorted(checked) == sorted(osp.join(world.data_root, 'training', IMAGE_FOLDERS[c], f'100000{f}.png')
+                                     for c in CAMS for f in range(3))
 
 
 def world_points(scene, street, ground, cam, frame, count, rng):
