@@ -33,6 +33,7 @@ from dataclasses import replace
 import numpy as np
 from mmdet.datasets import DATASETS
 
+from core.benchmarks import OCC3D_WAYMO
 from core.geometry import pad_intrinsic, rigid_inverse, rigid_transform
 
 from .nuscenes_occ_dataset import NuScenesOccDataset
@@ -118,8 +119,10 @@ class WaymoOccDataset(NuScenesOccDataset):
         pose_cameras (sequence[str]): camera of each entry of the pose file's per-frame lists.
     """
 
+    CLASSES = OCC3D_WAYMO.class_names   # mmdet's class list; an instance has its benchmark's
+
     def __init__(self, ann_file, pose_file, pipeline=None, data_root=None, occ_root=None, test_mode=False,
-                 load_interval=1, into_past=150, benchmark='occ3d-waymo', pose_cameras=POSE_FILE_CAMERAS):
+                 load_interval=1, into_past=150, benchmark=OCC3D_WAYMO.name, pose_cameras=POSE_FILE_CAMERAS):
         self.pose_file = pose_file
         self.pose_cameras = tuple(pose_cameras)
         if occ_root is None:
