@@ -55,9 +55,9 @@ def test_the_pose_file_lists_the_cameras_in_the_releases_order(world):
         yaws.append(round(float(np.degrees(np.arctan2(axis[1], axis[0])))))
     # the rig's pitch and roll (< 1 degree) tilt the axis a little: the yaw rounds to the rig's
     assert yaws == [0, 45, 90, -45, -90]
-    # intrinsics: the padded K of the written image size (a front camera's 96 px wide image: f = 2055 x 0.05)
+    # intrinsics: the padded K of the written image size (FRONT's 2055 px focal length scaled to 96 of 1920 px)
     k = np.asarray(cams[0]['intrinsics'])
-    assert k.shape == (4, 4) and k[0, 0] == pytest.approx(2055 * 0.05, rel=1e-12)   # one float64 product
+    assert k.shape == (4, 4) and k[0, 0] == 2055 * (96 / 1920) and k[3].tolist() == [0, 0, 0, 1]
 
 
 def test_labels_use_the_release_conventions(world):
