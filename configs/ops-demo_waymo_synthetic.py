@@ -46,7 +46,7 @@ _meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'i
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=0),
-    dict(type='LoadOccFromFile', benchmark=benchmark),
+    dict(type='LoadOccFromFile', benchmark=benchmark, arrays=['semantics', 'mask_camera']),
     dict(type='PadViewsToSize', size=_canvas, align='bottom'),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=True),
     dict(type='DefaultFormatBundle3D'),

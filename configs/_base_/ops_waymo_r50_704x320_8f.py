@@ -73,7 +73,8 @@ _meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'i
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=7, train_interval=(3, 7)),
-    dict(type='LoadOccFromFile', occ_root=occ_root, benchmark=benchmark),
+    # the arrays the training reads (the files' LiDAR mask is not decompressed)
+    dict(type='LoadOccFromFile', occ_root=occ_root, benchmark=benchmark, arrays=['semantics', 'mask_camera']),
     dict(type='PadViewsToSize', size=_canvas, align='bottom'),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=True),
     dict(type='DefaultFormatBundle3D'),

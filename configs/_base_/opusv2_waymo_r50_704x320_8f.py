@@ -47,7 +47,9 @@ _meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'ego2occ', 'ego
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
     dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=7, train_interval=(3, 7)),
-    dict(type='LoadOcc3DFromFile', occ_root={{_base_.occ_root}}, benchmark=benchmark),
+    # the arrays the training reads: RandomTransformOcc flips every grid it carries
+    dict(type='LoadOcc3DFromFile', occ_root={{_base_.occ_root}}, benchmark=benchmark,
+         arrays=['semantics', 'mask_camera']),
     dict(type='PadViewsToSize', size={{_base_._canvas}}, align='bottom'),
     dict(type='RandomTransformImage', ida_aug_conf={{_base_.ida_aug_conf}}, training=True),
     dict(type='RandomTransformOcc', bda_aug_conf=_bda_aug_conf),

@@ -72,6 +72,8 @@ def test_the_benchmark_values_and_the_stated_choices(config):
         assert tuple(pad.size) == (1280, 1920) and pad.align == 'bottom'
         types = [s.type for s in pipeline]
         assert types.index('PadViewsToSize') == types.index('RandomTransformImage') - 1
+    occ = next(s for s in cfg.train_pipeline if s.type in ('LoadOccFromFile', 'LoadOcc3DFromFile'))
+    assert occ.arrays == ['semantics', 'mask_camera'] and occ.benchmark == 'occ3d-waymo'
     sweeps = [s for s in cfg.train_pipeline + cfg.test_pipeline if s.type == 'LoadMultiViewImageFromMultiSweeps']
     assert [s.sweeps_num for s in sweeps] == [7, 7] and sweeps[0].train_interval == (3, 7)
     assert sweeps[1].test_mode is True and sweeps[1].test_interval == 5
