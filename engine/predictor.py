@@ -215,6 +215,11 @@ class OccupancyPredictor:
 
     def __init__(self, model, ida_aug_conf, benchmark, device='auto', channel_order='bgr', points=True):
         import torch
+
+        from models.lidar import LidarBranchMixin
+        if isinstance(model, LidarBranchMixin):
+            raise ValueError(f'{type(model).__name__} also reads LiDAR points; the predictor runs the camera-only '
+                             f'models (OPS, OPUS-V2)')
         if channel_order not in CHANNEL_ORDERS:
             raise PredictorInputError(f'channel_order={channel_order!r}; choose one of {CHANNEL_ORDERS}')
         self.device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device)

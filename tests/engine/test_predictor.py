@@ -266,6 +266,9 @@ def test_bad_inputs_are_one_line_errors(rig_predictor, tmp_path):
         assert predictor.scene_length == 1
     with pytest.raises(PredictorInputError, match="channel_order='hsv'"):
         OccupancyPredictor(predictor.model, predictor.ida_aug_conf, predictor.benchmark, channel_order='hsv')
+    from models.opus_fusion import OPUSV1Fusion
+    with pytest.raises(ValueError, match='OPUSV1Fusion also reads LiDAR points'):   # refused before any use
+        OccupancyPredictor(OPUSV1Fusion.__new__(OPUSV1Fusion), predictor.ida_aug_conf, predictor.benchmark)
     from engine.config import ConfigError
     bare = tmp_path / 'no_pipeline.py'
     bare.write_text(TINY_MODEL_CONFIG.format(occ_root='unused'))
