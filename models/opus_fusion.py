@@ -70,7 +70,7 @@ class OPUSV1Fusion(LidarBranchMixin, OPS):
         """
         if not isinstance(points, (list, tuple)) or not points:
             raise ValueError(f'OPUSV1Fusion: points must be a list of per-sample [N, 5] tensors, got '
-                             f'{type(points).__name__}; collect them (FormatPoints, Collect3D keys [..., "points"])')
+                             f'{type(points).__name__}; collect them (Collect3D keys [..., "points"])')
         use_amp = amp_dtype is not None and points[0].is_cuda
         with torch.autocast(points[0].device.type, dtype=amp_dtype if use_amp else None, enabled=use_amp,
                             cache_enabled=False):

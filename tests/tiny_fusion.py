@@ -8,7 +8,7 @@ import torch
 from mmdet.models import build_detector
 
 import models  # noqa: F401  (registers the Fusion modules)
-from tiny_detector import N, PC_RANGE, T, images, metas_for, rig, tiny_cfg  # noqa: F401  (re-exported)
+from tiny_detector import PC_RANGE, N, T, images, metas_for, rig, tiny_cfg  # noqa: F401  (re-exported)
 
 EMBED = 32
 TINY_LIDAR = dict(
