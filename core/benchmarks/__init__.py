@@ -152,6 +152,11 @@ class Benchmark:
         return re.sub(r'\{(\w+)\}', r'<\1>', f'{self.label_root_dir}/{self.label_file}')
 
     @property
+    def label_fix(self):
+        """The end of a message about a bad label file: where correct files come from."""
+        return f'replace it with the file of {self.label_source} ({self.label_layout})'
+
+    @property
     def label_file_fields(self):
         """The info keys `label_file` reads."""
         return tuple(f for _, f, _, _ in string.Formatter().parse(self.label_file) if f)
@@ -193,26 +198,36 @@ class Benchmark:
             arrays (sequence[str] | None): the arrays to read (default: all of `label_arrays`).
         """
         arrays = self.label_array_names if arrays is None else tuple(arrays)
-        fix = f'replace it with the file of {self.label_source} ({self.label_layout})'
+        out = self.load_npz(path, arrays, self.label_array_names, osp.basename(self.label_file))
+        self.check_grid(path, out)
+        return out
+
+    def load_npz(self, path, names, holds, kind):
+        """{name: array} of the arrays `names` of the npz archive `path`, whose kind of file holds `holds`; an
+        unreadable file or a missing array raises LabelFileError naming the file and where correct files come from.
+        `kind` names the file in the message ('labels.npz')."""
+        fix = self.label_fix
         try:
             with np.load(path, allow_pickle=False) as data:
-                missing = [k for k in arrays if k not in data.files]
+                missing = [k for k in names if k not in data.files]
                 if missing:
                     raise LabelFileError(f'{path}: lacks the array(s) {missing} (it holds {sorted(data.files)}); '
-                                         f'{self.name} label files hold {list(self.label_array_names)}; {fix}')
-                out = {k: data[k] for k in arrays}
+                                         f'{self.name} label files hold {list(holds)}; {fix}')
+                return {k: data[k] for k in names}
         except LabelFileError:
             raise
         except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
             size = osp.getsize(path) if osp.isfile(path) else 0
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            kind = osp.basename(self.label_file)
             raise LabelFileError(f'{path}: not a readable {kind} ({size:,} bytes; {detail}); {fix}') from exc
-        for key, value in out.items():
+
+    def check_grid(self, path, arrays):
+        """Every array of `arrays` ({name: array} read from `path`) has the benchmark's grid shape, else
+        LabelFileError naming the file, the array and the shape."""
+        for key, value in arrays.items():
             if value.shape != self.grid_shape:
                 raise LabelFileError(f'{path}: {key} has shape {value.shape}, expected {self.grid_shape} (x, y, z), '
-                                     f'the grid of benchmark {self.name}; {fix}')
-        return out
+                                     f'the grid of benchmark {self.name}; {self.label_fix}')
 
 
 _REGISTRY = {}

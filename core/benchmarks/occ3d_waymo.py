@@ -40,9 +40,7 @@ Field this description adds to `Benchmark`:
   LiDAR positions of a sequence's frames: from the vehicle origin, which lies on the road, every downward ray
   would start inside the road voxels.
 """
-import os.path as osp
 import re
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,32 +107,16 @@ class Occ3DWaymoBenchmark(Benchmark):
         unknown = [k for k in arrays if k not in self.label_array_names]
         if unknown:
             raise LabelFileError(f'{path}: {self.name} label files give {list(self.label_array_names)}, not {unknown}')
-        fix = f'replace it with the file of {self.label_source} ({self.label_layout})'
         needed = [r for r in RELEASE_FILE_ARRAYS if any(r in RELEASE_ARRAYS[k] for k in arrays)]
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                missing = [r for r in needed if r not in data.files]
-                if missing:
-                    raise LabelFileError(f'{path}: lacks the array(s) {missing} (it holds {sorted(data.files)}); '
-                                         f'{self.title} files hold {list(RELEASE_FILE_ARRAYS)}; {fix}')
-                release = {r: data[r] for r in needed}
-        except LabelFileError:
-            raise
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
-            size = osp.getsize(path) if osp.isfile(path) else 0
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LabelFileError(f'{path}: not a readable .npz archive ({size:,} bytes; {detail}); {fix}') from exc
-        for name, value in release.items():
-            if value.shape != self.grid_shape:
-                raise LabelFileError(f'{path}: {name} has shape {value.shape}, expected {self.grid_shape} (x, y, z), '
-                                     f'the grid of benchmark {self.name}; {fix}')
+        release = self.load_npz(path, needed, RELEASE_FILE_ARRAYS, '.npz archive')
+        self.check_grid(path, release)
         out = {}
         for key in arrays:
             if key == 'semantics':
                 out[key], unexpected = release_semantics(release['voxel_label'], self.num_classes, self.free_label)
                 if unexpected:
                     raise LabelFileError(f'{path}: voxel_label holds ids {unexpected}; {self.title} ids are '
-                                         f'0..{self.num_classes - 1} and {RELEASE_FREE_ID} (free); {fix}')
+                                         f'0..{self.num_classes - 1} and {RELEASE_FREE_ID} (free); {self.label_fix}')
             else:
                 mask = np.ones(self.grid_shape, dtype=bool)
                 for name in RELEASE_ARRAYS[key]:
