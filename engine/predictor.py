@@ -39,7 +39,7 @@ import numpy as np
 
 from core.geometry import pad_intrinsic, rigid_inverse
 
-__all__ = ['OccupancyPredictor', 'OccupancyResult', 'PredictorInputError', 'test_ida_aug_conf']
+__all__ = ['OccupancyPredictor', 'OccupancyResult', 'PredictorInputError', 'ida_aug_conf_of_test_pipeline']
 
 CHANNEL_ORDERS = ('bgr', 'rgb')
 # the detector's online cache finds a frame's features by a key (the first camera's filename in the loaders):
@@ -116,7 +116,7 @@ def _pipeline_steps(steps):
             yield from _pipeline_steps(step.get('transforms'))
 
 
-def test_ida_aug_conf(cfg, path='<config>'):
+def ida_aug_conf_of_test_pipeline(cfg, path='<config>'):
     """The `ida_aug_conf` of the test pipeline's `RandomTransformImage` step (data.test, data.val or
     test_pipeline), merged with the step's defaults; a ConfigError when the config has none."""
     from engine.config import ConfigError
@@ -200,8 +200,8 @@ class OccupancyPredictor:
 
     Args:
         model: an OPS-family detector (engine.build.build_model), with its weights.
-        ida_aug_conf (dict): the test pipeline's image augmentation (`test_ida_aug_conf`): final_dim (fH, fW)
-            and bot_pct_lim are used; H and W are taken from the images of each call.
+        ida_aug_conf (dict): the test pipeline's image augmentation (`ida_aug_conf_of_test_pipeline`): final_dim
+            (fH, fW) and bot_pct_lim are used; H and W are taken from the images of each call.
         benchmark: the config's `Benchmark` (core/benchmarks/): camera order, grid, classes.
         device (str): 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...
         channel_order (str): 'bgr' (default: cv2 / mmcv order, what the loaders give the model) or 'rgb'.
@@ -258,7 +258,7 @@ class OccupancyPredictor:
         from engine.build import build_model, set_test_mode
         from engine.config import config_benchmark, load_config
         cfg = load_config(config_path, required=('model',))
-        ida_aug_conf = test_ida_aug_conf(cfg, config_path)
+        ida_aug_conf = ida_aug_conf_of_test_pipeline(cfg, config_path)
         set_test_mode(cfg, online=True)
         # the test step hands out the points only when it runs as Python (not replayed from a CUDA graph)
         policy = policy_from_config(cfg.get('execution'), fast=fast, test_cuda_graph=False if points else None)
