@@ -58,6 +58,9 @@ class OPS(BaseDetector):
             cache); False: offline (all T*N images); None: from the input, online when only the N
             key-frame images are given (docs/method.md, "Test modes"). The entry points set it from
             the number of processes (engine/build.py, `set_test_mode`).
+        cache_size (int): frames the online cache keeps (FIFO); 15 as the original (which pops while it holds
+            16), enough for 7 history frames one key frame apart; a history that reaches further back needs more
+            (Occ3D-Waymo: 7 frames 5 samples apart, 36).
         train_cfg, test_cfg (dict): the method's settings, `pts` entries handed to the head. How the model
             is executed (autocast dtypes, CUDA graphs, kernels, matrix-product precision) is not model
             config: the engine applies an execution policy after building it (accel/, `accelerate`).
@@ -68,12 +71,11 @@ class OPS(BaseDetector):
     """
     # the device entry points have static shapes, so that a CUDA graph can capture them (accel/cuda_graph.py)
     GRAPH_CAPTURABLE = True
-    CACHE_SIZE = 15  # frames kept by the online cache (FIFO), as the original (pop while size >= 16)
     # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img
     PROJECTION_KEY = 'lidar2img'
 
     def __init__(self, img_backbone, img_neck, pts_bbox_head, data_aug=None, stop_prev_grad=0,
-                 use_grid_mask=False, online=None, train_cfg=None, test_cfg=None, init_cfg=None):
+                 use_grid_mask=False, online=None, cache_size=15, train_cfg=None, test_cfg=None, init_cfg=None):
         super().__init__(init_cfg)
         if use_grid_mask:
             raise ValueError('OPS: use_grid_mask=True is not supported (GridMask is disabled in the published '
@@ -99,7 +101,8 @@ class OPS(BaseDetector):
         self.size_divisor = data_aug.get('img_pad_cfg', {}).get('size_divisor', 1)
         self.stop_prev_grad = stop_prev_grad
         self.online = online
-        self.feature_cache = FrameFeatureCache(self.CACHE_SIZE)
+        self.cache_size = int(cache_size)
+        self.feature_cache = FrameFeatureCache(self.cache_size)
 
     # ------------------------------------------------------------------ image branch
     @property

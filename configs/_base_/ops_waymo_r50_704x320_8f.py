@@ -28,6 +28,7 @@ _free_label = 15
 _num_views = 5
 
 model = dict(
+    cache_size=36,   # the online cache: 7 history frames 5 frames apart + the current one (see the pipelines)
     pts_bbox_head=dict(
         num_classes=num_classes,
         empty_label=_free_label,
@@ -63,12 +64,10 @@ ida_aug_conf = {
 }
 
 # History: every Occ3D-Waymo frame is labelled (10 Hz) and the dataset lists the previous frames, one entry per
-# frame. test_interval 5 = 0.5 s between history frames, as the base's key frames (6 sweeps at 12 Hz); the training
-# draw (3, 7) = 0.3..0.7 s covers the base's (4, 8) sweeps = 0.33..0.67 s. Online evaluation (one process, batch 1)
-# needs whole cached frames (loaders/pipelines/loading.py accepts multiples of 6 only) and the model's cache holds
-# 15 frames, less than the 7 x 5 + 1 = 36 this history spans: evaluate offline (several processes, or
-# val.py --batch-size 2 or more), which loads every history image; train.py in one process validates online, so
-# there train with --no-validate.
+# frame (history_per_sample=1). test_interval 5 = 0.5 s between history frames, as the base's key frames (6 sweeps at
+# 12 Hz); the training draw (3, 7) = 0.3..0.7 s covers the base's (4, 8) sweeps = 0.33..0.67 s. Online evaluation
+# (one process, batch 1) reads the history features from the model's cache, which must hold the 7 x 5 + 1 = 36
+# frames this history spans (model.cache_size below).
 _meta_keys = ('filename', 'ori_shape', 'img_shape', 'pad_shape', 'lidar2img', 'img_timestamp', 'ego2lidar')
 train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
@@ -82,7 +81,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, color_type='color'),
-    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=7, test_mode=True, test_interval=5),
+    dict(type='LoadMultiViewImageFromMultiSweeps', sweeps_num=7, test_mode=True, test_interval=5, history_per_sample=1),
     dict(type='PadViewsToSize', size=_canvas, align='bottom'),
     dict(type='RandomTransformImage', ida_aug_conf=ida_aug_conf, training=False),
     # one test-time "augmentation": the sample is wrapped in one-element lists (mmdet3d's test format)

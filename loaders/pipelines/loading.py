@@ -85,7 +85,8 @@ class LoadMultiViewImageFromFiles:
 class LoadMultiViewImageFromMultiSweeps:
     """Append `sweeps_num` past frames (N images each) chosen from `results['cam_sweeps']['prev']`.
 
-    Frame choice (docs/method.md, "Camera history"), L = number of history entries (6 per key-frame interval):
+    Frame choice (docs/method.md, "Camera history"), L = number of history entries (`history_per_sample` between
+    consecutive samples: 6 on nuScenes, 5 sweeps and the previous key frame; 1 on Occ3D-Waymo, every frame a sample):
     * L == 0: the current frame is repeated;
     * test_mode: entries (k+1)*test_interval - 1 (the previous key frames), clamped to L-1;
     * training, L <= sweeps_num: all entries, the last one repeated;
@@ -107,7 +108,7 @@ class LoadMultiViewImageFromMultiSweeps:
     loads_history_frames = True
 
     def __init__(self, sweeps_num=7, color_type='color', test_mode=False, train_interval=(4, 8), test_interval=6,
-                 online=False, backend='auto'):
+                 online=False, backend='auto', history_per_sample=6):
         if sweeps_num < 0:
             raise ValueError(f'sweeps_num must be >= 0, got {sweeps_num}')
         if color_type != 'color':
@@ -123,9 +124,12 @@ class LoadMultiViewImageFromMultiSweeps:
         self.test_interval = test_interval
         self.backend = backend
         self.online = bool(online)
-        if self.online and test_interval % 6 != 0:
-            raise ValueError(f'online mode needs test_interval to be a multiple of 6 (whole key frames, whose '
-                             f'features the model caches), got {test_interval}')
+        if history_per_sample < 1:
+            raise ValueError(f'history_per_sample must be >= 1, got {history_per_sample}')
+        self.history_per_sample = history_per_sample
+        if self.online and test_interval % history_per_sample != 0:
+            raise ValueError(f'online mode needs test_interval to be a multiple of {history_per_sample} (history_per_'
+                             f'sample: whole earlier samples, whose features the model caches), got {test_interval}')
 
     def choose(self, num_history):
         """Indices into the history list (ascending, nearest first)."""

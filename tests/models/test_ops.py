@@ -136,6 +136,22 @@ def test_online_cache_is_fifo_of_15_and_needs_history():
     assert len(model.feature_cache.slots) == 0      # features of old weights are dropped when training resumes
 
 
+@pytest.mark.parametrize('cache_size, reaches', [(5, False), (6, True)])
+def test_the_cache_size_bounds_how_far_back_online_history_reaches(cache_size, reaches):
+    """A history frame 5 samples back (Occ3D-Waymo's test_interval) needs the 5 frames after it in the cache too:
+    cache_size 6 holds it when sample 5 arrives, cache_size 5 has dropped it (FIFO)."""
+    model = build(cache_size=cache_size).eval()
+    assert model.cache_size == cache_size
+    with torch.no_grad():
+        for t in range(5):
+            model(img=[images(t)[None]], img_metas=[[metas_for([t, max(t - 5, 0)])]], return_loss=False)
+        if reaches:
+            model(img=[images(5)[None]], img_metas=[[metas_for([5, 0])]], return_loss=False)
+        else:
+            with pytest.raises(RuntimeError, match='not in the cache'):
+                model(img=[images(5)[None]], img_metas=[[metas_for([5, 0])]], return_loss=False)
+
+
 def test_online_offline_decision():
     model = build().eval()
     cur, full = images(1)[None], torch.cat([images(1), images(0)])[None]

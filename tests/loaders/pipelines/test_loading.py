@@ -147,6 +147,8 @@ def test_online_is_chosen_explicitly_and_set_test_mode_sets_it(monkeypatch):
         LoadMultiViewImageFromMultiSweeps(test_mode=False, online=True)
     with pytest.raises(ValueError, match='multiple of 6'):
         LoadMultiViewImageFromMultiSweeps(test_mode=True, online=True, test_interval=4)
+    # one history entry per sample (Occ3D-Waymo): any whole number of samples back is cached
+    assert LoadMultiViewImageFromMultiSweeps(test_mode=True, online=True, test_interval=5, history_per_sample=1).online
     # the entry points' one decision reaches the model and every multi-frame loading step
     from engine.build import set_test_mode
     from engine.config import load_config
