@@ -232,9 +232,9 @@ class OccupancyPredictor:
         self.points = bool(points)
         transformer = model.pts_bbox_head.transformer
         self.num_frames, self.num_views = int(transformer.num_frames), int(model.num_views)
-        if self.num_frames > model.CACHE_SIZE:
+        if self.num_frames > model.feature_cache.capacity:
             raise ValueError(f'{type(model).__name__}: {self.num_frames} frames per sample, but its online feature '
-                             f'cache holds {model.CACHE_SIZE} frames')
+                             f'cache holds {model.feature_cache.capacity} frames')
         names = tuple(benchmark.camera_names)
         self.camera_names = names if len(names) == self.num_views else tuple(f'camera {n}' for n in
                                                                                 range(self.num_views))
