@@ -141,7 +141,7 @@ class OccEvaluator:
         self.grid_shape = bench.grid_shape
         # nuScenes-Occupancy: geometry IoU + mIoU on the non-noise voxels (evaluation/ssc.py)
         self.miou = SSCMetric(bench.label_names) if getattr(bench, 'geometry_iou', False) else \
-            OccMIoU(bench.label_names, use_camera_mask=self.mask_name is not None)
+            OccMIoU(bench.label_names, use_camera_mask=self.mask_name is not None, absent_class=bench.absent_class)
         self.origins = self.ray_iou = None
         if bench.ray_iou:
             if len(set(bench.voxel_size)) != 1:

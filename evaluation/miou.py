@@ -26,13 +26,14 @@ def check_label_grid(grid, name, num_labels=NUM_LABELS, shape=None):
     return grid
 
 
-def iou_from_confusion(confusion):
+def iou_from_confusion(confusion, absent_class='skip'):
     """Per-class IoU from a confusion matrix (rows ground truth, columns prediction), float64.
 
-    IoU_c = TP / (row_c + col_c - TP), and NaN for every class with no ground-truth voxel in the
-    accumulated set (row sum 0), whatever was predicted: the Occ3D rule (docs/evaluation.md). A NaN
-    class is skipped by the mean, so a class predicted but absent from the ground truth does not
-    pull the mIoU down.
+    IoU_c = TP / (row_c + col_c - TP). A class with no ground-truth voxel in the accumulated set (row sum 0):
+    `absent_class='skip'` gives it NaN whatever was predicted, the Occ3D-nuScenes rule of the official Occ3D
+    code (a NaN class is skipped by the mean, so a class predicted but absent does not pull the mIoU down);
+    'zero' gives it 0 when it was predicted and NaN only when neither exists, the Occ3D-Waymo reference's rule
+    (docs/evaluation.md).
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(confusion)
@@ -40,7 +41,12 @@ def iou_from_confusion(confusion):
     denom = gt_count + confusion.sum(0) - tp
     with np.errstate(divide='ignore', invalid='ignore'):
         iou = tp / denom
-    iou[gt_count == 0] = np.nan
+    if absent_class == 'skip':
+        iou[gt_count == 0] = np.nan
+    elif absent_class == 'zero':
+        iou[denom == 0] = np.nan
+    else:
+        raise ValueError(f"absent_class must be 'skip' or 'zero', got {absent_class!r}")
     return iou
 
 
@@ -59,8 +65,9 @@ class OccMIoU:
         use_camera_mask (bool): evaluate only voxels whose `mask_camera` is true.
     """
 
-    def __init__(self, class_names=LABEL_NAMES, use_camera_mask=True):
+    def __init__(self, class_names=LABEL_NAMES, use_camera_mask=True, absent_class='skip'):
         self.class_names = tuple(class_names)
+        self.absent_class = absent_class
         self.num_labels = len(self.class_names)
         self.use_camera_mask = use_camera_mask
         # int64 counts are exact; the original's float64 histogram is exact up to 2**53 as well.
@@ -92,7 +99,7 @@ class OccMIoU:
 
     def per_class_iou(self):
         """float64 [num_labels] IoU per label (fractions, NaN = label without ground-truth voxels)."""
-        return iou_from_confusion(self.confusion)
+        return iou_from_confusion(self.confusion, self.absent_class)
 
     def miou(self):
         """mIoU in percent over the semantic classes (free excluded), rounded to 2 decimals like Occ3D."""

@@ -68,6 +68,8 @@ class Benchmark:
         label_source (str): where the label files come from (in error messages about a missing or bad file).
         camera_mask (bool): mIoU counts only voxels whose `mask_camera` is true.
         ray_iou (bool): the evaluation also computes RayIoU (needs cubic voxels).
+        absent_class (str): the IoU of a class without ground truth in the evaluated voxels: 'skip' (NaN, left
+            out of the mean; the official Occ3D-nuScenes code) or 'zero' (0 when predicted; Occ3D-Waymo's).
     """
     name: str
     title: str
@@ -84,6 +86,7 @@ class Benchmark:
     label_source: str
     camera_mask: bool = True
     ray_iou: bool = True
+    absent_class: str = 'skip'
 
     def __post_init__(self):
         # normalise sequences (a description may be written with lists) so that instances compare and hash
@@ -115,6 +118,8 @@ class Benchmark:
                              + (' and "mask_camera" (camera_mask=True)' if self.camera_mask else ''))
         if not self.camera_names:
             raise ValueError(f'{where}: camera_names is empty')
+        if self.absent_class not in ('skip', 'zero'):
+            raise ValueError(f"{where}: absent_class must be 'skip' or 'zero', got {self.absent_class!r}")
 
     # ------------------------------------------------------------------ derived
     @property

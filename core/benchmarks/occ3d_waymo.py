@@ -147,4 +147,5 @@ OCC3D_WAYMO = register_benchmark(Occ3DWaymoBenchmark(
     label_source='the Occ3D-Waymo download (voxel size 0.4 m)',
     camera_mask=True,
     ray_iou=True,
+    absent_class='zero',   # the reference's IoU: a predicted class without ground truth scores 0
 ))

@@ -50,6 +50,20 @@ def test_predicted_class_without_ground_truth_is_skipped():
     assert '===> pedestrian - IoU = nan' in metric.summary_lines()
 
 
+def test_the_zero_rule_scores_a_predicted_class_without_ground_truth_0():
+    """absent_class='zero' (the Occ3D-Waymo reference): the same case gives pedestrian IoU 0 (predicted once, no
+    ground truth: 0 / (0 + 1 - 0)), which enters the mean; a class neither predicted nor present stays NaN."""
+    pred, gt = hand_case()
+    pred[1, 0, 0] = 7
+    metric = OccMIoU(absent_class='zero')
+    metric.add_batch(pred, gt, np.ones_like(gt, dtype=bool))
+    iou = metric.per_class_iou()
+    assert iou[7] == 0.0 and math.isnan(iou[2])
+    assert metric.miou() == round((0.5 + 1 / 3 + 0.5 + 0.0) / 4 * 100, 2) == 33.33
+    with pytest.raises(ValueError, match="absent_class must be 'skip' or 'zero'"):
+        OccMIoU(absent_class='nan').per_class_iou()
+
+
 def test_class_present_only_outside_the_camera_mask_is_skipped():
     # gt: class 2 (bicycle) only at voxel (0, 0, 1), which the camera does not see; the prediction
     # says bicycle at (0, 1, 0), which it does see (GT there is class 1).
