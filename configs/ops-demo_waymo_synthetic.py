@@ -6,8 +6,6 @@
 # settings were chosen by sweeps on the nuScenes-layout world, docs/demo.md). A test of the software, not a recipe.
 _base_ = ['./ops-demo_synthetic.py']
 
-custom_imports = dict(imports=['loaders.waymo_occ_dataset'], allow_failed_imports=False)
-
 benchmark = 'occ3d-waymo'
 dataset_type = 'WaymoOccDataset'
 dataset_root = 'data/synthetic_waymo/kitti_format/'

@@ -5,7 +5,7 @@
 # * the protocol (core/benchmarks/nuscenes_occupancy.py): 16 classes (no 'others'), empty = 16 (the head's
 #   empty_label and the transformer's num_classes too), the 512 x 512 x 40 grid of 0.2 m over
 #   [-51.2, 51.2] x [-51.2, 51.2] x [-5, 3] m, in the LiDAR frame;
-# * the dataset NuScenesOccupancyDataset (loaders/nuscenes_occupancy_dataset.py, through custom_imports): label
+# * the dataset NuScenesOccupancyDataset (loaders/nuscenes_occupancy_dataset.py): label
 #   files named by scene and LiDAR tokens; the grid frame is the LiDAR frame (ego2lidar = identity);
 # * the labels: LoadOccFromFile reads only `semantics` (release noise read as empty, as the authors' V2 loader);
 #   the benchmark has no camera mask, and OPS's training step needs one: FullCameraMask marks every voxel visible,
@@ -21,7 +21,6 @@
 _base_ = ['./ops_r50_704x256_8f.py']
 
 benchmark = 'nuscenes-occupancy'
-custom_imports = dict(imports=['loaders.nuscenes_occupancy_dataset'], allow_failed_imports=False)
 
 dataset_type = 'NuScenesOccupancyDataset'
 dataset_root = 'data/nuscenes/'

@@ -6,9 +6,6 @@
 # are restated here: mmcv does not re-evaluate them.
 _base_ = ['./ops_r50_704x256_8f.py']
 
-# WaymoOccDataset (and the PadViewsToSize step it imports) register themselves on import
-custom_imports = dict(imports=['loaders.waymo_occ_dataset'], allow_failed_imports=False)
-
 # The benchmark protocol (core/benchmarks/occ3d_waymo.py): 15 classes + free, the same 200 x 200 x 16 grid of
 # 0.4 m over [-40, 40] x [-40, 40] x [-1, 5.4] m, five cameras, mIoU on mask_camera, RayIoU.
 benchmark = 'occ3d-waymo'
