@@ -7,11 +7,11 @@
     predictor.reset()                                    # the next call starts a new scene
 
 Inputs per call (N cameras, in the benchmark's camera order, `predictor.camera_names`):
-* images: N uint8 `[H, W, 3]` arrays of one size, **BGR** (cv2.imread / mmcv.imread order, what the
-  loaders give the model; `channel_order='rgb'` for PIL / imageio arrays), any size: each is resized and
-  cropped as the config's test pipeline does (`RandomTransformImage`, test mode: scale
-  max(fH / H, fW / W), bottom crop to final_dim (fH, fW), centred horizontally), and the intrinsics
-  follow by the same 4x4 image-augmentation matrix;
+* images: N uint8 `[H, W, 3]` arrays, **BGR** (cv2.imread / mmcv.imread order, what the loaders give the
+  model; `channel_order='rgb'` for PIL / imageio arrays), of one size unless the config pads the views onto
+  one canvas (`PadViewsToSize`, Occ3D-Waymo), any size: they are padded, resized and cropped as the config's
+  test pipeline does (`RandomTransformImage` in test mode: scale max(fH / H, fW / W), bottom crop to
+  final_dim (fH, fW), centred horizontally), and the intrinsics follow by the same 4x4 matrices;
 * intrinsics `[N, 3, 3]` (pixels of the given images), cam2ego `[N, 4, 4]` (camera -> ego frame of this
   frame, column vectors, metres);
 * ego_pose `[4, 4]` ego -> world of this frame, or None: single-frame mode;
@@ -19,16 +19,18 @@ Inputs per call (N cameras, in the benchmark's camera order, `predictor.camera_n
 
 Frames (docs/method.md, "Symbols and frames"): the grid, the voxel centres and the points are in the ego
 frame of the current call (x forward, y left, z up). The model's projection of view (t, n) is
-`ego2img = ida_t @ K_pad[t, n] @ inverse(cam2ego[t, n]) @ inverse(ego_pose[t]) @ ego_pose[0]` (t = 0 the
-current frame, t >= 1 earlier calls), composed in float64 and given to the model as its `lidar2img`
-with `ego2lidar = I` (OPS) or as `ego2img` with `ego2occ = I` (OPUS-V2).
+`ego2img = A_t[n] @ K_pad[t, n] @ inverse(cam2ego[t, n]) @ inverse(ego_pose[t]) @ ego_pose[0]` (t = 0 the
+current frame, t >= 1 earlier calls; A the padding shift and resize-and-crop matrix of the image), composed in
+float64 and given to the model as its `lidar2img` with `ego2lidar = I` (OPS) or as `ego2img` with
+`ego2occ = I` (OPUS-V2).
 
 History (docs/method.md, "Camera history", "Test modes"): the model sees T frames, the current one and
-T-1 earlier ones. The predictor keeps the T-1 previous calls of the scene (their poses and projections;
-their image features stay in the detector's online feature cache) and fills the T-1 slots as the test
-pipeline does for key frames: the previous call, the one before, ..., the scene's first call standing in
-for every slot older than the scene; with no earlier call (first frame, or `ego_pose=None`) the current
-frame fills every slot.
+T-1 earlier ones, which the config's test pipeline takes `history_stride` samples apart (its sweep loader's
+test_interval / history_per_sample: 1 on Occ3D-nuScenes, whose samples are the 2 Hz key frames). The
+predictor keeps the earlier calls of the scene the history reaches (their poses and projections; their image
+features stay in the detector's online feature cache) and fills the slots as the pipeline does: slot t holds
+the call t * history_stride back, the scene's first call standing in where the scene is shorter; with no
+earlier call (first frame, or `ego_pose=None`) the current frame fills every slot.
 """
 import contextlib
 import itertools
@@ -39,7 +41,7 @@ import numpy as np
 
 from core.geometry import pad_intrinsic, rigid_inverse
 
-__all__ = ['OccupancyPredictor', 'OccupancyResult', 'PredictorInputError', 'ida_aug_conf_of_test_pipeline']
+__all__ = ['OccupancyPredictor', 'OccupancyResult', 'PredictorInputError', 'inference_settings']
 
 CHANNEL_ORDERS = ('bgr', 'rgb')
 # the detector's online cache finds a frame's features by a key (the first camera's filename in the loaders):
@@ -100,7 +102,7 @@ class OccupancyResult:
 @dataclass
 class _Frame:
     """An earlier call kept for the history: its cache key, position in the scene, projections of its
-    cameras (`cam2img` = ida @ K_pad, float64 `[N, 4, 4]`), cameras -> world (float64 `[N, 4, 4]`), time."""
+    cameras to its model images (`cam2img`, float64 `[N, 4, 4]`), cameras -> world (float64 `[N, 4, 4]`), time."""
     key: str
     index: int
     cam2img: np.ndarray
@@ -116,19 +118,47 @@ def _pipeline_steps(steps):
             yield from _pipeline_steps(step.get('transforms'))
 
 
-def ida_aug_conf_of_test_pipeline(cfg, path='<config>'):
-    """The `ida_aug_conf` of the test pipeline's `RandomTransformImage` step (data.test, data.val or
-    test_pipeline), merged with the step's defaults; a ConfigError when the config has none."""
+def inference_settings(cfg, path='<config>'):
+    """What the predictor takes from the config's test pipeline (data.test, else data.val, else test_pipeline).
+
+    Returns:
+        dict: `ida_aug_conf` (the `RandomTransformImage` step's, with its defaults), `pad_views` (the
+        `PadViewsToSize` step's `dict(size, align)`, or None without one), `history_stride` (earlier samples
+        between history frames: the sweep loader's `test_interval / history_per_sample`; 1 without a loader).
+    Raises:
+        ConfigError: no such pipeline with a `RandomTransformImage` step, or history frames that are not whole
+            earlier samples (online mode needs them cached).
+    """
+    from mmdet.datasets import PIPELINES
+
+    from engine.build import register_modules
     from engine.config import ConfigError
     from loaders.pipelines.transforms import DEFAULT_IDA_AUG_CONF, merge_aug_conf
+    register_modules()
     data = cfg.get('data') or {}
     pipelines = [(f'data.{split}.pipeline', (data.get(split) or {}).get('pipeline')) for split in ('test', 'val')]
     pipelines.append(('test_pipeline', cfg.get('test_pipeline')))
-    for _, pipeline in pipelines:
-        for step in _pipeline_steps(pipeline):
-            if step.get('type') == 'RandomTransformImage':
-                return merge_aug_conf('RandomTransformImage', 'ida_aug_conf', step.get('ida_aug_conf'),
-                                      DEFAULT_IDA_AUG_CONF)
+    for name, pipeline in pipelines:
+        steps = list(_pipeline_steps(pipeline))
+        transform = [step for step in steps if step.get('type') == 'RandomTransformImage']
+        if not transform:
+            continue
+        settings = dict(ida_aug_conf=merge_aug_conf('RandomTransformImage', 'ida_aug_conf',
+                                                    transform[0].get('ida_aug_conf'), DEFAULT_IDA_AUG_CONF),
+                        pad_views=None, history_stride=1)
+        for step in steps:
+            kind = PIPELINES.get(step['type']) if isinstance(step.get('type'), str) else step.get('type')
+            args = {k: v for k, v in step.items() if k != 'type'}
+            if step.get('type') == 'PadViewsToSize':
+                settings['pad_views'] = dict(size=tuple(args['size']), align=args.get('align', 'top'))
+            elif getattr(kind, 'loads_history_frames', False):
+                loader = kind(**args)     # its defaults too (constructing it reads no file)
+                if loader.test_interval % loader.history_per_sample:
+                    raise ConfigError(f'{path}: {name}: {step["type"]}.test_interval={loader.test_interval} is not '
+                                      f'a multiple of history_per_sample={loader.history_per_sample}: history frames '
+                                      f'between samples cannot come from earlier calls of the predictor')
+                settings['history_stride'] = loader.test_interval // loader.history_per_sample
+        return settings
     raise ConfigError(f'{path}: no RandomTransformImage step in {", ".join(name for name, _ in pipelines)}; the '
                       f'predictor resizes and crops the images as that test-pipeline step does')
 
@@ -200,9 +230,13 @@ class OccupancyPredictor:
 
     Args:
         model: an OPS-family detector (engine.build.build_model), with its weights.
-        ida_aug_conf (dict): the test pipeline's image augmentation (`ida_aug_conf_of_test_pipeline`): final_dim
-            (fH, fW) and bot_pct_lim are used; H and W are taken from the images of each call.
         benchmark: the config's `Benchmark` (core/benchmarks/): camera order, grid, classes.
+        ida_aug_conf (dict): the test pipeline's image augmentation (`inference_settings`): final_dim
+            (fH, fW) and bot_pct_lim are used; H and W are those of each call's images (after `pad_views`).
+        pad_views (dict | None): `dict(size, align)` of the test pipeline's `PadViewsToSize` step (cameras of
+            different sizes on one canvas, Occ3D-Waymo); None: the cameras must have one size.
+        history_stride (int): earlier calls between history frames (the sweep loader's test_interval /
+            history_per_sample: 1 on Occ3D-nuScenes, whose samples are the key frames; 5 on Occ3D-Waymo).
         device (str): 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...
         channel_order (str): 'bgr' (default: cv2 / mmcv order, what the loaders give the model) or 'rgb'.
         points (bool): also return the last decoder layer's points and scores. On CUDA this needs the test
@@ -213,7 +247,8 @@ class OccupancyPredictor:
     cache holds the earlier frames' features, so the detector must not run other samples in between.
     """
 
-    def __init__(self, model, ida_aug_conf, benchmark, device='auto', channel_order='bgr', points=True):
+    def __init__(self, model, benchmark, ida_aug_conf, pad_views=None, history_stride=1, device='auto',
+                 channel_order='bgr', points=True):
         import torch
 
         from models.lidar import LidarBranchMixin
@@ -228,20 +263,24 @@ class OccupancyPredictor:
         self.model.online = True
         self.benchmark = benchmark
         self.ida_aug_conf = dict(ida_aug_conf)
+        self.pad_views = None if pad_views is None else dict(pad_views)
+        self.history_stride = int(history_stride)
         self.channel_order = channel_order
         self.points = bool(points)
         transformer = model.pts_bbox_head.transformer
         self.num_frames, self.num_views = int(transformer.num_frames), int(model.num_views)
-        if self.num_frames > model.feature_cache.capacity:
-            raise ValueError(f'{type(model).__name__}: {self.num_frames} frames per sample, but its online feature '
-                             f'cache holds {model.feature_cache.capacity} frames')
+        # the earlier calls the history reaches back to, and the current one, stay in the detector's feature cache
+        self.history_length = (self.num_frames - 1) * self.history_stride
+        if self.history_length + 1 > model.feature_cache.capacity:
+            raise ValueError(f'{type(model).__name__}: the history reaches {self.history_length} frames back, but its '
+                             f'online feature cache holds {model.feature_cache.capacity} frames (model.cache_size)')
         names = tuple(benchmark.camera_names)
         self.camera_names = names if len(names) == self.num_views else tuple(f'camera {n}' for n in
                                                                                 range(self.num_views))
         if self.points and self.device.type == 'cuda' and self._replays_graph():
             raise ValueError('points=True needs the test step run eagerly on CUDA: build the model with '
                              'execution test_cuda_graph=False (from_config does), or pass points=False')
-        self._history = []           # earlier frames of the scene, newest first (at most T-1)
+        self._history = []           # earlier frames of the scene, newest first (at most history_length)
         self._scene_length = 0
 
     @classmethod
@@ -258,15 +297,15 @@ class OccupancyPredictor:
         from engine.build import build_model, set_test_mode
         from engine.config import config_benchmark, load_config
         cfg = load_config(config_path, required=('model',))
-        ida_aug_conf = ida_aug_conf_of_test_pipeline(cfg, config_path)
+        settings = inference_settings(cfg, config_path)
         set_test_mode(cfg, online=True)
         # the test step hands out the points only when it runs as Python (not replayed from a CUDA graph)
         policy = policy_from_config(cfg.get('execution'), fast=fast, test_cuda_graph=False if points else None)
         with torch.random.fork_rng(devices=[]), _quiet_logger('mmcv'):
             torch.manual_seed(0)    # random initial weights (weights=None) are the same at every call
             model = build_model(cfg.model, checkpoint=weights, trust_checkpoint=trust_checkpoint, execution=policy)
-        return cls(model, ida_aug_conf, config_benchmark(cfg, config_path), device=device,
-                   channel_order=channel_order, points=points)
+        return cls(model, config_benchmark(cfg, config_path), **settings, device=device, channel_order=channel_order,
+                   points=points)
 
     def _replays_graph(self):
         from accel.cuda_graph import GraphedFunction
@@ -303,25 +342,41 @@ class OccupancyPredictor:
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
                 raise PredictorInputError(f'images[{n}] ({self.camera_names[n]}): {img.dtype} array of shape '
                                           f'{list(img.shape)}; expected uint8 [H, W, 3] ({self.channel_order.upper()})')
-            if out and img.shape != out[0].shape:
+            if out and img.shape != out[0].shape and self.pad_views is None:
                 raise PredictorInputError(f'images[{n}] ({self.camera_names[n]}) is {img.shape[0]}x{img.shape[1]} '
                                           f'(HxW) but images[0] is {out[0].shape[0]}x{out[0].shape[1]}: all cameras '
                                           f'must have one size (resize them first)')
             out.append(np.ascontiguousarray(img[..., ::-1]) if self.channel_order == 'rgb' else img)
         return out
 
-    def _augmentation(self, image_hw):
-        """The test pipeline's step for images of `image_hw`: (RandomTransformImage, its draw, its 4x4 ida)."""
+    def _model_images(self, images, intrinsics):
+        """The images as the test pipeline hands them to the model (put on one canvas where the config pads the
+        views, then resized and cropped: its `PadViewsToSize` and `RandomTransformImage` steps, with H and W of
+        these images) and each camera's projection camera -> pixels of its model image, float64 `[N, 4, 4]`."""
+        from loaders.pipelines.pad_views import PadViewsToSize
         from loaders.pipelines.transforms import RandomTransformImage
-        step = RandomTransformImage(dict(self.ida_aug_conf, H=int(image_hw[0]), W=int(image_hw[1])), training=False)
-        draw = step.sample_augmentation()
-        resize, _, crop, flip, rotate = draw
-        return step, draw, step.ida_matrix(resize, crop, flip, rotate)
+        shifts = np.repeat(np.eye(4)[None], self.num_views, axis=0)
+        if self.pad_views is not None:
+            height, width = self.pad_views['size']
+            for n, img in enumerate(images):
+                if img.shape[0] > height or img.shape[1] > width:
+                    raise PredictorInputError(f'images[{n}] ({self.camera_names[n]}) is {img.shape[0]}x{img.shape[1]} '
+                                              f'(HxW), larger than the {height}x{width} canvas the config puts the '
+                                              f'views on (PadViewsToSize): resize it')
+            names = list(self.camera_names)
+            padded = PadViewsToSize(**self.pad_views)(dict(img=images, img_filename=names, filename=names,
+                                                           lidar2img=list(shifts)))
+            # the step's row shifts are whole pixels: exact in its float32 matrices
+            images, shifts = padded['img'], np.asarray(padded['lidar2img'], dtype=np.float64)
+        step = RandomTransformImage(dict(self.ida_aug_conf, H=images[0].shape[0], W=images[0].shape[1]),
+                                    training=False)
+        resize, resize_dims, crop, flip, rotate = step.sample_augmentation()
+        ida = step.ida_matrix(resize, crop, flip, rotate)
+        images = [step.img_transform(img, resize_dims, crop, flip, rotate) for img in images]
+        return images, np.stack([ida @ shift @ pad_intrinsic(k) for shift, k in zip(shifts, intrinsics)])
 
-    # ------------------------------------------------------------------ one frame
-    def __call__(self, images, intrinsics, cam2ego, ego_pose=None, timestamp=None):
-        """Occupancy of one frame (`OccupancyResult`); see the module docstring for the inputs."""
-        import torch
+    def _checked(self, images, intrinsics, cam2ego, ego_pose, timestamp):
+        """The arguments of a call, checked (PredictorInputError naming the first bad one) and as arrays."""
         N = self.num_views
         images = self._check_images(images)
         intrinsics = _matrices(intrinsics, (N, 3, 3), 'intrinsics')
@@ -343,43 +398,47 @@ class OccupancyPredictor:
             if last is not None and not timestamp > last:
                 raise PredictorInputError(f'timestamp {timestamp} is not after the previous frame\'s {last}: give '
                                           f'the frames of a scene oldest first, or call reset() for a new scene')
+        return images, intrinsics, cam2ego, ego_pose, timestamp
+
+    # ------------------------------------------------------------------ one frame
+    def __call__(self, images, intrinsics, cam2ego, ego_pose=None, timestamp=None):
+        """Occupancy of one frame (`OccupancyResult`); see the module docstring for the inputs."""
+        import torch
+        images, intrinsics, cam2ego, ego_pose, timestamp = self._checked(images, intrinsics, cam2ego, ego_pose,
+                                                                         timestamp)
         if ego_pose is None:
             self.reset()    # a frame without a pose cannot be related to others: a scene of its own
-
-        step, draw, ida = self._augmentation(images[0].shape[:2])
-        resize, resize_dims, crop, flip, rotate = draw
-        images = [step.img_transform(img, resize_dims, crop, flip, rotate) for img in images]
-        cam2img = np.stack([ida @ pad_intrinsic(k) for k in intrinsics])                    # [N, 4, 4]
-        # the current frame straight from its calibration; earlier frames through the world frame
-        current = np.stack([cam2img[n] @ rigid_inverse(cam2ego[n]) for n in range(N)])
+        images, cam2img = self._model_images(images, intrinsics)
         history = self._history_slots()
-        frames = [current] + [np.stack([f.cam2img[n] @ rigid_inverse(f.cam2world[n]) @ ego_pose for n in range(N)])
-                              if f is not None else current for f in history]
-        ego2img = np.stack(frames).astype(np.float32)                                        # [T, N, 4, 4]
+        # the current frame straight from its calibration, earlier frames through the world frame
+        current = np.stack([p @ rigid_inverse(c) for p, c in zip(cam2img, cam2ego)])
+        ego2img = np.stack([current] + [current if f is None else np.stack(
+            [p @ rigid_inverse(c) @ ego_pose for p, c in zip(f.cam2img, f.cam2world)]) for f in history])
+        ego2img = ego2img.astype(np.float32)                                                 # [T, N, 4, 4]
 
         key = f'predictor-frame-{next(_FRAME_KEYS)}'
-        keys = [key] + [f.key if f is not None else key for f in history]
         time = 0.0 if timestamp is None else timestamp
-        times = [time] + [f.timestamp if f is not None else time for f in history]
-        metas = self._metas(ego2img, keys, times)
+        metas = self._metas(ego2img, [key] + [key if f is None else f.key for f in history],
+                            [time] + [time if f is None else f.timestamp for f in history])
         img = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))[None].to(self.device)
         with _head_outputs(self.model.pts_bbox_head) as outputs, torch.no_grad():
             occupancy = self.model.simple_test(img, [metas])[0]
         index = self._scene_length
         result = self._result(occupancy, outputs[-1] if self.points and outputs else None, ego2img,
-                              images[0].shape[:2], index, tuple(f.index if f is not None else index for f in history))
+                              images[0].shape[:2], index, tuple(index if f is None else f.index for f in history))
         if ego_pose is not None:
             cam2world = np.stack([ego_pose @ c for c in cam2ego])
-            self._history = ([_Frame(key, index, cam2img, cam2world, time)] + self._history)[:self.num_frames - 1]
+            self._history = ([_Frame(key, index, cam2img, cam2world, time)] + self._history)[:self.history_length]
             self._scene_length += 1
         return result
 
     def _history_slots(self):
         """The earlier frame of each of the T-1 history slots, newest first (None: the current frame stands in):
-        slot t holds the t-th previous call, or the scene's first call when the scene is shorter."""
+        slot t holds the call t * history_stride back, or the scene's first call when the scene is shorter (the
+        test pipeline's frame choice, docs/method.md "Camera history")."""
         if not self._history:
             return [None] * (self.num_frames - 1)
-        return [self._history[min(t, len(self._history) - 1)] for t in range(self.num_frames - 1)]
+        return [self._history[min(t * self.history_stride, len(self._history)) - 1] for t in range(1, self.num_frames)]
 
     def _metas(self, ego2img, keys, times):
         """The sample's img_metas for the detector: every per-view list frame-major (T*N entries)."""

@@ -33,6 +33,9 @@ OPS_CONFIG = (TINY_MODEL_CONFIG + TINY_PIPELINES).replace('score_thr=0.5, paddin
 VARIANTS = {
     'ops-2-frames': OPS_CONFIG,
     'ops-3-frames': OPS_CONFIG.replace('num_frames=2', 'num_frames=3').replace('sweeps_num=1', 'sweeps_num=2'),
+    # the history frame two key frames back (1 s), not the previous one
+    'ops-2-frames-1s-apart': OPS_CONFIG.replace('sweeps_num=1, test_mode=True)',
+                                                'sweeps_num=1, test_mode=True, test_interval=12)'),
     'opusv2-2-frames': (TINY_OPUSV2_MODEL_CONFIG + TINY_OPUSV2_PIPELINES).replace('score_thr=0.25',
                                                                                  f'score_thr={LOW_THRESHOLD}'),
 }
@@ -125,7 +128,7 @@ def test_calls_in_order_equal_the_online_run(variant):
         assert_pipeline_projection(result, sample)
         # the pipeline's frame choice: previous key frames, the scene's first for slots older than the scene
         assert result.frame_index == index
-        assert result.history == tuple(max(index - t, 0) for t in range(1, T))
+        assert result.history == tuple(max(index - t * predictor.history_stride, 0) for t in range(1, T))
         assert result.semantics.shape == (200, 200, 16) and result.semantics.dtype == np.uint8
         assert (result.semantics != 17).sum() == len(result.voxel_labels)
         np.testing.assert_array_equal(result.semantics[tuple(result.voxel_indices.T)], result.voxel_labels)
@@ -224,11 +227,45 @@ def test_image_size_resize_crop_and_channel_order(rig_predictor):
     np.testing.assert_allclose(pixel[:2] / pixel[2], [100 * 0.1 + 80, 100 * -0.05 + 45 - 26],
                                atol=1e-4)    # float32 matrix: rel. 6e-8 of |row| * |p| ~ 1e3, over d = 10
     assert np.isclose(pixel[2], 10.0, atol=1e-5)
-    rgb = OccupancyPredictor(predictor.model, predictor.ida_aug_conf, predictor.benchmark, device='cpu',
+    rgb = OccupancyPredictor(predictor.model, predictor.benchmark, predictor.ida_aug_conf, device='cpu',
                              channel_order='rgb')
     flipped = rgb([img[..., ::-1] for img in small], intrinsics, cam2ego)
     assert_same_voxels(flipped, base.prediction())
     np.testing.assert_array_equal(flipped.points, base.points)
+
+
+def test_views_of_different_sizes_on_one_canvas(rig_predictor):
+    """A config that pads the views (PadViewsToSize, Occ3D-Waymo) takes cameras of different sizes: each sits at the
+    bottom of the canvas, rows shifted by the canvas height minus its own, then the canvas is resized and cropped."""
+    _, rig = rig_predictor
+    predictor = OccupancyPredictor(rig.model, rig.benchmark, rig.ida_aug_conf, pad_views=dict(size=(100, 160),
+                                                                                              align='bottom'))
+    intrinsics, cam2ego = pinhole_rig()
+    heights = [90, 90, 90, 70, 70, 70]
+    result = predictor([np.full((h, 160, 3), 100, np.uint8) for h in heights], intrinsics, cam2ego)
+    # canvas 100x160 -> scale max(64 / 100, 160 / 160) = 1, crop rows 36..100: v' = v + (100 - h) - 36
+    point_cam = np.array([1.0, -0.5, 10.0, 1.0])
+    for n, h in enumerate(heights):
+        pixel = result.ego2img[0, n].astype(np.float64) @ (cam2ego[n] @ point_cam)
+        np.testing.assert_allclose(pixel[:2] / pixel[2], [100 * 0.1 + 80, 100 * -0.05 + 45 + (100 - h) - 36],
+                                   atol=1e-4)    # float32 matrix: rel. 6e-8 of |row| * |p| ~ 1e3, over d = 10
+    too_tall = [np.zeros((90, 160, 3), np.uint8)] * 5 + [np.zeros((110, 160, 3), np.uint8)]
+    with pytest.raises(PredictorInputError, match=r'images\[5\] \(CAM_BACK_RIGHT\) is 110x160 \(HxW\), larger '
+                                                  r'than the 100x160 canvas'):
+        predictor(too_tall, intrinsics, cam2ego)
+
+
+def test_settings_of_the_published_configs():
+    """What the predictor reads from a config's test pipeline: the crop, the view padding, the history spacing."""
+    from engine.config import load_config
+    from engine.predictor import inference_settings
+    nuscenes = inference_settings(load_config('configs/ops-t_r50_704x256_8f_24e.py', required=('model',)))
+    assert nuscenes['ida_aug_conf']['final_dim'] == (256, 704) and nuscenes['pad_views'] is None
+    assert nuscenes['history_stride'] == 1            # key frames: test_interval 6 = history_per_sample 6
+    waymo = inference_settings(load_config('configs/ops-t_waymo_r50_704x320_8f_24e.py', required=('model',)))
+    assert waymo['ida_aug_conf']['final_dim'] == (320, 704)
+    assert waymo['pad_views'] == dict(size=(1280, 1920), align='bottom')
+    assert waymo['history_stride'] == 5               # every frame a sample, history 0.5 s = 5 frames apart
 
 
 def test_bad_inputs_are_one_line_errors(rig_predictor, tmp_path):
@@ -265,15 +302,19 @@ def test_bad_inputs_are_one_line_errors(rig_predictor, tmp_path):
         assert message in str(error.value) and '\n' not in str(error.value), str(error.value)
         assert predictor.scene_length == 1
     with pytest.raises(PredictorInputError, match="channel_order='hsv'"):
-        OccupancyPredictor(predictor.model, predictor.ida_aug_conf, predictor.benchmark, channel_order='hsv')
+        OccupancyPredictor(predictor.model, predictor.benchmark, predictor.ida_aug_conf, channel_order='hsv')
     from models.opus_fusion import OPUSV1Fusion
     with pytest.raises(ValueError, match='OPUSV1Fusion also reads LiDAR points'):   # refused before any use
-        OccupancyPredictor(OPUSV1Fusion.__new__(OPUSV1Fusion), predictor.ida_aug_conf, predictor.benchmark)
+        OccupancyPredictor(OPUSV1Fusion.__new__(OPUSV1Fusion), predictor.benchmark, predictor.ida_aug_conf)
     from engine.config import ConfigError
     bare = tmp_path / 'no_pipeline.py'
     bare.write_text(TINY_MODEL_CONFIG.format(occ_root='unused'))
     with pytest.raises(ConfigError, match='no RandomTransformImage step in data.test.pipeline'):
         OccupancyPredictor.from_config(str(bare), None, device='cpu')
+    sweeps = tmp_path / 'sweeps_between_samples.py'
+    sweeps.write_text(RIG_CONFIG.replace('test_mode=True)', 'test_mode=True, test_interval=5)'))
+    with pytest.raises(ConfigError, match='test_interval=5 is not a multiple of history_per_sample=6'):
+        OccupancyPredictor.from_config(str(sweeps), None, device='cpu')
 
 
 def test_history_projection_follows_the_ego_motion(rig_predictor):
