@@ -94,8 +94,8 @@ class OccupancyResult:
     class_names: tuple
 
     def prediction(self):
-        """val.py's per-sample result `dict(sem_pred=int64 [M], occ_loc=int64 [M, 3])` (save it with
-        `evaluation.predictions.save_prediction(path, compact_result(...))`, draw it with tools/visualize.py)."""
+        """val.py's per-sample result `dict(sem_pred=int64 [M], occ_loc=int64 [M, 3])`: saved as val.py saves
+        it with `evaluation.predictions.save_prediction(path, result.prediction())`, drawn by tools/visualize.py."""
         return dict(sem_pred=self.voxel_labels, occ_loc=self.voxel_indices)
 
 
