@@ -25,8 +25,8 @@ import torch.nn as nn
 from engine.cli import UserError
 
 __all__ = ['EXPORT_OPSET', 'ExportError', 'OccupancyExport', 'exportable_model_type', 'pytorch_sampling_op',
-           'ring_rig', 'rig_inputs', 'export_onnx', 'describe_onnx', 'onnxruntime_session', 'run_onnxruntime',
-           'check_export', 'ROUNDING_FACTOR', 'ULP_FLOOR']
+           'ring_rig', 'rig_inputs', 'check_opset', 'export_onnx', 'describe_onnx', 'onnxruntime_session',
+           'run_onnxruntime', 'check_export', 'ROUNDING_FACTOR', 'ULP_FLOOR']
 
 # The sampling op reads one of N views per point with a 5-D (volumetric) GridSample; ONNX's GridSample
 # takes 5-D input from opset 20 on (opset 16's is 4-D only).
@@ -233,6 +233,13 @@ def _export_symbolics(opset):
             unregister_custom_op_symbolic(name, opset)
 
 
+def check_opset(opset):
+    """Refuse an opset without the GridSample the sampling op needs (5-D input: opset 20 on)."""
+    if opset < EXPORT_OPSET:
+        raise ExportError(f'--opset {opset}: the sampling op exports as a 5-D GridSample, which ONNX has from '
+                          f'opset {EXPORT_OPSET} on; use --opset {EXPORT_OPSET} or later')
+
+
 def export_onnx(wrapper, inputs, path, opset=EXPORT_OPSET):
     """Write `wrapper` traced on `inputs` (img, occ2img) to the ONNX file `path` (static shapes).
 
@@ -240,9 +247,7 @@ def export_onnx(wrapper, inputs, path, opset=EXPORT_OPSET):
     one (`dynamo=True`) stops at the sampling op's host-side range check of the view index, a data-dependent
     branch (docs/deploy.md).
     """
-    if opset < EXPORT_OPSET:
-        raise ExportError(f'--opset {opset}: the sampling op exports as a 5-D GridSample, which ONNX has from '
-                          f'opset {EXPORT_OPSET} on; use --opset {EXPORT_OPSET} or later')
+    check_opset(opset)
     import warnings
     with torch.no_grad(), warnings.catch_warnings(), _export_symbolics(int(opset)):
         # the traced graph has static shapes by design: the tracer's notes on Python values taken from tensors

@@ -109,6 +109,7 @@ def _main(argv):
         EXPORT_OPSET,
         OccupancyExport,
         check_export,
+        check_opset,
         describe_onnx,
         export_onnx,
         exportable_model_type,
@@ -121,6 +122,7 @@ def _main(argv):
     except UserError as exc:
         raise UserError(f'{args.config}: {exc}') from None
     opset = EXPORT_OPSET if args.opset is None else args.opset
+    check_opset(opset)
     image_h, image_w = args.image_size or config_image_size(cfg, args.config)
     torch.manual_seed(args.seed)
     model = build_model(cfg.model, checkpoint=args.weights, trust_checkpoint=args.trust_checkpoint)
