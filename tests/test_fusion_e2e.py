@@ -92,3 +92,38 @@ def test_train_val_and_metrics(config):
     direct = evaluate_occupancy(saved, data_infos, osp.join(infos.root, 'gts'), logger='silent', device='cpu',
                                 show_progress=False)
     assert direct == metrics
+
+
+def test_infos_without_lidar_and_points_of_another_dimension_are_named(config, tmp_path):
+    """The Fusion config on infos without the LiDAR fields, and on a LiDAR file of 4 values per point: one-line
+    errors naming the info file / LiDAR file and the fix (`user_error`: printed without a traceback)."""
+    import pickle
+
+    from engine.build import build_dataset
+    from loaders.pipelines.points import PointCloudError
+    _, path, infos = config
+    cfg = Config.fromfile(path)
+    data = mmcv.load(infos.val)
+    for info in data['infos']:
+        info.pop('lidar_path')
+    stripped = tmp_path / 'no_lidar.pkl'
+    with open(stripped, 'wb') as f:
+        pickle.dump(data, f)
+    with pytest.raises(PointCloudError) as err:
+        build_dataset(dict(cfg.data.val, ann_file=str(stripped)))[0]
+    assert 'has no lidar_path' in str(err.value) and str(stripped) in str(err.value)
+    assert err.value.user_error and str(err.value).count('\n') == 0
+
+    data = mmcv.load(infos.val)
+    info = sorted(data['infos'], key=lambda e: e['timestamp'])[0]
+    four = tmp_path / 'four_values.pcd.bin'
+    # 101 points of 4 float32 values: 1,616 bytes, not a whole number of 20-byte points
+    read_points(info['lidar_path'], 5)[:101, :4].tofile(four)
+    info['lidar_path'] = str(four)
+    info['lidar_sweeps'] = []
+    odd = tmp_path / 'four_values.pkl'
+    with open(odd, 'wb') as f:
+        pickle.dump(dict(data, infos=[info]), f)
+    with pytest.raises(PointCloudError, match='holds points of another dimension') as err:
+        build_dataset(dict(cfg.data.val, ann_file=str(odd)))[0]
+    assert str(four) in str(err.value) and str(err.value).count('\n') == 0
