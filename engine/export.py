@@ -61,22 +61,23 @@ def exportable_model_type(type_name):
 
 
 @contextlib.contextmanager
-def pytorch_sampling_op():
-    """Within the block the decoder's sampling op is its exact PyTorch path on every device.
+def pytorch_sampling_op(model):
+    """Within the block every sampling module of `model` uses the op's exact PyTorch path on every device.
 
-    `models.ops_sampling.sample_features` calls `msmv_sampling`, which dispatches CUDA tensors to the
-    compiled op when it is built; that op is no ONNX operator. Here the module's name is bound to
-    `msmv_sampling_pytorch` (the same function up to float32 rounding, docs/method.md "Sampling op")
-    and restored after, so the traced graph holds GridSample nodes whatever the device.
+    The sampling modules' `sampling_op` (models/ops_transformer.py) dispatches CUDA tensors to the compiled op
+    when it is built; that op is no ONNX operator. Here each module's `sampling_op` is `msmv_sampling_pytorch`
+    (the same function up to float32 rounding, docs/method.md "Sampling op"), restored after, so the traced
+    graph holds GridSample nodes whatever the device.
     """
-    import models.ops_sampling as sampling_module
     from models.csrc.wrapper import msmv_sampling_pytorch
-    dispatching = sampling_module.msmv_sampling
-    sampling_module.msmv_sampling = msmv_sampling_pytorch
+    samplers = [m for m in model.modules() if hasattr(m, 'sampling_op')]
+    for module in samplers:
+        module.sampling_op = msmv_sampling_pytorch
     try:
         yield
     finally:
-        sampling_module.msmv_sampling = dispatching
+        for module in samplers:
+            del module.sampling_op           # back to the class's op
 
 
 class OccupancyExport(nn.Module):
@@ -134,7 +135,7 @@ class OccupancyExport(nn.Module):
         detector = self.detector
         head = detector.pts_bbox_head
         B, V = img.shape[:2]
-        with pytorch_sampling_op(), torch.autocast(img.device.type, enabled=False):
+        with pytorch_sampling_op(detector), torch.autocast(img.device.type, enabled=False):
             # `OPS.offline_step` up to the packing of the occupied cells (the bare model's float32 backbone)
             feats = detector._image_feats(img.flatten(0, 1), None)                 # L x [B*V, C, H_l, W_l]
             feats = head.transformer.sampling_layout([f.view(B, V, *f.shape[1:]) for f in feats])
@@ -179,32 +180,6 @@ def rig_inputs(wrapper, seed=0):
     return img, torch.from_numpy(occ2img)[None]
 
 
-def _layer_norm_symbolic(g, input, normalized_shape, weight, bias, eps, cudnn_enable):
-    """aten::layer_norm -> ONNX LayerNormalization over the input's last k axes, k the length of `normalized_shape`.
-
-    The stock symbolic needs `normalized_shape` as constants; the adaptive mixing passes `out.shape[-2:]`,
-    which the tracer records as shape nodes. Only its length matters: the normalised sizes are the
-    input's last ones. Without affine parameters the scale is ones of those sizes (no bias).
-    """
-    from torch.onnx import symbolic_helper
-    if symbolic_helper._is_packed_list(normalized_shape):
-        axes = len(symbolic_helper._unpack_list(normalized_shape))
-    else:
-        axes = len(symbolic_helper._get_const(normalized_shape, 'is', 'normalized_shape'))
-    if symbolic_helper._is_none(weight):
-        sizes = g.op('Slice', g.op('Shape', input), g.op('Constant', value_t=torch.tensor([-axes])),
-                     g.op('Constant', value_t=torch.tensor([torch.iinfo(torch.int64).max])))
-        weight = g.op('CastLike', g.op('ConstantOfShape', sizes, value_t=torch.tensor([1.0])), input)
-    inputs = [input, weight] if symbolic_helper._is_none(bias) else [input, weight, bias]
-    return g.op('LayerNormalization', *inputs, epsilon_f=symbolic_helper._get_const(eps, 'f', 'eps'), axis_i=-axes)
-
-
-def _inplace_and_symbolic(g, input, other):
-    """aten::__iand_ (`keep &= ...` of the post-processing's score filter) -> ONNX And: the tracer already
-    reads the result from the op's output, so the in-place update needs no copy."""
-    return g.op('And', input, other)
-
-
 def _sort_symbolic(g, input, *args):
     """aten::sort and its `stable=True` overload (the post-processing's "first points of a cell") -> ONNX TopK
     over the whole axis. The stock symbolic takes the overload's `stable` flag for `dim`. TopK is stable as
@@ -216,8 +191,7 @@ def _sort_symbolic(g, input, *args):
 
 
 # Symbolics of the TorchScript-based exporter for the ATen ops of the test step that the stock ones do not cover
-_SYMBOLICS = {'aten::layer_norm': _layer_norm_symbolic, 'aten::__iand_': _inplace_and_symbolic,
-              'aten::sort': _sort_symbolic}
+_SYMBOLICS = {'aten::sort': _sort_symbolic}
 
 
 @contextlib.contextmanager

@@ -83,7 +83,7 @@ def dense_occupancy(probs, points, pc_range, voxel_size, grid_size, score_thr, c
     device = probs.device
     centre = points.mean(dim=1, keepdim=True)
     keep = (points - centre).norm(dim=-1) < ctr_dist_thr
-    keep &= probs.max(dim=-1).values > score_thr
+    keep = keep & (probs.max(dim=-1).values > score_thr)
     xyz, probs = points.reshape(Q * P, 3).float(), probs.reshape(Q * P, C)
     # per-axis Python scalars (float32 arithmetic as with float32 tensors): no host-to-device copy,
     # so the function can be captured in a CUDA graph

@@ -97,19 +97,20 @@ def check_sampling_shapes(sample_points, scale_weights, occ2img, num_views):
                          f'[B, Q, G, T, P, L] = [{B}, {Q}, {G}, {T}, {P}, L]')
 
 
-def sample_features(mlvl_feats, loc, weights, batch, frames, groups):
+def sample_features(mlvl_feats, loc, weights, batch, frames, groups, op=msmv_sampling):
     """The sampling op at the locations of `sampling_locations`.
 
     Args:
         mlvl_feats (list[Tensor]): L levels `[B*T*G, N, H_l, W_l, C]` channel-last.
         loc (Tensor): `[B*T*G, Q, P, 3]` (u, v, view / (N - 1)); weights (Tensor): `[B*T*G, Q, P, L]`.
         batch, frames, groups (int): B, T, G.
+        op (callable): the sampling op (`msmv_sampling`, or `msmv_sampling_pytorch`, its exact PyTorch path).
     Returns:
         Tensor: `[B, Q, G, T*P, C]` sampled features (T-major, then P).
     """
     B, T, G = batch, frames, groups
     Q, P = loc.shape[1:3]
-    out = msmv_sampling(mlvl_feats, loc, weights)                               # [B*T*G, Q, C, P]
+    out = op(mlvl_feats, loc, weights)                                          # [B*T*G, Q, C, P]
     C = out.shape[2]
     out = out.reshape(B, T, G, Q, C, P).permute(0, 3, 2, 1, 5, 4)               # [B, Q, G, T, P, C]
     return out.reshape(B, Q, G, T * P, C)

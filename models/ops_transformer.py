@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from core.geometry import decode_points, encode_points
 
+from .csrc.wrapper import msmv_sampling
 from .ops_sampling import check_sampling_shapes, sample_features, sampling_locations
 
 # decode_points / encode_points are re-exported: they live in core/geometry.py
@@ -72,6 +73,10 @@ class OPSSampling(BaseModule):
         projection eps 1e-5 m as the original)."""
         return sampling_locations(sample_points, weights, occ2img, image_h, image_w, self.num_views, 1e-5)
 
+    # the multi-view sampling op (models/csrc/wrapper.py: the CUDA op for CUDA inputs when built, else the exact
+    # PyTorch path); an exporter may set the PyTorch path itself (engine/export.py)
+    sampling_op = staticmethod(msmv_sampling)
+
     def forward(self, query_points, query_feat, mlvl_feats, occ2img, image_h, image_w):
         """
         Args:
@@ -90,7 +95,7 @@ class OPSSampling(BaseModule):
         weights = weights.expand(B, Q, G, T, P, L)
         check_sampling_shapes(sample_points, weights, occ2img, self.num_views)
         loc, level_weights = self.locations(sample_points, weights, occ2img, image_h, image_w)
-        return sample_features(mlvl_feats, loc, level_weights, B, T, G)
+        return sample_features(mlvl_feats, loc, level_weights, B, T, G, op=self.sampling_op)
 
 
 def adaptive_mixing(x, query, gen_weight, gen_bias, out_weight, out_bias, in_dim, out_dim, in_points, out_points):
@@ -101,9 +106,9 @@ def adaptive_mixing(x, query, gen_weight, gen_bias, out_weight, out_bias, in_dim
     M = M.reshape(B * Q, G, in_dim, out_dim)
     S = S.reshape(B * Q, G, out_points, in_points)
     out = torch.matmul(x.reshape(B * Q, G, P, C), M)                           # channel mixing
-    out = F.relu(F.layer_norm(out, out.shape[-2:]), inplace=True)
+    out = F.relu(F.layer_norm(out, (in_points, out_dim)), inplace=True)
     out = torch.matmul(S, out)                                                 # point mixing
-    out = F.relu(F.layer_norm(out, out.shape[-2:]), inplace=True)
+    out = F.relu(F.layer_norm(out, (out_points, out_dim)), inplace=True)
     return query + F.linear(out.reshape(B, Q, -1), out_weight, out_bias)
 
 

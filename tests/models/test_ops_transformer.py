@@ -115,7 +115,7 @@ def test_sampling_points_centre_unbiased_std_and_single_point(monkeypatch):
     def record(sample_points, weights, occ2img, num_views):     # the sampler's shape check sees its inputs
         calls.update(points=sample_points, weights=weights)
 
-    def no_sampling(mlvl_feats, loc, weights, B, T, G):
+    def no_sampling(mlvl_feats, loc, weights, B, T, G, op):
         Q, P = calls['points'].shape[1], calls['points'].shape[4]
         return torch.zeros(B, Q, G, T * P, 4)
 
