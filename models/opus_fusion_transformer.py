@@ -11,7 +11,8 @@ What differs from V1, per layer:
 3. Projection: the queries live in the occupancy frame; `occ2img = ego2img @ inverse(ego2occ)` per view (as
    OPUS-V2) and `occ2points = ego2points @ inverse(ego2occ)` for the map (the authors' `occ2lidar`, from their
    `ego2lidar` meta, which their `LiDARToOccSpace` overwrites with `ego2occ`; loaders/pipelines/points.py keeps
-   it as `ego2points`). Both are the identity-composed Occ3D matrices: ego = occupancy = points frame.
+   it as `ego2points`). For Occ3D `ego2occ` and `ego2points` are the identity (ego = occupancy = points frame), so
+   occ2img = ego2img and occ2points = I.
 
 Everything else (position encoder, self-attention, FFN, heads, refinement, nan_to_num, detached points) is V1's.
 
