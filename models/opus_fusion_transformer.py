@@ -66,7 +66,7 @@ class OPUSV1FusionSampling(OPSSampling):
         frame_points = points[:, :, None].expand(B, Q, T, G, P, 3)
         check_sampling_shapes(frame_points, weights, occ2img, self.num_views)
         loc, level_weights = self.locations(frame_points, weights, occ2img, image_h, image_w)
-        image = sample_features(mlvl_feats, loc, level_weights, B, T, G)
+        image = sample_features(mlvl_feats, loc, level_weights, B, T, G, op=self.sampling_op)
         return image, sample_bev_features(points, bev_feats, occ2points, self.pc_range)
 
 
