@@ -79,9 +79,9 @@ class AcceleratedDetector:
     def offline_step(self, *tensors, **static):
         return self.graphed_steps['offline_step'](*tensors, **static)
 
-    def decode(self, feats, occ2img, image_h, image_w):
+    def decode(self, feats, occ2img, *extra, image_h, image_w):
         with _precision(self, 'test', occ2img):
-            return super().decode(feats, occ2img, image_h, image_w)
+            return super().decode(feats, occ2img, *extra, image_h=image_h, image_w=image_w)
 
     def train_decoder(self, *tensors, image_h, image_w):
         with _precision(self, 'train', tensors[-1]):

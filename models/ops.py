@@ -67,7 +67,8 @@ class OPS(BaseDetector):
 
     The device entry points, graph-capturable (host work only before them): `online_step` and
     `offline_step` (a test step: images -> packed occupancy) and `train_decoder` (the training decoder:
-    image features -> the head's outputs).
+    image features -> the head's outputs). A variant with inputs beyond the images (OPUS-Fusion's points)
+    hands them through the test steps as `extra` (`step_inputs`, `decode_outputs`).
     """
     # the device entry points have static shapes, so that a CUDA graph can capture them (accel/cuda_graph.py)
     GRAPH_CAPTURABLE = True
@@ -195,7 +196,7 @@ class OPS(BaseDetector):
         """uint8 `[n, 3, H, W]` -> L levels `[n, C, H_l, W_l]` float32."""
         return self.extract_img_feat(self.preprocess(img), amp_dtype)
 
-    def online_step(self, img, occ2img, slot, frame_slots, image_h, image_w):
+    def online_step(self, img, occ2img, slot, frame_slots, *extra, image_h, image_w):
         """One online sample on device tensors: `[1, N, 3, H, W]` uint8 images of the key frame,
         `[1, T*N, 4, 4]` occ2img, int64 key-frame slot `[1]` and frame slots `[T]` -> packed occupancy
         (`decode`)."""
@@ -203,25 +204,35 @@ class OPS(BaseDetector):
         feats = self._image_feats(img[0], self.test_amp_dtype(online=True))     # L x [N, C, H_l, W_l]
         self.feature_cache.write(slot, [transformer.frame_sampling_layout(f) for f in feats])
         frames = self.feature_cache.read(frame_slots)              # L x [T, G, N, H_l, W_l, C/G]
-        return self.decode([f.flatten(0, 1) for f in frames], occ2img, image_h, image_w)
+        return self.decode([f.flatten(0, 1) for f in frames], occ2img, *extra, image_h=image_h, image_w=image_w)
 
-    def decode(self, feats, occ2img, image_h, image_w):
+    def decode(self, feats, occ2img, *extra, image_h, image_w):
         """Decoder + post-processing of the test step (float32) on features in the sampling layout
         (`transformer.sampling_layout`) -> the occupied cells of each sample, packed (`pack_occupied`:
         int64 `[B]` counts, int32 `[B, 2V]`)."""
         head = self.pts_bbox_head
         with torch.autocast(occ2img.device.type, enabled=False):
-            outs = head.forward_geometry(feats, occ2img, image_h, image_w)
+            outs = self.decode_outputs(feats, occ2img, *extra, image_h=image_h, image_w=image_w)
             return pack_occupied(head.get_occ_grids(outs), head.empty_label)
 
-    def offline_step(self, img, occ2img, image_h, image_w):
+    def decode_outputs(self, feats, occ2img, *extra, image_h, image_w):
+        """The head's outputs of a test step (`OPSHead.forward_geometry`); `extra`: the variant's `step_inputs`."""
+        return self.pts_bbox_head.forward_geometry(feats, occ2img, image_h, image_w)
+
+    def step_inputs(self, img_metas, device, *extra):
+        """The test step's inputs beyond the images and occ2img, from the metas and the batch's other inputs
+        (host work): none for the camera-only models."""
+        return ()
+
+    def offline_step(self, img, occ2img, *extra, image_h, image_w):
         """B offline samples: uint8 `[B, T*N, 3, H, W]` -> packed occupancy (`decode`)."""
         B, V = img.shape[:2]
         feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
         feats = [f.view(B, V, *f.shape[1:]) for f in feats]
-        return self.decode(self.pts_bbox_head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
+        return self.decode(self.pts_bbox_head.transformer.sampling_layout(feats), occ2img, *extra, image_h=image_h,
+                           image_w=image_w)
 
-    def online_occupancy(self, img, img_metas):
+    def online_occupancy(self, img, img_metas, *extra):
         """Online mode (batch 1): the N key-frame images, history features from the cache.
 
         The cache is keyed by the first camera's filename of each frame; a history frame is found
@@ -252,13 +263,15 @@ class OPS(BaseDetector):
         self._set_shape_metas(img_metas, H, W)
         occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
         slots = torch.tensor([slot] + frame_slots, dtype=torch.long).to(img.device)
-        return self.online_step(img, occ2img, slots[:1], slots[1:], image_h=int(H), image_w=int(W))
+        return self.online_step(img, occ2img, slots[:1], slots[1:], *self.step_inputs(img_metas, img.device, *extra),
+                                image_h=int(H), image_w=int(W))
 
-    def offline_occupancy(self, img, img_metas):
+    def offline_occupancy(self, img, img_metas, *extra):
         """Offline mode: all T*N images of B samples -> the packed occupancy (`decode`) on the device."""
         self._set_shape_metas(img_metas, *img.shape[-2:])
         occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
-        return self.offline_step(img, occ2img, image_h=int(img.shape[-2]), image_w=int(img.shape[-1]))
+        return self.offline_step(img, occ2img, *self.step_inputs(img_metas, img.device, *extra),
+                                 image_h=int(img.shape[-2]), image_w=int(img.shape[-1]))
 
     def use_online(self, img, img_metas):
         """The test mode for this input (see the `online` argument)."""
@@ -326,7 +339,7 @@ class OPS(BaseDetector):
             img, img_metas = img[0], img_metas[0]
         return self.simple_test(img, img_metas, rescale=rescale)
 
-    def simple_test(self, img, img_metas, rescale=False):
+    def simple_test(self, img, img_metas, *extra, rescale=False):
         """`[B, V, 3, H, W]` images -> list of B `dict(sem_pred, occ_loc)` (numpy, CPU).
 
         The whole step runs on the device with static shapes; its result, the occupied cells of each
@@ -336,9 +349,9 @@ class OPS(BaseDetector):
             raise ValueError(f'OPS: img must be [B, views, 3, H, W] (BGR), got {tuple(img.shape)}')
         with torch.no_grad():
             if self.use_online(img, img_metas):
-                counts, codes = self.online_occupancy(img, img_metas)
+                counts, codes = self.online_occupancy(img, img_metas, *extra)
             else:
-                counts, codes = self.offline_occupancy(img, img_metas)
+                counts, codes = self.offline_occupancy(img, img_metas, *extra)
         return self.pts_bbox_head.unpack_occ(counts, codes)
 
     def aug_test(self, imgs, img_metas, **kwargs):

@@ -20,7 +20,6 @@ from mmdet.models import DETECTORS
 
 from .gpu_image_decode import decode_and_transform
 from .lidar import LidarBranchMixin
-from .occ_postprocess import pack_occupied
 from .ops import OPS
 from .opus_fusion_head import OPUSV1FusionHead
 from .opus_fusion_transformer import OPUSV1FusionTransformer
@@ -84,63 +83,15 @@ class OPUSV1Fusion(LidarBranchMixin, OPS):
         return self.pts_bbox_head.transformer.points_geometry(img_metas, device)
 
     # ------------------------------------------------------------------ test steps
-    def decode_fused(self, feats, points, occ2points, occ2img, image_h, image_w):
-        """Decoder + post-processing of a test step (float32): image features in the sampling layout, the samples'
-        points -> the packed occupancy (`OPS.decode`'s output)."""
-        head = self.pts_bbox_head
-        with torch.autocast(occ2img.device.type, enabled=False):
-            bev, init_points = self.lidar_inputs(points)
-            outs = head.forward_geometry(feats, bev, init_points, occ2img, occ2points, image_h, image_w)
-            return pack_occupied(head.get_occ_grids(outs), head.empty_label)
+    def step_inputs(self, img_metas, device, points):
+        """The test step's LiDAR inputs: the samples' points (B `[N_b, 5]` tensors) and occ2points `[B, 4, 4]`."""
+        return points, self.lidar_geometry(img_metas, device)
 
-    def online_step(self, img, points, occ2points, occ2img, slot, frame_slots, image_h, image_w):
-        """`OPS.online_step` with the sample's points (a list of one `[N, 5]` tensor) and occ2points `[1, 4, 4]`."""
-        transformer = self.pts_bbox_head.transformer
-        feats = self._image_feats(img[0], self.test_amp_dtype(online=True))
-        self.feature_cache.write(slot, [transformer.frame_sampling_layout(f) for f in feats])
-        frames = self.feature_cache.read(frame_slots)
-        return self.decode_fused([f.flatten(0, 1) for f in frames], points, occ2points, occ2img, image_h, image_w)
-
-    def offline_step(self, img, points, occ2points, occ2img, image_h, image_w):
-        """`OPS.offline_step` with the samples' points (B `[N_b, 5]` tensors) and occ2points `[B, 4, 4]`."""
-        B, V = img.shape[:2]
-        feats = self._image_feats(img.flatten(0, 1), self.test_amp_dtype(online=False))
-        feats = self.pts_bbox_head.transformer.sampling_layout([f.view(B, V, *f.shape[1:]) for f in feats])
-        return self.decode_fused(feats, points, occ2points, occ2img, image_h, image_w)
-
-    def online_occupancy(self, img, img_metas, points):
-        """`OPS.online_occupancy` (batch 1, the history features from the cache) with the sample's points."""
-        if img.shape[0] != 1 or len(img_metas) != 1:
-            raise ValueError(f'OPUSV1Fusion online test mode supports batch size 1, got {img.shape[0]}')
-        N = self.num_views
-        filenames = img_metas[0]['filename']
-        if len(filenames) % N:
-            raise ValueError(f'OPUSV1Fusion online mode: {len(filenames)} filenames is not a multiple of {N} views')
-        img = img[:, :N]
-        H, W = img.shape[-2:]
-        if self.feature_cache.rings is None or self.feature_cache.rings[0].device != img.device:
-            probe = self._image_feats(img[0], None)
-            frame_layout = self.pts_bbox_head.transformer.frame_sampling_layout
-            self.feature_cache.allocate([frame_layout(f).shape for f in probe], torch.float32, img.device)
-        try:
-            slot, frame_slots = self.feature_cache.assign([filenames[t * N] for t in range(len(filenames) // N)])
-        except KeyError as err:
-            raise RuntimeError(
-                f'OPUSV1Fusion online mode: features of history frame(s) {err.args[0][:3]} are not in the cache. '
-                f'Online mode needs the samples of a scene in dataset order in one process; run offline instead (all '
-                f'T*N images loaded, model.online=False / dataset online=False).') from None
-        self._set_shape_metas(img_metas, H, W)
-        occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
-        slots = torch.tensor([slot] + frame_slots, dtype=torch.long).to(img.device)
-        return self.online_step(img, points, self.lidar_geometry(img_metas, img.device), occ2img, slots[:1],
-                                slots[1:], image_h=int(H), image_w=int(W))
-
-    def offline_occupancy(self, img, img_metas, points):
-        """`OPS.offline_occupancy` with the samples' points."""
-        self._set_shape_metas(img_metas, *img.shape[-2:])
-        occ2img, _ = self.pts_bbox_head.transformer.image_geometry(img_metas, img.device)
-        return self.offline_step(img, points, self.lidar_geometry(img_metas, img.device), occ2img,
-                                 image_h=int(img.shape[-2]), image_w=int(img.shape[-1]))
+    def decode_outputs(self, feats, occ2img, points, occ2points, *, image_h, image_w):
+        """The head's outputs of a test step: the LiDAR map and initial points from the samples' points, then the
+        decoder on both (`OPS.decode` packs the occupancy)."""
+        bev, init_points = self.lidar_inputs(points)
+        return self.pts_bbox_head.forward_geometry(feats, bev, init_points, occ2img, occ2points, image_h, image_w)
 
     # ------------------------------------------------------------------ train / test
     def forward_train(self, img, img_metas, points=None, voxel_semantics=None, mask_camera=None, img_jpeg=None,
@@ -192,9 +143,4 @@ class OPUSV1Fusion(LidarBranchMixin, OPS):
             raise ValueError(f'OPUSV1Fusion: img must be [B, views, 3, H, W] (BGR), got {tuple(img.shape)}')
         if len(points) != img.shape[0]:
             raise ValueError(f'OPUSV1Fusion: {len(points)} point clouds for {img.shape[0]} samples')
-        with torch.no_grad():
-            if self.use_online(img, img_metas):
-                counts, codes = self.online_occupancy(img, img_metas, points)
-            else:
-                counts, codes = self.offline_occupancy(img, img_metas, points)
-        return self.pts_bbox_head.unpack_occ(counts, codes)
+        return super().simple_test(img, img_metas, points, rescale=rescale)
