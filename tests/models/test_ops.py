@@ -28,7 +28,10 @@ def test_training_step_and_optimizer_update():
     layers = model.pts_bbox_head.transformer.decoder.decoder_layers
     watched = {'head': layers[1].cls_branch[-1].weight, 'offset': layers[2].sampling.sampling_offset.weight,
                'init_points': model.pts_bbox_head.init_points.weight,
-               'layer3': model.img_backbone.layer3[0].conv1.weight, 'fpn': model.img_neck.fpn_convs[0].conv.weight,
+               # the shortcut conv: every residual branch's last BN starts at 0 (mmdet's ResNet), so its convs get
+               # no gradient at the first step and only AdamW's weight decay would move them
+               'layer3': model.img_backbone.layer3[0].downsample[0].weight,
+               'fpn': model.img_neck.fpn_convs[0].conv.weight,
                'frozen_stem': model.img_backbone.conv1.weight}
     before = {k: v.detach().clone() for k, v in watched.items()}
     np.random.seed(0)
@@ -42,6 +45,7 @@ def test_training_step_and_optimizer_update():
                                                     rel=7 * EPS32 / 2)
     optimizer.zero_grad()
     out['loss'].backward()
+    assert watched['layer3'].grad.abs().sum() > 0          # the loss reaches the backbone
     optimizer.step()
     for name in ('head', 'offset', 'init_points', 'layer3', 'fpn'):
         assert not torch.equal(watched[name], before[name]), f'{name} did not change'
