@@ -4,7 +4,8 @@
 # benchmark's values. What changes, and why:
 # * the protocol (core/benchmarks/nuscenes_occupancy.py): 16 classes (no 'others'), empty = 16, the
 #   512 x 512 x 40 grid of 0.2 m over [-51.2, 51.2] x [-51.2, 51.2] x [-5, 3] m, in the LiDAR frame;
-# * the dataset NuScenesOccupancyDataset (loaders/nuscenes_occupancy_dataset.py): the label files are named by scene and LiDAR tokens, and the grid frame is the LiDAR frame;
+# * the dataset NuScenesOccupancyDataset (loaders/nuscenes_occupancy_dataset.py): the label files are named by
+#   scene and LiDAR tokens, and the grid frame is the LiDAR frame;
 # * the labels: LoadOccFromFile reads only `semantics` (release noise read as empty, as the authors' loader);
 #   there is no camera mask to collect (the V2 model then counts every voxel as visible, as the authors');
 # * cls_weights: the Occ3D list without its first entry (10, 'others'), as the authors' configs;
