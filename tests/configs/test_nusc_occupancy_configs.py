@@ -115,7 +115,7 @@ def built():
 
 
 @pytest.mark.parametrize('kind', ['v2', 'ops'])
-def test_the_t_models_build_on_the_benchmark_grid(kind, built):
+def test_the_t_models_build_on_the_benchmark_grid(kind, built, tmp_path):
     """Same parameters as the Occ3D model except the class dimension (16 logits per point instead of 17); the grid
     buffers hold the benchmark's range and 512 x 512 x 40."""
     model, occ3d = built(kind)
@@ -128,6 +128,18 @@ def test_the_t_models_build_on_the_benchmark_grid(kind, built):
                            all(g == r or g * 17 == r * 16 for g, r in zip(got[k], ref[k])) for k in changed), \
         {k: (got[k], ref[k]) for k in changed}
     assert all('cls_branch' in k for k in changed)
+    if kind == 'v2':
+        # the authors' OPUS-V2-T layout (tests/data/checkpoint-keys/opusv2-t.txt, their Occ3D checkpoint's keys): the
+        # same names; the nuScenes-Occupancy configs of their V2 commit build the same modules with 16 classes
+        import os.path as osp
+        keys_file = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data', 'checkpoint-keys', 'opusv2-t.txt')
+        with open(keys_file) as f:
+            official = {line.split()[0] for line in f if line.strip()}
+        assert set(got) == official
+        from models.weights import load_checkpoint_strict
+        path = tmp_path / 'nusc-occupancy-v2-t.pth'
+        torch.save({'state_dict': {k: v.clone() for k, v in model.state_dict().items()}}, path)
+        load_checkpoint_strict(model, str(path))          # a checkpoint of that layout loads with strict=True
     head = model.pts_bbox_head
     assert head.voxel_num.tolist() == [512, 512, 40] and head.empty_label == 16 and head.num_classes == 16
     torch.testing.assert_close(head.pc_range, torch.tensor(RANGE))   # float32 of the same decimals

@@ -108,7 +108,8 @@ def test_grid_has_the_voxels_of_the_detectors_test_step(exported, runs):
     head = model.pts_bbox_head
     grid = runs['grid']
     with torch.no_grad():
-        expected = head.unpack_occ(*model.offline_step(runs['img'], runs['occ2img'], H, W))[0]   # the test step
+        # the detector's own test step
+        expected = head.unpack_occ(*model.offline_step(runs['img'], runs['occ2img'], image_h=H, image_w=W))[0]
     occupied = np.argwhere(grid[0] != head.empty_label)
     assert len(expected['occ_loc']) > 0                                        # not a trivially empty grid
     np.testing.assert_array_equal(occupied, expected['occ_loc'])
