@@ -407,6 +407,11 @@ class OPSTransformerDecoder(BaseModule):
         feats: L levels in the sampling layout `[B*T*G, N, H_l, W_l, C/G]` (`sampling_layout`);
         occ2img: `[B, T*N, 4, 4]` ego -> pixels; image_h, image_w: augmented image size (pixels).
         """
+        self.check_sampling_layout(feats, occ2img)
+        return self.iterate_layers(query_points, query_feat, feats, occ2img, image_h, image_w)
+
+    def check_sampling_layout(self, feats, occ2img):
+        """The L feature levels are in the sampling layout of occ2img's batch (`sampling_layout`), else an error."""
         B, T, G = occ2img.shape[0], self.num_frames, self.num_groups
         if len(feats) != self.num_levels:
             raise ValueError(f'got {len(feats)} feature levels, the decoder was built for {self.num_levels}')
@@ -414,11 +419,14 @@ class OPSTransformerDecoder(BaseModule):
             if feat.dim() != 5 or feat.shape[0] != B * T * G or feat.shape[1] != self.num_views:
                 raise ValueError(f'features of shape {tuple(feat.shape)} are not in the sampling layout '
                                  f'[B*T*G={B * T * G}, N={self.num_views}, H, W, C/G] (sampling_layout)')
+
+    def iterate_layers(self, query_points, query_feat, *layer_inputs):
+        """Every layer on (points, features, *layer_inputs) -> (logits per layer, points per layer), NaN-free."""
         cls_scores, refine_pts = [], []
         for layer in self.decoder_layers:
             # each layer refines around the previous points without back-propagating into them
             query_points = query_points.detach()
-            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, occ2img, image_h, image_w)
+            query_feat, cls_score, query_points = layer(query_points, query_feat, *layer_inputs)
             cls_scores.append(cls_score)
             refine_pts.append(query_points)
         # a layer may return no logits (None: OPUS-V2 in eval mode before the last layer)

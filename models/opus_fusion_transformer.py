@@ -181,21 +181,8 @@ class OPUSV1FusionDecoder(OPSTransformerDecoder):
         feats: L levels `[B*T*G, N, H_l, W_l, C_g]` (`sampling_layout`); bev_feats: `[B*G, C_g, H_b, W_b]`
         (`bev_sampling_layout`); occ2img `[B, T*N, 4, 4]`; occ2points `[B, 4, 4]`.
         """
-        B, T, G = occ2img.shape[0], self.num_frames, self.num_groups
-        if len(feats) != self.num_levels:
-            raise ValueError(f'got {len(feats)} feature levels, the decoder was built for {self.num_levels}')
-        for feat in feats:
-            if feat.dim() != 5 or feat.shape[0] != B * T * G or feat.shape[1] != self.num_views:
-                raise ValueError(f'features of shape {tuple(feat.shape)} are not in the sampling layout '
-                                 f'[B*T*G={B * T * G}, N={self.num_views}, H, W, C/G] (sampling_layout)')
-        cls_scores, refine_pts = [], []
-        for layer in self.decoder_layers:
-            query_points = query_points.detach()
-            query_feat, cls_score, query_points = layer(query_points, query_feat, feats, bev_feats, occ2img,
-                                                        occ2points, image_h, image_w)
-            cls_scores.append(cls_score)
-            refine_pts.append(query_points)
-        return [torch.nan_to_num(c) for c in cls_scores], [torch.nan_to_num(p) for p in refine_pts]
+        self.check_sampling_layout(feats, occ2img)
+        return self.iterate_layers(query_points, query_feat, feats, bev_feats, occ2img, occ2points, image_h, image_w)
 
 
 @TRANSFORMER.register_module()
