@@ -3,6 +3,10 @@
     python benchmarks/bench_e2e.py --configs configs/ops-t_r50_704x256_8f_12e.py configs/ops-l_r50_704x256_8f_12e.py \
         --rounds 5 --out e2e.md
 
+Any OPS-family config: OPS, OPUS-V2 (its voxel classifiers' biases at +0.2 too) and OPUS-Fusion (with random LiDAR
+points: the key sweep's 34,688 and 9 earlier sweeps of as many, the stack its pipeline feeds). OPUS-V2 and Fusion
+are not graph-capturable, so their "faithful" rows run eagerly like "eager".
+
 Rig (what every mode sees): 704x256 crops of the nuScenes camera rig (tools/synthetic/calib.py), 6
 cameras x 8 frames, random uint8 images normalised in the step (speed does not depend on content),
 random weights with every classifier bias at +0.2 so that most points pass score_thr 0.5 (the
@@ -80,7 +84,11 @@ def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
 def make_metas(frame_ids, lidar2img, ego2lidar, height=256, width=704):
     """img_metas of one sample whose T frames are the global frame numbers `frame_ids`."""
     filenames = [f'frame{f:06d}_{name}.jpg' for f in frame_ids for name in calib.CAMERA_NAMES]
-    return dict(filename=filenames, lidar2img=list(lidar2img), ego2lidar=ego2lidar,
+    # OPUS-V2 and OPUS-Fusion project from the occupancy frame (ego2img, ego2occ; Fusion's points: ego2points)
+    ego2img = [(m @ ego2lidar).astype(np.float32) for m in lidar2img]
+    identity = np.eye(4, dtype=np.float32)
+    return dict(filename=filenames, lidar2img=list(lidar2img), ego2lidar=ego2lidar, ego2img=ego2img,
+                ego2occ=identity, ego2points=identity,
                 img_timestamp=[0.5 * f for f in frame_ids for _ in range(NUM_VIEWS)],
                 ori_shape=[(height, width, 3)] * len(filenames), img_shape=[(height, width, 3)] * len(filenames),
                 pad_shape=[(height, width, 3)] * len(filenames))
@@ -96,6 +104,22 @@ def frame_images(frame, height=256, width=704):
     g = torch.Generator().manual_seed(10_000 + frame)
     img = torch.randint(0, 256, (NUM_VIEWS, 3, height, width), generator=g, dtype=torch.uint8)
     return img.pin_memory() if torch.cuda.is_available() else img
+
+
+def random_points(frame, key_points=34_688, sweeps=9):
+    """float32 [N, 5] LiDAR points of a sample (x, y, z in metres within the range, intensity, time lag): the key
+    sweep's `key_points` (the real keyframe's count) with lag 0, then `sweeps` earlier sweeps of as many, as
+    OPUS-Fusion's pipeline stacks them (speed does not depend on where the points are)."""
+    g = torch.Generator().manual_seed(20_000 + frame)
+    n = key_points * (1 + sweeps)
+    xyz = torch.rand(n, 3, generator=g) * torch.tensor([80.0, 80.0, 6.4]) - torch.tensor([40.0, 40.0, 1.0])
+    lag = torch.arange(1 + sweeps).repeat_interleave(key_points).float()[:, None] * 0.05
+    return torch.cat([xyz, torch.rand(n, 1, generator=g), lag], 1)
+
+
+def uses_points(model):
+    """Whether the detector reads LiDAR points (OPUS-Fusion)."""
+    return hasattr(model, 'lidar_inputs')
 
 
 def random_occupancy(num_occupied, generator, batch=1):
@@ -120,9 +144,12 @@ def build_model(cfg, device, execution=None, state=None):
     model = build_detector(cfg.model)
     if state is None:
         model.init_weights()
-        # Random weights predict nothing (classifier bias -4.6): +0.2 makes most points pass 0.5.
+        # Random weights predict nothing (classifier bias -4.6): +0.2 makes most points pass 0.5 (OPUS-V2: its
+        # voxel classifiers' biases, for the voxels to pass 0.25)
         for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
             torch.nn.init.constant_(layer.cls_branch[-1].bias, 0.2)
+        for densifier in getattr(model.pts_bbox_head, 'densifiers', ()):
+            torch.nn.init.constant_(densifier.cls_branch[-1].bias, 0.2)
     else:
         model.load_state_dict(state)
     if execution is not None:
@@ -145,11 +172,12 @@ class InferenceStream:
         metas = make_metas([max(i - t, 0) for t in range(self.num_frames)], self.lidar2img, self.ego2lidar)
         img = frame_images(i)
         device = next(self.model.parameters()).device
+        extra = dict(points=[[random_points(i).to(device)]]) if uses_points(self.model) else {}
         sync()
         start = time.perf_counter()
         with torch.no_grad():
             result = self.model(return_loss=False, rescale=True, img=[img.to(device, non_blocking=True)[None]],
-                                img_metas=[[metas]])
+                                img_metas=[[metas]], **extra)
         sync()
         ms = (time.perf_counter() - start) * 1000
         if keep:
@@ -203,6 +231,8 @@ class TrainBench:
         sem, mask = random_occupancy(91198, g, batch)
         self.sem, self.mask = sem.to(device), mask.to(device)
         self.metas = [make_metas(list(range(num_frames)), lidar2img, ego2lidar) for _ in range(batch)]
+        self.extra = dict(points=[random_points(b).to(device) for b in range(batch)]) if uses_points(self.model) \
+            else {}
         if fast:
             from engine.train_step import SyncFreeStep
             self.sync_free = SyncFreeStep(self.optimizer, dict(max_norm=35, norm_type=2),
@@ -212,7 +242,7 @@ class TrainBench:
 
     def step(self):
         losses = self.model(img=self.img, img_metas=copy.deepcopy(self.metas), voxel_semantics=self.sem,
-                            mask_camera=self.mask, return_loss=True)
+                            mask_camera=self.mask, return_loss=True, **self.extra)
         if not self.fast:
             loss, log_vars = self.model._parse_losses(losses)          # .item() per term, as mmdet does
             if not bool(torch.isfinite(loss)):                          # the NaN guard's host read
