@@ -131,11 +131,8 @@ def test_the_t_models_build_on_the_benchmark_grid(kind, built, tmp_path):
     if kind == 'v2':
         # the authors' OPUS-V2-T layout (tests/data/checkpoint-keys/opusv2-t.txt, their Occ3D checkpoint's keys): the
         # same names; the nuScenes-Occupancy configs of their V2 commit build the same modules with 16 classes
-        import os.path as osp
-        keys_file = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data', 'checkpoint-keys', 'opusv2-t.txt')
-        with open(keys_file) as f:
-            official = {line.split()[0] for line in f if line.strip()}
-        assert set(got) == official
+        from checkpoint_keys import official_keys
+        assert set(got) == set(official_keys('opusv2-t'))
         from models.weights import load_checkpoint_strict
         path = tmp_path / 'nusc-occupancy-v2-t.pth'
         torch.save({'state_dict': {k: v.clone() for k, v in model.state_dict().items()}}, path)

@@ -9,10 +9,9 @@ from mmcv import Config
 from mmdet.models import build_detector
 
 import models  # noqa: F401  (registers OPS, OPSHead, OPSTransformer)
+from checkpoint_keys import official_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# the official parameter lists (`name shape` per line), kept in the repository
-KEYS_DIRS = [os.path.join(ROOT, 'tests', 'data', 'checkpoint-keys')]
 VARIANTS = {  # num_query, num_points, num_refines (docs/method.md, "Configuration")
     't': (600, 4, [1, 4, 16, 32, 64, 128]),
     's': (1200, 2, [1, 4, 8, 16, 32, 64]),
@@ -26,17 +25,6 @@ BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked', 'pc_ran
 
 def config_path(variant, epochs):
     return os.path.join(ROOT, 'configs', f'ops-{variant}_r50_704x256_8f_{epochs}e.py')
-
-
-def official_keys(variant):
-    paths = [os.path.join(d, f'ops-{variant}.txt') for d in KEYS_DIRS]
-    path = next((p for p in paths if os.path.isfile(p)), None)
-    assert path is not None, f'official key list not found in {paths} (tests/data/checkpoint-keys is part of the repo)'
-    keys = {}
-    for line in open(path):
-        name, shape = line.split()
-        keys[name] = () if shape == 'scalar' else tuple(int(x) for x in shape.split('x'))
-    return keys
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +45,7 @@ def built_model():
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_state_dict_matches_official_layout(variant, built_model):
     model = built_model(variant)
-    expected = official_keys(variant)
+    expected = official_keys(f'ops-{variant}')
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(expected) - set(got)) == []
     assert sorted(set(got) - set(expected)) == []
@@ -68,7 +56,8 @@ def test_state_dict_matches_official_layout(variant, built_model):
 def test_parameter_counts(variant, built_model):
     model = built_model(variant)
     # independent count from the official layout: every entry that is not a buffer is a parameter
-    expected = sum(int(np.prod(s)) for k, s in official_keys(variant).items() if not k.endswith(BUFFER_SUFFIXES))
+    layout = official_keys(f'ops-{variant}')
+    expected = sum(int(np.prod(s)) for k, s in layout.items() if not k.endswith(BUFFER_SUFFIXES))
     total = sum(p.numel() for p in model.parameters())
     assert total == expected
     assert sum(p.numel() for p in model.img_backbone.parameters()) == 23_508_032

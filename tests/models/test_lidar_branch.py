@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from mmdet.models.builder import MODELS
 
+from checkpoint_keys import official_keys
 from models.lidar import LidarBranch
 from models.lidar.voxelize import compact_voxels
 from models.sparse_conv import SparseTensor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS_DIR = os.path.join(ROOT, 'tests', 'data', 'checkpoint-keys')
 BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 EPS64 = float(torch.finfo(torch.float64).eps)
 
@@ -59,15 +59,6 @@ SMALL_LIDAR = dict(
     second_out_dim=6, pts_feat_dim=4)
 
 
-def official_keys(variant):
-    keys = {}
-    with open(os.path.join(KEYS_DIR, f'opusv1-fusion-lidar-{variant}.txt')) as f:
-        for line in f:
-            name, shape = line.split()
-            keys[name] = () if shape == 'scalar' else tuple(int(x) for x in shape.split('x'))
-    return keys
-
-
 @pytest.fixture(scope='module')
 def authors_branch():
     torch.manual_seed(0)
@@ -76,7 +67,7 @@ def authors_branch():
 
 @pytest.mark.parametrize('variant', ['t', 'l'])
 def test_state_dict_is_the_checkpoint_layout(variant, authors_branch):
-    expected = official_keys(variant)
+    expected = official_keys(f'opusv1-fusion-lidar-{variant}')
     got = {k: tuple(v.shape) for k, v in authors_branch.state_dict().items()}
     assert len(expected) == 212
     assert sorted(set(expected) - set(got)) == [] and sorted(set(got) - set(expected)) == []
@@ -88,7 +79,7 @@ def test_state_dict_is_the_checkpoint_layout(variant, authors_branch):
 
 def test_a_checkpoint_in_that_layout_loads_strictly(authors_branch, tmp_path):
     from models.weights import load_checkpoint_strict
-    expected = official_keys('t')
+    expected = official_keys('opusv1-fusion-lidar-t')
     gen = torch.Generator().manual_seed(1)
     state = {k: (torch.randint(0, 9, (), generator=gen) if k.endswith('num_batches_tracked')
                  else torch.randn(shape, generator=gen)) for k, shape in expected.items()}

@@ -12,10 +12,10 @@ from mmcv import Config
 from mmdet.models import build_detector
 
 import models  # noqa: F401  (registers the Fusion modules)
+from checkpoint_keys import official_keys
 from test_lidar_branch import AUTHORS_LIDAR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS_DIR = os.path.join(ROOT, 'tests', 'data', 'checkpoint-keys')
 BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked', 'pc_range', 'scene_size', 'voxel_size',
                    'voxel_num')
 VARIANTS = {  # the authors' num_query, num_points, num_refines
@@ -37,15 +37,6 @@ def mixing_params(in_points, out_points):
 
 def config_path(variant):
     return os.path.join(ROOT, 'configs', f'opus-fusion-{variant}_r50_704x256_8f_100e.py')
-
-
-def key_list(name):
-    keys = {}
-    with open(os.path.join(KEYS_DIR, f'{name}.txt')) as f:
-        for line in f:
-            key, shape = line.split()
-            keys[key] = () if shape == 'scalar' else tuple(int(x) for x in shape.split('x'))
-    return keys
 
 
 def parameter_count(keys):
@@ -70,14 +61,14 @@ def built_model():
 @pytest.mark.parametrize('variant', ['t', 'l'])
 def test_layout_and_parameter_counts(variant, built_model):
     model = built_model(variant)
-    expected = key_list(f'opusv1-fusion-{variant}')
+    expected = official_keys(f'opusv1-fusion-{variant}')
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert len(expected) == 627 - 1 + 212
     assert sorted(set(expected) - set(got)) == [] and sorted(set(got) - set(expected)) == []
     assert {k: got[k] for k in expected if got[k] != expected[k]} == {}
     # the count from the V1 list and the three changes, independently of the Fusion list
     _, num_points, _ = VARIANTS[variant]
-    v1 = key_list(f'ops-{variant}')
+    v1 = official_keys(f'ops-{variant}')
     change = 6 * (mixing_params(9 * num_points, 9 * num_points) - mixing_params(8 * num_points, 32))
     total = parameter_count(v1) - int(np.prod(v1['pts_bbox_head.init_points.weight'])) + change + LIDAR_PARAMS
     assert sum(p.numel() for p in model.parameters()) == parameter_count(expected) == total
@@ -87,7 +78,7 @@ def test_layout_and_parameter_counts(variant, built_model):
 def test_a_checkpoint_in_the_authors_layout_loads_strictly(built_model, tmp_path):
     from models.weights import CheckpointMismatchError, load_checkpoint_strict
     model = built_model('l')
-    expected = key_list('opusv1-fusion-l')
+    expected = official_keys('opusv1-fusion-l')
     integer = ('voxel_num', 'num_batches_tracked')
     # every tensor a broadcast view of one scalar: the file stays small
     state = {k: torch.full((), 3 if k.endswith(integer) else 0.25,
@@ -101,7 +92,7 @@ def test_a_checkpoint_in_the_authors_layout_loads_strictly(built_model, tmp_path
     assert torch.all(model.pts_middle_encoder.conv_input[0].weight == 0.25)
     # a V1 checkpoint is refused: no LiDAR branch and no img_pts_mixing (212 + 6 x 4 keys), V1's initial points and
     # mixing (1 + 6 x 4 keys) instead
-    v1_state = {k: torch.zeros(()).expand(s) for k, s in key_list('ops-l').items()}
+    v1_state = {k: torch.zeros(()).expand(s) for k, s in official_keys('ops-l').items()}
     torch.save({'state_dict': v1_state}, path)
     with pytest.raises(CheckpointMismatchError, match=r'missing in the checkpoint \(236\): final_conv.conv.bias.*'
                                                       r'unexpected in the checkpoint \(25\): '

@@ -10,9 +10,9 @@ from mmcv import Config
 from mmdet.models import build_detector
 
 import models  # noqa: F401  (registers the V1 and V2 modules)
+from checkpoint_keys import official_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS_DIR = os.path.join(ROOT, 'tests', 'data', 'checkpoint-keys')
 VARIANTS = {  # num_query, num_points, num_refines; trainable parameters as derived from the official code
     't': (600, 4, [8, 16, 32, 64, 128], 70_933_005),
     's': (1200, 2, [4, 8, 16, 32, 64], 67_069_585),
@@ -26,15 +26,6 @@ CPD_PARAMS = 145_553   # one CPD module: 1,216 + 64 + 4,096 + 128 + 110,656 + 29
 
 def config_path(variant, epochs, dcd=False):
     return os.path.join(ROOT, 'configs', f'opusv2-{variant}_r50_704x256_8f_{"dcdloss_" if dcd else ""}{epochs}e.py')
-
-
-def official_keys(variant):
-    keys = {}
-    with open(os.path.join(KEYS_DIR, f'opusv2-{variant}.txt')) as f:
-        for line in f:
-            name, shape = line.split()
-            keys[name] = () if shape == 'scalar' else tuple(int(x) for x in shape.split('x'))
-    return keys
 
 
 @pytest.fixture(scope='module')
@@ -56,7 +47,7 @@ def built_model():
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_layout_and_parameter_counts(variant, built_model):
     model = built_model(variant)
-    expected = official_keys(variant)
+    expected = official_keys(f'opusv2-{variant}')
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert len(expected) == 674
     assert sorted(set(expected) - set(got)) == []
@@ -73,7 +64,7 @@ def test_layout_and_parameter_counts(variant, built_model):
 def test_a_checkpoint_in_the_official_layout_loads_strictly(built_model, tmp_path):
     from models.weights import CheckpointMismatchError, load_checkpoint_strict
     model = built_model('l')
-    expected = official_keys('l')
+    expected = official_keys('opusv2-l')
     # every tensor a broadcast view of one scalar: the file stays a few hundred kB
     state = {k: torch.full((), 0.25 if not k.endswith(('voxel_num', 'num_batches_tracked')) else 3,
                            dtype=torch.long if k.endswith(('voxel_num', 'num_batches_tracked')) else torch.float32
