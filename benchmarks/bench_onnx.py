@@ -134,7 +134,7 @@ def main(argv=None):
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    session.run()          # the bound outputs exist once the session has run (also without warm-up)
+    session.run()          # the bound output buffers hold results only after one run (also with --warmup 0)
     sync()
     agreement = [float(np.abs(a.numpy(force=True).astype(np.float64) - b).max())
                  for a, b in zip(pytorch_step(), session.outputs())]

@@ -226,7 +226,8 @@ def test_image_size_resize_crop_and_channel_order(rig_predictor):
     pixel = base.ego2img[0, 0].astype(np.float64) @ (cam2ego[0] @ point_cam)
     np.testing.assert_allclose(pixel[:2] / pixel[2], [100 * 0.1 + 80, 100 * -0.05 + 45 - 26],
                                atol=1e-4)    # float32 matrix: rel. 6e-8 of |row| * |p| ~ 1e3, over d = 10
-    assert np.isclose(pixel[2], 10.0, atol=1e-5)
+    # depth row of the float32 matrix: rounding 6e-8 of |row| * |p| (~10) = 6e-7 m, below 1e-5 m
+    assert np.isclose(pixel[2], 10.0, atol=1e-5)   # 6e-7 m of float32 rounding (above), 1e-5 m bound
     rgb = OccupancyPredictor(predictor.model, predictor.benchmark, predictor.ida_aug_conf, device='cpu',
                              channel_order='rgb')
     flipped = rgb([img[..., ::-1] for img in small], intrinsics, cam2ego)
@@ -340,7 +341,8 @@ def test_history_projection_follows_the_ego_motion(rig_predictor):
         then = in_earlier_ego @ earlier.ego2img[0, n].astype(np.float64).T
         front = (now[:, 2] > 1.0) & (then[:, 2] > 1.0)
         # float32 matrices: rounding 6e-8 of |row| * |p| (< 1e4) over a depth > 1 m stays below 1e-3 px
-        np.testing.assert_allclose(now[front, :2] / now[front, 2:3], then[front, :2] / then[front, 2:3], atol=1e-3)
+        np.testing.assert_allclose(now[front, :2] / now[front, 2:3], then[front, :2] / then[front, 2:3],
+                                   atol=1e-3)   # float32 rounding < 1e-3 px (derived above)
         checked += front.sum()
     assert checked > 100
 
