@@ -147,13 +147,18 @@ class NuScenesOccDataset(Dataset):
                 return data
             index = np.random.randint(len(self))
 
-    def evaluate(self, results, logger=None, **kwargs):
+    def evaluate(self, results, logger=None, camera_mask=None, device=None, ray_batch=None, show_progress=True,
+                 rays=None, **hook_kwargs):
         """mIoU and RayIoU of `results` (dataset order): `evaluation.evaluate_occupancy`'s dict.
 
-        Called by mmdet's EvalHook / DistEvalHook during training; val.py calls the evaluator itself.
+        Called by mmdet's EvalHook / DistEvalHook during training (their other arguments, `hook_kwargs`, are
+        unused); val.py calls the evaluator itself. `camera_mask`: None = the benchmark's protocol; False = mIoU
+        over every voxel; True = camera-visible voxels only. The rest as `evaluate_occupancy`.
         """
         from evaluation import evaluate_occupancy
-        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger, benchmark=self.benchmark.name)
+        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger, device=device,
+                                  ray_batch=ray_batch, show_progress=show_progress, rays=rays,
+                                  benchmark=self.benchmark, camera_mask=camera_mask)
 
     def __repr__(self):
         return (f'{self.__class__.__name__}({len(self)} samples of {self.ann_file}, test_mode={self.test_mode}, '

@@ -28,7 +28,6 @@ first, one entry per frame (with `test_interval = 5` the history frames are 0.5 
 import os.path as osp
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 from mmdet.datasets import DATASETS
@@ -244,15 +243,3 @@ class WaymoOccDataset(NuScenesOccDataset):
             lidar2img=[(pad_intrinsic(v['cam_intrinsic']) @ rigid_inverse(c2l)).astype(np.float32)
                        for v, c2l in zip(views, cam2lidar)],
             cam_sweeps=dict(prev=self.collect_cam_sweeps(index), next=[]), camera_names=self.benchmark.camera_names)
-
-    def evaluate(self, results, logger=None, camera_mask=None, **kwargs):
-        """mIoU and RayIoU of `results` (dataset order), `evaluation.evaluate_occupancy`'s dict.
-
-        Args:
-            camera_mask (bool | None): None = the benchmark's protocol (mIoU on `mask_camera` voxels); False =
-                mIoU over every voxel of the grid; True = on `mask_camera` voxels.
-            **kwargs: `evaluate_occupancy`'s device, ray_batch, show_progress, rays.
-        """
-        from evaluation import evaluate_occupancy
-        bench = self.benchmark if camera_mask is None else replace(self.benchmark, camera_mask=bool(camera_mask))
-        return evaluate_occupancy(results, self.data_infos, self.occ_root, logger=logger, benchmark=bench, **kwargs)

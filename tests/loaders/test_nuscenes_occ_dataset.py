@@ -266,12 +266,14 @@ def test_evaluate_delegates_to_the_evaluator(synthetic_infos, monkeypatch):
     ds = make_dataset(synthetic_infos, split='val', pipeline=None)
     calls = []
     monkeypatch.setattr(evaluation, 'evaluate_occupancy',
-                        lambda results, data_infos, occ_root, logger=None, benchmark=None:
-                        calls.append((results, data_infos, occ_root, benchmark)) or dict(mIoU=1.0))
+                        lambda results, data_infos, occ_root, logger=None, benchmark=None, camera_mask=None, **kw:
+                        calls.append((results, data_infos, occ_root, benchmark, camera_mask)) or dict(mIoU=1.0))
     results = [dict(sem_pred=np.zeros(0, np.int64), occ_loc=np.zeros((0, 3), np.int64))] * 3
     assert ds.evaluate(results, jsonfile_prefix='ignored') == dict(mIoU=1.0)
     assert calls[0][0] is results and calls[0][1] is ds.data_infos
-    assert calls[0][2] == osp.join(synthetic_infos.root, 'gts') and calls[0][3] == 'occ3d-nuscenes'
+    from core.benchmarks import get_benchmark
+    assert calls[0][2] == osp.join(synthetic_infos.root, 'gts') and get_benchmark(calls[0][3]).name == 'occ3d-nuscenes'
+    assert calls[0][4] is None                                   # the benchmark's own camera-mask rule
 
 
 def test_bad_dataset_inputs(synthetic_infos, tmp_path):
