@@ -95,12 +95,12 @@ def train(args, cfg, work_dir, rank, world_size, device):
 
     import engine.train_step  # noqa: F401  (registers SyncFreeOptimizerHook for --fast)
     from engine.build import (
+        apply_gpu_decode,
         build_dataset,
         build_model,
         build_test_loader,
         build_train_loader,
         set_test_mode,
-        use_gpu_decode,
     )
     from engine.dist import agree_on_checkpoint, wrap_distributed
     from engine.distributed_hooks import CollectiveDistEvalHook, SampleSeedHook
@@ -113,6 +113,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
         resume_failure_message,
     )
     from engine.scaling import apply_plan, continue_resumed_run, plan_from_config
+    from engine.throughput import ThroughputHook
     from loaders.data_check import check_dataset
     from models.weights import UntrustedCheckpointError
 
@@ -154,8 +155,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
                         f'step); train without --fast')
     if policy.fused_optimizer:
         cfg.optimizer['fused'] = True
-    if policy.gpu_decode:
-        use_gpu_decode(cfg)
+    apply_gpu_decode(cfg, policy, device, logger)
     set_test_mode(cfg, online=world_size == 1)   # the periodic evaluation: online in one process, as val.py
     if policy.train_cuda_graph and policy.checkpointing:
         logger.info('the decoder trains without gradient checkpointing, on CUDA replayed from CUDA graphs (same '
@@ -202,6 +202,8 @@ def train(args, cfg, work_dir, rank, world_size, device):
     runner.register_hook(EpochSeedHook(args.seed), priority='VERY_HIGH')
     runner.register_hook(DistSamplerSeedHook())  # the sampler's epoch: its order depends on (seed, epoch) only
     runner.register_hook(SampleSeedHook())  # photometric draws per sample, not per rank (loaders/samplers.py)
+    # samples/s and the interval's GPU memory peaks in every log record, a summary at the end (engine/throughput.py)
+    runner.register_hook(ThroughputHook(samples_per_gpu * world_size, device), priority=ThroughputHook.PRIORITY)
     if not args.no_progress:
         runner.register_hook(ProgressBarHook(), priority='LOW')
     if val_dataset is not None:

@@ -42,7 +42,8 @@ def parse_args(argv=None):
                         help='launch the test step\'s kernels one by one instead of replaying a CUDA graph')
     parser.add_argument('--gpu-decode', action='store_true',
                         help='decode the JPEGs on the model\'s device instead of in the loader workers '
-                             '(execution.gpu_decode; for machines whose CPU decoding limits the rate)')
+                             '(execution.gpu_decode; --fast does so on a GPU where it works; '
+                             '--cfg-options execution.gpu_decode=False keeps the CPU decode)')
     parser.add_argument('--save-dir', help='also write one <sample token>.npz per prediction here')
     parser.add_argument('--load-preds', help='evaluate the <token>.npz predictions in this folder instead of a model')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
@@ -128,7 +129,7 @@ def _main(argv):
 
     from accel import policy_from_config
     from core.benchmarks import DEFAULT_BENCHMARK
-    from engine.build import build_dataset, build_model, build_test_loader, set_test_mode, use_gpu_decode
+    from engine.build import apply_gpu_decode, build_dataset, build_model, build_test_loader, set_test_mode
     from engine.inference import inference
     from evaluation import SavedPredictions, evaluate_occupancy
     from evaluation.evaluator import format_summary
@@ -143,8 +144,7 @@ def _main(argv):
     policy = policy_from_config(cfg.get('execution'), fast=args.fast,
                                 test_cuda_graph=False if args.no_cuda_graph else None,
                                 gpu_decode=True if args.gpu_decode else None)
-    if policy.gpu_decode:
-        use_gpu_decode(cfg)
+    apply_gpu_decode(cfg, policy, device, logger)
     dataset = build_dataset(cfg.data.val, test_mode=True)
     data_infos = dataset.data_infos
     occ_root = getattr(dataset, 'occ_root', None) or cfg.get('occ_root')

@@ -51,10 +51,12 @@ class ExecutionPolicy:
         lazy_logs (bool): training log values stay device tensors (read at the log interval), with the
             sync-free optimizer step (engine/train_step.py).
         fused_optimizer (bool): AdamW's fused kernel, one launch per lr multiplier.
-        gpu_decode (bool): the data loaders hand the JPEG bytes to the model, which decodes them on the
-            device (nvJPEG on CUDA) with the same augmentation (loaders/pipelines/gpu_decode.py), for machines
-            whose CPU cores cannot decode 48 images per sample at the step rate; the engine converts the
-            pipelines (`engine.build.use_gpu_decode`).
+        gpu_decode (bool | 'auto'): the data loaders hand the JPEG bytes to the model, which decodes them on
+            the device (nvJPEG on CUDA) with the same augmentation (loaders/pipelines/gpu_decode.py), for
+            machines whose CPU cores cannot decode 48 images per sample at the step rate; the engine converts
+            the pipelines (`engine.build.apply_gpu_decode`). 'auto' (the fast preset): on where it works (a
+            CUDA device with nvJPEG and pipelines without a CPU-only pixel step), else off. The faithful
+            preset decodes on the CPU as the original (nvJPEG's pixels differ from libjpeg's by a grey level).
     """
     preset: str = 'faithful'
     fast_modules: bool = False
@@ -68,7 +70,7 @@ class ExecutionPolicy:
     checkpointing: bool = True
     lazy_logs: bool = False
     fused_optimizer: bool = False
-    gpu_decode: bool = False
+    gpu_decode: object = False
 
     def __post_init__(self):
         if self.precision not in PRECISION_TABLES:
@@ -79,6 +81,8 @@ class ExecutionPolicy:
             if value not in AUTOCAST_DTYPES or (key == 'train_autocast' and value is None):
                 choices = ['fp16', 'bf16'] + ([] if key == 'train_autocast' else [None])
                 raise ExecutionConfigError(f'execution.{key}={value!r}; choose one of {choices}')
+        if self.gpu_decode not in (True, False, 'auto'):
+            raise ExecutionConfigError(f'execution.gpu_decode={self.gpu_decode!r}; choose one of True, False, \'auto\'')
 
     @property
     def precision_table(self):
@@ -101,7 +105,7 @@ PRESETS = {
     'faithful': ExecutionPolicy(),
     'fast': ExecutionPolicy(preset='fast', fast_modules=True, precision='tf32-decoder', channels_last=True,
                             online_autocast='fp16', offline_autocast='fp16', checkpointing=False, lazy_logs=True,
-                            fused_optimizer=True),
+                            fused_optimizer=True, gpu_decode='auto'),
 }
 
 

@@ -15,7 +15,7 @@ import os.path as osp
 DEFAULT_REVISE_KEYS = [(r'^backbone', 'img_backbone')]
 
 __all__ = ['register_modules', 'build_model', 'build_dataset', 'build_train_loader', 'build_test_loader',
-           'set_test_mode', 'use_gpu_decode']
+           'set_test_mode', 'use_gpu_decode', 'apply_gpu_decode']
 
 
 def register_modules():
@@ -122,6 +122,32 @@ def set_test_mode(cfg, online):
         if split in cfg.get('data', {}):
             visit(cfg.data[split].get('pipeline', []))
     return cfg
+
+
+def apply_gpu_decode(cfg, policy, device, logger=None):
+    """Convert the pipelines to the GPU decode when the execution policy asks for it (`use_gpu_decode`); returns
+    whether it did. `policy.gpu_decode='auto'` (the fast preset) turns it on only where it works: on a CUDA
+    `device` whose torchvision decodes JPEGs there, with pipelines free of CPU-only pixel steps; True turns it on
+    anywhere (the CPU decodes with libjpeg-turbo then) and fails in one line on such a pipeline."""
+    import torch
+    if policy.gpu_decode is False:
+        return False
+    if policy.gpu_decode == 'auto':
+        from loaders.pipelines.gpu_decode import cpu_pixel_step
+        from models.gpu_image_decode import device_decodes_jpeg
+        blocker = next(filter(None, (cpu_pixel_step(cfg.data[split].get('pipeline', []))
+                                     for split in ('train', 'val', 'test') if split in cfg.get('data', {}))), None)
+        reason = ('the device is not a GPU' if torch.device(device).type != 'cuda' else
+                  f'the pipeline step {blocker} needs decoded pixels in the loader' if blocker else
+                  None if device_decodes_jpeg(device) else 'torchvision cannot decode JPEGs on this device')
+        if reason is not None:
+            if logger is not None and torch.device(device).type == 'cuda':
+                logger.info(f'images decoded on the CPU: {reason}')
+            return False
+    use_gpu_decode(cfg)
+    if logger is not None:
+        logger.info('images decoded on the device (execution.gpu_decode)')
+    return True
 
 
 def use_gpu_decode(cfg):

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ['decode_and_transform', 'decode_jpegs', 'resize_crop_flip_rotate', 'split_jpeg_item']
+__all__ = ['decode_and_transform', 'decode_jpegs', 'resize_crop_flip_rotate', 'split_jpeg_item', 'device_decodes_jpeg']
 
 
 def split_jpeg_item(item):
@@ -37,6 +37,19 @@ def decode_jpegs(jpegs, device='cuda'):
     device = torch.device(device)
     out = decode_jpeg(list(jpegs), mode=ImageReadMode.RGB, device=device)
     return list(out)
+
+
+def device_decodes_jpeg(device):
+    """Whether torchvision decodes JPEGs on `device` here (nvJPEG on CUDA): one 8x8 image, encoded on the CPU,
+    decoded there and compared."""
+    from torchvision.io import encode_jpeg
+    image = torch.full((3, 8, 8), 128, dtype=torch.uint8)
+    try:
+        decoded = decode_jpegs([encode_jpeg(image)], device)[0]
+    except (RuntimeError, NotImplementedError):
+        return False
+    # a flat grey block survives JPEG's quantisation within a grey level
+    return bool((decoded.cpu().int() - 128).abs().max() <= 1)
 
 
 def _resize_pil_bicubic(x, size):

@@ -33,7 +33,8 @@ from .loading import LoadMultiViewImageFromFiles, LoadMultiViewImageFromMultiSwe
 from .transforms import RandomTransformImage
 
 __all__ = ['LoadMultiViewJpegFromFiles', 'LoadMultiViewJpegFromMultiSweeps', 'DeferredRandomTransformImage',
-           'JpegFormatBundle3D', 'gpu_decode_pipeline', 'GPU_DECODE_STEPS']
+           'JpegFormatBundle3D', 'gpu_decode_pipeline', 'GPU_DECODE_STEPS', 'CPU_PIXEL_STEPS', 'cpu_pixel_step',
+           'GpuDecodeUnsupported']
 
 
 @PIPELINES.register_module()
@@ -146,11 +147,34 @@ GPU_DECODE_STEPS = {
     'RandomTransformImage': 'DeferredRandomTransformImage',
     'DefaultFormatBundle3D': 'JpegFormatBundle3D',
 }
+# steps that work on the decoded pixels and have no GPU-decode counterpart: a pipeline holding one decodes on the CPU
+CPU_PIXEL_STEPS = ('PadViewsToSize',)
+
+
+class GpuDecodeUnsupported(ValueError):
+    """A pipeline with a pixel step that the GPU decode cannot defer; the message names it."""
+    user_error = True  # engine/cli.py prints the message without a traceback
+
+
+def cpu_pixel_step(pipeline):
+    """The type of the first step of a pipeline config list (nested `transforms` included) that needs decoded
+    pixels in the loader (`CPU_PIXEL_STEPS`), or None when the whole pipeline can decode on the device."""
+    for step in pipeline:
+        if step.get('type') in CPU_PIXEL_STEPS:
+            return step['type']
+        found = cpu_pixel_step(step.get('transforms', []))
+        if found:
+            return found
+    return None
 
 
 def gpu_decode_pipeline(pipeline):
     """A copy of a pipeline config list (train or test) with the GPU-decode steps in place of the CPU
     ones, and 'img' -> 'img_jpeg' in the Collect3D keys (also inside MultiScaleFlipAug3D)."""
+    blocker = cpu_pixel_step(pipeline)
+    if blocker:
+        raise GpuDecodeUnsupported(f'GPU image decode: the pipeline step {blocker} works on decoded pixels in the '
+                                   f'loader and has no GPU-decode counterpart; set execution.gpu_decode=False')
     out = []
     for step in pipeline:
         step = copy.deepcopy(dict(step))
