@@ -26,6 +26,7 @@ import torch
 
 import train
 from dist_helpers import ROOT, checkpoint_lr, free_port, subprocess_env, train_records, write_config
+from throughput_checks import assert_samples_per_second
 
 TIMEOUT = 300
 LR = 0.02  # SGD's base lr: large enough that an update stands far above the weights' own float32 rounding
@@ -117,6 +118,7 @@ def reference(config, tmp_path_factory):
     records = train_records(work_dir)
     # 3 samples, global batch 4: one iteration per epoch, 2 epochs (each epoch its own order)
     assert [(r['epoch'], r['iter']) for r in records] == [(1, 1), (2, 1)]
+    assert_samples_per_second(records, samples_per_iter=4)
     assert_epoch_lrs(work_dir)
     state = checkpoint(work_dir)
     assert state['meta']['iter'] == 2 and state['meta']['batch']['total_batch'] == 4
@@ -138,6 +140,7 @@ def test_two_and_four_processes_train_like_one(config, reference, tmp_path):
     for world_size in (2, 4):
         records = train_records(tmp_path / f'w{world_size}')
         assert [(r['epoch'], r['iter']) for r in records] == [(1, 1), (2, 1)]
+        assert_samples_per_second(records, samples_per_iter=4)   # over all processes: W x 4 / W samples each
         for ref, got in zip(ref_records, records):
             assert got['lr'] == ref['lr']
             for key in ref:
@@ -157,6 +160,7 @@ def test_gradient_accumulation_trains_like_one_batch(config, reference, tmp_path
     run_in_process(config, tmp_path, '--cfg-options', 'data.samples_per_gpu=1')
     records = train_records(tmp_path)
     assert [(r['epoch'], r['iter']) for r in records] == [(e, i) for e in (1, 2) for i in (1, 2, 3, 4)]
+    assert_samples_per_second(records, samples_per_iter=1)   # an iteration is one micro-batch of 1 sample
     for epoch, ref in zip((1, 2), ref_records):
         micro = [r for r in records if r['epoch'] == epoch]
         assert all(r['lr'] == ref['lr'] for r in micro)
