@@ -1,5 +1,6 @@
 """Fast modules: subclasses of the faithful method's modules that compute the same function with other
-kernels (accel/kernels.py, accel/fused_attention.py), and the matrix-product precision scopes.
+kernels (accel/kernels.py, accel/fused_attention.py) or folded weights (accel/folded_backbone.py), and the
+matrix-product precision scopes.
 
 `FAST_MODULES` maps a faithful class to its fast subclass; `accelerate` (accel/accelerate.py) swaps the
 class of every module whose type is a key (exactly: a subclass of a faithful class keeps its own code).
@@ -7,11 +8,13 @@ The swap keeps the module's parameters and buffers; a fast module differs from i
 rounding only (tests/accel/test_fast_modules.py compares each with its parent).
 """
 import torch
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 
 from models.ops_head import OPSHead
 from models.ops_transformer import AdaptiveMixing, OPSSampling, OPSSelfAttention
 from models.opusv2_transformer import OPUSV2Sampling
 
+from .folded_backbone import FoldedBasicBlock, FoldedBottleneck, FoldedResNet
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
 from .kernels import MIXING_KERNEL, SAMPLING_GEOMETRY, compiled_closing
 from .precision import matmul_precision
@@ -74,6 +77,9 @@ FAST_MODULES = {
     AdaptiveMixing: FastAdaptiveMixing,
     OPSSelfAttention: FastSelfAttention,
     OPSHead: FastOPSHead,
+    ResNet: FoldedResNet,            # batch norms folded into the convolutions in eval (accel/folded_backbone.py)
+    Bottleneck: FoldedBottleneck,
+    BasicBlock: FoldedBasicBlock,
 }
 
 

@@ -4,13 +4,17 @@ import copy
 
 import pytest
 import torch
+from mmdet.models.backbones.resnet import ResNet
 
+from accel import accelerate, policy_from_config
 from accel.compiled import CompiledOrNone
+from accel.folded_backbone import fold_conv_norm
 from accel.fused_attention import HALF_MIN_QUERIES, fused_biased_attention, sdpa_biased_attention
 from accel.kernels import project_points_fast
 from accel.modules import FAST_MODULES
 from models.ops_sampling import project_points
 from models.ops_transformer import OPSSelfAttention, decode_points
+from tiny_detector import build
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 # float32 machine epsilon 2^-23: one rounding moves a value by at most half of it (relative); a K-term float32
@@ -250,3 +254,282 @@ def test_or_eager_runs_the_function_itself_when_the_kernel_cannot_be_built(monke
                                          'the eager one'):
         assert torch.equal(kernel.or_eager(True, x), torch.tensor([3.0, 5.0]))
     assert kernel.failed and torch.equal(kernel.or_eager(True, x), torch.tensor([3.0, 5.0]))
+
+
+# --- the backbone's batch norms folded into its convolutions (accel/folded_backbone.py) ---
+
+EPS64 = float(torch.finfo(torch.float64).eps)
+BACKBONE = dict(num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1, norm_cfg=dict(type='BN2d', requires_grad=True),
+                norm_eval=True, style='pytorch', with_cp=True)      # configs/_base_/ops_r50_704x256_8f.py's
+
+
+def backbone_images(seed=0):
+    """Two normalised images [2, 3, 64, 96]: stage 4 is 2 x 3 (stride 32)."""
+    return torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(seed))
+
+
+def resnet(depth=50, seed=0, **kw):
+    """The faithful ResNet of the configs at a quarter of the width (base_channels 16: the blocks of depth 50 are
+    Bottlenecks of 16-128 planes, every code path of the full width at 1/16 of the work), trained-looking: random
+    affine norms whose running statistics are `backbone_images`' own (each norm then maps its input to about unit
+    scale), perturbed per channel."""
+    torch.manual_seed(seed)
+    net = ResNet(depth=depth, **dict(BACKBONE, base_channels=16, **kw))
+    net.init_weights()
+    g = torch.Generator().manual_seed(seed)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5, generator=g)
+            norm.bias.normal_(0.0, 0.1, generator=g)
+            norm.train()
+            norm.momentum = None                    # the running statistics become this batch's
+        net(backbone_images())
+        for norm in norms:
+            norm.eval()
+            norm.momentum = 0.1
+            norm.running_var.mul_(torch.empty_like(norm.running_var).uniform_(0.5, 2.0, generator=g))
+            norm.running_mean.add_(0.2 * norm.running_var.sqrt() * torch.randn(norm.num_features, generator=g))
+    return net
+
+
+def evaluating(net):
+    """`net` in eval mode (mmdet's ResNet.train returns None, so `net.eval()` cannot be chained)."""
+    net.eval()
+    return net
+
+
+def folded(net):
+    """A copy of the faithful `net` with every module of a FAST_MODULES type swapped, as `accelerate` does."""
+    fast = copy.deepcopy(net)
+    for module in fast.modules():
+        if type(module) in FAST_MODULES:
+            module.__class__ = FAST_MODULES[type(module)]
+    return fast
+
+
+def backbone_tolerance(net, eps):
+    """Normwise relative error of a whole backbone evaluated with machine epsilon `eps` against exact arithmetic.
+
+    Independent roundings add in quadrature: a K-term sum of zero-mean terms rounds each partial sum S_j (of size
+    sqrt(j) terms) by a uniform error of std eps / 2 / sqrt(3), in all sqrt(K / 6) eps / 2 ~ sqrt(K) eps / 5 of the
+    sum's own size sqrt(K); a fold adds three roundings per output (weight, bias, bias add). Each norm keeps the
+    activations' scale (its statistics are the input's own), so the layers' relative errors pass on without
+    growth and add: at most sum over convs of sqrt(K + 3) eps / 5; the tolerance is five times that."""
+    lengths = [m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+               for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    return sum((k + 3) ** 0.5 for k in lengths) * eps
+
+
+def normwise(got, expected):
+    """max over the stages of |got - expected| / |expected| (Frobenius norms, in float64)."""
+    return max(relative_error(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize('conv_bias, affine', [(False, True), (True, False)])
+def test_a_folded_conv_is_the_conv_then_the_eval_norm(conv_bias, affine):
+    """One conv + norm pair against the float64 evaluation of norm(conv(x)) from the same float32 values."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 32, 3, stride=2, padding=1, bias=conv_bias)
+    norm = torch.nn.BatchNorm2d(32, affine=affine).eval()
+    norm.running_mean.normal_(0.0, 0.5)
+    norm.running_var.uniform_(0.1, 3.0)
+    if affine:
+        torch.nn.init.uniform_(norm.weight, -1.5, 1.5)
+        torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 64, 9, 11)
+    weight, bias = fold_conv_norm(conv, norm)
+    assert weight.dtype == bias.dtype == torch.float64
+    with torch.no_grad():
+        got = conv._conv_forward(x, weight.float(), bias.float())
+        expected = copy.deepcopy(norm).double()(copy.deepcopy(conv).double()(x.double()))
+        terms = torch.nn.functional.conv2d(x.double().abs(), weight.abs(), bias.abs(), stride=2, padding=1)
+    # Each output is a (K + 1)-term float32 sum (K = 64 * 3 * 3 products and the bias): within (K + 1) eps / 2 of
+    # the sum of its terms' magnitudes; the folded weights and bias are rounded once from float64, eps / 2 more:
+    # (K + 2) eps / 2, doubled for the second-order terms
+    assert ((got.double() - expected).abs() / terms).max() < (64 * 9 + 2) * EPS32
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_the_folded_backbone_in_eval_is_the_faithful_one(depth):
+    """ResNet-18 (BasicBlock) and -50 (Bottleneck), with checkpointing on as configured: the folded backbone in
+    eval against the faithful one, float32 and float64; no norm runs."""
+    faithful = evaluating(resnet(depth))
+    fast = folded(faithful).eval()
+    assert type(fast).__name__ == 'FoldedResNet'
+    folding = [m for m in fast.modules() if hasattr(m, 'fold_batch_norms')]
+    assert len(folding) == 1 + sum(faithful.stage_blocks) and all(m.fold_batch_norms for m in folding)
+    calls = []
+    for norm in fast.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.register_forward_hook(lambda *args: calls.append(1))
+    x = backbone_images()
+    with torch.no_grad():
+        got, expected = fast(x), faithful(x)
+        exact = copy.deepcopy(faithful).double()(x.double())
+        # converted while in eval: the folds are recomputed in float64 (not the float32 folds widened)
+        got64 = copy.deepcopy(fast).double()(x.double())
+    assert not calls
+    # float32 (folded and faithful) against float64: the error of float32 arithmetic (backbone_tolerance)
+    tol = backbone_tolerance(faithful, EPS32)
+    assert normwise(got, exact) < tol and normwise(expected, exact) < tol
+    # float64 folded against float64 faithful: the same estimate with float64's eps (~4e-13 here)
+    assert normwise(got64, exact) < backbone_tolerance(faithful, EPS64)
+
+
+def fold_buffers(net):
+    return {name: buf for name, buf in net.named_buffers() if 'folded' in name}
+
+
+def test_training_runs_the_faithful_backbone_bit_for_bit():
+    """In training (the norms in eval, norm_eval; stem and stage 1 frozen in eval mode) the folded backbone runs the
+    faithful forward: equal outputs and gradients."""
+    faithful = resnet(18)
+    fast = folded(faithful).eval().train()
+    faithful.train()
+    x = backbone_images()
+    for model in (fast, faithful):
+        sum(out.square().sum() for out in model(x)).backward()
+    for (name, a), b in zip(fast.named_parameters(), faithful.parameters()):
+        assert (a.grad is None) == (b.grad is None) and (a.grad is None or torch.equal(a.grad, b.grad)), name
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(fast(x), faithful(x)))
+    # eval with autograd on: the frozen stem and stage 1 fold, the blocks with trainable weights run the faithful
+    # forward, whose gradients reach their weights (the folds would carry none)
+    fast.eval()
+    assert fast.folds_now() and fast.layer1[0].folds_now() and not fast.layer2[0].folds_now()
+    fast.zero_grad()
+    sum(out.square().sum() for out in fast(x)).backward()
+    assert fast.layer2[0].conv1.weight.grad.abs().sum() > 0 and fast.layer1[0].conv1.weight.grad is None
+
+
+def test_the_folds_follow_training_and_loading_in_place():
+    """train() + an optimizer step + eval(): the folds are those of the new weights, in the same storage (a
+    captured CUDA graph reads them); load_state_dict while in eval refreshes them too."""
+    faithful = resnet(50)
+    fast = folded(faithful).eval()
+    buffers = fold_buffers(fast)
+    pointers = {name: buf.data_ptr() for name, buf in buffers.items()}
+    # every conv + norm pair: the stem, 3 per block and 4 downsamples, a weight and a bias each
+    assert len(buffers) == 2 * (1 + 3 * sum(faithful.stage_blocks) + 4)
+    x = backbone_images()
+    with torch.no_grad():
+        before = fast(x)
+    fast.train()
+    optimizer = torch.optim.SGD([p for p in fast.parameters() if p.requires_grad], lr=0.5)
+    sum(out.square().mean() for out in fast(x)).backward()
+    optimizer.step()
+    fast.eval()
+    assert {name: buf.data_ptr() for name, buf in fold_buffers(fast).items()} == pointers
+    block = fast.layer4[0]
+    weight, bias = fold_conv_norm(block.conv2, block.norm2)
+    assert torch.equal(block.conv2_folded_weight, weight.float()) and torch.equal(block.conv2_folded_bias, bias.float())
+    trained = resnet(50)
+    trained.load_state_dict(fast.state_dict())
+    trained.eval()
+    tol = backbone_tolerance(faithful, EPS32)        # twice: both float32 against the exact result
+    with torch.no_grad():
+        after, expected = fast(x), trained(x)
+        assert normwise(after, expected) < 2 * tol
+        # (the step changed the output by far more than rounding: the comparison above sees stale folds)
+        assert normwise(after, before) > 100 * tol
+        other = evaluating(resnet(50, seed=1))
+        fast.load_state_dict(other.state_dict())     # still in eval: the post hook refolds
+        assert normwise(fast(x), other(x)) < 2 * tol
+    assert {name: buf.data_ptr() for name, buf in fold_buffers(fast).items()} == pointers
+
+
+def test_the_state_dict_is_the_faithful_one():
+    faithful = resnet(18)
+    fast = folded(faithful).eval()
+    assert fold_buffers(fast)                        # the folds exist, outside the state dict
+    state = fast.state_dict()
+    assert list(state) == list(faithful.state_dict())
+    faithful.load_state_dict(state, strict=True)
+    fast.load_state_dict(resnet(18, seed=2).state_dict(), strict=True)
+
+
+@pytest.mark.parametrize('kw, folds', [
+    (dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=0.25), stages=(False, False, True, False),
+                        position='after_conv3')]), 'all but stage 3'),
+    (dict(deep_stem=True), 'all but the stem'),
+    (dict(conv_cfg=dict(type='ConvWS')), 'none')])
+def test_unsupported_parts_keep_the_faithful_forward(kw, folds):
+    """Plugins, a deep stem, weight-standardised convs: those parts run their faithful forward, the rest folds."""
+    faithful = evaluating(resnet(50, **kw))
+    fast = folded(faithful).eval()
+    refused = {'all but stage 3': fast.layer3, 'all but the stem': [fast], 'none': list(fast.modules())}[folds]
+    for module in fast.modules():
+        if hasattr(module, 'fold_batch_norms'):
+            assert module.fold_batch_norms == (not any(module is m for m in refused))
+    x = backbone_images()
+    with torch.no_grad():
+        got, expected = fast(x), faithful(x)
+        if folds == 'none':
+            assert all(torch.equal(a, b) for a, b in zip(got, expected))
+        else:
+            # the folded parts' float32 rounding (see test_the_folded_backbone_in_eval_is_the_faithful_one), twice:
+            # both against the exact result
+            assert normwise(got, expected) < 2 * backbone_tolerance(faithful, EPS32)
+        if folds == 'all but stage 3':
+            features = torch.randn(2, 128, 8, 12, generator=torch.Generator().manual_seed(4))
+            assert torch.equal(fast.layer3[0](features), faithful.layer3[0](features))
+
+
+def test_the_fast_detector_folds_its_backbone_in_eval_only():
+    """The fast policy's tiny detector: its ResNet-18 folds in eval (the whole model's results against the faithful
+    policy's: tests/accel/test_accelerate.py); after train() it runs the faithful blocks again."""
+    faithful = build()
+    fast = accelerate(copy.deepcopy(faithful), policy_from_config(fast=True))
+    backbone = fast.img_backbone
+    assert type(backbone).__name__ == 'FoldedResNet' and type(backbone.layer2[0]).__name__ == 'FoldedBasicBlock'
+    blocks = [m for m in backbone.modules() if hasattr(m, 'fold_batch_norms')]
+    fast.eval()
+    assert all(m.fold_batch_norms for m in blocks)
+    fast.train()
+    assert not any(m.fold_batch_norms for m in blocks)
+    fast.eval()
+    faithful.eval()
+    x = backbone_images()
+    with torch.no_grad():
+        # the float32 error estimate of a backbone (Kaiming-initialised convs and norms of statistics 0 and 1 keep
+        # about the input's scale), twice: both against the exact result
+        assert normwise(backbone(x), faithful.img_backbone(x)) < 2 * backbone_tolerance(backbone, EPS32)
+
+
+@CUDA
+def test_folded_backbone_under_fp16_autocast_and_a_cuda_graph():
+    """The fast test mode's backbone: fp16 autocast on NHWC images, replayed from a CUDA graph that keeps reading the
+    folds after more training (no new capture)."""
+    from accel.cuda_graph import GraphedFunction
+    faithful = evaluating(resnet(50).cuda())
+    fast = folded(faithful).eval()
+    x = torch.randn(2, 3, 128, 352, generator=torch.Generator().manual_seed(5)).cuda()
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def step(model):
+        def run(images):
+            with torch.autocast('cuda', torch.float16):
+                return model(images)
+        return run
+    with torch.no_grad():
+        exact = copy.deepcopy(faithful).double()(x.double())
+        graphed = GraphedFunction(step(fast))
+        got, expected = [t.clone() for t in graphed(x)], step(faithful)(x)
+    # Both paths round each conv's input and weights to fp16 (2^-11 relative); the faithful rounds the conv's output
+    # before its norm, the folded rounds W * s instead of W: as many fp16 roundings per layer, so errors of the same
+    # size against float64; twice the faithful's leaves room for their independent fluctuations
+    assert normwise(got, exact) < 2 * normwise(expected, exact)
+    fast.train()
+    optimizer = torch.optim.SGD([p for p in fast.parameters() if p.requires_grad], lr=0.5)
+    sum(out.float().square().mean() for out in fast(x)).backward()
+    optimizer.step()
+    fast.eval()
+    trained = resnet(50).cuda()                     # the faithful backbone of the trained weights
+    trained.load_state_dict(fast.state_dict())
+    trained.eval()
+    with torch.no_grad():
+        replayed = graphed(x)                        # the same graph, the refreshed folds
+        exact = copy.deepcopy(trained).double()(x.double())
+        expected = step(trained)(x)
+        assert normwise(replayed, exact) < 2 * normwise(expected, exact)
