@@ -18,8 +18,9 @@ from the feature cache; each timed call includes the host->device copy of the im
 device->host copy of the result, bracketed by cuda.synchronize):
 * eager: faithful arithmetic, each kernel launched from Python (execution.test_cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
-* fast: graph, the fast test mode (execution.preset='fast': fp16 NHWC backbone + FPN, TF32 and fused decoder kernels,
-  float32 in the decoder's per-query layers).
+* fast: graph, the fast test mode (execution.preset='fast': fp16 NHWC backbone + FPN with the batch norms folded into
+  the convolutions, TF32 and fused decoder kernels, float32 in the decoder's per-query layers);
+* fast-unfolded (not run by default): fast with the backbone's faithful classes put back, what folding gains.
 Training modes:
 * faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
@@ -54,7 +55,8 @@ from tools.synthetic import calib  # noqa: E402
 
 NUM_VIEWS = 6
 # each mode's execution policy (accel/policy.py), as val.py / timing.py build it
-INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast')}
+INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast'),
+               'fast-unfolded': dict(preset='fast')}
 TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16')
 
 
@@ -134,12 +136,14 @@ def random_occupancy(num_occupied, generator, batch=1):
     return torch.stack(sems), torch.stack(masks)
 
 
-def build_model(cfg, device, execution=None, state=None):
+def build_model(cfg, device, execution=None, state=None, unfold_backbone=False):
     """The config's detector on `device` with `state` (None: random weights whose points pass the threshold),
-    run by the execution policy of the `execution` dict (None: the bare model)."""
+    run by the execution policy of the `execution` dict (None: the bare model); `unfold_backbone`: the backbone's
+    batch-norm folding (accel/folded_backbone.py) undone after the policy is applied."""
     from mmdet.models import build_detector
 
     from accel import accelerate, policy_from_config
+    from accel.folded_backbone import BatchNormFolding
     torch.manual_seed(0)
     model = build_detector(cfg.model)
     if state is None:
@@ -154,6 +158,10 @@ def build_model(cfg, device, execution=None, state=None):
         model.load_state_dict(state)
     if execution is not None:
         accelerate(model, policy_from_config(execution))
+    if unfold_backbone:
+        for module in model.img_backbone.modules():
+            if isinstance(module, BatchNormFolding):
+                module.__class__ = type(module).__bases__[-1]   # the mmdet class the fast one extends
     return model.to(device)
 
 
@@ -300,7 +308,8 @@ def bench_config(path, args, device):
     T = cfg.num_frames
 
     if not args.skip_inference:
-        streams = {m: InferenceStream(build_model(cfg, device, INFER_MODES[m], state=state), T)
+        streams = {m: InferenceStream(build_model(cfg, device, INFER_MODES[m], state=state,
+                                              unfold_backbone=m == 'fast-unfolded'), T)
                    for m in args.infer_modes}
         for s in streams.values():          # fill the cache with 7 history frames, then warm up (graph capture)
             for _ in range(T + args.warmup):
@@ -359,7 +368,7 @@ def main():
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--samples', type=int, default=20, help='timed inference samples per mode and round')
     parser.add_argument('--warmup', type=int, default=5)
-    parser.add_argument('--infer-modes', nargs='+', default=list(INFER_MODES), choices=list(INFER_MODES))
+    parser.add_argument('--infer-modes', nargs='+', default=['eager', 'faithful', 'fast'], choices=list(INFER_MODES))
     parser.add_argument('--train-modes', nargs='+', default=list(TRAIN_MODES), choices=list(TRAIN_MODES))
     parser.add_argument('--train-iters', type=int, default=5, help='timed training steps per mode and round')
     parser.add_argument('--train-warmup', type=int, default=3)

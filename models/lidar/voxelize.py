@@ -40,6 +40,15 @@ def _floats(name, values, n):
     return values
 
 
+def _device_vector(values, dtype, device):
+    """A 1-D tensor of `values` on `device` written by fill kernels, not copied from the host: a CUDA graph can
+    capture it (a pageable host-to-device copy cannot be captured)."""
+    out = torch.empty(len(values), dtype=dtype, device=device)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
 def voxel_grid_size(voxel_size, point_cloud_range):
     """Grid (X, Y, Z) = round((max - min) / voxel_size) in float32, as mmcv computes it (e.g. 1600, 1600, 40)."""
     vs = np.asarray(_floats('voxel_size', voxel_size, 3), dtype=np.float32)
@@ -79,13 +88,16 @@ def hard_voxelize(points, voxel_size, point_cloud_range, max_points, max_voxels,
     device, dtype = points.device, points.dtype
     n, dim = points.shape
     # mmcv rounds the range and the voxel size to float32 (C++ floats) and computes in the points' dtype
-    lo = torch.tensor(np.float32(_floats('point_cloud_range', point_cloud_range, 6)[:3]), device=device).to(dtype)
-    size = torch.tensor(np.float32(_floats('voxel_size', voxel_size, 3)), device=device).to(dtype)
+    # (float32 values are exact in float64 as well)
+    lo = _device_vector(np.float32(_floats('point_cloud_range', point_cloud_range, 6)[:3]).tolist(), dtype, device)
+    size = _device_vector(np.float32(_floats('voxel_size', voxel_size, 3)).tolist(), dtype, device)
     cell = torch.floor((points[:, :3] - lo) / size)                                      # [N, 3] (x, y, z)
     # NaN coordinates fail every comparison: dropped like points outside the range
-    inside = ((cell >= 0) & (cell < torch.tensor(grid, dtype=dtype, device=device))).all(dim=1)
+    inside = ((cell >= 0) & (cell < _device_vector(grid, dtype, device))).all(dim=1)
     if num_valid is not None:
-        inside &= torch.arange(n, device=device) < torch.as_tensor(num_valid, device=device)
+        # a Python number enters as a kernel argument, not a host-to-device copy (capturable)
+        limit = num_valid if isinstance(num_valid, torch.Tensor) else int(num_valid)
+        inside &= torch.arange(n, device=device) < limit
     cell = torch.where(inside[:, None], cell, torch.zeros_like(cell)).long()
     num_cells = grid[0] * grid[1] * grid[2]
     # linear index in (z, y, x) order; dropped points sort last, after every real voxel
