@@ -45,7 +45,7 @@ def _device_vector(values, dtype, device):
     capture it (a pageable host-to-device copy cannot be captured)."""
     out = torch.empty(len(values), dtype=dtype, device=device)
     for i, value in enumerate(values):
-        out[i] = value
+        out[i].fill_(value)   # a scalar kernel argument (`out[i] = value` would copy a host tensor)
     return out
 
 
