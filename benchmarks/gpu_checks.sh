@@ -24,7 +24,8 @@ for m in faithful fast; do
 done
 timeout $(left 120) python -m pytest -q -rs tests/models/test_ops_cuda_graph.py tests/accel \
   tests/models/test_occ_postprocess.py tests/engine/test_train_step.py tests/models/test_weights.py \
-  tests/loaders/test_gpu_decode.py -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
+  tests/loaders/test_gpu_decode.py tests/models/test_lidar_voxelize.py tests/engine/test_dist_cuda_graph.py \
+  tests/engine/test_throughput.py tests/engine/test_gpu_decode_policy.py -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
 el "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|SKIPPED" $OUT/gpu_tests.log | tail -12 | tee -a $L
 wait; el trainings; cat /tmp/tr_status | tee -a $L
 timeout $(left 150) python benchmarks/bench_e2e.py --configs configs/ops-t_r50_704x256_8f_12e.py --rounds 5 --samples 20 \
@@ -33,7 +34,7 @@ timeout $(left 110) python benchmarks/bench_e2e.py --configs configs/ops-l_r50_7
   --train-iters 4 --out $OUT/e2e_l.md 2>&1 | grep -Ev "$F" >> $OUT/bench.log; el "e2e L ${PIPESTATUS[0]}"
 echo "# demo config on the H200: faithful vs fast training, faithful vs fast inference" > $D
 cat /tmp/tr_status >> $D
-for m in faithful fast; do echo "## train $m log" >> $D; grep -h "Epoch \[" /tmp/d_$m/*.log | sed 's/.*Epoch/Epoch/' >> $D; done
+for m in faithful fast; do echo "## train $m log" >> $D; grep -h "Epoch \[\|training took" /tmp/d_$m/*.log | sed 's/.*Epoch/Epoch/' >> $D; done
 for v in faithful:faithful faithful:fast fast:faithful; do
   w=${v%%:*}; i=${v##*:}; X=; [ $i = fast ] && X=--fast
   ( s=$(date +%s); timeout $(left 90) python val.py --config $C --weights /tmp/d_$w/latest.pth --device cuda $X \
