@@ -18,19 +18,29 @@ What `load_reference` does, and why:
   `OPUSV1FusionTransformer` in mmdet's registries. The authors' registrations are kept aside while their modules
   import, and `authors_registry()` puts them in place only while the authors' models are built, so the two never
   see each other's classes.
-* **CUDA-only ops, stood in** (module attributes of their head, replaced after import):
-  - `furthest_point_sample` (mmcv's CUDA kernel, through `mmdet3d.ops`): `furthest_point_sample_kernel` below, the
-    kernel's arithmetic and its block reduction (per-thread first maximum over a stride of `block_size`, then the
-    shared-memory tree that keeps the lower thread on ties) in PyTorch; nvcc's possible FMA contraction of the
-    squared distance (one rounding less) is not reproduced;
-  - `gather_points` (CUDA): `torch.gather`;
-  - `knn` (CUDA, used by the loss): `knn_brute_force` below, squared distances with the kernel's expression and the
-    first minimum in index order (the kernel's strict `<` scan). For float64 inputs the kernel keeps its running best
-    in a float32 variable, so it could keep an earlier point whose distance ties a later one's within float32
-    rounding; the stand-in compares in the inputs' dtype.
+* **CUDA-only ops, stood in** by CPU equivalents written here from the kernels' sources (mmcv v1.7.2), never from
+  this project's code under test:
+  - `furthest_point_sample` (through `mmdet3d.ops`; a module attribute of their head):
+    `furthest_point_sample_kernel`, the kernel's arithmetic and its block reduction (per-thread first maximum over
+    a stride of `block_size`, then the shared-memory tree that keeps the lower thread on ties); nvcc's possible FMA
+    contraction of the squared distance (one rounding less) is not reproduced;
+  - `gather_points` (their head): `torch.gather`;
+  - `knn` (their head's loss): `knn_brute_force`, squared distances with the kernel's expression and the first
+    minimum in index order (the kernel's strict `<` scan). For float64 inputs the kernel keeps its running best in
+    a float32 variable, so it could keep an earlier point whose distance ties a later one's within float32
+    rounding; the stand-in compares in the inputs' dtype;
+  - mmcv's sparse convolutions (`SubMConv3d`, `SparseConv3d`, which mmdet3d rc6 uses without spconv 2): their
+    rulebook `get_indice_pairs` and the gather-GEMM-scatter `indice_conv` / `indice_subm_conv` are CUDA-only in
+    mmcv-full 1.7.2 ("get_indice_pairs is not implemented on CPU"); `get_indice_pairs_cpu` and `indice_conv_cpu`
+    replace them for CPU tensors (`install_cpu_sparse_conv`), with spconv 1.x's index semantics (mmcv's
+    `getValidOutPos`); the modules around them (mmdet3d's SparseEncoder, SparseBasicBlock, BatchNorm, ReLU,
+    `SparseConvTensor.dense`) are the originals;
+  - the hard voxelisation with `deterministic=False` (the configs' setting) has only a CUDA kernel; the tests
+    switch the authors' layer to `deterministic=True`, mmcv's own CPU kernel (voxels in the order of their first
+    point, points in input order: the outcome docs/method.md describes ours as reproducing).
 * Everything else runs the authors' own code on the CPU: their `msmv_sampling` falls back to their
-  `msmv_sampling_pytorch` (grid_sample) when the CUDA extension is absent, mmcv's hard voxelisation and sparse
-  convolutions have CPU kernels, mmdet's focal loss has a PyTorch path.
+  `msmv_sampling_pytorch` (grid_sample) when the CUDA extension is absent (it allocates its accumulator in torch's
+  default dtype: float64 runs set that to float64), mmdet's focal loss has a PyTorch path.
 
 `--authors-code` and `--mmdet3d-code` name the two source trees (tests/fidelity/conftest.py).
 """
