@@ -12,15 +12,18 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 
 from models.ops_head import OPSHead
 from models.ops_transformer import AdaptiveMixing, OPSSampling, OPSSelfAttention
+from models.opus_fusion_head import OPUSV1FusionHead
 from models.opusv2_transformer import OPUSV2Sampling
 
 from .folded_backbone import FoldedBasicBlock, FoldedBottleneck, FoldedResNet
+from .furthest_point import fast_furthest_point_sample
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
 from .kernels import MIXING_KERNEL, SAMPLING_GEOMETRY, compiled_closing
 from .precision import matmul_precision
 
 __all__ = ['FastSamplingLocations', 'FastOPSSampling', 'FastOPUSV2Sampling', 'FastAdaptiveMixing',
-           'FastSelfAttention', 'FastOPSHead', 'FAST_MODULES', 'MatmulPrecisionScope', 'precision_scoped']
+           'FastSelfAttention', 'FastOPSHead', 'FastOPUSV1FusionHead', 'FAST_MODULES', 'MatmulPrecisionScope',
+           'precision_scoped']
 
 
 class FastSamplingLocations:
@@ -71,12 +74,20 @@ class FastOPSHead(OPSHead):
     closing = staticmethod(compiled_closing)
 
 
+class FastOPUSV1FusionHead(OPUSV1FusionHead):
+    """`OPUSV1FusionHead` with `FastOPSHead`'s closing and the furthest-point sampling of its initial points as one
+    Triton kernel on CUDA (accel/furthest_point.py; the same indices)."""
+    closing = staticmethod(compiled_closing)
+    point_sampler = staticmethod(fast_furthest_point_sample)
+
+
 FAST_MODULES = {
     OPSSampling: FastOPSSampling,
     OPUSV2Sampling: FastOPUSV2Sampling,
     AdaptiveMixing: FastAdaptiveMixing,
     OPSSelfAttention: FastSelfAttention,
     OPSHead: FastOPSHead,
+    OPUSV1FusionHead: FastOPUSV1FusionHead,
     ResNet: FoldedResNet,            # batch norms folded into the convolutions in eval (accel/folded_backbone.py)
     Bottleneck: FoldedBottleneck,
     BasicBlock: FoldedBasicBlock,

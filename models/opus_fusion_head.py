@@ -67,6 +67,8 @@ class OPUSV1FusionHead(OPSHead):
 
     State dict: V1's head keys without `init_points.weight` when `init_pos_lidar` is set.
     """
+    # picks the initial points from the LiDAR points (a fast subclass swaps in a one-kernel version, accel/)
+    point_sampler = staticmethod(furthest_point_sample)
 
     def __init__(self, *args, init_pos_lidar=None, **kwargs):
         if init_pos_lidar not in INIT_POS_LIDAR:
@@ -106,7 +108,7 @@ class OPUSV1FusionHead(OPSHead):
                                  f'init_pos_lidar={self.init_pos_lidar!r} draws its {self.num_query} initial points '
                                  f'from them (check the sample\'s LiDAR file)')
             xyz = pts[:, :3].contiguous()
-            out.append(xyz[furthest_point_sample(xyz, self.num_query)])
+            out.append(xyz[self.point_sampler(xyz, self.num_query)])
         return encode_points(torch.stack(out)[:, :, None], self._pc_range)
 
     # ------------------------------------------------------------------ forward
