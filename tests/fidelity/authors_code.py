@@ -236,16 +236,19 @@ def _cpu_or_cuda(cpu_function, cuda_function, tensor_argument=0):
     return call
 
 
-def install_cpu_sparse_conv():
+def install_cpu_sparse_conv(set_attribute=setattr):
     """Route mmcv's sparse-convolution ops to the CPU stand-ins above for CPU tensors (mmcv.ops.sparse_conv calls
-    them as `ops.get_indice_pairs`, `Fsp.indice_conv`, `Fsp.indice_subm_conv`: module attributes)."""
+    them as `ops.get_indice_pairs`, `Fsp.indice_conv`, `Fsp.indice_subm_conv`: module attributes).
+    `set_attribute`: pytest's `monkeypatch.setattr` to undo it after a test (default: for the process)."""
     from mmcv.ops import sparse_functional, sparse_ops
     if getattr(sparse_ops.get_indice_pairs, 'cpu_stand_in', False):
         return
-    sparse_ops.get_indice_pairs = _cpu_or_cuda(get_indice_pairs_cpu, sparse_ops.get_indice_pairs)
-    sparse_ops.get_indice_pairs.cpu_stand_in = True
-    sparse_functional.indice_conv = _cpu_or_cuda(indice_conv_cpu, sparse_functional.indice_conv)
-    sparse_functional.indice_subm_conv = _cpu_or_cuda(indice_conv_cpu, sparse_functional.indice_subm_conv)
+    pairs = _cpu_or_cuda(get_indice_pairs_cpu, sparse_ops.get_indice_pairs)
+    pairs.cpu_stand_in = True
+    set_attribute(sparse_ops, 'get_indice_pairs', pairs)
+    set_attribute(sparse_functional, 'indice_conv', _cpu_or_cuda(indice_conv_cpu, sparse_functional.indice_conv))
+    set_attribute(sparse_functional, 'indice_subm_conv',
+                  _cpu_or_cuda(indice_conv_cpu, sparse_functional.indice_subm_conv))
 
 
 # ---------------------------------------------------------------------------------------------- import machinery

@@ -42,8 +42,8 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-from authors_code import authors_registry, to_our_state_dict
 
+from authors_code import authors_registry, to_our_state_dict
 from camera_rig import pinhole_rig
 from real_data import KEYFRAME_DIR
 
