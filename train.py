@@ -60,7 +60,19 @@ def setup_logger(work_dir, rank):
 
     from engine.logs import route_through_tqdm
     log_file = osp.join(work_dir, f'train_{time.strftime("%Y%m%d_%H%M%S")}.log') if rank == 0 else None
-    return route_through_tqdm(get_root_logger(log_file=log_file, log_level=logging.INFO))
+    logger = get_root_logger(log_file=log_file, log_level=logging.INFO)
+    # mmcv sets its logger up once per process: a later run in the same process (a script or a test calling
+    # train.main again) writes its own file instead of the first run's
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    if log_file is not None and all(h.baseFilename != osp.abspath(log_file) for h in files):
+        for handler in files:
+            logger.removeHandler(handler)
+            handler.close()
+        handler = logging.FileHandler(log_file, 'w')
+        handler.setFormatter(logging.Formatter('%(asctime)s - %(name)s - %(levelname)s - %(message)s'))
+        handler.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    return route_through_tqdm(logger)
 
 
 def main(argv=None):

@@ -203,3 +203,17 @@ def test_fast_training_path_follows_the_faithful_loss_curve(tiny_config, tmp_pat
         if wa[key].is_floating_point():
             torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-3, msg=key)
     assert any('execution: fast' in r.getMessage() for r in caplog.records)
+
+
+def test_a_second_run_in_the_same_process_writes_its_own_log_file(tmp_path):
+    """mmcv sets its logger up once per process; train.setup_logger gives each run its own file all the same."""
+    import train
+    paths = []
+    for run in ('first', 'second'):
+        work_dir = tmp_path / run
+        work_dir.mkdir()
+        train.setup_logger(str(work_dir), rank=0).info(f'message of the {run} run')
+        paths += list(work_dir.glob('train_*.log'))
+    assert len(paths) == 2
+    assert 'message of the first run' in paths[0].read_text() and 'second' not in paths[0].read_text()
+    assert 'message of the second run' in paths[1].read_text()
