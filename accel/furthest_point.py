@@ -13,24 +13,24 @@ Same arithmetic, so the same indices:
   block replaces the running best only when strictly greater), as `torch.argmax`.
 
 `fast_furthest_point_sample` uses the kernel for float32 CUDA points where Triton builds it, else the faithful
-function (the CPU, other dtypes, a Triton that fails: one warning, then the faithful function for the process).
+function (the CPU, other dtypes, a Triton that fails: one warning, then the faithful function; accel/compiled.py).
 The kernel is tested through Triton's interpreter on the CPU against the faithful function
 (tests/accel/test_furthest_point.py); a build on each GPU checks it too at its first call.
 """
-import warnings
+import functools
 
 import torch
 
 from models.opus_fusion_head import furthest_point_sample
 
-__all__ = ['fast_furthest_point_sample', 'furthest_point_sample_triton', 'BLOCK']
+from .compiled import CompiledOrNone
+
+__all__ = ['fast_furthest_point_sample', 'furthest_point_sample_triton', 'FURTHEST_POINT_KERNEL', 'BLOCK']
 
 BLOCK = 2048   # points per block of the scan (16 warps x 32 threads x 4)
 
-_kernel = None
-_broken = False
 
-
+@functools.cache
 def _build():
     """The jitted kernel (imports Triton only when first needed: the CPU path never does)."""
     import triton
@@ -73,28 +73,33 @@ def _build():
 def furthest_point_sample_triton(points, num_samples):
     """`furthest_point_sample(points, num_samples)` by the Triton kernel: float32 `[N, 3]` points (on CUDA, or on
     the CPU under Triton's interpreter) -> int64 `[num_samples]`."""
-    global _kernel
     if points.dim() != 2 or points.shape[1] != 3 or points.shape[0] == 0 or points.dtype != torch.float32:
         raise ValueError(f'furthest_point_sample_triton needs float32 points [N >= 1, 3], got {points.dtype} '
                          f'{tuple(points.shape)}')
-    if _kernel is None:
-        _kernel = _build()
     xyz = points.contiguous()
     dist = torch.full((xyz.shape[0],), 1e10, dtype=torch.float32, device=xyz.device)
     out = torch.empty(num_samples, dtype=torch.int64, device=xyz.device)
     options = dict(num_warps=16) if xyz.is_cuda else {}
-    _kernel[(1,)](xyz, dist, out, xyz.shape[0], num_samples, BLOCK=BLOCK, enable_fp_fusion=False, **options)
+    _build()[(1,)](xyz, dist, out, xyz.shape[0], num_samples, BLOCK=BLOCK, enable_fp_fusion=False, **options)
     return out
+
+
+class _TritonKernel(CompiledOrNone):
+    """`CompiledOrNone` for a kernel that Triton builds at its first launch (no torch.compile)."""
+
+    def __init__(self, kernel, fn, what, instead):
+        super().__init__(fn, what, instead)
+        self.kernel = kernel
+
+    def compile(self):
+        return self.kernel
+
+
+# the faithful loop where the kernel cannot be built (one warning)
+FURTHEST_POINT_KERNEL = _TritonKernel(furthest_point_sample_triton, furthest_point_sample,
+                                      'the Triton furthest-point sampling kernel', 'the PyTorch loop')
 
 
 def fast_furthest_point_sample(points, num_samples):
     """The kernel for float32 CUDA points, else (or once it failed to build) the faithful function."""
-    global _broken
-    if points.is_cuda and points.dtype == torch.float32 and not _broken:
-        try:
-            return furthest_point_sample_triton(points, num_samples)
-        except Exception as err:  # noqa: BLE001 (any build or launch failure: the faithful function still works)
-            _broken = True
-            warnings.warn(f'the Triton furthest-point sampling kernel failed ({type(err).__name__}: {err}); '
-                          f'using the PyTorch loop')
-    return furthest_point_sample(points, num_samples)
+    return FURTHEST_POINT_KERNEL.or_eager(points.is_cuda and points.dtype == torch.float32, points, num_samples)

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -67,3 +68,19 @@ def test_cuda_kernel_picks_the_faithful_indices():
     for name, points, n in clouds():
         cuda = points.cuda()
         assert torch.equal(furthest_point_sample_triton(cuda, n).cpu(), furthest_point_sample(cuda, n).cpu()), name
+
+
+def test_a_kernel_that_fails_to_build_falls_back_to_the_loop_with_one_warning():
+    from accel.furthest_point import _TritonKernel
+
+    def broken(points, num_samples):
+        raise RuntimeError('no Triton backend for this device')
+
+    kernel = _TritonKernel(broken, furthest_point_sample, 'the test kernel', 'the PyTorch loop')
+    points = clouds()[2][1]
+    with pytest.warns(UserWarning, match='the test kernel could not be built.*the PyTorch loop'):
+        first = kernel.or_eager(True, points, 8)
+    assert torch.equal(first, furthest_point_sample(points, 8)) and kernel.failed
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                            # no second attempt, no second warning
+        assert torch.equal(kernel.or_eager(True, points, 8), first)
