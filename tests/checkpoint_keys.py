@@ -16,3 +16,21 @@ def official_keys(name):
                 key, shape = line.split()
                 keys[key] = () if shape == 'scalar' else tuple(int(x) for x in shape.split('x'))
     return keys
+
+
+def detectors_one_at_a_time(config_path_of):
+    """variant -> the detector built (seed 0) from the config `config_path_of(variant)`; only the last one is kept
+    (a full-size model holds hundreds of MB of weights)."""
+    import torch
+    from mmcv import Config
+    from mmdet.models import build_detector
+    kept = {}
+
+    def get(variant):
+        if variant not in kept:
+            kept.clear()
+            torch.manual_seed(0)
+            kept[variant] = build_detector(Config.fromfile(config_path_of(variant)).model)
+        return kept[variant]
+
+    return get

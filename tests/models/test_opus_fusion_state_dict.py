@@ -12,7 +12,7 @@ from mmcv import Config
 from mmdet.models import build_detector
 
 import models  # noqa: F401  (registers the Fusion modules)
-from checkpoint_keys import official_keys
+from checkpoint_keys import detectors_one_at_a_time, official_keys
 from test_lidar_branch import AUTHORS_LIDAR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,17 +45,8 @@ def parameter_count(keys):
 
 @pytest.fixture(scope='module')
 def built_model():
-    cache = {}
-
-    def get(variant):
-        if variant not in cache:
-            cache.clear()
-            torch.manual_seed(0)
-            cache[variant] = build_detector(Config.fromfile(config_path(variant)).model)
-        return cache[variant]
-
-    yield get
-    cache.clear()
+    """variant -> its detector built from the 100e config, one at a time."""
+    return detectors_one_at_a_time(config_path)
 
 
 @pytest.mark.parametrize('variant', ['t', 'l'])

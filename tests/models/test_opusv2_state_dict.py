@@ -10,7 +10,7 @@ from mmcv import Config
 from mmdet.models import build_detector
 
 import models  # noqa: F401  (registers the V1 and V2 modules)
-from checkpoint_keys import official_keys
+from checkpoint_keys import detectors_one_at_a_time, official_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = {  # num_query, num_points, num_refines; trainable parameters as derived from the official code
@@ -31,17 +31,7 @@ def config_path(variant, epochs, dcd=False):
 @pytest.fixture(scope='module')
 def built_model():
     """variant -> its detector built from the 50e config, one at a time (~300 MB of weights each)."""
-    cache = {}
-
-    def get(variant):
-        if variant not in cache:
-            cache.clear()
-            torch.manual_seed(0)
-            cache[variant] = build_detector(Config.fromfile(config_path(variant, 50)).model)
-        return cache[variant]
-
-    yield get
-    cache.clear()
+    return detectors_one_at_a_time(lambda variant: config_path(variant, 50))
 
 
 @pytest.mark.parametrize('variant', list(VARIANTS))
