@@ -3,7 +3,8 @@
 What it does, in this order (each step only where the policy asks for it):
 1. gradient checkpointing off in the backbone and the decoder (`checkpointing=False`), and in the decoder
    when its training step is graphed (a graph keeps the activations anyway);
-2. the fast modules: every module whose type is a key of `FAST_MODULES` becomes its fast subclass;
+2. the kernels: every module whose type is a key of the policy's table (`KERNEL_TABLES[policy.kernels]`,
+   the fused or the fast modules) becomes its subclass there;
 3. matrix-product precision scopes on the decoder layers' children named by the policy's table;
 4. the detector becomes its accelerated subclass (`AcceleratedDetector` before its own class): the
    backbone's autocast dtypes and memory format, the decoder's precision scope, the CUDA graphs of the
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .cuda_graph import GraphedFunction, GraphedTrainingFunction
-from .modules import FAST_MODULES, precision_scoped
+from .modules import KERNEL_TABLES, precision_scoped
 from .policy import AUTOCAST_DTYPES, ExecutionPolicy
 from .precision import matmul_precision
 
@@ -112,7 +113,7 @@ def _accelerated_class(cls):
 def accelerate(model, policy):
     """Apply `policy` (an `ExecutionPolicy`) to `model`, an unwrapped OPS-family detector; returns it.
 
-    A model is accelerated once (the fast modules cannot be swapped back): build a new one for another
+    A model is accelerated once (the swapped modules cannot be swapped back): build a new one for another
     policy.
     """
     if not isinstance(policy, ExecutionPolicy):
@@ -130,11 +131,11 @@ def accelerate(model, policy):
         for layer in layers:
             layer.with_cp = False
 
-    if policy.fast_modules:
-        for module in model.modules():
-            fast = FAST_MODULES.get(type(module))
-            if fast is not None:
-                module.__class__ = fast
+    table = KERNEL_TABLES[policy.kernels]
+    for module in model.modules():
+        swapped = table.get(type(module))
+        if swapped is not None:
+            module.__class__ = swapped
 
     scopes = {}
     for (phase, part), precision in policy.precision_table.items():

@@ -1,4 +1,4 @@
-"""torch.compile'd kernels of the fast modules (accel/kernels.py), built at their first call, with a way back.
+"""torch.compile'd kernels of the fused and fast modules (accel/kernels.py), built at their first call, with a way back.
 
 A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, the fast module must
 still compute the right thing: `CompiledOrNone` then warns once and returns None from every call,

@@ -1,4 +1,5 @@
-"""The decoder's distance-biased self-attention as fused kernels (the fast self-attention, accel/modules.py).
+"""The decoder's distance-biased self-attention as fused kernels (accel/modules.py: the fused self-attention in
+float32, the fast one in half precision from HALF_MIN_QUERIES queries on).
 
 Symbols: B batch, H heads, Q queries, d channels per head (C / H).
 
@@ -9,18 +10,21 @@ for OPS-L (Q = 4800) 737 MB per layer, written and read several times. Here the 
 inside a FlexAttention kernel (torch.nn.attention.flex_attention, compiled by torch.compile) from
 the centroids and tau, so no Q x Q tensor exists; softmax and the value product are fused.
 
-Per layer on one H200 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800 3.8 ms
-faithful, 0.75 ms fused in half precision; Q = 600 0.37 ms faithful, 0.28 ms fused in float32 (half
-precision is slower there). Used in eval only: training keeps the faithful path, whose attention dropout
-FlexAttention does not have.
+Per layer on one H100 (benchmarks/bench_self_attention.py, docs/performance.md): Q = 4800 4.1 ms with the
+mask, 1.97 ms fused in float32, 0.40 ms in bf16; Q = 600 0.71 ms with the mask, 0.29 ms fused in float32
+(half precision is slower there). In float32 the kernel's products are IEEE float32 (the compiled kernel
+follows the matmul precision, float32 in every table's self-attention): the mask path's function, summed
+in another order. Used in eval only: FlexAttention has no attention dropout.
 
-Fast training (`sdpa_biased_attention`) keeps the `[B, H, Q, Q]` bias tensor, whose gradient reaches
+In training (`sdpa_biased_attention`) the `[B, H, Q, Q]` bias tensor stays, whose gradient reaches
 tau, but hands it to `F.scaled_dot_product_attention` instead of mmcv's MultiheadAttention: that
 module asks for the head-averaged weights (`need_weights`), so PyTorch materialises the softmax, its
 dropout and their gradients as further `[B*H, Q, Q]` tensors; SDPA's memory-efficient kernel fuses
 softmax, dropout and the value product, in both directions. The same function (the dropout draws
-other random numbers); on CUDA from HALF_MIN_QUERIES queries on (OPS-L) in fp16, as autocast would
-run it: the fp32 kernel has no tensor-core path and took 42 of OPS-L's 187 ms of GPU time per step.
+other random numbers). It also keeps no `[B*H, Q, Q]` softmax for the backward: OPS-L's graphed decoder,
+which is not checkpointed, held the float32 weights of all six layers. The fast mode runs it in fp16 from
+HALF_MIN_QUERIES queries on (OPS-L), as autocast would: the float32 kernel has no tensor-core path and took 42
+of OPS-L's 187 ms of GPU time per step.
 """
 import torch
 import torch.nn.functional as F
@@ -55,7 +59,7 @@ def _heads(mha, query):
     return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def sdpa_biased_attention(attention, query, bias):
+def sdpa_biased_attention(attention, query, bias, half=False):
     """mmcv MultiheadAttention `attention` (batch first, packed in-projection) on `query` with the additive
     logit bias, through SDPA: `query + out_proj(softmax(q k^T / sqrt(d) + bias) v)` with the module's
     attention dropout in training.
@@ -64,12 +68,13 @@ def sdpa_biased_attention(attention, query, bias):
         attention (mmcv.cnn.bricks.transformer.MultiheadAttention): its `attn` holds the weights.
         query (Tensor): `[B, Q, C]` float32.
         bias (Tensor): `[B, H, Q, Q]` added to the logits of head h (may require grad).
+        half (bool): q, k, v and the bias in fp16 (on CUDA).
     Returns:
-        Tensor `[B, Q, C]` float32; q, k, v and the bias in fp16 on CUDA from HALF_MIN_QUERIES queries on.
+        Tensor `[B, Q, C]` float32.
     """
     mha = attention.attn
     B, Q, C = query.shape
-    dtype = torch.float16 if query.is_cuda and Q >= HALF_MIN_QUERIES else query.dtype
+    dtype = torch.float16 if half and query.is_cuda else query.dtype
     q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(dtype),
                                          dropout_p=mha.dropout if mha.training else 0.0)
@@ -77,7 +82,7 @@ def sdpa_biased_attention(attention, query, bias):
     return query + attention.dropout_layer(attention.proj_drop(out))
 
 
-def fused_biased_attention(mha, query, centres, tau, compiled=True):
+def fused_biased_attention(mha, query, centres, tau, half=False, compiled=True):
     """query + MHA(query) with the distance bias, for an eval-mode nn.MultiheadAttention.
 
     Args:
@@ -85,13 +90,14 @@ def fused_biased_attention(mha, query, centres, tau, compiled=True):
         query (Tensor): `[B, Q, C]` float32.
         centres (Tensor): `[B, Q, 3]` query centroids, metres.
         tau (Tensor): `[B, H, Q]` bias slope per head and query row.
+        half (bool): q, k, v in fp16 (the bias is computed in float32 inside the kernel).
         compiled (bool): the torch.compile'd kernel (False: FlexAttention's unfused reference, for tests).
     Returns:
         Tensor `[B, Q, C]` float32, or None when the compiled kernel cannot be built on this machine
         (no Triton for this GPU, say): then one warning, and the caller keeps its mask path.
     """
     B, Q, C = query.shape
-    dtype = torch.float16 if Q >= HALF_MIN_QUERIES else torch.float32
+    dtype = torch.float16 if half else torch.float32
     q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
     cx, cy, cz = (c.contiguous() for c in centres.float().unbind(-1))             # [B, Q] each
     args = (q, k, v, cx, cy, cz, tau.float().contiguous())

@@ -1,4 +1,4 @@
-"""The fast modules' kernels: the same functions as the faithful method's, computed another way.
+"""The fused modules' kernels: the same functions as the faithful method's, computed another way.
 
 * `project_points_fast`: `models.ops_sampling.project_points` without its per-point matrix copies;
 * `fast_sampling_locations`: `sampling_locations` with that projection; `SAMPLING_GEOMETRY` its compiled

@@ -1,11 +1,15 @@
-"""Fast modules: subclasses of the faithful method's modules that compute the same function with other
-kernels (accel/kernels.py, accel/fused_attention.py) or folded weights (accel/folded_backbone.py), and the
-matrix-product precision scopes.
+"""Fused and fast modules: subclasses of the faithful method's modules that compute the same function with other
+kernels (accel/kernels.py, accel/fused_attention.py, accel/furthest_point.py) or folded weights
+(accel/folded_backbone.py), and the matrix-product precision scopes.
 
-`FAST_MODULES` maps a faithful class to its fast subclass; `accelerate` (accel/accelerate.py) swaps the
-class of every module whose type is a key (exactly: a subclass of a faithful class keeps its own code).
-The swap keeps the module's parameters and buffers; a fast module differs from its parent by float32
-rounding only (tests/accel/test_fast_modules.py compares each with its parent).
+Two tables map a faithful class to the subclass `accelerate` (accel/accelerate.py) swaps in, exactly by
+type (a subclass of a faithful class keeps its own code), keeping the module's parameters and buffers:
+* `FUSED_MODULES` (the policy's kernels='fused', the faithful preset): other kernels on CUDA, the same
+  float32 arithmetic (sums in another order); elsewhere the faithful code, bit for bit;
+* `FAST_MODULES` (kernels='fast'): the fused modules, the self-attention in half precision from
+  HALF_MIN_QUERIES queries on, and the backbone's batch norms folded into its convolutions in eval.
+Each differs from its parent by float32 rounding only, the half-precision attention by fp16's
+(tests/accel/test_fast_modules.py compares each with its parent).
 """
 import torch
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
@@ -19,79 +23,97 @@ from .folded_backbone import FoldedBasicBlock, FoldedBottleneck, FoldedResNet
 from .furthest_point import fast_furthest_point_sample
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
 from .kernels import MIXING_KERNEL, SAMPLING_GEOMETRY, compiled_closing
-from .precision import matmul_precision
+from .precision import HALF_MIN_QUERIES, matmul_precision
 
-__all__ = ['FastSamplingLocations', 'FastOPSSampling', 'FastOPUSV2Sampling', 'FastAdaptiveMixing',
-           'FastSelfAttention', 'FastOPSHead', 'FastOPUSV1FusionHead', 'FAST_MODULES', 'MatmulPrecisionScope',
-           'precision_scoped']
+__all__ = ['FusedSamplingLocations', 'FusedOPSSampling', 'FusedOPUSV2Sampling', 'FusedAdaptiveMixing',
+           'FusedSelfAttention', 'FastSelfAttention', 'FusedOPSHead', 'FusedOPUSV1FusionHead', 'FUSED_MODULES',
+           'FAST_MODULES', 'KERNEL_TABLES', 'MatmulPrecisionScope', 'precision_scoped']
 
 
-class FastSamplingLocations:
-    """Mixin for a sampling module: the projection without per-point matrix copies (training and test);
-    without autograd on CUDA, the projection and view choice as one compiled kernel."""
+class FusedSamplingLocations:
+    """Mixin for a sampling module: on CUDA the projection without per-point matrix copies, and without
+    autograd the projection and view choice as one compiled kernel; elsewhere the faithful code."""
 
     def locations(self, sample_points, weights, occ2img, image_h, image_w):
+        if not occ2img.is_cuda:
+            return super().locations(sample_points, weights, occ2img, image_h, image_w)
         args = (sample_points, weights, occ2img, image_h, image_w, self.num_views, 1e-5)
-        return SAMPLING_GEOMETRY.or_eager(occ2img.is_cuda and not torch.is_grad_enabled(), *args)
+        return SAMPLING_GEOMETRY.or_eager(not torch.is_grad_enabled(), *args)
 
 
-class FastOPSSampling(FastSamplingLocations, OPSSampling):
-    """`OPSSampling` with the fast sampling locations."""
+class FusedOPSSampling(FusedSamplingLocations, OPSSampling):
+    """`OPSSampling` with the fused sampling locations."""
 
 
-class FastOPUSV2Sampling(FastSamplingLocations, OPUSV2Sampling):
-    """`OPUSV2Sampling` with the fast sampling locations."""
+class FusedOPUSV2Sampling(FusedSamplingLocations, OPUSV2Sampling):
+    """`OPUSV2Sampling` with the fused sampling locations."""
 
 
-class FastAdaptiveMixing(AdaptiveMixing):
+class FusedAdaptiveMixing(AdaptiveMixing):
     """`AdaptiveMixing` as one compiled kernel without autograd on CUDA (float32 results differ by rounding)."""
 
     def forward(self, x, query):
         return MIXING_KERNEL.or_eager(x.is_cuda and not torch.is_grad_enabled(), *self.mixing_args(x, query))
 
 
-class FastSelfAttention(OPSSelfAttention):
+class FusedSelfAttention(OPSSelfAttention):
     """`OPSSelfAttention` on CUDA: in eval, with heads of at least MIN_HEAD_DIMS channels, the bias computed
     inside one fused kernel instead of a `[B*H, Q, Q]` mask; in training the mask through SDPA (softmax,
-    dropout and value product fused; the dropout draws other random numbers). Elsewhere the faithful path."""
+    dropout and value product fused, no weights kept for the backward; the dropout draws other random
+    numbers). float32 from `half_min_queries` queries on half precision. Elsewhere the faithful path."""
+    half_min_queries = None
 
     def forward(self, query_points, query_feat):
         if not query_feat.is_cuda:
             return super().forward(query_points, query_feat)
         centres, tau = self.bias_terms(query_points, query_feat)
+        half = self.half_min_queries is not None and query_feat.shape[1] >= self.half_min_queries
         if self.training:
-            return sdpa_biased_attention(self.attention, query_feat, self.attention_bias(centres, tau))
+            return sdpa_biased_attention(self.attention, query_feat, self.attention_bias(centres, tau), half=half)
         if query_feat.shape[-1] // self.num_heads >= MIN_HEAD_DIMS:
-            out = fused_biased_attention(self.attention.attn, query_feat, centres, tau)
+            out = fused_biased_attention(self.attention.attn, query_feat, centres, tau, half=half)
             if out is not None:
                 return out
         attn_mask = self.attention_bias(centres, tau)
         return self.attention(query_feat, attn_mask=attn_mask.flatten(0, 1))
 
 
-class FastOPSHead(OPSHead):
+class FastSelfAttention(FusedSelfAttention):
+    """`FusedSelfAttention` in half precision from HALF_MIN_QUERIES queries on (OPS-L: 4,800)."""
+    half_min_queries = HALF_MIN_QUERIES
+
+
+class FusedOPSHead(OPSHead):
     """`OPSHead` whose post-processing closing is one compiled kernel on CUDA (the same voxels)."""
     closing = staticmethod(compiled_closing)
 
 
-class FastOPUSV1FusionHead(OPUSV1FusionHead):
-    """`OPUSV1FusionHead` with `FastOPSHead`'s closing and the furthest-point sampling of its initial points as one
+class FusedOPUSV1FusionHead(OPUSV1FusionHead):
+    """`OPUSV1FusionHead` with `FusedOPSHead`'s closing and the furthest-point sampling of its initial points as one
     Triton kernel on CUDA (accel/furthest_point.py; the same indices)."""
     closing = staticmethod(compiled_closing)
     point_sampler = staticmethod(fast_furthest_point_sample)
 
 
+FUSED_MODULES = {
+    OPSSampling: FusedOPSSampling,
+    OPUSV2Sampling: FusedOPUSV2Sampling,
+    AdaptiveMixing: FusedAdaptiveMixing,
+    OPSSelfAttention: FusedSelfAttention,
+    OPSHead: FusedOPSHead,
+    OPUSV1FusionHead: FusedOPUSV1FusionHead,
+}
+
 FAST_MODULES = {
-    OPSSampling: FastOPSSampling,
-    OPUSV2Sampling: FastOPUSV2Sampling,
-    AdaptiveMixing: FastAdaptiveMixing,
+    **FUSED_MODULES,
     OPSSelfAttention: FastSelfAttention,
-    OPSHead: FastOPSHead,
-    OPUSV1FusionHead: FastOPUSV1FusionHead,
     ResNet: FoldedResNet,            # batch norms folded into the convolutions in eval (accel/folded_backbone.py)
     Bottleneck: FoldedBottleneck,
     BasicBlock: FoldedBasicBlock,
 }
+
+# the execution policy's `kernels` (accel/policy.py: KERNELS) -> the table `accelerate` swaps from
+KERNEL_TABLES = {'reference': {}, 'fused': FUSED_MODULES, 'fast': FAST_MODULES}
 
 
 class MatmulPrecisionScope:

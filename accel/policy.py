@@ -6,7 +6,8 @@ the engine for the optimizer side. Two presets:
 
 * 'faithful' (default): the original's arithmetic. fp16 autocast of the backbone in training with mmcv's
   fp16 optimizer hook (the configs' `fp16`) and offline at test time (as the original's multi-GPU test);
-  float32 everywhere else; the device entry points replayed from CUDA graphs on CUDA (the same kernels).
+  float32 everywhere else; on CUDA the fused modules (accel/modules.py: other kernels, the same float32
+  arithmetic summed in other orders) and the device entry points replayed from CUDA graphs.
 * 'fast': the fast modules (accel/modules.py), TF32 in the decoder (accel/precision.py,
   'tf32-decoder'), fp16 channels-last backbone at test time, log values kept on the device, fused AdamW,
   no gradient checkpointing.
@@ -21,8 +22,9 @@ import torch
 
 from .precision import PRECISION_TABLES
 
-__all__ = ['ExecutionPolicy', 'PRESETS', 'policy_from_config', 'ExecutionConfigError', 'AUTOCAST_DTYPES']
+__all__ = ['ExecutionPolicy', 'PRESETS', 'policy_from_config', 'ExecutionConfigError', 'AUTOCAST_DTYPES', 'KERNELS']
 
+KERNELS = ('reference', 'fused', 'fast')
 AUTOCAST_DTYPES = {None: None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -37,7 +39,9 @@ class ExecutionPolicy:
 
     Args:
         preset (str): the preset the other fields started from ('faithful' or 'fast').
-        fast_modules (bool): swap in the fast subclasses of `accel.modules.FAST_MODULES`.
+        kernels (str): which subclasses `accelerate` swaps in (accel/modules.py, `KERNEL_TABLES`): 'reference'
+            (none: the models/ code as written), 'fused' (`FUSED_MODULES`: fused kernels on CUDA, float32
+            arithmetic) or 'fast' (`FAST_MODULES`: also half-precision attention and folded batch norms).
         precision (str): a table of `accel.precision.PRECISION_TABLES`.
         channels_last (bool): NHWC images into the backbone on CUDA (cuDNN's layout for half precision).
         online_autocast, offline_autocast (str | None): the backbone's autocast dtype at test time, online /
@@ -59,7 +63,7 @@ class ExecutionPolicy:
             preset decodes on the CPU as the original (nvJPEG's pixels differ from libjpeg's by a grey level).
     """
     preset: str = 'faithful'
-    fast_modules: bool = False
+    kernels: str = 'fused'
     precision: str = 'float32'
     channels_last: bool = False
     online_autocast: str = None
@@ -73,6 +77,8 @@ class ExecutionPolicy:
     gpu_decode: object = False
 
     def __post_init__(self):
+        if self.kernels not in KERNELS:
+            raise ExecutionConfigError(f'execution.kernels={self.kernels!r}; choose one of {list(KERNELS)}')
         if self.precision not in PRECISION_TABLES:
             raise ExecutionConfigError(f'execution.precision={self.precision!r} is not a table of '
                                        f'accel/precision.py: {sorted(PRECISION_TABLES)}')
@@ -103,7 +109,7 @@ class ExecutionPolicy:
 
 PRESETS = {
     'faithful': ExecutionPolicy(),
-    'fast': ExecutionPolicy(preset='fast', fast_modules=True, precision='tf32-decoder', channels_last=True,
+    'fast': ExecutionPolicy(preset='fast', kernels='fast', precision='tf32-decoder', channels_last=True,
                             online_autocast='fp16', offline_autocast='fp16', checkpointing=False, lazy_logs=True,
                             fused_optimizer=True, gpu_decode='auto'),
 }

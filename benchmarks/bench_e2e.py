@@ -16,8 +16,11 @@ ground-truth voxels, colour augmentation, grad clip 35, AdamW with the config's 
 Inference modes (batch 1, online: the backbone sees the 6 key-frame images, 7 history frames come
 from the feature cache; each timed call includes the host->device copy of the images and the
 device->host copy of the result, bracketed by cuda.synchronize):
-* eager: faithful arithmetic, each kernel launched from Python (execution.test_cuda_graph=False);
+* eager: faithful arithmetic with the fused kernels (float32: accel/modules.py, FUSED_MODULES), each kernel
+  launched from Python (execution.test_cuda_graph=False);
 * faithful: the same step replayed from a CUDA graph (the default of val.py/timing.py on CUDA);
+* reference-eager, reference (not run by default): eager and faithful with the models/ code as written
+  (execution.kernels='reference'), what the fused kernels gain;
 * fast: graph, the fast test mode (execution.preset='fast': fp16 NHWC backbone + FPN with the batch norms folded into
   the convolutions, TF32 and fused decoder kernels, float32 in the decoder's per-query layers);
 * fast-unfolded (not run by default): fast with the backbone's faithful classes put back, what folding gains.
@@ -25,9 +28,11 @@ Training modes:
 * faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
   on the host every step (mmcv's optimizer hook + mmdet's loss parsing); the decoder launched from
-  Python (train.py with execution.train_cuda_graph=False);
+  Python (train.py with execution.train_cuda_graph=False); its self-attention through float32 SDPA
+  (the fused modules);
 * faithful: the same arithmetic with the decoder not checkpointed and its forward and backward
   replayed from CUDA graphs (train.py);
+* reference-eager, reference (not run by default): the two above with the models/ code as written;
 * fast-eager: same function, no host reads (engine/train_step.py: lazy log values, fused AdamW that
   skips non-finite steps on the device, parameter groups of equal lr merged), no gradient
   checkpointing, channels-last backbone; in the decoder TF32 products and the self-attention through
@@ -56,8 +61,9 @@ from tools.synthetic import calib  # noqa: E402
 NUM_VIEWS = 6
 # each mode's execution policy (accel/policy.py), as val.py / timing.py build it
 INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast'),
-               'fast-unfolded': dict(preset='fast')}
-TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16')
+               'fast-unfolded': dict(preset='fast'), 'reference': dict(kernels='reference'),
+               'reference-eager': dict(kernels='reference', test_cuda_graph=False)}
+TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -218,11 +224,12 @@ class TrainBench:
         from mmcv.runner import build_optimizer
 
         self.mode = mode
-        self.fast = fast = not mode.startswith('faithful')
+        self.fast = fast = mode.startswith('fast')
         # the policy and optimizer train.py builds for this mode (fused AdamW, checkpointing, graphs)
         cfg = copy.deepcopy(cfg)
         execution = dict(preset='fast' if fast else 'faithful', train_cuda_graph=not mode.endswith('-eager'),
-                         train_autocast='bf16' if mode == 'fast-bf16' else 'fp16')
+                         train_autocast='bf16' if mode == 'fast-bf16' else 'fp16',
+                         **(dict(kernels='reference') if mode.startswith('reference') else {}))
         if fast:
             cfg.optimizer['fused'] = True
         self.model = build_model(cfg, device, execution, state=state).train()

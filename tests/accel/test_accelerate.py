@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from accel import ExecutionConfigError, accelerate, policy_from_config
-from accel.modules import FAST_MODULES, FastSelfAttention, MatmulPrecisionScope
+from accel.modules import FAST_MODULES, FUSED_MODULES, FastSelfAttention, FusedSelfAttention, MatmulPrecisionScope
 from accel.precision import PRECISION_TABLES, matmul_precision
 from models.ops_transformer import OPSSelfAttention
 from tiny_detector import build, gt, images, metas_for
@@ -16,9 +16,8 @@ from tiny_detector import build, gt, images, metas_for
 
 def test_policy_presets_overrides_and_bad_keys():
     faithful, fast = policy_from_config(), policy_from_config(fast=True)
-    assert (faithful.fast_modules, faithful.precision, faithful.offline_autocast) == (False, 'float32', 'fp16')
-    assert (fast.fast_modules, fast.precision, fast.lazy_logs, fast.checkpointing) == \
-        (True, 'tf32-decoder', True, False)
+    assert (faithful.kernels, faithful.precision, faithful.offline_autocast) == ('fused', 'float32', 'fp16')
+    assert (fast.kernels, fast.precision, fast.lazy_logs, fast.checkpointing) == ('fast', 'tf32-decoder', True, False)
     # the config's dict, then the command line (None: not given)
     policy = policy_from_config(dict(train_cuda_graph=False), train_autocast='bf16', test_cuda_graph=None)
     assert (policy.preset, policy.train_cuda_graph, policy.train_autocast, policy.test_cuda_graph) == \
@@ -34,12 +33,17 @@ def test_policy_presets_overrides_and_bad_keys():
         policy_from_config(dict(train_autocast=None))
     with pytest.raises(ExecutionConfigError, match='not a table of accel/precision.py'):
         policy_from_config(dict(precision='tf16'))
+    with pytest.raises(ExecutionConfigError, match=r"execution.kernels='faster'; choose one of \['reference', 'fused'"):
+        policy_from_config(dict(kernels='faster'))
 
 
-def test_fast_modules_are_subclasses_without_state_of_their_own():
-    for faithful, fast in FAST_MODULES.items():
-        assert issubclass(fast, faithful) and fast is not faithful
-        assert '__init__' not in vars(fast)          # the swap keeps the faithful module's parameters and buffers
+@pytest.mark.parametrize('table', [FUSED_MODULES, FAST_MODULES], ids=['fused', 'fast'])
+def test_swapped_modules_are_subclasses_without_state_of_their_own(table):
+    for faithful, swapped in table.items():
+        assert issubclass(swapped, faithful) and swapped is not faithful
+        assert '__init__' not in vars(swapped)       # the swap keeps the faithful module's parameters and buffers
+    # the fast table is the fused one with other classes where precision changes, or more swaps
+    assert all(issubclass(FAST_MODULES[k], v) for k, v in FUSED_MODULES.items())
 
 
 def layers(model):
@@ -50,8 +54,8 @@ def test_accelerate_swaps_exact_types_keeps_the_weights_and_runs_once():
     faithful = build()
     fast = accelerate(copy.deepcopy(faithful), policy_from_config(fast=True))
     assert type(fast).__name__ == 'AcceleratedOPS' and isinstance(fast, type(faithful))
-    assert type(layers(fast)[0].sampling).__name__ == 'FastOPSSampling'
-    assert type(fast.pts_bbox_head).__name__ == 'FastOPSHead'
+    assert type(layers(fast)[0].sampling).__name__ == 'FusedOPSSampling'
+    assert type(fast.pts_bbox_head).__name__ == 'FusedOPSHead'
     # the state dict, names and values, is the faithful one's: checkpoints load and save as before
     a, b = faithful.state_dict(), fast.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -75,6 +79,11 @@ def test_accelerate_swaps_exact_types_keeps_the_weights_and_runs_once():
     # the faithful policy keeps the config's backbone checkpointing; the graphed decoder trains without it
     faithful = accelerate(build(), policy_from_config())
     assert faithful.img_backbone.layer1[0].with_cp and not any(layer.with_cp for layer in layers(faithful))
+    # its kernels are the fused ones (float32), the attention without half precision; 'reference' swaps none
+    attention = layers(faithful)[0].self_attn
+    assert isinstance(attention, FusedSelfAttention) and not isinstance(attention, FastSelfAttention)
+    reference = accelerate(build(), policy_from_config(dict(kernels='reference')))
+    assert type(layers(reference)[0].self_attn) is OPSSelfAttention
     eager = accelerate(build(), policy_from_config(dict(train_cuda_graph=False)))
     assert all(layer.with_cp for layer in layers(eager))
 

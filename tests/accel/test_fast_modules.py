@@ -11,7 +11,7 @@ from accel.compiled import CompiledOrNone
 from accel.folded_backbone import fold_conv_norm
 from accel.fused_attention import HALF_MIN_QUERIES, fused_biased_attention, sdpa_biased_attention
 from accel.kernels import project_points_fast
-from accel.modules import FAST_MODULES
+from accel.modules import FAST_MODULES, FUSED_MODULES
 from models.ops_sampling import project_points
 from models.ops_transformer import OPSSelfAttention, decode_points
 from tiny_detector import build
@@ -22,10 +22,10 @@ PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 EPS32 = float(torch.finfo(torch.float32).eps)
 
 
-def as_fast(module):
-    """A copy of the faithful `module` as its fast subclass (what `accelerate` swaps in), same weights."""
+def as_fast(module, table=FAST_MODULES):
+    """A copy of the faithful `module` as its subclass in `table` (what `accelerate` swaps in), same weights."""
     fast = copy.deepcopy(module)
-    fast.__class__ = FAST_MODULES[type(module)]
+    fast.__class__ = table[type(module)]
     return fast
 
 
@@ -96,13 +96,15 @@ def relative_error(got, expected):
     return ((got - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize('device, queries', [('cpu', 23), pytest.param('cuda', 23, marks=CUDA),
-                                             pytest.param('cuda', HALF_MIN_QUERIES + 52, marks=CUDA)])
-def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
-    """Fast training's self-attention (the bias tensor through SDPA; fp16 on CUDA from HALF_MIN_QUERIES on)
-    against mmcv's module on the [B*H, Q, Q] mask in float64: the output and the gradients of the input, of
-    tau's generator (through the bias) and of the in-projection (dropout off, whose random numbers differ);
-    on CUDA the layer's fast training path is this function; with dropout on, SDPA applies it."""
+@pytest.mark.parametrize('device, queries, half', [('cpu', 23, False), pytest.param('cuda', 23, False, marks=CUDA),
+                                                   pytest.param('cuda', HALF_MIN_QUERIES + 52, False, marks=CUDA),
+                                                   pytest.param('cuda', HALF_MIN_QUERIES + 52, True, marks=CUDA)])
+def test_training_sdpa_attention_equals_the_masked_attention(device, queries, half):
+    """Training's fused self-attention (the bias tensor through SDPA; float32, or fp16 as the fast mode runs it
+    on CUDA from HALF_MIN_QUERIES on) against mmcv's module on the [B*H, Q, Q] mask in float64: the output and
+    the gradients of the input, of tau's generator (through the bias) and of the in-projection (dropout off,
+    whose random numbers differ); on CUDA the layer's training path is this function (the fused module's in
+    float32, the fast module's in fp16); with dropout on, SDPA applies it."""
     g = torch.Generator().manual_seed(3)
     points, feat = torch.rand(2, queries, 4, 3, generator=g), torch.randn(2, queries, 256, generator=g)
     weights = torch.linspace(-1, 1, feat.numel()).view_as(feat)
@@ -116,7 +118,7 @@ def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
             centres = decode_points(pts, PC_RANGE).mean(2)
             tau = module.gen_tau(x).permute(0, 2, 1)
             bias = -tau[..., None] * (centres[:, :, None] - centres[:, None]).norm(dim=-1)[:, None]
-            out = sdpa_biased_attention(module.attention, x, bias)
+            out = sdpa_biased_attention(module.attention, x, bias, half=half)
         else:
             out = module(pts, x)                                                   # faithful (mask)
         (out * weights.to(device, dtype)).sum().backward()
@@ -131,45 +133,48 @@ def test_training_sdpa_attention_equals_the_masked_attention(device, queries):
     # fp16 (CUDA, Q >= HALF_MIN_QUERIES): q, k, v, the bias, the kernel's probabilities and dq, dk, dv are
     # rounded to 2^-11 ≈ 4.9e-4 relative; about 5 such roundings, and the tau gradient (sums of P * (dP -
     # rowsum) over keys) loses a further factor ~4 to cancellation: 5 * 4 * 2^-11 ≈ 1e-2.
-    tol = 1e-2 if device == 'cuda' and queries >= HALF_MIN_QUERIES else (1600 + 2 * queries) * EPS32
+    tol = 1e-2 if half else (1600 + 2 * queries) * EPS32
     for a, b, name in zip(got, expected, ('output', 'input grad', 'tau grad', 'in_proj grad')):
         err = relative_error(a, b)
         assert err < tol, f'{name}: relative error {err:.2e} (tolerance {tol:.0e})'
     if device == 'cuda':
+        table = FAST_MODULES if half else FUSED_MODULES
         with torch.no_grad():
-            layer_path = as_fast(module)(points.to(device), feat.to(device))
+            layer_path = as_fast(module, table)(points.to(device), feat.to(device))
         # The same q, k, v and bias, but SDPA may pick another kernel without autograd. float32: other orders
         # in the scores (32 terms) and the value product (Q), and the logits' own roundings: the keys that
         # carry weight have logits |tau * d| up to ~155 here, so each rounding moves a weight by up to 155 *
         # eps / 2, relative; about 8 of them: (32 + Q + 8 * 155 / 2) eps ≈ 8e-5 of the output. fp16: each kernel
         # rounds its output to fp16, which may differ by one fp16 ulp: 2^-10 relative.
-        tol = 2.0 ** -10 if queries >= HALF_MIN_QUERIES else 1e-4
+        tol = 2.0 ** -10 if half else 1e-4
         assert relative_error(layer_path, out) < tol
         module.attention.attn.dropout = 0.5
         with torch.no_grad():
-            dropped = as_fast(module)(points.to(device), feat.to(device))
+            dropped = as_fast(module, table)(points.to(device), feat.to(device))
         # dropout 0.5 zeroes half of the weights and doubles the rest: the attention branch changes by a
         # sizeable part of itself, ten times the kernel tolerance above
         assert relative_error(dropped, out) > 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.parametrize('queries', [600, HALF_MIN_QUERIES + 352])
-def test_compiled_fused_attention_on_cuda(queries):
+@pytest.mark.parametrize('queries, half', [(600, False), (HALF_MIN_QUERIES + 352, False),
+                                           (HALF_MIN_QUERIES + 352, True)])
+def test_compiled_fused_attention_on_cuda(queries, half):
     module = attention().cuda()
     g = torch.Generator().manual_seed(1)
     points = torch.rand(1, queries, 4, 3, generator=g).cuda()
     feat = torch.randn(1, queries, 256, generator=g).cuda()
     with torch.no_grad():
         expected = module(points, feat)
-        got = as_fast(module)(points, feat)
-    # float32 kernel below HALF_MIN_QUERIES: in- and out-projection (256 terms each), scores (32) and the value
-    # product (Q) in other orders, worst case (544 + Q) eps of the attention branch (|branch| ≈ 1.5 here).
-    # fp16 q/k/v from there on (and fp16 probabilities and kernel output): roundings of 2^-11 relative, independent
-    # across the 256 channels that the out-projection (weights of rms 1/16/sqrt(3) ≈ 0.036) sums: sigma ≈
-    # sqrt(3 * 256) * 0.036 * 2^-11 * rms|a| (≈ 1) ≈ 5e-4; the largest of 6e5 outputs ≈ 5 sigma ≈ 2.5e-3.
+        got = as_fast(module, FAST_MODULES if half else FUSED_MODULES)(points, feat)
+    # float32 kernel (the fused module; the fast one below HALF_MIN_QUERIES): in- and out-projection (256 terms
+    # each), scores (32) and the value product (Q) in other orders, worst case (544 + Q) eps of the attention branch
+    # (|branch| ≈ 1.5 here). The fast module's fp16 q/k/v from HALF_MIN_QUERIES on (and fp16 probabilities and
+    # kernel output): roundings of 2^-11 relative, independent across the 256 channels that the out-projection
+    # (weights of rms 1/16/sqrt(3) ≈ 0.036) sums: sigma ≈ sqrt(3 * 256) * 0.036 * 2^-11 * rms|a| (≈ 1) ≈ 5e-4;
+    # the largest of 6e5 outputs ≈ 5 sigma ≈ 2.5e-3.
     branch = (expected - feat).abs().max().item()
-    tol = (2 * 256 + 32 + queries) * EPS32 * branch if queries < HALF_MIN_QUERIES else 1e-2
+    tol = 1e-2 if half else (2 * 256 + 32 + queries) * EPS32 * branch
     assert (got - expected).abs().max() < tol
 
 

@@ -36,7 +36,7 @@ def test_one_fast_step_equals_one_faithful_step():
     fast = without_dropout(accelerate(build(), policy_from_config(fast=True))).train()
     # its decoder projects with project_points_fast, unchecked (accel/accelerate.py)
     layer = fast.pts_bbox_head.transformer.decoder.decoder_layers[0]
-    assert type(layer.sampling).__name__ == 'FastOPSSampling' and not layer.with_cp
+    assert type(layer.sampling).__name__ == 'FusedOPSSampling' and not layer.with_cp
     fast.load_state_dict(faithful.state_dict())
     opt_a = build_optimizer(faithful, dict(OPTIMIZER, foreach=False))
     opt_b = merge_param_groups(build_optimizer(fast, dict(OPTIMIZER, fused=True)))   # as train.py --fast
