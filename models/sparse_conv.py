@@ -119,16 +119,14 @@ def neighbour_table(in_coords, out_coords, batch_size, spatial_shape, sign=1):
     lookup = torch.full((batch_size * X * Y * Z,), num_in, dtype=torch.long, device=device)
     lookup[linear_index(in_coords, spatial_shape)] = torch.arange(num_in, device=device)
     out = out_coords.long()
-    base = linear_index(out, spatial_shape)
-    table = torch.empty(out.shape[0], len(KERNEL_OFFSETS), dtype=torch.long, device=device)
-    for k, (dx, dy, dz) in enumerate(KERNEL_OFFSETS):
-        dx, dy, dz = sign * dx, sign * dy, sign * dz
-        nx, ny, nz = out[:, 1] + dx, out[:, 2] + dy, out[:, 3] + dz
-        inside = (nx >= 0) & (nx < X) & (ny >= 0) & (ny < Y) & (nz >= 0) & (nz < Z)
-        # outside the grid the shifted linear index may alias another site: mask it
-        idx = lookup[(base + (dx * Y + dy) * Z + dz).clamp(0, lookup.numel() - 1)]
-        table[:, k] = torch.where(inside, idx, torch.full_like(idx, num_in))
-    return table
+    base = linear_index(out, spatial_shape)                                       # [U']
+    d = sign * (_kernel_taps((3, 3, 3), device) - 1)                              # [K, 3], KERNEL_OFFSETS' order
+    n = out[:, None, 1:] + d                                                      # [U', K, 3]
+    inside = (n >= 0).all(-1) & (n[..., 0] < X) & (n[..., 1] < Y) & (n[..., 2] < Z)
+    # outside the grid the shifted linear index may alias another site: `inside` masks it
+    shift = (d[:, 0] * Y + d[:, 1]) * Z + d[:, 2]                                 # [K]
+    idx = lookup[(base[:, None] + shift).clamp(0, lookup.numel() - 1)]
+    return torch.where(inside, idx, num_in)
 
 
 @torch.no_grad()
@@ -365,10 +363,23 @@ def conv_output_shape(spatial_shape, kernel_size, stride, padding):
 
 
 def _kernel_taps(kernel_size, device):
-    """int64 `[K, 3]`: the taps (t0, t1, t2) of a kernel in the order of its flattened weight axes (t2 fastest)."""
+    """int64 `[K, 3]`: the taps (t0, t1, t2) of a kernel in the order of its flattened weight axes (t2 fastest).
+
+    Written by kernels on `device`, as are the per-axis constants below (`_per_axis`): a tensor copied from
+    host memory makes the host wait for the device's queue, and the sparse convolutions run eagerly.
+    """
     k0, k1, k2 = kernel_size
-    return torch.tensor(list(itertools.product(range(k0), range(k1), range(k2))), dtype=torch.long,
-                        device=device).reshape(-1, 3)
+    i = torch.arange(k0 * k1 * k2, device=device)
+    return torch.stack([i // (k1 * k2), i // k2 % k1, i % k2], dim=1)
+
+
+def _per_axis(values, device):
+    """Three ints as something that broadcasts over a `[..., 3]` int64 tensor: the int when they are equal, else
+    an int64 `[3]` tensor written on `device`."""
+    a, b, c = (int(v) for v in values)
+    if a == b == c:
+        return a
+    return torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in (a, b, c)])
 
 
 def regular_output_sites(coords, batch_size, spatial_shape, kernel_size, stride, padding):
@@ -389,8 +400,8 @@ def regular_output_sites(coords, batch_size, spatial_shape, kernel_size, stride,
     if c.shape[0] == 0:
         return c.new_zeros((0, 4)), out_shape
     taps = _kernel_taps(k, c.device)                                               # [K, 3]
-    scaled = c[:, None, 1:] + torch.tensor(p, device=c.device) - taps[None]       # [U, K, 3] = o * s
-    s_t, out_t = torch.tensor(s, device=c.device), torch.tensor(out_shape, device=c.device)
+    scaled = c[:, None, 1:] + _per_axis(p, c.device) - taps[None]                # [U, K, 3] = o * s
+    s_t, out_t = _per_axis(s, c.device), _per_axis(out_shape, c.device)
     o = torch.div(scaled, s_t, rounding_mode='floor')
     ok = ((scaled - o * s_t) == 0).all(-1) & (o >= 0).all(-1) & (o < out_t).all(-1)
     cand = torch.cat([c[:, None, :1].expand(-1, taps.shape[0], 1), o], dim=-1)[ok]   # [M, 4]
@@ -418,12 +429,11 @@ def rulebook(in_coords, out_coords, spatial_shape, kernel_size, stride, padding,
     taps = _kernel_taps(k, device)
     out = out_coords.long()
     if subm:
-        pos = out[:, None, 1:] + taps[None] - torch.tensor([kk // 2 for kk in k], device=device)
+        pos = out[:, None, 1:] + taps[None] - _per_axis([kk // 2 for kk in k], device)
     else:
-        s, p = torch.tensor(_triple(stride, 'stride'), device=device), torch.tensor(_triple(padding, 'padding'),
-                                                                                   device=device)
+        s, p = _per_axis(_triple(stride, 'stride'), device), _per_axis(_triple(padding, 'padding'), device)
         pos = out[:, None, 1:] * s - p + taps[None]                                # [U', K, 3]
-    inside = ((pos >= 0) & (pos < torch.tensor(spatial_shape, device=device))).all(-1)
+    inside = ((pos >= 0) & (pos < _per_axis(spatial_shape, device))).all(-1)
     if num_in == 0:
         return torch.zeros(inside.shape, dtype=torch.long, device=device)   # all pad (index U = 0)
     wanted = torch.cat([out[:, None, :1].expand(-1, taps.shape[0], 1), pos], dim=-1)
