@@ -123,9 +123,9 @@ def test_the_precision_table_reaches_each_part(training):
 
 
 def test_the_faithful_policy_computes_what_the_bare_model_computes_on_the_cpu():
-    """On the CPU the faithful policy changes nothing (autocast and graphs are CUDA's): the same test results and
-    training losses, bit for bit; the fast policy's differ from them by float32 rounding only (its projection
-    sums in another order; TF32 and compiled kernels are CUDA's)."""
+    """On the CPU the faithful policy changes nothing (autocast, graphs and the fused kernels are CUDA's): the same
+    test results and training losses, bit for bit; the fast policy's differ from them by float32 rounding only (its
+    backbone's batch norms folded into the convolutions at test time; TF32 and compiled kernels are CUDA's)."""
     torch.manual_seed(0)
     bare = build()
     torch.nn.init.constant_(layers(bare)[-1].cls_branch[-1].bias, 4.0)    # points pass the score threshold
@@ -139,7 +139,8 @@ def test_the_faithful_policy_computes_what_the_bare_model_computes_on_the_cpu():
     assert len(results[0]['sem_pred']) > 0
     for key in ('sem_pred', 'occ_loc'):
         np.testing.assert_array_equal(results[1][key], results[0][key])
-    # fast: a point within a few float32 ulps of a voxel border may change voxel; ~all agree
+    # fast: folded batch norms move the features by float32 rounding; a point within a few ulps of a voxel border
+    # may change voxel; ~all agree
     same = len(set(map(tuple, results[2]['occ_loc'])) & set(map(tuple, results[0]['occ_loc'])))
     assert same >= 0.99 * len(results[0]['occ_loc'])
 
@@ -155,7 +156,8 @@ def test_the_faithful_policy_computes_what_the_bare_model_computes_on_the_cpu():
         logs.append(out['log_vars'])
     assert logs[1] == logs[0]                                      # host floats, mmdet's parsing
     assert all(isinstance(v, torch.Tensor) for v in logs[2].values())  # lazy: device tensors
-    # the fast projection sums in another order: +-4 float32 ulps of each projected value move the losses by ~1e-7
-    # relative (derived in tests/engine/test_train_step.py); rel 1e-6 leaves a factor 10 for the loss sums' rounding
+    # the fast model's tensors sit at other addresses (MKL's paths may differ by alignment): +-4 float32 ulps of each
+    # projected value move the losses by ~1e-7 relative (derived in tests/engine/test_train_step.py); rel 1e-6
+    # leaves a factor 10 for the loss sums' rounding
     for key, value in logs[0].items():
         assert logs[2][key].item() == pytest.approx(value, rel=1e-6)   # ~1e-7 reordering x 10 (see above)
