@@ -54,6 +54,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device_constants import device_vector
+
 __all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilate_sites', 'neighbour_table', 'sparse_conv3d', 'SparseConv3d',
            'SubMConv3d', 'scatter_max', 'SparseTensor', 'conv_output_shape', 'regular_output_sites', 'rulebook',
            'sparse_convolution', 'SparseConvolution3d', 'SubMConvolution3d', 'SparseSequential']
@@ -365,8 +367,8 @@ def conv_output_shape(spatial_shape, kernel_size, stride, padding):
 def _kernel_taps(kernel_size, device):
     """int64 `[K, 3]`: the taps (t0, t1, t2) of a kernel in the order of its flattened weight axes (t2 fastest).
 
-    Written by kernels on `device`, as are the per-axis constants below (`_per_axis`): a tensor copied from
-    host memory makes the host wait for the device's queue, and the sparse convolutions run eagerly.
+    Written by kernels on `device`, as are the per-axis constants below (`_per_axis`; models/device_constants.py
+    says why).
     """
     k0, k1, k2 = kernel_size
     i = torch.arange(k0 * k1 * k2, device=device)
@@ -377,9 +379,7 @@ def _per_axis(values, device):
     """Three ints as something that broadcasts over a `[..., 3]` int64 tensor: the int when they are equal, else
     an int64 `[3]` tensor written on `device`."""
     a, b, c = (int(v) for v in values)
-    if a == b == c:
-        return a
-    return torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in (a, b, c)])
+    return a if a == b == c else device_vector((a, b, c), torch.long, device)
 
 
 def regular_output_sites(coords, batch_size, spatial_shape, kernel_size, stride, padding):

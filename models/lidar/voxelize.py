@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..device_constants import device_vector
+
 __all__ = ['voxel_grid_size', 'hard_voxelize', 'compact_voxels', 'Voxelization']
 
 
@@ -38,15 +40,6 @@ def _floats(name, values, n):
     if len(values) != n:
         raise ValueError(f'voxelisation: `{name}` needs {n} numbers, got {values}')
     return values
-
-
-def _device_vector(values, dtype, device):
-    """A 1-D tensor of `values` on `device` written by fill kernels, not copied from the host: a CUDA graph can
-    capture it (a pageable host-to-device copy cannot be captured)."""
-    out = torch.empty(len(values), dtype=dtype, device=device)
-    for i, value in enumerate(values):
-        out[i].fill_(value)   # a scalar kernel argument (`out[i] = value` would copy a host tensor)
-    return out
 
 
 def voxel_grid_size(voxel_size, point_cloud_range):
@@ -89,11 +82,11 @@ def hard_voxelize(points, voxel_size, point_cloud_range, max_points, max_voxels,
     n, dim = points.shape
     # mmcv rounds the range and the voxel size to float32 (C++ floats) and computes in the points' dtype
     # (float32 values are exact in float64 as well)
-    lo = _device_vector(np.float32(_floats('point_cloud_range', point_cloud_range, 6)[:3]).tolist(), dtype, device)
-    size = _device_vector(np.float32(_floats('voxel_size', voxel_size, 3)).tolist(), dtype, device)
+    lo = device_vector(np.float32(_floats('point_cloud_range', point_cloud_range, 6)[:3]).tolist(), dtype, device)
+    size = device_vector(np.float32(_floats('voxel_size', voxel_size, 3)).tolist(), dtype, device)
     cell = torch.floor((points[:, :3] - lo) / size)                                      # [N, 3] (x, y, z)
     # NaN coordinates fail every comparison: dropped like points outside the range
-    inside = ((cell >= 0) & (cell < _device_vector(grid, dtype, device))).all(dim=1)
+    inside = ((cell >= 0) & (cell < device_vector(grid, dtype, device))).all(dim=1)
     if num_valid is not None:
         # a Python number enters as a kernel argument, not a host-to-device copy (capturable)
         limit = num_valid if isinstance(num_valid, torch.Tensor) else int(num_valid)
