@@ -1,5 +1,5 @@
 """The decoder's distance-biased self-attention as fused kernels (accel/modules.py: the fused self-attention in
-float32, the fast one in half precision from HALF_MIN_QUERIES queries on).
+float32, the fast one in half precision from accel/precision.py's HALF_MIN_QUERIES queries on).
 
 Symbols: B batch, H heads, Q queries, d channels per head (C / H).
 
@@ -31,10 +31,8 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from .compiled import CompiledOrNone
-from .precision import HALF_MIN_QUERIES
 
-__all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'HALF_MIN_QUERIES',
-           'MIN_HEAD_DIMS']
+__all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'MIN_HEAD_DIMS']
 
 # FlexAttention's compiled kernel needs heads of at least 16 channels (OPS: 256 / 8 = 32; the tests'
 # tiny models have fewer and keep the mask path)

@@ -60,7 +60,8 @@ class FusedSelfAttention(OPSSelfAttention):
     """`OPSSelfAttention` on CUDA: in eval, with heads of at least MIN_HEAD_DIMS channels, the bias computed
     inside one fused kernel instead of a `[B*H, Q, Q]` mask; in training the mask through SDPA (softmax,
     dropout and value product fused, no weights kept for the backward; the dropout draws other random
-    numbers). float32 from `half_min_queries` queries on half precision. Elsewhere the faithful path."""
+    numbers). float32, or half precision from `half_min_queries` queries on (None: never). Elsewhere the
+    faithful path."""
     half_min_queries = None
 
     def forward(self, query_points, query_feat):
@@ -112,7 +113,7 @@ FAST_MODULES = {
     BasicBlock: FoldedBasicBlock,
 }
 
-# the execution policy's `kernels` (accel/policy.py: KERNELS) -> the table `accelerate` swaps from
+# the execution policy's `kernels` (accel/policy.py) -> the table `accelerate` swaps from
 KERNEL_TABLES = {'reference': {}, 'fused': FUSED_MODULES, 'fast': FAST_MODULES}
 
 

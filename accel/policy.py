@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .modules import KERNEL_TABLES
 from .precision import PRECISION_TABLES
 
-__all__ = ['ExecutionPolicy', 'PRESETS', 'policy_from_config', 'ExecutionConfigError', 'AUTOCAST_DTYPES', 'KERNELS']
+__all__ = ['ExecutionPolicy', 'PRESETS', 'policy_from_config', 'ExecutionConfigError', 'AUTOCAST_DTYPES']
 
-KERNELS = ('reference', 'fused', 'fast')
 AUTOCAST_DTYPES = {None: None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -77,8 +77,8 @@ class ExecutionPolicy:
     gpu_decode: object = False
 
     def __post_init__(self):
-        if self.kernels not in KERNELS:
-            raise ExecutionConfigError(f'execution.kernels={self.kernels!r}; choose one of {list(KERNELS)}')
+        if self.kernels not in KERNEL_TABLES:
+            raise ExecutionConfigError(f'execution.kernels={self.kernels!r}; choose one of {list(KERNEL_TABLES)}')
         if self.precision not in PRECISION_TABLES:
             raise ExecutionConfigError(f'execution.precision={self.precision!r} is not a table of '
                                        f'accel/precision.py: {sorted(PRECISION_TABLES)}')
