@@ -19,7 +19,9 @@ ITERS_PER_EPOCH, EPOCHS, INTERVAL = 5, 2, 2
 LOGGED_ITERS = (2, 4, 5)   # the interval's multiples and each epoch's last iteration (ignore_last=False)
 SAMPLES_PER_ITER = 6
 # samples_per_s is samples_per_iter * n / sum(t) against time = sum(t) / n, and the summary's mean a float64
-# sum of 8 times: a few float64 roundings apart (1e-16 relative each)
+# sum of 8 times: the two sides differ by their float64 roundings only, at most ~10 of them (the sums of up to
+# 8 terms, a division, a product) of 2^-53 ≈ 1.1e-16 relative each, so ~1e-15; 1e-12 is that with a factor
+# 1000 of room, and a wrong formula (a weight or a count off by one iteration) is off by > 1e-2
 FLOAT64_RTOL = 1e-12
 
 
