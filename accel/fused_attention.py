@@ -17,20 +17,23 @@ follows the matmul precision, float32 in every table's self-attention): the mask
 in another order. Used in eval only: FlexAttention has no attention dropout.
 
 In training (`sdpa_biased_attention`) the `[B, H, Q, Q]` bias tensor stays, whose gradient reaches
-tau, but hands it to `F.scaled_dot_product_attention` instead of mmcv's MultiheadAttention: that
+tau, but goes to `F.scaled_dot_product_attention` instead of mmcv's MultiheadAttention: that
 module asks for the head-averaged weights (`need_weights`), so PyTorch materialises the softmax, its
 dropout and their gradients as further `[B*H, Q, Q]` tensors; SDPA's memory-efficient kernel fuses
 softmax, dropout and the value product, in both directions. The same function (the dropout draws
 other random numbers). It also keeps no `[B*H, Q, Q]` softmax for the backward: OPS-L's graphed decoder,
 which is not checkpointed, held the float32 weights of all six layers. The fast mode runs it in fp16 from
 HALF_MIN_QUERIES queries on (OPS-L), as autocast would: the float32 kernel has no tensor-core path and took 42
-of OPS-L's 187 ms of GPU time per step.
+of OPS-L's 187 ms of GPU time per step. SDPA keeps the bias itself for its backward; it is computed again
+there instead (accel/recompute.py): OPS-L's graphed decoder, not checkpointed, held the six layers' biases,
+4.4 GB in float32, from the forward to the backward.
 """
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from .compiled import CompiledOrNone
+from .recompute import recompute_when_saved
 
 __all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'MIN_HEAD_DIMS']
 
@@ -57,7 +60,7 @@ def _heads(mha, query):
     return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def sdpa_biased_attention(attention, query, bias, half=False):
+def sdpa_biased_attention(attention, query, make_bias, half=False):
     """mmcv MultiheadAttention `attention` (batch first, packed in-projection) on `query` with the additive
     logit bias, through SDPA: `query + out_proj(softmax(q k^T / sqrt(d) + bias) v)` with the module's
     attention dropout in training.
@@ -65,7 +68,9 @@ def sdpa_biased_attention(attention, query, bias, half=False):
     Args:
         attention (mmcv.cnn.bricks.transformer.MultiheadAttention): its `attn` holds the weights.
         query (Tensor): `[B, Q, C]` float32.
-        bias (Tensor): `[B, H, Q, Q]` added to the logits of head h (may require grad).
+        make_bias (callable): `() -> [B, H, Q, Q]`, the bias added to the logits of head h (may require grad).
+            Called here, and again without autograd by SDPA's backward, which reads the bias: it must
+            compute the same values from inputs that do not change in between.
         half (bool): q, k, v and the bias in fp16 (on CUDA).
     Returns:
         Tensor `[B, Q, C]` float32.
@@ -74,8 +79,10 @@ def sdpa_biased_attention(attention, query, bias, half=False):
     B, Q, C = query.shape
     dtype = torch.float16 if half and query.is_cuda else query.dtype
     q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(dtype),
-                                         dropout_p=mha.dropout if mha.training else 0.0)
+    bias = make_bias().to(dtype)                                                  # [B, H, Q, Q]
+    with recompute_when_saved(bias, lambda: make_bias().to(dtype)):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=mha.dropout if mha.training else 0.0)
     out = F.linear(out.to(query.dtype).transpose(1, 2).reshape(B, Q, C), mha.out_proj.weight, mha.out_proj.bias)
     return query + attention.dropout_layer(attention.proj_drop(out))
 

@@ -70,7 +70,8 @@ class FusedSelfAttention(OPSSelfAttention):
         centres, tau = self.bias_terms(query_points, query_feat)
         half = self.half_min_queries is not None and query_feat.shape[1] >= self.half_min_queries
         if self.training:
-            return sdpa_biased_attention(self.attention, query_feat, self.attention_bias(centres, tau), half=half)
+            return sdpa_biased_attention(self.attention, query_feat, lambda: self.attention_bias(centres, tau),
+                                         half=half)
         if query_feat.shape[-1] // self.num_heads >= MIN_HEAD_DIMS:
             out = fused_biased_attention(self.attention.attn, query_feat, centres, tau, half=half)
             if out is not None:

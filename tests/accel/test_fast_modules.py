@@ -118,8 +118,8 @@ def test_training_sdpa_attention_equals_the_masked_attention(device, queries, ha
         if fast:
             centres = decode_points(pts, PC_RANGE).mean(2)
             tau = module.gen_tau(x).permute(0, 2, 1)
-            bias = -tau[..., None] * (centres[:, :, None] - centres[:, None]).norm(dim=-1)[:, None]
-            out = sdpa_biased_attention(module.attention, x, bias, half=half)
+            out = sdpa_biased_attention(module.attention, x, lambda: OPSSelfAttention.attention_bias(centres, tau),
+                                        half=half)
         else:
             out = module(pts, x)                                                   # faithful (mask)
         (out * weights.to(device, dtype)).sum().backward()
