@@ -72,8 +72,7 @@ class GraphedFunction:
 
 
 class _Bound(torch.nn.Module):
-    """`fn(*tensors, **static)` as a module whose parameters are `module`'s (what make_graphed_callables
-    differentiates besides the tensor arguments)."""
+    """`fn(*tensors, **static)` as a module whose parameters are `module`'s."""
 
     def __init__(self, module, fn, static):
         super().__init__()
@@ -84,13 +83,39 @@ class _Bound(torch.nn.Module):
         return self.fn(*tensors, **self.static)
 
 
+class _WithParameters:
+    """`fn(*tensors, **static)` as a function of the tensors followed by `module`'s parameters, which it computes
+    with in their place (torch.func.functional_call): what make_graphed_callables captures and differentiates.
+
+    The capture runs on stand-ins of the parameters (new leaves on the same storage), and the graphed function
+    is then called with the parameters themselves, whose gradients autograd delivers as usual (DDP's hooks,
+    `param.grad`). Capturing with the parameters themselves fails under DDP: DDP holds their gradient
+    accumulators, created on the default stream, and the backward's wait on that stream invalidates the capture
+    (cudaErrorStreamCaptureInvalidated); a stand-in's accumulator is created on the capturing stream.
+    """
+
+    def __init__(self, module, fn, static):
+        self.bound = _Bound(module, fn, static)
+        self.names = [name for name, _ in self.bound.named_parameters()]
+        self.parameters = tuple(p for _, p in self.bound.named_parameters())
+
+    def stand_ins(self):
+        return tuple(p.detach().requires_grad_(p.requires_grad) for p in self.parameters)
+
+    def __call__(self, *tensors_and_parameters):
+        split = len(tensors_and_parameters) - len(self.names)
+        params = dict(zip(self.names, tensors_and_parameters[split:]))
+        return torch.func.functional_call(self.bound, params, tensors_and_parameters[:split])
+
+
 class GraphedTrainingFunction:
     """`GraphedTrainingFunction(module, fn)(*tensors, **static)`: the forward *and* the backward of `fn`
     replayed from CUDA graphs (`torch.cuda.make_graphed_callables`), captured once per input signature.
 
     `fn(*tensors, **static)` computes with `module`'s parameters and returns a pytree of tensors that
     require grad. Gradients reach the inputs that require grad and `module`'s parameters
-    (`param.grad`, through autograd as usual, so DDP's hooks and the optimizer see them). The same
+    (`param.grad`, through autograd as usual, so DDP's hooks and the optimizer see them; the capture
+    computes with stand-ins of the parameters, `_WithParameters`). The same
     requirements as `GraphedFunction`, and: the parameters keep their storage (the optimizer updates
     them in place), the outputs are the graph's buffers (valid until the next call), and random ops
     (dropout) draw fresh numbers at every replay, but not the numbers the eager function would draw.
@@ -113,7 +138,8 @@ class GraphedTrainingFunction:
             graphed = self.graphs[key] = self._capture(tensors, static)
         if graphed is EAGER:
             return self.fn(*tensors, **static)
-        outputs = graphed(*tensors)
+        function, graphed = graphed
+        outputs = graphed(*tensors, *function.parameters)
         node = next(t.grad_fn for t in torch.utils._pytree.tree_leaves(outputs)
                     if isinstance(t, torch.Tensor) and t.grad_fn is not None)
         node.register_hook(functools.partial(_own_parameter_grads, len(tensors)))
@@ -121,9 +147,11 @@ class GraphedTrainingFunction:
 
     def _capture(self, tensors, static):
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
+        function = _WithParameters(self.module, self.fn, static)
         try:
-            return torch.cuda.make_graphed_callables(_Bound(self.module, self.fn, static), samples,
-                                                     num_warmup_iters=self.warmup, allow_unused_input=True)
+            return function, torch.cuda.make_graphed_callables(function, samples + function.stand_ins(),
+                                                               num_warmup_iters=self.warmup,
+                                                               allow_unused_input=True)
         except (RuntimeError, AssertionError) as err:
             warnings.warn(f'CUDA graph capture of the training function {getattr(self.fn, "__name__", self.fn)} '
                           f'failed ({err}); running it eagerly (slower). Set execution=dict(train_cuda_graph=False) '

@@ -89,10 +89,6 @@ def ddp_run(tmp_path_factory):
     return torch.load(out_path), reference
 
 
-# Seen on one H100 (torch 2.11, gloo, two ranks on one GPU): the capture fails and the decoder falls back to
-# eager. DDP keeps references to the parameters' AccumulateGrad nodes, created on the default stream; the
-# capture runs on a side stream, and autograd's cross-stream wait invalidates it (cudaErrorStreamCaptureInvalidated).
-@pytest.mark.xfail(strict=True, reason='under DDP the training decoder capture fails and falls back to eager')
 def test_ddp_replays_the_training_decoder_from_a_graph(ddp_run):
     result, _ = ddp_run
     assert result['graphed'], 'the decoder was not replayed from a graph under DDP'
