@@ -17,8 +17,10 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from models.ops_head import OPSHead
 from models.ops_transformer import AdaptiveMixing, OPSSampling, OPSSelfAttention
 from models.opus_fusion_head import OPUSV1FusionHead
+from models.opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from models.opusv2_transformer import OPUSV2Sampling
 
+from .dense_cpd import dense_cpd, dense_occ_grids, fits_dense_cpd
 from .folded_backbone import FoldedBasicBlock, FoldedBottleneck, FoldedResNet
 from .furthest_point import fast_furthest_point_sample
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
@@ -26,7 +28,8 @@ from .kernels import MIXING_KERNEL, SAMPLING_GEOMETRY, compiled_closing
 from .precision import HALF_MIN_QUERIES, matmul_precision
 
 __all__ = ['FusedSamplingLocations', 'FusedOPSSampling', 'FusedOPUSV2Sampling', 'FusedAdaptiveMixing',
-           'FusedSelfAttention', 'FastSelfAttention', 'FusedOPSHead', 'FusedOPUSV1FusionHead', 'FUSED_MODULES',
+           'FusedSelfAttention', 'FastSelfAttention', 'FusedOPSHead', 'FusedOPUSV1FusionHead', 'DenseCPDHead',
+           'DenseCPDOPUSV2Head', 'DenseCPDOPUSV2DCDHead', 'FUSED_MODULES',
            'FAST_MODULES', 'KERNEL_TABLES', 'MatmulPrecisionScope', 'precision_scoped']
 
 
@@ -90,6 +93,44 @@ class FusedOPSHead(OPSHead):
     closing = staticmethod(compiled_closing)
 
 
+class DenseCPDHead:
+    """Mixin for an OPUS-V2 head: at test time on CUDA, on grids of at most DENSE_CPD_MAX_CELLS cells, the last
+    layer's CPD module on the dense grid (accel/dense_cpd.py: the same logits at the same voxels, summed in
+    another order), so that the test step has static shapes and is captured in a CUDA graph
+    (`static_test_step`); elsewhere the faithful sparse module. Its outputs then hold ``dense_cls_scores``
+    `[B, K, X, Y, Z]` and ``dense_active`` `[B, X, Y, Z]` instead of the last layer's voxel logits and voxels."""
+
+    @property
+    def static_test_step(self):
+        return fits_dense_cpd(self._voxel_num)
+
+    def classify_voxels(self, outs):
+        if self.training or not outs['all_refine_pts'][-1].is_cuda or not self.static_test_step:
+            return super().classify_voxels(outs)
+        pt_feats = self.layer_point_features(outs)
+        if any(f is not None for f in pt_feats[:-1]):
+            raise RuntimeError(f'{type(self).__name__}: point features of layers before the last at test time')
+        logits, active = dense_cpd(self.densifiers[-1], pt_feats[-1], outs['all_refine_pts'][-1])
+        none = [None] * len(pt_feats)
+        outs.update(all_cls_scores=none, all_voxel_coors=list(none), dense_cls_scores=logits, dense_active=active)
+        return outs
+
+    @torch.no_grad()
+    def get_occ_grids(self, preds_dicts):
+        if 'dense_cls_scores' not in preds_dicts:
+            return super().get_occ_grids(preds_dicts)
+        return dense_occ_grids(preds_dicts['dense_cls_scores'], preds_dicts['dense_active'],
+                               self.test_cfg['score_thr'], self.empty_label)
+
+
+class DenseCPDOPUSV2Head(DenseCPDHead, OPUSV2Head):
+    """`OPUSV2Head` with the dense CPD module at test time (`DenseCPDHead`)."""
+
+
+class DenseCPDOPUSV2DCDHead(DenseCPDHead, OPUSV2DCDHead):
+    """`OPUSV2DCDHead` with the dense CPD module at test time (`DenseCPDHead`)."""
+
+
 class FusedOPUSV1FusionHead(OPUSV1FusionHead):
     """`OPUSV1FusionHead` with `FusedOPSHead`'s closing and the furthest-point sampling of its initial points as one
     Triton kernel on CUDA (accel/furthest_point.py; the same indices)."""
@@ -104,6 +145,8 @@ FUSED_MODULES = {
     OPSSelfAttention: FusedSelfAttention,
     OPSHead: FusedOPSHead,
     OPUSV1FusionHead: FusedOPUSV1FusionHead,
+    OPUSV2Head: DenseCPDOPUSV2Head,
+    OPUSV2DCDHead: DenseCPDOPUSV2DCDHead,
 }
 
 FAST_MODULES = {

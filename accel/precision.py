@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-__all__ = ['PRECISION_TABLES', 'matmul_precision', 'tf32_matmuls', 'float32_matmuls', 'HALF_MIN_QUERIES']
+__all__ = ['PRECISION_TABLES', 'matmul_precision', 'tf32_matmuls', 'float32_matmuls', 'cudnn_tf32', 'HALF_MIN_QUERIES']
 
 PRECISION_TABLES = {
     # the original's arithmetic
@@ -62,3 +62,15 @@ def tf32_matmuls(enabled):
 def float32_matmuls(enabled):
     """Full float32 matrix products inside the block (no TF32) when `enabled`, whatever the setting outside."""
     return matmul_precision('highest' if enabled else None)
+
+
+@contextlib.contextmanager
+def cudnn_tf32(enabled):
+    """cuDNN's float32 convolutions on TF32 tensor cores inside the block when `enabled`, in full float32 otherwise
+    (`torch.backends.cudnn.allow_tf32`, whose default is True), restored after."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

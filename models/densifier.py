@@ -159,14 +159,16 @@ class Densifier(nn.Module):
         centre = (loc + 0.5) / size * (hi - lo) + lo
         return loc.long(), centre
 
-    def forward(self, pt_feats, points):
-        """
+    def point_inputs(self, pt_feats, points):
+        """Steps 1-2: the VFE input of every point and its voxel.
+
         Args:
             pt_feats (Tensor): `[B, Q, P, C_p]` point features.
             points (Tensor): `[B, Q, P, 3]` normalised points (not detached: the class loss reaches the
                 regression branch through p - voxel centre and p - query centroid).
         Returns:
-            tuple: logits `[U', K]` float32, voxel indices int64 `[U', 4]` (b, x, y, z) sorted by (b, x, y, z).
+            tuple: point inputs `[N, 6 + C_p]` (rows in (b, q, p) order); int64 `[N]` voxel of each point as the
+            linear index ((b * X + x) * Y + y) * Z + z into the `[B, X, Y, Z]` grids (no gradient).
         """
         if pt_feats.dim() != 4 or points.shape[:3] != pt_feats.shape[:3] or points.shape[-1] != 3:
             raise ValueError(f'Densifier: expected point features [B, Q, P, {self.in_channels}] and points '
@@ -182,9 +184,23 @@ class Densifier(nn.Module):
             loc, centre = self.voxelize(metres.detach())
             batch = torch.arange(B, device=points.device).view(B, 1, 1).expand(points.shape[:3])
             uid = ((batch * X + loc[..., 0]) * Y + loc[..., 1]) * Z + loc[..., 2]
-            uniq, inverse = torch.unique(uid.reshape(-1), sorted=True, return_inverse=True)
         query_centre = metres.mean(dim=2, keepdim=True)                       # [B, Q, 1, 3]
         x = torch.cat([metres - centre, metres - query_centre, pt_feats], dim=-1).reshape(-1, 6 + self.in_channels)
+        return x, uid.reshape(-1)
+
+    def forward(self, pt_feats, points):
+        """
+        Args:
+            pt_feats (Tensor): `[B, Q, P, C_p]` point features.
+            points (Tensor): `[B, Q, P, 3]` normalised points (`point_inputs`).
+        Returns:
+            tuple: logits `[U', K]` float32, voxel indices int64 `[U', 4]` (b, x, y, z) sorted by (b, x, y, z).
+        """
+        B = points.shape[0]
+        X, Y, Z = self._voxel_num
+        x, uid = self.point_inputs(pt_feats, points)
+        with torch.no_grad():
+            uniq, inverse = torch.unique(uid, sorted=True, return_inverse=True)
         num_voxels = uniq.shape[0]
         for pfn in self.pfn_layers:
             x = pfn(x, inverse, num_voxels, B)                                # ends as [U, C_v]

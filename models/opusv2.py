@@ -18,9 +18,10 @@ __all__ = ['OPUSV2']
 class OPUSV2(OPS):
     """OPUS-V2 detector (config type 'OPUSV2'; same arguments and state-dict prefixes as `OPS`).
 
-    Its device entry points are not graph-capturable: the CPD module's sparse voxel sets have
-    data-dependent sizes, so the test steps and the training decoder always run eagerly (an execution
-    policy's CUDA graphs do not apply, accel/accelerate.py).
+    Its device entry points are not graph-capturable as written: the CPD module's sparse voxel sets have
+    data-dependent sizes. The execution policies' heads compute the test step's CPD module on the dense
+    grid instead, with static shapes, and replay that step from a CUDA graph (accel/dense_cpd.py); the
+    training decoder always runs eagerly.
     """
     PROJECTION_KEY = 'ego2img'
     GRAPH_CAPTURABLE = False

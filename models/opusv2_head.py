@@ -110,13 +110,21 @@ class OPUSV2Head(OPSHead):
             normalised; ``all_cls_scores`` list of [U'_i, K] voxel logits or None (eval mode, layers
             before the last); ``all_voxel_coors`` list of int64 [U'_i, 4] (b, x, y, z) or None.
         """
-        outs = super().forward_geometry(feats, occ2img, image_h, image_w)
+        return self.classify_voxels(super().forward_geometry(feats, occ2img, image_h, image_w))
+
+    def layer_point_features(self, outs):
+        """Pops the decoder's point features from `outs`: one `[B, Q, P_i, C_p]` or None per layer (CPD module)."""
         pt_feats = outs.pop('all_cls_scores')
         if len(pt_feats) != len(self.densifiers):
             raise RuntimeError(f'{type(self).__name__}: {len(pt_feats)} decoder layers for {len(self.densifiers)} '
                                f'CPD modules')
+        return pt_feats
+
+    def classify_voxels(self, outs):
+        """The decoder's outputs `outs` with each layer's point features replaced by its CPD module's voxel logits
+        and their voxels (`forward_geometry`'s ``all_cls_scores`` and ``all_voxel_coors``)."""
         logits, coors = [], []
-        for densifier, feats, points in zip(self.densifiers, pt_feats, outs['all_refine_pts']):
+        for densifier, feats, points in zip(self.densifiers, self.layer_point_features(outs), outs['all_refine_pts']):
             if feats is None:
                 logits.append(None)
                 coors.append(None)

@@ -4,6 +4,14 @@ VFE widths 16), and the V2 pipelines (GT flip, ego2img / ego2occ metas) on the t
 images. `{occ_root!r}` is filled by the tests.
 """
 
+import numpy as np
+import torch
+from mmcv import Config
+from mmdet.models import build_detector
+
+import models  # noqa: F401  (registers the detectors)
+from camera_rig import pinhole_rig
+
 TINY_OPUSV2_MODEL_CONFIG = """
 point_cloud_range = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 occ_root = {occ_root!r}
@@ -48,3 +56,28 @@ _test_pipeline = [
         dict(type='DefaultFormatBundle3D'),
         dict(type='Collect3D', keys=['img'], meta_keys=_keys)])]
 '''
+
+
+def tiny_detector():
+    """The tiny OPUS-V2 detector (TINY_OPUSV2_MODEL_CONFIG), initialised with seed 0."""
+    torch.manual_seed(0)
+    model = build_detector(Config.fromstring(TINY_OPUSV2_MODEL_CONFIG.format(occ_root='unused'), '.py').model)
+    model.init_weights()
+    return model
+
+
+def tiny_batch(flip):
+    """A training batch of one sample for `tiny_detector`: images `[1, T*N, 3, 64, 160]`, metas (ego2occ the
+    x-flip when `flip`), voxel_semantics and mask_camera `[1, 200, 200, 16]`."""
+    T, N, H, W = 2, 6, 64, 160
+    rig = pinhole_rig([0, 1], [0, -55, 55, 180, 110, -110], H, W, W / 2, 0.5).astype(np.float32)
+    ego2occ = np.diag([-1.0, 1.0, 1.0, 1.0]) if flip else np.eye(4)
+    metas = [dict(filename=[f'f{t}_{n}.jpg' for t in range(T) for n in range(N)], ego2img=list(rig),
+                  ego2occ=ego2occ, img_timestamp=[0.5 * t for t in range(T) for _ in range(N)])]
+    img = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (1, T * N, 3, H, W))).to(torch.uint8)
+    sem = torch.full((1, 200, 200, 16), 17, dtype=torch.uint8)
+    sem[0, 105:110, 98:103, 2:4] = 4
+    sem[0, 80:120, 80:120, 1] = 11
+    mask = torch.zeros((1, 200, 200, 16), dtype=torch.bool)
+    mask[0, 90:130] = True
+    return img, metas, sem, mask

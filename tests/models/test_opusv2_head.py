@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from mmcv import Config
 from mmcv.runner import BaseModule
-from mmdet.models import build_detector
 from mmdet.models.utils.builder import TRANSFORMER
 
 import models  # noqa: F401
 from camera_rig import pinhole_rig
 from models.opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from models.opusv2_transformer import OPUSV2Sampling, OPUSV2Transformer
-from tiny_opusv2 import TINY_OPUSV2_MODEL_CONFIG
+from tiny_opusv2 import tiny_batch, tiny_detector
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
 CLS_WEIGHTS = [10, 5, 10, 5, 5, 10, 10, 5, 10, 5, 5, 1, 5, 1, 1, 2, 1]
@@ -282,28 +280,6 @@ def test_occ2img_is_ego2img_times_inverse_ego2occ():
 
 
 # ---------------------------------------------------------------- tiny detector on the CPU
-def tiny_detector():
-    torch.manual_seed(0)
-    model = build_detector(Config.fromstring(TINY_OPUSV2_MODEL_CONFIG.format(occ_root='unused'), '.py').model)
-    model.init_weights()
-    return model
-
-
-def tiny_batch(flip):
-    T, N, H, W = 2, 6, 64, 160
-    rig = pinhole_rig([0, 1], [0, -55, 55, 180, 110, -110], H, W, W / 2, 0.5).astype(np.float32)
-    ego2occ = np.diag([-1.0, 1.0, 1.0, 1.0]) if flip else np.eye(4)
-    metas = [dict(filename=[f'f{t}_{n}.jpg' for t in range(T) for n in range(N)], ego2img=list(rig),
-                  ego2occ=ego2occ, img_timestamp=[0.5 * t for t in range(T) for _ in range(N)])]
-    img = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (1, T * N, 3, H, W))).to(torch.uint8)
-    sem = torch.full((1, 200, 200, 16), 17, dtype=torch.uint8)
-    sem[0, 105:110, 98:103, 2:4] = 4
-    sem[0, 80:120, 80:120, 1] = 11
-    mask = torch.zeros((1, 200, 200, 16), dtype=torch.bool)
-    mask[0, 90:130] = True
-    return img, metas, sem, mask
-
-
 def test_tiny_training_step_and_inference_on_the_cpu():
     model = tiny_detector()
     model.train()
