@@ -57,7 +57,7 @@ def dense_cpd(densifier, pt_feats, points):
         x = pfn(x, uid, cells, B)                                                  # ends as [B*V, C_v]
     with torch.no_grad():
         occupied = torch.zeros(cells, dtype=torch.float32, device=uid.device)
-        occupied[uid] = 1.0
+        occupied.index_fill_(0, uid, 1.0)
         # max-pool padding is -inf: the dilation stays inside the grid, as the regular sparse conv's sites
         active = F.max_pool3d(occupied.view(B, 1, X, Y, Z), kernel_size=3, stride=1, padding=1)[:, 0] > 0
     grid = x.view(B, X, Y, Z, -1).permute(0, 4, 1, 2, 3)                            # [B, C_v, X, Y, Z]

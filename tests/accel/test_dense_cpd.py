@@ -10,6 +10,7 @@ from accel.cuda_graph import EAGER, GraphedFunction
 from accel.dense_cpd import dense_cpd, dense_occ_grids, fits_dense_cpd
 from accel.modules import FUSED_MODULES, DenseCPDOPUSV2Head
 from core.benchmarks import NUSCENES_OCCUPANCY, OCC3D_NUSCENES
+from host_tensor_spy import HostTensorSpy
 from models.densifier import Densifier
 from models.opusv2_head import OPUSV2Head
 from tiny_opusv2 import tiny_batch, tiny_detector
@@ -86,6 +87,15 @@ def test_the_dense_module_gives_the_sparse_modules_voxels_and_logits(dtype, devi
     assert margin > tol, f'a score {margin:.1e} from the threshold could flip within the tolerance'
     assert torch.equal(dense_occ_grids(logits, active, SCORE_THR, EMPTY), expected)
     assert (expected != EMPTY).sum() > 5 and (score <= SCORE_THR).sum() > 5, 'scores on both sides'
+
+
+def test_the_dense_module_makes_no_tensor_from_host_values():
+    """A tensor made from host values is a host-to-device copy on CUDA, which a graph capture refuses."""
+    d = densifier(torch.float32)
+    feats, points = inputs(torch.float32)
+    with torch.no_grad(), HostTensorSpy() as spy:
+        dense_occ_grids(*dense_cpd(d, feats, points), SCORE_THR, EMPTY)
+    assert spy.count == 0
 
 
 def test_the_dense_module_refuses_training_mode():

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 from mmdet.models import build_detector
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from host_tensor_spy import HostTensorSpy
 from models.feature_cache import FrameFeatureCache
 from tiny_detector import NORM, H, N, T, W, build, gt, images, metas_for, tiny_cfg
 
@@ -216,20 +216,6 @@ def test_bad_config_and_inputs():
         model(img=torch.cat([images(1), images(0)])[None], img_metas=[metas_for([1, 0])])
     with pytest.raises(ValueError, match=r'\[B, views, 3, H, W\]'):
         model.extract_feat(images(1), [metas_for([1, 0])])
-
-
-class HostTensorSpy(TorchDispatchMode):
-    """Counts tensors made from host values (torch.tensor, `x[i] = 1.0`: aten.lift_fresh). On CUDA each
-    is a host-to-device copy, which a CUDA graph capture refuses: the test step must make none."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('offline', [False, True])
