@@ -7,7 +7,8 @@
 # random weights (val.py --random-init): the test step has static shapes, so its time does not depend on
 # them. Prints per run the samples, the wall time of the process, the inference loop's time (val.py's
 # "inference:" log line) split into the first sample (graph capture, kernel compilation) and the steady
-# samples/s after it, the metrics' time (the "metrics:" line), and the time the 6,019 Occ3D val samples
+# samples/s after it (past the batches the loader prefetched during the first, which val.py logs when enough
+# batches follow them), the metrics' time (the "metrics:" line), and the time the 6,019 Occ3D val samples
 # would take at these rates (first sample + 6,018 at the steady rate + the metrics scaled by samples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,13 +33,17 @@ for mode in faithful fast; do
 import re, sys
 mode, wall, text = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read()
 inf = re.findall(r'inference: (\d+) samples on rank 0 in ([\d.]+) s(?:; after the first batch \(([\d.]+) s[^)]*\) '
-                 r'([\d.]+) samples/s)?', text)[-1]
+                 r'([\d.]+) samples/s)?(?:; after the (\d+) batches the loader had prefetched by then ([\d.]+) '
+                 r'samples/s)?', text)[-1]
 n, loop = int(inf[0]), float(inf[1])
 first, steady = (float(inf[2]), float(inf[3])) if inf[2] else (loop, n / loop)
+# the rate past the batches the loader prefetched during the first one, when the run was long enough to have it
+note = f' (past the {inf[4]} prefetched batches; {steady:.2f} counting them)' if inf[5] else ' (prefetched batches counted)'
+steady = float(inf[5]) if inf[5] else steady
 metrics = float(re.findall(r'metrics: \d+ samples in ([\d.]+) s', text)[-1])
 whole = first + 6018 / steady + metrics * 6019 / n
 print(f'{mode}: {n} samples; val.py wall {wall} s; inference loop {loop:.1f} s, of which the first sample {first:.1f} s '
-      f'(capture, compilation), then {steady:.2f} samples/s; metrics {metrics:.1f} s ({n / metrics:.1f} samples/s); '
+      f'(capture, compilation), then {steady:.2f} samples/s{note}; metrics {metrics:.1f} s ({n / metrics:.1f} samples/s); '
       f'the 6,019 Occ3D val samples at these rates: {whole / 60:.1f} min')
 PY
     rm -f "$log"

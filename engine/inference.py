@@ -19,8 +19,8 @@ import torch.distributed as dist
 from engine.dist import DEFAULT_CHUNK_BYTES, gather_object_chunks
 from evaluation.predictions import compact_result, save_prediction
 
-__all__ = ['sampler_indices', 'real_sample_count', 'run_inference', 'collect_results',
-           'inference']
+__all__ = ['sampler_indices', 'real_sample_count', 'run_inference', 'prefetched_batches', 'loader_rate',
+           'collect_results', 'inference']
 
 
 def sampler_indices(num_samples, rank, world_size):
@@ -59,8 +59,9 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             one file at once). None = all.
         show_progress (bool): tqdm bar.
         timing (dict | None): filled with `first_batch_s` (seconds to the first batch's results: data
-            loader start, graph capture and kernel compilation), `first_batch_samples` and `rest_s`
-            (seconds for the other batches: the steady rate).
+            loader start, graph capture and kernel compilation), `first_batch_samples`, `rest_s`
+            (seconds for the other batches), and `batch_ends` / `batch_sizes` (each batch's end, seconds from the
+            start, and its samples: `loader_rate` reads the steady rate from them).
     """
     from tqdm import tqdm
 
@@ -70,6 +71,7 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
     save_count = len(indices) if save_count is None else save_count
     start = first_done = time.perf_counter()
     first_count = 0
+    batch_ends, batch_sizes = [], []
     for data in data_loader:
         data = unpack_batch(data, device)
         outputs = model(return_loss=False, rescale=True, **data)
@@ -84,11 +86,13 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             results.append(result)
         if len(results) == len(outputs):
             first_done, first_count = time.perf_counter(), len(outputs)
+        batch_ends.append(time.perf_counter() - start)
+        batch_sizes.append(len(outputs))
         bar.update(len(outputs))
     bar.close()
     if timing is not None:
         timing.update(first_batch_s=first_done - start, first_batch_samples=first_count,
-                      rest_s=time.perf_counter() - first_done)
+                      rest_s=time.perf_counter() - first_done, batch_ends=batch_ends, batch_sizes=batch_sizes)
     if len(results) != len(indices):
         raise RuntimeError(f'the data loader yielded {len(results)} samples, expected {len(indices)}')
     return results
@@ -122,6 +126,26 @@ def collect_results(result_part, size, chunk_bytes=DEFAULT_CHUNK_BYTES):
     return [item for group in zip(*parts) for item in group][:size]
 
 
+def prefetched_batches(data_loader):
+    """Batches a torch DataLoader holds ready beyond the one being consumed: `num_workers * prefetch_factor` with
+    worker processes, none without."""
+    workers = getattr(data_loader, 'num_workers', 0)
+    return workers * (getattr(data_loader, 'prefetch_factor', None) or 2) if workers > 0 else 0
+
+
+def loader_rate(batch_ends, batch_sizes, skip):
+    """Samples per second over the batches after the first `1 + skip`, or None when fewer than two are left.
+
+    While the first batch runs (graph capture, kernel compilation), the loader's workers fill their queue: the next
+    `skip` batches (`prefetched_batches`) are ready at once, and a rate counting them runs ahead of the loader.
+    From the end of batch `skip` on, each batch waits for the loader or the model as it would in a long run.
+    """
+    first = 1 + skip
+    if len(batch_ends) < first + 2:
+        return None
+    return sum(batch_sizes[first:]) / (batch_ends[-1] - batch_ends[first - 1])
+
+
 def inference(model, data_loader, dataset, device, rank, world_size, save_dir=None, logger=None):
     """Run `model` over the whole `dataset`, each rank on its share; results in dataset order on rank 0.
 
@@ -145,6 +169,10 @@ def inference(model, data_loader, dataset, device, rank, world_size, save_dir=No
         rest = len(part) - timing['first_batch_samples']
         steady = f'; after the first batch ({timing["first_batch_s"]:.1f} s: graph capture, kernel compilation) ' \
             f'{rest / timing["rest_s"]:.2f} samples/s' if rest > 0 and timing['rest_s'] > 0 else ''
+        skip = prefetched_batches(data_loader)
+        rate = loader_rate(timing['batch_ends'], timing['batch_sizes'], skip)
+        if steady and rate is not None:
+            steady += f'; after the {skip} batches the loader had prefetched by then {rate:.2f} samples/s'
         total = timing['first_batch_s'] + timing['rest_s']
         logger.info(f'inference: {len(part)} samples on rank {rank} in {total:.1f} s{steady}')
     return collect_results(part, len(dataset))

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from engine.inference import collect_results, real_sample_count, sampler_indices
+from engine.inference import collect_results, loader_rate, prefetched_batches, real_sample_count, sampler_indices
 from evaluation.evaluator import evaluate_occupancy
 from evaluation.predictions import compact_result
 from evaluation.ray_iou import generate_lidar_rays
@@ -90,3 +90,23 @@ def test_sampler_indices_follow_mmdet(num_samples, world_size):
 
 def test_single_process_collect_is_identity():
     assert collect_results([1, 2, 3, 4], 3) == [1, 2, 3]
+
+
+def test_the_loader_rate_skips_the_batches_prefetched_during_the_first():
+    """A first batch of 10 s (capture), two prefetched batches that come at once, then one sample every 0.5 s:
+    the rate after the first batch counts the two free ones, the loader rate does not."""
+    ends = [10.0, 10.01, 10.02, 10.52, 11.02, 11.52, 12.02]
+    sizes = [1] * 7
+    after_first = sum(sizes[1:]) / (ends[-1] - ends[0])                # 6 / 2.02 s: runs ahead of the loader
+    assert loader_rate(ends, sizes, skip=2) == pytest.approx(4 / 2.0)  # batches 3..6 in 12.02 - 10.02 s
+    assert after_first > 2.9
+    assert loader_rate(ends, [2] * 7, skip=2) == pytest.approx(8 / 2.0)
+    assert loader_rate(ends[:4], sizes[:4], skip=2) is None             # one batch past the prefetched ones
+
+
+@pytest.mark.parametrize('workers, prefetch, expected', [(0, None, 0), (3, None, 6), (4, 3, 12)])
+def test_prefetched_batches_of_a_data_loader(workers, prefetch, expected):
+    """torch's DataLoader keeps `prefetch_factor` batches per worker (2 by default), none without workers."""
+    kwargs = dict(num_workers=workers) if prefetch is None else dict(num_workers=workers, prefetch_factor=prefetch)
+    loader = torch.utils.data.DataLoader(list(range(4)), **kwargs)
+    assert prefetched_batches(loader) == expected
