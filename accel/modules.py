@@ -1,5 +1,5 @@
 """Fused and fast modules: subclasses of the faithful method's modules that compute the same function with other
-kernels (accel/kernels.py, accel/fused_attention.py, accel/furthest_point.py) or folded weights
+kernels (accel/kernels.py, accel/fused_attention.py, accel/furthest_point.py, accel/dense_cpd.py) or folded weights
 (accel/folded_backbone.py), and the matrix-product precision scopes.
 
 Two tables map a faithful class to the subclass `accelerate` (accel/accelerate.py) swaps in, exactly by
