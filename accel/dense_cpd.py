@@ -31,8 +31,9 @@ from .precision import cudnn_tf32
 __all__ = ['DENSE_CPD_MAX_CELLS', 'fits_dense_cpd', 'dense_cpd', 'dense_occ_grids']
 
 # grids of at most this many cells per sample (Occ3D's and Waymo's 200 x 200 x 16 = 640,000) take the dense
-# module: its [B, 64, X, Y, Z] float32 grids are 164 MB per sample there, and cuDNN's convolutions over all
-# cells cost about what the sparse ones do over U'
+# module: its [B, 64, X, Y, Z] float32 grids are 164 MB per sample there, and the whole graphed V2 test step is
+# faster than the eager sparse one (docs/performance.md, "Current figures"); nuScenes-Occupancy's 10.5 M cells
+# would need 16 times the memory and convolution work per sample
 DENSE_CPD_MAX_CELLS = 1 << 20
 
 
