@@ -14,7 +14,7 @@ limits"). Here every tensor has a size fixed by the grid:
   `F.conv3d` with padding 1: a regular sparse conv is the dense convolution of the zero-filled grid read at
   the U' sites (models/sparse_conv.py), and the submanifold conv on U' is the dense convolution of the
   regular conv's ReLU output with every cell outside U' set to zero;
-* U' is the max-pooled occupancy (`dilate_sites` computes it so).
+* U' is the max-pooled occupancy (`dilated_cells`, which the sparse conv's `dilate_sites` lists).
 
 The sums of the convolutions run in another order (cuDNN's), in float32 unless the precision scope allows
 TF32 (accel/precision.py; cuDNN's own default is TF32). The dense grids cost V cells per sample whatever the
@@ -25,6 +25,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from models.sparse_conv import dilated_cells
 
 from .precision import cudnn_tf32
 
@@ -57,10 +59,7 @@ def dense_cpd(densifier, pt_feats, points):
     for pfn in densifier.pfn_layers:
         x = pfn(x, uid, cells, B)                                                  # ends as [B*V, C_v]
     with torch.no_grad():
-        occupied = torch.zeros(cells, dtype=torch.float32, device=uid.device)
-        occupied.index_fill_(0, uid, 1.0)
-        # max-pool padding is -inf: the dilation stays inside the grid, as the regular sparse conv's sites
-        active = F.max_pool3d(occupied.view(B, 1, X, Y, Z), kernel_size=3, stride=1, padding=1)[:, 0] > 0
+        active = dilated_cells(uid, B, (X, Y, Z))                                  # the regular conv's sites
     grid = x.view(B, X, Y, Z, -1).permute(0, 4, 1, 2, 3)                            # [B, C_v, X, Y, Z]
     conv, relu, subm = densifier.cls_branch
     # the sparse convs' weights are [C_out, kx, ky, kz, C_in] cross-correlation kernels (models/sparse_conv.py)

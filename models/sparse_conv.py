@@ -56,9 +56,9 @@ import torch.nn.functional as F
 
 from .device_constants import device_vector
 
-__all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilate_sites', 'neighbour_table', 'sparse_conv3d', 'SparseConv3d',
-           'SubMConv3d', 'scatter_max', 'SparseTensor', 'conv_output_shape', 'regular_output_sites', 'rulebook',
-           'sparse_convolution', 'SparseConvolution3d', 'SubMConvolution3d', 'SparseSequential']
+__all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilated_cells', 'dilate_sites', 'neighbour_table', 'sparse_conv3d',
+           'SparseConv3d', 'SubMConv3d', 'scatter_max', 'SparseTensor', 'conv_output_shape', 'regular_output_sites',
+           'rulebook', 'sparse_convolution', 'SparseConvolution3d', 'SubMConvolution3d', 'SparseSequential']
 
 # (dx, dy, dz) of kernel index k, in the order of the flattened [3, 3, 3] kernel axes (x slowest)
 KERNEL_OFFSETS = tuple(itertools.product((-1, 0, 1), repeat=3))
@@ -85,6 +85,22 @@ def linear_index(coords, spatial_shape):
     return ((c[:, 0] * X + c[:, 1]) * Y + c[:, 2]) * Z + c[:, 3]
 
 
+def dilated_cells(cells, batch_size, spatial_shape):
+    """The cells within one voxel (26-neighbourhood) of the given ones, inside the grid, as a mask.
+
+    Args:
+        cells (Tensor): int64 `[U]` linear indices ((b * X + x) * Y + y) * Z + z (`linear_index`), repeats allowed.
+        batch_size (int): B; spatial_shape: (X, Y, Z).
+    Returns:
+        Tensor: bool `[B, X, Y, Z]`.
+    """
+    X, Y, Z = (int(s) for s in spatial_shape)
+    occ = torch.zeros(batch_size * X * Y * Z, dtype=torch.float32, device=cells.device)
+    occ.index_fill_(0, cells, 1.0)   # a scalar kernel argument: no host tensor (OPUS-V2's graphed dense CPD)
+    # max-pool padding is -inf, so the dilation never creates sites outside the grid
+    return F.max_pool3d(occ.view(batch_size, 1, X, Y, Z), kernel_size=3, stride=1, padding=1)[:, 0] > 0
+
+
 def dilate_sites(coords, batch_size, spatial_shape):
     """Output sites of a regular 3x3x3 sparse conv (stride 1, padding 1).
 
@@ -96,12 +112,7 @@ def dilate_sites(coords, batch_size, spatial_shape):
         the grid, sorted by (b, x, y, z) (spconv's CUDA order is hash-dependent; any order gives the same
         losses and predictions).
     """
-    X, Y, Z = (int(s) for s in spatial_shape)
-    occ = torch.zeros(batch_size, 1, X, Y, Z, dtype=torch.float32, device=coords.device)
-    c = coords.long()
-    occ[c[:, 0], 0, c[:, 1], c[:, 2], c[:, 3]] = 1.0
-    # max-pool padding is -inf, so the dilation never creates sites outside the grid
-    grown = F.max_pool3d(occ, kernel_size=3, stride=1, padding=1)[:, 0] > 0
+    grown = dilated_cells(linear_index(coords, spatial_shape), batch_size, spatial_shape)
     return torch.nonzero(grown, as_tuple=False)
 
 
