@@ -58,10 +58,9 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             sampler's padding, copies of samples another rank writes (two processes must not write
             one file at once). None = all.
         show_progress (bool): tqdm bar.
-        timing (dict | None): filled with `first_batch_s` (seconds to the first batch's results: data
-            loader start, graph capture and kernel compilation), `first_batch_samples`, `rest_s`
-            (seconds for the other batches), and `batch_ends` / `batch_sizes` (each batch's end, seconds from the
-            start, and its samples: `loader_rate` reads the steady rate from them).
+        timing (dict | None): filled with `batch_ends` / `batch_sizes` (each batch's end, seconds from the start,
+            and its samples; the first batch's end holds the data loader's start, the graph capture and the kernel
+            compilation) and `total_s` (the loop's seconds).
     """
     from tqdm import tqdm
 
@@ -69,8 +68,7 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
     results = []
     bar = tqdm(total=len(indices), desc='inference', dynamic_ncols=True, disable=not show_progress)
     save_count = len(indices) if save_count is None else save_count
-    start = first_done = time.perf_counter()
-    first_count = 0
+    start = time.perf_counter()
     batch_ends, batch_sizes = [], []
     for data in data_loader:
         data = unpack_batch(data, device)
@@ -84,15 +82,12 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             if save_dir is not None and position < save_count:
                 save_prediction(osp.join(save_dir, f'{data_infos[indices[position]]["token"]}.npz'), result)
             results.append(result)
-        if len(results) == len(outputs):
-            first_done, first_count = time.perf_counter(), len(outputs)
         batch_ends.append(time.perf_counter() - start)
         batch_sizes.append(len(outputs))
         bar.update(len(outputs))
     bar.close()
     if timing is not None:
-        timing.update(first_batch_s=first_done - start, first_batch_samples=first_count,
-                      rest_s=time.perf_counter() - first_done, batch_ends=batch_ends, batch_sizes=batch_sizes)
+        timing.update(batch_ends=batch_ends, batch_sizes=batch_sizes, total_s=time.perf_counter() - start)
     if len(results) != len(indices):
         raise RuntimeError(f'the data loader yielded {len(results)} samples, expected {len(indices)}')
     return results
@@ -166,13 +161,14 @@ def inference(model, data_loader, dataset, device, rank, world_size, save_dir=No
     part = run_inference(model, data_loader, indices, device, dataset.data_infos, save_dir, real,
                          show_progress=rank == 0, timing=timing)
     if logger is not None:
-        rest = len(part) - timing['first_batch_samples']
-        steady = f'; after the first batch ({timing["first_batch_s"]:.1f} s: graph capture, kernel compilation) ' \
-            f'{rest / timing["rest_s"]:.2f} samples/s' if rest > 0 and timing['rest_s'] > 0 else ''
+        ends, sizes, total = timing['batch_ends'], timing['batch_sizes'], timing['total_s']
+        first_s = ends[0] if ends else 0.0
+        rest, rest_s = len(part) - (sizes[0] if sizes else 0), total - first_s
+        steady = f'; after the first batch ({first_s:.1f} s: graph capture, kernel compilation) ' \
+            f'{rest / rest_s:.2f} samples/s' if rest > 0 and rest_s > 0 else ''
         skip = prefetched_batches(data_loader)
-        rate = loader_rate(timing['batch_ends'], timing['batch_sizes'], skip)
+        rate = loader_rate(ends, sizes, skip)
         if steady and rate is not None:
             steady += f'; after the {skip} batches the loader had prefetched by then {rate:.2f} samples/s'
-        total = timing['first_batch_s'] + timing['rest_s']
         logger.info(f'inference: {len(part)} samples on rank {rank} in {total:.1f} s{steady}')
     return collect_results(part, len(dataset))
