@@ -12,10 +12,11 @@ Each differs from its parent by float32 rounding only, the half-precision attent
 (tests/accel/test_fast_modules.py compares each with its parent).
 """
 import torch
+import torch.nn.functional as F
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 
 from models.ops_head import OPSHead
-from models.ops_transformer import AdaptiveMixing, OPSSampling, OPSSelfAttention
+from models.ops_transformer import AdaptiveMixing, OPSSampling, OPSSelfAttention, mix_with_generated
 from models.opus_fusion_head import OPUSV1FusionHead
 from models.opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from models.opusv2_transformer import OPUSV2Sampling
@@ -26,6 +27,7 @@ from .furthest_point import fast_furthest_point_sample
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
 from .kernels import MIXING_KERNEL, SAMPLING_GEOMETRY, compiled_closing
 from .precision import HALF_MIN_QUERIES, matmul_precision
+from .recompute import recompute_when_saved, under_current_settings
 
 __all__ = ['FusedSamplingLocations', 'FusedOPSSampling', 'FusedOPUSV2Sampling', 'FusedAdaptiveMixing',
            'FusedSelfAttention', 'FastSelfAttention', 'FusedOPSHead', 'FusedOPUSV1FusionHead', 'DenseCPDHead',
@@ -53,10 +55,23 @@ class FusedOPUSV2Sampling(FusedSamplingLocations, OPUSV2Sampling):
 
 
 class FusedAdaptiveMixing(AdaptiveMixing):
-    """`AdaptiveMixing` as one compiled kernel without autograd on CUDA (float32 results differ by rounding)."""
+    """`AdaptiveMixing` on CUDA: without autograd as one compiled kernel (float32 results differ by rounding); with
+    autograd the faithful computation, its generated weights `[B, Q, G * (C_g * C_g + P_out * P_in)]` computed
+    again in the backward instead of kept (accel/recompute.py; the same bits). Elsewhere the faithful code."""
 
     def forward(self, x, query):
-        return MIXING_KERNEL.or_eager(x.is_cuda and not torch.is_grad_enabled(), *self.mixing_args(x, query))
+        if x.is_cuda and torch.is_grad_enabled():
+            return self.recomputing_forward(x, query)
+        return MIXING_KERNEL.or_eager(x.is_cuda, *self.mixing_args(x, query))
+
+    def recomputing_forward(self, x, query):
+        """The faithful forward, whose backward computes the generated weights again (any device)."""
+        args = self.mixing_args(x, query)
+        generator = self.parameter_generator
+        generate = under_current_settings(lambda: F.linear(query, generator.weight, generator.bias))
+        generated = generate()
+        with recompute_when_saved(generated, generate):
+            return mix_with_generated(x, query, generated, *args[4:])
 
 
 class FusedSelfAttention(OPSSelfAttention):

@@ -100,8 +100,15 @@ class OPSSampling(BaseModule):
 
 def adaptive_mixing(x, query, gen_weight, gen_bias, out_weight, out_bias, in_dim, out_dim, in_points, out_points):
     """`AdaptiveMixing`'s computation as a function of tensors (shapes there; compilable as one graph)."""
+    return mix_with_generated(x, query, F.linear(query, gen_weight, gen_bias), out_weight, out_bias, in_dim, out_dim,
+                              in_points, out_points)
+
+
+def mix_with_generated(x, query, generated, out_weight, out_bias, in_dim, out_dim, in_points, out_points):
+    """`adaptive_mixing` after its first product: `generated` `[B, Q, G * (C_g * C_g' + out_points * in_points)]`
+    = the parameter generator's output, per group M then S."""
     B, Q, G, P, C = x.shape
-    params = F.linear(query, gen_weight, gen_bias).reshape(B * Q, G, -1)
+    params = generated.reshape(B * Q, G, -1)
     M, S = params.split([in_dim * out_dim, in_points * out_points], dim=2)
     M = M.reshape(B * Q, G, in_dim, out_dim)
     S = S.reshape(B * Q, G, out_points, in_points)

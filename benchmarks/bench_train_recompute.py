@@ -1,13 +1,15 @@
-"""Training memory and step time of the faithful graphed decoder with the self-attention's logit bias recomputed in
-the backward (accel/recompute.py, what the presets run) against keeping it for the backward, in one process:
+"""Training memory and step time of the faithful graphed decoder with its large saved tensors recomputed in the
+backward (accel/recompute.py, what the presets run: the self-attention's logit bias and the adaptive mixing's
+generated weights) against keeping them for the backward, in one process:
 
-    python benchmarks/bench_bias_recompute.py [--config configs/ops-l_r50_704x256_8f_12e.py] [--rounds 3]
+    python benchmarks/bench_train_recompute.py [--config configs/ops-l_r50_704x256_8f_12e.py] [--rounds 3]
 
 Each variant is a `bench_e2e.TrainBench` in the faithful mode (train.py's policy: CUDA graphs of the decoder, no
 checkpointing), built one after the other: the peak allocated and reserved GPU memory over its set-up and warm-up
-steps (the graph capture included) is its memory. The timed steps then alternate between the two, round by round
-(median and spread of the round medians). "keep" replaces `recompute_when_saved` in accel/fused_attention.py by a
-context that does nothing, so SDPA keeps the bias tensor as it would without the hooks. Needs a CUDA GPU.
+steps (the graph capture included) is its memory. The timed steps then alternate between the variants, round by
+round (median and spread of the round medians). A "kept" tensor is one whose `recompute_when_saved` (in
+accel/fused_attention.py for the bias, accel/modules.py for the generated weights) is replaced by a context that
+does nothing, so autograd keeps it as it would without the hooks. Needs a CUDA GPU.
 """
 import argparse
 import contextlib
@@ -36,11 +38,12 @@ def main():
     parser.add_argument('--steps', type=int, default=5, help='timed steps per variant and round')
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit('bench_bias_recompute.py needs a CUDA GPU')
+        sys.exit('bench_train_recompute.py needs a CUDA GPU')
 
     import bench_e2e
 
     import accel.fused_attention as fused_attention
+    import accel.modules as fused_modules
     import models  # noqa: F401
     from engine.config import load_config
 
@@ -51,10 +54,13 @@ def main():
     state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     del base
     recompute = fused_attention.recompute_when_saved
-    variants = {'recompute': recompute, 'keep': keep_saved}
+    # which tensors each variant recomputes: (the attention bias, the mixing's generated weights)
+    variants = {'both recomputed (the presets)': (True, True), 'bias recomputed, weights kept': (True, False),
+                'both kept': (False, False)}
     benches, memory = {}, {}
-    for name, hooks in variants.items():
-        fused_attention.recompute_when_saved = hooks
+    for name, (bias, weights) in variants.items():
+        fused_attention.recompute_when_saved = recompute if bias else keep_saved
+        fused_modules.recompute_when_saved = recompute if weights else keep_saved
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         reserved, allocated = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
@@ -63,7 +69,7 @@ def main():
             benches[name].step()
         memory[name] = ((torch.cuda.max_memory_allocated() - allocated) / GIB,
                         (torch.cuda.max_memory_reserved() - reserved) / GIB)
-    fused_attention.recompute_when_saved = recompute
+    fused_attention.recompute_when_saved = fused_modules.recompute_when_saved = recompute
     # the graphs captured above keep the kernels of their variant; the hooks only act at capture time
     rounds = {name: [] for name in benches}
     for _ in range(args.rounds):
@@ -75,7 +81,7 @@ def main():
             torch.cuda.synchronize()
             rounds[name].append((time.perf_counter() - start) / args.steps * 1000)
     print(f'# {os.path.basename(args.config)}, faithful graphed training step, {torch.cuda.get_device_name()}\n')
-    print('| bias | peak allocated GiB | peak reserved GiB | median ms (min-max of the round medians) |')
+    print('| saved tensors | peak allocated GiB | peak reserved GiB | median ms (min-max of the round medians) |')
     print('|---|---|---|---|')
     for name in benches:
         times = rounds[name]
