@@ -30,7 +30,7 @@ from models.sparse_conv import dilated_cells
 
 from .precision import cudnn_tf32
 
-__all__ = ['DENSE_CPD_MAX_CELLS', 'fits_dense_cpd', 'dense_cpd', 'dense_occ_grids', 'dense_voxel_class_loss']
+__all__ = ['DENSE_CPD_MAX_CELLS', 'fits_dense_cpd', 'dense_cpd', 'dense_occ_grids']
 
 # grids of at most this many cells per sample (Occ3D's and Waymo's 200 x 200 x 16 = 640,000) take the dense
 # module: its [B, 64, X, Y, Z] float32 grids are 164 MB per sample there, and the whole graphed V2 test step is
@@ -40,16 +40,18 @@ DENSE_CPD_MAX_CELLS = 1 << 20
 
 
 def dense_cpd(densifier, pt_feats, points):
-    """`Densifier.forward` on the dense grid, in training (the fast preset; each sample's batch-norm statistics
-    over its points, as the sparse module) or in eval.
+    """`Densifier.forward` (eval mode) on the dense grid.
 
     Args:
-        densifier (models.densifier.Densifier): the CPD module.
+        densifier (models.densifier.Densifier): in eval mode (its batch norms use the running statistics).
         pt_feats (Tensor): `[B, Q, P, C_p]` point features.
         points (Tensor): `[B, Q, P, 3]` normalised points.
     Returns:
         tuple: logits `[B, K, X, Y, Z]` float32, valid at the U' sites; bool `[B, X, Y, Z]`, the U' sites.
     """
+    if densifier.training:
+        raise ValueError('dense_cpd: the CPD module is in training mode (its batch norms would use per-sample '
+                         'statistics of the points); the dense form is for eval')
     B = points.shape[0]
     X, Y, Z = densifier._voxel_num
     x, uid = densifier.point_inputs(pt_feats, points)                              # [N, 6 + C_p], [N]
@@ -74,33 +76,6 @@ def dense_occ_grids(logits, active, score_thr, empty_label):
     score, label = logits.float().sigmoid().max(dim=1)                             # [B, X, Y, Z] each
     keep = active & (score > float(score_thr))
     return torch.where(keep, label.to(torch.uint8), torch.full_like(label, empty_label, dtype=torch.uint8))
-
-
-def dense_voxel_class_loss(criterion, logits, active, voxel_semantics):
-    """`criterion.voxel_class_loss` (models/criterion.py) on the dense CPD output: each sample's focal loss over its
-    U' sites, normalised by the number of them that are occupied (+ eps, the [QUIRK] there), then the mean over
-    the samples. The sites are a mask instead of a list: every cell computes its loss, weighted 0 outside U', so
-    the sums run over other terms in another order (exact zeros added) and no count is read on the host.
-
-    Args:
-        criterion (models.criterion.VoxelChamferFocalCriterion): its `loss_cls`, class weights and labels.
-        logits (Tensor): `[B, K, X, Y, Z]`, valid at the U' sites.
-        active (Tensor): bool `[B, X, Y, Z]`, the U' sites.
-        voxel_semantics (Tensor): `[B, X, Y, Z]` labels (``empty_label`` = free).
-    Returns:
-        Tensor: scalar.
-    """
-    B, K = logits.shape[:2]
-    logits = logits.permute(0, 2, 3, 4, 1).reshape(B, -1, K)                        # [B, V, K]
-    target = voxel_semantics.reshape(B, -1).long()
-    free = target == criterion.empty_label
-    # mmdet's FocalLoss treats label == num_classes as background (an all-zero one-hot row)
-    target = torch.where(free, torch.full_like(target, criterion.num_classes), target)
-    sites = active.reshape(B, -1)
-    weight = criterion.cls_weight_table.to(logits)[None, None, :] * sites[..., None].to(logits.dtype)
-    num_occ = (sites & ~free).sum(dim=1).to(logits.dtype)                            # [B]
-    return torch.stack([criterion.loss_cls(logits[b], target[b], weight=weight[b], avg_factor=num_occ[b])
-                        for b in range(B)]).mean()
 
 
 def fits_dense_cpd(voxel_num):

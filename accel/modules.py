@@ -21,7 +21,7 @@ from models.opus_fusion_head import OPUSV1FusionHead
 from models.opusv2_head import OPUSV2DCDHead, OPUSV2Head
 from models.opusv2_transformer import OPUSV2Sampling
 
-from .dense_cpd import dense_cpd, dense_occ_grids, dense_voxel_class_loss, fits_dense_cpd
+from .dense_cpd import dense_cpd, dense_occ_grids, fits_dense_cpd
 from .folded_backbone import FoldedBasicBlock, FoldedBottleneck, FoldedResNet
 from .furthest_point import fast_furthest_point_sample
 from .fused_attention import MIN_HEAD_DIMS, fused_biased_attention, sdpa_biased_attention
@@ -31,8 +31,7 @@ from .recompute import recompute_when_saved, under_current_settings
 
 __all__ = ['FusedSamplingLocations', 'FusedOPSSampling', 'FusedOPUSV2Sampling', 'FusedAdaptiveMixing',
            'FusedSelfAttention', 'FastSelfAttention', 'FusedOPSHead', 'FusedOPUSV1FusionHead', 'DenseCPDHead',
-           'DenseCPDOPUSV2Head', 'DenseCPDOPUSV2DCDHead', 'FastDenseCPDOPUSV2Head',
-           'FastDenseCPDOPUSV2DCDHead', 'FUSED_MODULES',
+           'DenseCPDOPUSV2Head', 'DenseCPDOPUSV2DCDHead', 'FUSED_MODULES',
            'FAST_MODULES', 'KERNEL_TABLES', 'MatmulPrecisionScope', 'precision_scoped']
 
 
@@ -110,43 +109,26 @@ class FusedOPSHead(OPSHead):
 
 
 class DenseCPDHead:
-    """Mixin for an OPUS-V2 head: on CUDA, on grids of at most DENSE_CPD_MAX_CELLS cells, the CPD modules on the dense
-    grid (accel/dense_cpd.py: the same logits at the same voxels, summed in another order).
-
-    * At test time the last layer's module, so that the test step has static shapes and is captured in a CUDA
-      graph (`static_test_step`). The outputs then hold ``dense_cls_scores`` `[B, K, X, Y, Z]` and
-      ``dense_active`` `[B, X, Y, Z]` instead of the last layer's voxel logits and voxels.
-    * In training when `dense_in_training` (the fast modules: the convolutions' backward runs under cuDNN's
-      TF32 default, outside the forward's precision scope), every layer's module, without the sparse module's
-      hundreds of small kernels and host reads per layer. ``all_cls_scores`` and ``all_voxel_coors`` then hold
-      each layer's dense logits and bool U' mask, which `voxel_cls_loss` takes (`dense_voxel_class_loss`).
-    Elsewhere the faithful sparse modules."""
-    dense_in_training = False
+    """Mixin for an OPUS-V2 head: at test time on CUDA, on grids of at most DENSE_CPD_MAX_CELLS cells, the last
+    layer's CPD module on the dense grid (accel/dense_cpd.py: the same logits at the same voxels, summed in
+    another order), so that the test step has static shapes and is captured in a CUDA graph
+    (`static_test_step`); elsewhere the faithful sparse module. Its outputs then hold ``dense_cls_scores``
+    `[B, K, X, Y, Z]` and ``dense_active`` `[B, X, Y, Z]` instead of the last layer's voxel logits and voxels."""
 
     @property
     def static_test_step(self):
         return fits_dense_cpd(self._voxel_num)
 
     def classify_voxels(self, outs):
-        points = outs['all_refine_pts']
-        if not points[-1].is_cuda or not self.static_test_step or (self.training and not self.dense_in_training):
+        if self.training or not outs['all_refine_pts'][-1].is_cuda or not self.static_test_step:
             return super().classify_voxels(outs)
         pt_feats = self.layer_point_features(outs)
-        if self.training:
-            dense = [dense_cpd(d, f, p) for d, f, p in zip(self.densifiers, pt_feats, points)]
-            outs.update(all_cls_scores=[logits for logits, _ in dense], all_voxel_coors=[sites for _, sites in dense])
-            return outs
         if any(f is not None for f in pt_feats[:-1]):
             raise RuntimeError(f'{type(self).__name__}: point features of layers before the last at test time')
-        logits, active = dense_cpd(self.densifiers[-1], pt_feats[-1], points[-1])
+        logits, active = dense_cpd(self.densifiers[-1], pt_feats[-1], outs['all_refine_pts'][-1])
         none = [None] * len(pt_feats)
         outs.update(all_cls_scores=none, all_voxel_coors=list(none), dense_cls_scores=logits, dense_active=active)
         return outs
-
-    def voxel_cls_loss(self, logits, coors, voxel_semantics):
-        if coors.dtype == torch.bool:                  # a dense module's U' mask
-            return dense_voxel_class_loss(self.criterion, logits, coors, voxel_semantics)
-        return super().voxel_cls_loss(logits, coors, voxel_semantics)
 
     @torch.no_grad()
     def get_occ_grids(self, preds_dicts):
@@ -162,16 +144,6 @@ class DenseCPDOPUSV2Head(DenseCPDHead, OPUSV2Head):
 
 class DenseCPDOPUSV2DCDHead(DenseCPDHead, OPUSV2DCDHead):
     """`OPUSV2DCDHead` with the dense CPD module at test time (`DenseCPDHead`)."""
-
-
-class FastDenseCPDOPUSV2Head(DenseCPDOPUSV2Head):
-    """`DenseCPDOPUSV2Head` with the dense CPD modules in training too."""
-    dense_in_training = True
-
-
-class FastDenseCPDOPUSV2DCDHead(DenseCPDOPUSV2DCDHead):
-    """`DenseCPDOPUSV2DCDHead` with the dense CPD modules in training too."""
-    dense_in_training = True
 
 
 class FusedOPUSV1FusionHead(OPUSV1FusionHead):
@@ -195,8 +167,6 @@ FUSED_MODULES = {
 FAST_MODULES = {
     **FUSED_MODULES,
     OPSSelfAttention: FastSelfAttention,
-    OPUSV2Head: FastDenseCPDOPUSV2Head,
-    OPUSV2DCDHead: FastDenseCPDOPUSV2DCDHead,
     ResNet: FoldedResNet,            # batch norms folded into the convolutions in eval (accel/folded_backbone.py)
     Bottleneck: FoldedBottleneck,
     BasicBlock: FoldedBasicBlock,

@@ -38,9 +38,7 @@ Training modes:
   checkpointing, channels-last backbone; in the decoder TF32 products and the self-attention through
   SDPA; the decoder launched from Python (execution.train_cuda_graph=False);
 * fast: fast-eager with the decoder replayed from CUDA graphs (train.py --fast);
-* fast-bf16: fast with the backbone under bf16 autocast (no loss scaling);
-* fast-sparse-cpd (not run by default): fast with OPUS-V2's CPD modules trained on their sparse sets (the
-  faithful preset's heads), what the dense modules gain (docs/opusv2.md, "The test step on the dense grid").
+* fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
 the ratio against the first mode. Training's "GPU GiB": the memory a mode adds to the process over
@@ -65,8 +63,7 @@ NUM_VIEWS = 6
 INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast'),
                'fast-unfolded': dict(preset='fast'), 'reference': dict(kernels='reference'),
                'reference-eager': dict(kernels='reference', test_cuda_graph=False)}
-TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference',
-               'fast-sparse-cpd')
+TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -236,11 +233,6 @@ class TrainBench:
         if fast:
             cfg.optimizer['fused'] = True
         self.model = build_model(cfg, device, execution, state=state).train()
-        if mode == 'fast-sparse-cpd':
-            head = self.model.pts_bbox_head
-            if not getattr(head, 'dense_in_training', False):
-                raise SystemExit(f'bench_e2e.py: mode fast-sparse-cpd is for OPUS-V2 configs ({type(head).__name__})')
-            head.__class__ = type(head).__bases__[0]         # FastDenseCPDOPUSV2Head -> DenseCPDOPUSV2Head
         self.model.fp16_enabled = mode != 'fast-bf16'   # what the fp16 / sync-free hooks' wrap_fp16_model sets
         self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier
@@ -384,7 +376,7 @@ def main():
     parser.add_argument('--samples', type=int, default=20, help='timed inference samples per mode and round')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--infer-modes', nargs='+', default=['eager', 'faithful', 'fast'], choices=list(INFER_MODES))
-    parser.add_argument('--train-modes', nargs='+', default=list(TRAIN_MODES[:5]), choices=list(TRAIN_MODES))
+    parser.add_argument('--train-modes', nargs='+', default=list(TRAIN_MODES), choices=list(TRAIN_MODES))
     parser.add_argument('--train-iters', type=int, default=5, help='timed training steps per mode and round')
     parser.add_argument('--train-warmup', type=int, default=3)
     parser.add_argument('--train-batches', nargs='+', type=int, default=[1],

@@ -9,11 +9,10 @@ import torch
 
 from accel import accelerate, policy_from_config
 from accel.cuda_graph import EAGER, GraphedFunction
-from accel.dense_cpd import dense_cpd, dense_occ_grids, dense_voxel_class_loss, fits_dense_cpd
+from accel.dense_cpd import dense_cpd, dense_occ_grids, fits_dense_cpd
 from accel.modules import FUSED_MODULES, DenseCPDOPUSV2Head
 from core.benchmarks import NUSCENES_OCCUPANCY, OCC3D_NUSCENES
 from host_tensor_spy import HostTensorSpy
-from models.criterion import VoxelChamferFocalCriterion
 from models.densifier import Densifier
 from models.opusv2_head import OPUSV2Head
 from tiny_opusv2 import tiny_batch, tiny_detector
@@ -110,56 +109,10 @@ def test_the_dense_module_makes_no_tensor_from_host_values():
     assert spy.count == 0
 
 
-def training_loss_and_gradients(dense, dtype=torch.float64, device='cpu', seed=0):
-    """One training forward of a CPD module (per-sample batch-norm statistics), its class loss against random labels
-    (a third free), and the gradients of the loss: point features, points, the module's parameters."""
-    d = densifier(dtype, seed).train().to(device)
-    feats, points = (t.to(device).requires_grad_() for t in inputs(dtype))
-    g = torch.Generator().manual_seed(seed + 7)
-    sem = torch.randint(0, 17, (points.shape[0],) + GRID, generator=g).to(device)
-    sem[(torch.rand(sem.shape, generator=g) < 1 / 3).to(device)] = EMPTY
-    criterion = VoxelChamferFocalCriterion(num_classes=17, cls_weights=(torch.rand(17, generator=g) + 0.5).tolist())
-    if dense:
-        loss = dense_voxel_class_loss(criterion, *dense_cpd(d, feats, points), sem)
-    else:
-        loss = criterion.voxel_class_loss(*d(feats, points), sem)
-    inputs_ = (feats, points, *d.parameters())
-    return loss, torch.autograd.grad(loss, inputs_), d
-
-
-@pytest.mark.parametrize('dtype, device', [(torch.float64, 'cpu'), pytest.param(torch.float32, 'cuda', marks=CUDA)])
-def test_the_dense_module_trains_as_the_sparse_one(dtype, device):
-    """Training (the fast preset's V2 heads): the same loss, gradients and batch-norm running statistics as the
-    sparse module and `voxel_class_loss`. On CUDA in float32, cuDNN's TF32 off (its default would run the
-    convolutions' backward in TF32, as the fast preset does). Both compute the same terms, summed in other orders (the
-    convolutions over 27 taps x 16 channels, the loss over the cells, with exact zeros outside the sites), chained
-    through the two convolutions forwards and backwards. A sum of n terms in another order moves by at most n
-    roundings of its terms' magnitude sum; the longest chain is the loss's sum over B * X * Y * Z * K = 24,480
-    terms and four 432-term convolution sums, so (24,480 + 4 * 432) eps bounds each result relative to its
-    magnitudes. Checked normwise against each gradient's norm: that presumes the gradients do not cancel far
-    below their terms' magnitudes, which random inputs and weights do not."""
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        loss, grads, d = training_loss_and_gradients(True, dtype, device)
-        want_loss, want_grads, want_d = training_loss_and_gradients(False, dtype, device)
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
-    bound = (2 * 12 * 10 * 6 * 17 + 4 * 432) * torch.finfo(dtype).eps
-    assert abs(loss.item() - want_loss.item()) <= bound * abs(want_loss.item())
-    for got, want in zip(grads, want_grads):
-        assert want.abs().max() > 0, 'a zero gradient tests nothing'
-        assert (got - want).norm() <= bound * want.norm(), f'{(got - want).norm() / want.norm():.1e}'
-    for got, want in zip(d.buffers(), want_d.buffers()):
-        assert torch.equal(got, want), 'the running statistics come from the same points by the same code'
-
-
-def test_the_fast_preset_trains_the_v2_heads_on_the_dense_grid():
-    from accel.modules import FAST_MODULES, FastDenseCPDOPUSV2DCDHead, FastDenseCPDOPUSV2Head
-    from models.opusv2_head import OPUSV2DCDHead
-    assert FAST_MODULES[OPUSV2Head] is FastDenseCPDOPUSV2Head and FastDenseCPDOPUSV2Head.dense_in_training
-    assert FAST_MODULES[OPUSV2DCDHead] is FastDenseCPDOPUSV2DCDHead and FastDenseCPDOPUSV2DCDHead.dense_in_training
-    assert not FUSED_MODULES[OPUSV2Head].dense_in_training, 'the faithful preset trains the sparse module'
+def test_the_dense_module_refuses_training_mode():
+    d = densifier(torch.float64).train()
+    with pytest.raises(ValueError, match='training mode'):
+        dense_cpd(d, *inputs(torch.float64))
 
 
 def test_which_grids_take_the_dense_module():
