@@ -79,8 +79,10 @@ def sdpa_biased_attention(attention, query, make_bias, half=False):
     B, Q, C = query.shape
     dtype = torch.float16 if half and query.is_cuda else query.dtype
     q, k, v = (t.to(dtype) for t in _heads(mha, query))                          # [B, H, Q, d] each
-    bias = make_bias().to(dtype)                                                  # [B, H, Q, Q]
-    with recompute_when_saved(bias, lambda: make_bias().to(dtype)):
+    def make_bias_as_used():
+        return make_bias().to(dtype)
+    bias = make_bias_as_used()                                                    # [B, H, Q, Q]
+    with recompute_when_saved(bias, make_bias_as_used):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=mha.dropout if mha.training else 0.0)
     out = F.linear(out.to(query.dtype).transpose(1, 2).reshape(B, Q, C), mha.out_proj.weight, mha.out_proj.bias)
