@@ -288,7 +288,10 @@ def scatter_max(src, index, num_segments):
 
     Values equal torch_scatter's `scatter_max(src, index, dim=0)[0]`; the gradient of each (u, c) goes
     to a single row, the first (lowest index) attaining the maximum, as torch_scatter does on the CPU
-    (PyTorch's `scatter_reduce('amax')` would split it between tied rows). Empty segments give 0.
+    (PyTorch's `scatter_reduce('amax')` would split it between tied rows). Empty segments give 0. Without a
+    gradient to route (no grad mode, or `src` not requiring one) the maximum alone is computed: the same values,
+    without the argmax bookkeeping's `[U, C]` int64 tensors (OPUS-V2's dense CPD module pools into every cell of
+    the grid, accel/dense_cpd.py).
 
     Args:
         src (Tensor): `[N, C]`.
@@ -302,8 +305,11 @@ def scatter_max(src, index, num_segments):
                          f'{tuple(index.shape)}')
     N, C = src.shape
     idx = index.long()[:, None].expand(N, C)
+    routes_gradient = torch.is_grad_enabled() and src.requires_grad
     with torch.no_grad():
         values = src.new_zeros(num_segments, C).scatter_reduce(0, idx, src, reduce='amax', include_self=False)
+        if not routes_gradient:
+            return values
         rows = torch.arange(N, device=src.device)[:, None].expand(N, C)
         candidate = torch.where(src == values.gather(0, idx), rows, torch.full_like(rows, N))
         arg = torch.full((num_segments, C), N, dtype=torch.long, device=src.device)

@@ -190,6 +190,10 @@ def test_scatter_max_against_a_python_loop():
             want_grad[best, c] = weights[u, c]
     assert torch.equal(out.detach(), want)
     assert torch.equal(src.grad, want_grad)
+    # without a gradient to route (no grad mode; a source without one) only the maximum is computed: the same values
+    with torch.no_grad():
+        assert torch.equal(scatter_max(src, index, U), want)
+    assert torch.equal(scatter_max(src.detach(), index, U), want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
