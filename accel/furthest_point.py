@@ -13,7 +13,7 @@ Same arithmetic, so the same indices:
   block replaces the running best only when strictly greater), as `torch.argmax`.
 
 `fast_furthest_point_sample` uses the kernel for float32 CUDA points where Triton builds it, else the faithful
-function (the CPU, other dtypes, a Triton that fails: one warning, then the faithful function; accel/compiled.py).
+function (the CPU, other dtypes, a Triton that fails: one warning, then the faithful function; core/compiled.py).
 The kernel is tested through Triton's interpreter on the CPU against the faithful function
 (tests/accel/test_furthest_point.py); a build on each GPU checks it too at its first call.
 """
@@ -21,9 +21,8 @@ import functools
 
 import torch
 
+from core.compiled import TritonKernel
 from models.opus_fusion_head import furthest_point_sample
-
-from .compiled import CompiledOrNone
 
 __all__ = ['fast_furthest_point_sample', 'furthest_point_sample_triton', 'FURTHEST_POINT_KERNEL', 'BLOCK']
 
@@ -84,20 +83,9 @@ def furthest_point_sample_triton(points, num_samples):
     return out
 
 
-class _TritonKernel(CompiledOrNone):
-    """`CompiledOrNone` for a kernel that Triton builds at its first launch (no torch.compile)."""
-
-    def __init__(self, kernel, fn, what, instead):
-        super().__init__(fn, what, instead)
-        self.kernel = kernel
-
-    def compile(self):
-        return self.kernel
-
-
 # the faithful loop where the kernel cannot be built (one warning)
-FURTHEST_POINT_KERNEL = _TritonKernel(furthest_point_sample_triton, furthest_point_sample,
-                                      'the Triton furthest-point sampling kernel', 'the PyTorch loop')
+FURTHEST_POINT_KERNEL = TritonKernel(furthest_point_sample_triton, furthest_point_sample,
+                                     'the Triton furthest-point sampling kernel', 'the PyTorch loop')
 
 
 def fast_furthest_point_sample(points, num_samples):

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-from .compiled import CompiledOrNone
+from core.compiled import CompiledOrNone
+
 from .recompute import recompute_when_saved
 
 __all__ = ['fused_biased_attention', 'sdpa_biased_attention', 'ATTENTION_KERNEL', 'MIN_HEAD_DIMS']

@@ -6,14 +6,13 @@
 * `MIXING_KERNEL`: `models.ops_transformer.adaptive_mixing` compiled (LayerNorm and ReLU fused);
 * `compiled_closing`: `models.occ_postprocess.close_and_label` compiled on CUDA (maxima, comparisons and
   argmax are exact, so the voxels are the eager code's).
-Each compiled kernel falls back to its eager function where it cannot be built (accel/compiled.py).
+Each compiled kernel falls back to its eager function where it cannot be built (core/compiled.py).
 """
 
+from core.compiled import CompiledOrNone
 from models.occ_postprocess import close_and_label
 from models.ops_sampling import sampling_locations
 from models.ops_transformer import adaptive_mixing
-
-from .compiled import CompiledOrNone
 
 __all__ = ['project_points_fast', 'fast_sampling_locations', 'SAMPLING_GEOMETRY', 'MIXING_KERNEL', 'CLOSING_KERNEL',
            'compiled_closing']

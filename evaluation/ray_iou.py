@@ -3,20 +3,24 @@
 Ray casting works in *voxel units*: a point p (metres, ego frame) becomes (p - pc_min) / voxel_size,
 so voxel (i, j, k) covers [i, i+1) x [j, j+1) x [k, k+1). Occupancy grids are indexed [x, y, z].
 
-`cast_rays` is the traversal, vectorised in PyTorch (all rays at once, float64, CPU or CUDA). Its
-reference, the same loop for one ray in plain Python floats, is a test oracle
-(tests/evaluation/ray_oracle.py); the two agree exactly (same hit voxel, bit-identical distance).
+`cast_rays` is the traversal, vectorised in PyTorch (all rays at once, float64, CPU or CUDA) and on CUDA one Triton
+kernel (evaluation/ray_cast_kernel.py, the same results). Its reference, the same loop for one ray in plain Python
+floats, is a test oracle (tests/evaluation/ray_oracle.py); they agree exactly (same hit voxel, bit-identical
+distance).
 """
 import math
 
 import numpy as np
 import torch
 
+from core.compiled import TritonKernel
 from core.occ3d import LABEL_NAMES, POINT_CLOUD_RANGE, VOXEL_SIZE
 
 from .miou import check_label_grid, nanmean_or_nan
+from .ray_cast_kernel import traverse_triton
 
-__all__ = ['generate_lidar_rays', 'rays_to_voxel_frame', 'cast_rays', 'RayIoU', 'RAY_THRESHOLDS', 'MAX_RAY_STEPS']
+__all__ = ['generate_lidar_rays', 'rays_to_voxel_frame', 'cast_rays', 'RayIoU', 'RAY_THRESHOLDS', 'MAX_RAY_STEPS',
+           'RAY_TRAVERSAL_KERNEL']
 
 RAY_THRESHOLDS = (1, 2, 4)
 # The ray caster gives up after this many voxel steps (docs/evaluation.md, "The ray caster"); a ray
@@ -111,7 +115,7 @@ def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STE
         ends (Tensor): float64 [R, 3] points fixing the ray directions, voxel units.
         sample_index (Tensor | None): int64 [R] sample of each ray (default all 0).
         max_steps (int): step limit.
-        compact_every (int): steps between removals of finished rays (a speed knob only).
+        compact_every (int): steps between removals of finished rays in the PyTorch traversal (a speed knob only).
     Returns:
         dist (Tensor): float64 [R, G] hit (exit) distance in voxel units.
         index (Tensor): int64 [R, G, 3] (x, y, z) of the hit / last voxel.
@@ -134,18 +138,32 @@ def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STE
     if sample_index.numel() and (sample_index.min() < 0 or sample_index.max() >= num_samples):
         raise ValueError(f'sample_index must lie in [0, {num_samples}), the number of grids given')
 
+    if num_rays == 0:
+        return (torch.zeros(0, num_grids, dtype=torch.float64, device=device),
+                torch.zeros(0, num_grids, 3, dtype=torch.int64, device=device))
+    voxel, step, t_max, t_delta = _ray_setup(origins, ends)
+    occ_flat = occupancy.reshape(-1).to(torch.bool)
+    base = sample_index * (num_grids * size_x * size_y * size_z)
+    state = (occ_flat, (size_x, size_y, size_z), num_grids, base, voxel, step, t_max, t_delta, max_steps)
+    if device.type == 'cuda':
+        out = RAY_TRAVERSAL_KERNEL(*state)
+        if out is not None:
+            return out
+    return _traverse(*state, compact_every=compact_every)
+
+
+def _traverse(occ_flat, spatial_shape, num_grids, base, voxel, step, t_max, t_delta, max_steps, compact_every=8):
+    """The traversal of `cast_rays` in PyTorch, all rays at once (`_ray_setup`'s state; `base`: int64 [R], the
+    first cell of each ray's sample in the flat bool occupancy `occ_flat`); returns `cast_rays`' outputs."""
+    device = occ_flat.device
+    num_rays = voxel.shape[0]
+    size_x, size_y, size_z = spatial_shape
+    grid_volume = size_x * size_y * size_z
     out_dist = torch.zeros(num_rays, num_grids, dtype=torch.float64, device=device)
     out_index = torch.zeros(num_rays, num_grids, 3, dtype=torch.int64, device=device)
-    if num_rays == 0:
-        return out_dist, out_index
-
-    voxel, step, t_max, t_delta = _ray_setup(origins, ends)
-    grid_volume = size_x * size_y * size_z
-    occ_flat = occupancy.reshape(-1).to(torch.bool)
     grid_offsets = torch.arange(num_grids, device=device, dtype=torch.int64) * grid_volume
     strides = torch.tensor([size_y * size_z, size_z, 1], device=device, dtype=torch.int64)
     size = torch.tensor([size_x, size_y, size_z], device=device, dtype=torch.int64)
-    base = sample_index * (num_grids * grid_volume)
     ids = torch.arange(num_rays, device=device)
     was_inside = torch.zeros(num_rays, dtype=torch.bool, device=device)
     hit = torch.zeros(num_rays, num_grids, dtype=torch.bool, device=device)
@@ -184,6 +202,11 @@ def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STE
     out_dist[ids] = dist
     out_index[ids] = index
     return out_dist, out_index
+
+
+# on CUDA: the traversal as one Triton kernel (the same results), or the PyTorch loop where it cannot be built
+RAY_TRAVERSAL_KERNEL = TritonKernel(traverse_triton, _traverse, 'the Triton ray-traversal kernel',
+                                    'the PyTorch traversal')
 
 
 class RayIoU:

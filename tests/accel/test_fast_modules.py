@@ -7,12 +7,12 @@ import torch
 from mmdet.models.backbones.resnet import ResNet
 
 from accel import accelerate, policy_from_config
-from accel.compiled import CompiledOrNone
 from accel.folded_backbone import fold_conv_norm
 from accel.fused_attention import fused_biased_attention, sdpa_biased_attention
 from accel.kernels import project_points_fast
 from accel.modules import FAST_MODULES, FUSED_MODULES
 from accel.precision import HALF_MIN_QUERIES
+from core.compiled import CompiledOrNone
 from models.ops_sampling import project_points
 from models.ops_transformer import OPSSelfAttention, decode_points
 from tiny_detector import build

@@ -75,12 +75,12 @@ def test_cuda_kernel_picks_the_faithful_indices():
 
 
 def test_a_kernel_that_fails_to_build_falls_back_to_the_loop_with_one_warning():
-    from accel.furthest_point import _TritonKernel
+    from core.compiled import TritonKernel
 
     def broken(points, num_samples):
         raise RuntimeError('no Triton backend for this device')
 
-    kernel = _TritonKernel(broken, furthest_point_sample, 'the test kernel', 'the PyTorch loop')
+    kernel = TritonKernel(broken, furthest_point_sample, 'the test kernel', 'the PyTorch loop')
     points = clouds()[2][1]
     with pytest.warns(UserWarning, match='the test kernel could not be built.*the PyTorch loop'):
         first = kernel.or_eager(True, points, 8)

@@ -1,14 +1,15 @@
-"""torch.compile'd kernels of the fused and fast modules (accel/kernels.py), built at their first call, with a way back.
+"""Compiled kernels built at their first call, with a way back: the fused and fast modules' torch.compile'd kernels
+(accel/kernels.py) and the Triton kernels (accel/furthest_point.py, evaluation/ray_cast_kernel.py).
 
-A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, the fast module must
+A compiled kernel needs Triton for the GPU at hand. Where it cannot be built, its caller must
 still compute the right thing: `CompiledOrNone` then warns once and returns None from every call,
-and its caller runs its eager (faithful) code instead (`or_eager`: the eager code is `fn` itself).
+and the caller runs its eager (faithful) code instead (`or_eager`: the eager code is `fn` itself).
 """
 import warnings
 
 import torch
 
-__all__ = ['CompiledOrNone']
+__all__ = ['CompiledOrNone', 'TritonKernel']
 
 _FAILED = object()
 
@@ -52,3 +53,15 @@ class CompiledOrNone:
             warnings.warn(f'{self.what} could not be built here ({type(err).__name__}: '
                           f'{first[:200]}); using {self.instead} instead')
             return None
+
+
+class TritonKernel(CompiledOrNone):
+    """`CompiledOrNone` for a kernel that Triton builds at its first launch (no torch.compile): `kernel` computes
+    what `fn` computes."""
+
+    def __init__(self, kernel, fn, what, instead):
+        super().__init__(fn, what, instead)
+        self.kernel = kernel
+
+    def compile(self):
+        return self.kernel
