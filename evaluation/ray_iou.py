@@ -48,7 +48,7 @@ def generate_lidar_rays():
     return np.array(rays, dtype=np.float32)
 
 
-def rays_to_voxel_frame(origins, rays, pc_min=POINT_CLOUD_RANGE[:3], voxel_size=VOXEL_SIZE[0]):
+def rays_to_voxel_frame(origins, rays, pc_min=POINT_CLOUD_RANGE[:3], voxel_size=VOXEL_SIZE[0], device='cpu'):
     """Ray start and end points in voxel units, rounded through float32 like the original.
 
     The original adds the float32 unit rays to the float64 origin, converts both points with a
@@ -58,14 +58,15 @@ def rays_to_voxel_frame(origins, rays, pc_min=POINT_CLOUD_RANGE[:3], voxel_size=
 
     Args:
         origins (array): float64 [K, 3] ray origins, metres, ego frame.
-        rays (array): float32 [R, 3] unit directions.
+        rays (array | Tensor): float32 [R, 3] unit directions.
+        device: where the points are computed (IEEE arithmetic: the same values anywhere).
     Returns:
         (starts, ends): float64 tensors [K * R, 3] (origin-major), exactly float32-representable.
     """
-    origins = torch.as_tensor(np.asarray(origins, dtype=np.float64)).reshape(-1, 1, 3)
-    rays = torch.as_tensor(np.asarray(rays, dtype=np.float32)).reshape(1, -1, 3)
-    offset = torch.tensor(pc_min, dtype=torch.float32).double()
-    scale = torch.tensor([voxel_size] * 3, dtype=torch.float32).double()
+    origins = torch.as_tensor(np.asarray(origins, dtype=np.float64)).to(device).reshape(-1, 1, 3)
+    rays = torch.as_tensor(rays, dtype=torch.float32).to(device).reshape(1, -1, 3)
+    offset = torch.tensor(pc_min, dtype=torch.float32, device=device).double()
+    scale = torch.tensor([voxel_size] * 3, dtype=torch.float32, device=device).double()
     ends = rays.double() + origins
     starts = ((origins - offset) / scale).float().double().expand(-1, rays.shape[1], -1)
     ends = ((ends - offset) / scale).float().double()
@@ -78,8 +79,9 @@ def _ray_setup(origins, ends):
     # Summed left to right like the C expression rx*rx + ry*ry + rz*rz.
     squared = delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1] + delta[:, 2] * delta[:, 2]
     # torch's float64 sqrt on the CPU (SIMD path) is not always correctly rounded (1 ulp off for
-    # ~1% of inputs); numpy's is, like the C/CUDA sqrt of the original, so take it from numpy.
-    length = torch.from_numpy(np.sqrt(squared.cpu().numpy())).to(delta.device)
+    # ~1% of inputs); numpy's is, like the C/CUDA sqrt of the original, so take it from numpy. CUDA's
+    # float64 sqrt is correctly rounded (IEEE 754 round-to-nearest): torch's there.
+    length = squared.sqrt() if squared.is_cuda else torch.from_numpy(np.sqrt(squared.numpy()))
     if bool((length == 0).any()):
         raise ValueError('a ray has its end point equal to its origin, so no direction; '
                          'give end points that differ from the origins')
@@ -254,31 +256,7 @@ class RayIoU:
             list of S dicts with int64 [K_s * R] `pred_label`, `gt_label` and float32 [K_s * R]
             `pred_depth`, `gt_depth` (metres), origin-major.
         """
-        if not (len(preds) == len(gts) == len(origins)):
-            raise ValueError(f'got {len(preds)} predictions, {len(gts)} ground truths and {len(origins)} origin sets')
-        grids, starts, ends, sample_index, counts = [], [], [], [], []
-        for s, (pred, gt, org) in enumerate(zip(preds, gts, origins)):
-            gt = check_label_grid(gt, 'ground truth', self.num_labels)
-            pred = check_label_grid(pred, 'prediction', self.num_labels, shape=gt.shape)
-            org = np.asarray(org, dtype=np.float64).reshape(-1, 3)
-            grids.append(torch.from_numpy(np.stack([pred, gt]).astype(np.uint8)))
-            start, end = rays_to_voxel_frame(org, self.rays, self.pc_min, self.voxel_size)
-            starts.append(start)
-            ends.append(end)
-            sample_index.append(torch.full((start.shape[0],), s, dtype=torch.int64))
-            counts.append(start.shape[0])
-        if not grids:
-            return []
-        labels = torch.stack(grids).to(self.device)  # [S, 2, X, Y, Z]
-        dist, index = cast_rays(labels != self.free_label, torch.cat(starts), torch.cat(ends),
-                                torch.cat(sample_index), max_steps=self.max_steps)
-        # Distances leave the kernel as float32 and are scaled in float32, as in the original.
-        depth = dist.float() * torch.tensor(self.voxel_size, dtype=torch.float32, device=dist.device)
-        size_x, size_y, size_z = labels.shape[2:]
-        sample_of_ray = torch.cat(sample_index).to(self.device)
-        flat = (((sample_of_ray[:, None] * 2 + torch.arange(2, device=self.device)) * size_x + index[..., 0])
-                * size_y + index[..., 1]) * size_z + index[..., 2]
-        label = labels.reshape(-1)[flat].to(torch.int64)
+        label, depth, counts = self._cast(preds, gts, origins)
         out, start = [], 0
         for n in counts:
             sl = slice(start, start + n)
@@ -287,22 +265,58 @@ class RayIoU:
             start += n
         return out
 
+    def _cast(self, preds, gts, origins):
+        """`cast` on the device: (int64 labels [sum K_s * R, 2] and float32 depths (metres) of the rays in the
+        prediction (column 0) and the ground truth (column 1), samples and origins in order; rays per sample)."""
+        if not (len(preds) == len(gts) == len(origins)):
+            raise ValueError(f'got {len(preds)} predictions, {len(gts)} ground truths and {len(origins)} origin sets')
+        grids, starts, ends, sample_index, counts = [], [], [], [], []
+        rays = torch.from_numpy(self.rays).to(self.device)
+        for s, (pred, gt, org) in enumerate(zip(preds, gts, origins)):
+            gt = check_label_grid(gt, 'ground truth', self.num_labels)
+            pred = check_label_grid(pred, 'prediction', self.num_labels, shape=gt.shape)
+            org = np.asarray(org, dtype=np.float64).reshape(-1, 3)
+            grids.append(torch.from_numpy(np.stack([pred, gt]).astype(np.uint8)))
+            start, end = rays_to_voxel_frame(org, rays, self.pc_min, self.voxel_size, self.device)
+            starts.append(start)
+            ends.append(end)
+            sample_index.append(torch.full((start.shape[0],), s, dtype=torch.int64, device=self.device))
+            counts.append(start.shape[0])
+        if not grids:
+            return torch.zeros(0, 2, dtype=torch.int64), torch.zeros(0, 2), []
+        labels = torch.stack(grids).to(self.device)  # [S, 2, X, Y, Z]
+        sample_of_ray = torch.cat(sample_index)
+        dist, index = cast_rays(labels != self.free_label, torch.cat(starts), torch.cat(ends), sample_of_ray,
+                                max_steps=self.max_steps)
+        # Distances leave the kernel as float32 and are scaled in float32, as in the original.
+        depth = dist.float() * torch.tensor(self.voxel_size, dtype=torch.float32, device=dist.device)
+        size_x, size_y, size_z = labels.shape[2:]
+        flat = (((sample_of_ray[:, None] * 2 + torch.arange(2, device=self.device)) * size_x + index[..., 0])
+                * size_y + index[..., 1]) * size_z + index[..., 2]
+        return labels.reshape(-1)[flat].to(torch.int64), depth, counts
+
     def add_batch(self, preds, gts, origins):
-        """Cast and accumulate several samples (arguments as in `cast`)."""
-        for rays in self.cast(preds, gts, origins):
-            self.add_rays(**rays)
+        """Cast and accumulate several samples (arguments as in `cast`): `add_rays` of each sample's rays, the
+        counts summed on the device."""
+        label, depth, counts = self._cast(preds, gts, origins)
+        self._count(label[:, 0], label[:, 1], depth[:, 0], depth[:, 1], len(counts))
 
     def add_rays(self, pred_label, gt_label, pred_depth, gt_depth):
         """Accumulate the counts of one sample's rays (int labels, float32 metre depths, all [R])."""
+        self._count(*(torch.from_numpy(np.asarray(a)) for a in (pred_label, gt_label, pred_depth, gt_depth)), 1)
+
+    def _count(self, pred_label, gt_label, pred_depth, gt_depth, num_samples):
+        """Accumulate the counts of the rays of `num_samples` samples (int64 labels, float32 depths, tensors [R])."""
         valid = gt_label != self.free_label
         pred_label, gt_label = pred_label[valid], gt_label[valid]
-        error = np.abs(pred_depth[valid] - gt_depth[valid])
-        self.gt_count += np.bincount(gt_label, minlength=self.num_labels)
-        self.pred_count += np.bincount(pred_label, minlength=self.num_labels)
+        error = (pred_depth[valid] - gt_depth[valid]).abs()
         same = pred_label == gt_label
-        for j, tau in enumerate(self.thresholds):
-            self.tp_count[j] += np.bincount(gt_label[same & (error < tau)], minlength=self.num_labels)
-        self.num_samples += 1
+        counts = [gt_label, pred_label] + [gt_label[same & (error < tau)] for tau in self.thresholds]
+        counts = torch.stack([torch.bincount(c, minlength=self.num_labels) for c in counts]).cpu().numpy()
+        self.gt_count += counts[0]
+        self.pred_count += counts[1]
+        self.tp_count += counts[2:]
+        self.num_samples += num_samples
 
     def per_class_iou(self):
         """float64 [len(thresholds), num_labels - 1] IoU per threshold and class (free dropped, NaN = no rays)."""

@@ -192,6 +192,24 @@ def test_cuda_equals_cpu():
     assert torch.equal(i_cpu, i_gpu.cpu()) and torch.equal(d_cpu, d_gpu.cpu())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_rayiou_counts_on_cuda_equal_the_cpus():
+    """On CUDA the rays' set-up, the traversal (the Triton kernel) and the counts run on the device."""
+    rng = np.random.default_rng(4)
+    gt = np.full((200, 200, 16), F, np.uint8)
+    gt[:, :, 0] = 11
+    gt[rng.integers(0, 200, 3000), rng.integers(0, 200, 3000), rng.integers(1, 16, 3000)] = rng.integers(0, 17, 3000)
+    pred = np.where(rng.random(gt.shape) < 0.02, rng.integers(0, 18, gt.shape), gt).astype(np.uint8)
+    origins = [np.array([[0.98, 0.0, 1.84], [-12.3, 4.1, 1.9]]), np.array([[20.5, -3.3, 1.7]])]
+    rays = generate_lidar_rays()[::3]
+    cpu, cuda = RayIoU(rays=rays), RayIoU(rays=rays, device='cuda')
+    for metric in (cpu, cuda):
+        metric.add_batch([pred, gt], [gt, pred], origins)
+    for key in ('gt_count', 'pred_count', 'tp_count'):
+        np.testing.assert_array_equal(getattr(cuda, key), getattr(cpu, key))
+    assert cpu.tp_count[0].sum() < cpu.gt_count.sum(), 'the prediction must differ from the ground truth'
+
+
 # ----------------------------------------------------------------------------------------------
 # rays and conversion
 
