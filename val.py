@@ -131,8 +131,8 @@ def _main(argv):
     from core.benchmarks import DEFAULT_BENCHMARK
     from engine.build import apply_gpu_decode, build_dataset, build_model, build_test_loader, set_test_mode
     from engine.inference import inference
-    from evaluation import SavedPredictions, evaluate_occupancy
-    from evaluation.evaluator import format_summary
+    from evaluation import OccEvaluator, SavedPredictions, evaluate_occupancy
+    from evaluation.evaluator import EvaluationThread, format_summary
     from loaders.data_check import check_dataset
     set_random_seed(0, deterministic=True)
     torch.backends.cudnn.benchmark = True
@@ -148,12 +148,14 @@ def _main(argv):
     dataset = build_dataset(cfg.data.val, test_mode=True)
     data_infos = dataset.data_infos
     occ_root = getattr(dataset, 'occ_root', None) or cfg.get('occ_root')
+    benchmark = getattr(dataset, 'benchmark', DEFAULT_BENCHMARK)
     mode = 'saved predictions' if args.load_preds else (
         f'{"online" if online else "offline"}, {policy.preset}, batch {args.batch_size}')
     logger.info(f'config {args.config}: {len(dataset)} samples, {world_size} process(es) on {device}, mode {mode}')
     if not args.skip_data_check:  # the images the model reads (not for saved predictions) and the labels
         check_dataset(dataset, 'val', images=not args.load_preds, eval_labels=True, progress=rank == 0, logger=logger)
 
+    evaluation = None
     if args.load_preds:
         results = SavedPredictions(args.load_preds, [info['token'] for info in data_infos]) if rank == 0 else None
     else:
@@ -164,17 +166,24 @@ def _main(argv):
         model.to(device).eval()
         data_loader = build_test_loader(dataset, cfg.data.get('workers_per_gpu', 4), dist=world_size > 1,
                                         samples_per_gpu=args.batch_size)
-        results = inference(model, data_loader, dataset, device, rank, world_size, args.save_dir, logger)
+        if world_size == 1:   # the metrics computed alongside the inference loop, sample by sample
+            evaluation = EvaluationThread(OccEvaluator(data_infos, occ_root, device=device, benchmark=benchmark))
+        results = inference(model, data_loader, dataset, device, rank, world_size, args.save_dir, logger,
+                            on_result=evaluation.put if evaluation else None)
         if args.save_dir:
             logger.info(f'predictions saved to {args.save_dir}')
 
     metrics = None
     if rank == 0:
         start = time.time()
-        metrics = evaluate_occupancy(results, data_infos, occ_root, logger=logger, device=device,
-                                     benchmark=getattr(dataset, 'benchmark', DEFAULT_BENCHMARK))
+        if evaluation is not None:
+            metrics = evaluation.summary(logger)
+        else:
+            metrics = evaluate_occupancy(results, data_infos, occ_root, logger=logger, device=device,
+                                         benchmark=benchmark)
         logger.info(format_summary(metrics))
-        logger.info(f'metrics: {len(data_infos)} samples in {time.time() - start:.1f} s on {device}')
+        alongside = ' after the inference loop, alongside which they ran' if evaluation is not None else ''
+        logger.info(f'metrics: {len(data_infos)} samples in {time.time() - start:.1f} s on {device}{alongside}')
         if args.summary_json:
             os.makedirs(osp.dirname(osp.abspath(args.summary_json)), exist_ok=True)
             with open(args.summary_json, 'w') as f:

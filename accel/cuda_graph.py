@@ -59,7 +59,8 @@ class GraphedFunction:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread-local: other threads may use CUDA meanwhile (val.py's evaluation thread, a loader's pinning)
+            with torch.cuda.graph(graph, capture_error_mode='thread_local'):
                 outputs = self.fn(*inputs, **static)
         except RuntimeError as err:
             # A step that cannot be captured (an op that synchronises with the host, say) still

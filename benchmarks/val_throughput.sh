@@ -8,8 +8,9 @@
 # them. Prints per run the samples, the wall time of the process, the inference loop's time (val.py's
 # "inference:" log line) split into the first sample (graph capture, kernel compilation) and the steady
 # samples/s after it (past the batches the loader prefetched during the first, which val.py logs when enough
-# batches follow them), the metrics' time (the "metrics:" line), and the time the 6,019 Occ3D val samples
-# would take at these rates (first sample + 6,018 at the steady rate + the metrics scaled by samples).
+# batches follow them), the metrics' time after the loop (the "metrics:" line: one process evaluates alongside the
+# loop, so this is what was still queued, at most the evaluation thread's 64 samples, and the tables), and the time
+# the 6,019 Occ3D val samples would take at these rates (first sample + 6,018 at the steady rate + that remainder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:-configs/ops-t_r50_704x256_8f_12e.py}
@@ -41,9 +42,9 @@ first, steady = (float(inf[2]), float(inf[3])) if inf[2] else (loop, n / loop)
 note = f' (past the {inf[4]} prefetched batches; {steady:.2f} counting them)' if inf[5] else ' (prefetched batches counted)'
 steady = float(inf[5]) if inf[5] else steady
 metrics = float(re.findall(r'metrics: \d+ samples in ([\d.]+) s', text)[-1])
-whole = first + 6018 / steady + metrics * 6019 / n
+whole = first + 6018 / steady + metrics
 print(f'{mode}: {n} samples; val.py wall {wall} s; inference loop {loop:.1f} s, of which the first sample {first:.1f} s '
-      f'(capture, compilation), then {steady:.2f} samples/s{note}; metrics {metrics:.1f} s ({n / metrics:.1f} samples/s); '
+      f'(capture, compilation), then {steady:.2f} samples/s{note}; metrics {metrics:.1f} s after the loop; '
       f'the 6,019 Occ3D val samples at these rates: {whole / 60:.1f} min')
 PY
     rm -f "$log"

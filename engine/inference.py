@@ -44,7 +44,7 @@ def real_sample_count(num_indices, num_samples, rank, world_size):
 
 @torch.no_grad()
 def run_inference(model, data_loader, indices, device, data_infos, save_dir=None, save_count=None,
-                  show_progress=True, timing=None):
+                  show_progress=True, timing=None, on_result=None):
     """Run the model over this rank's samples; returns the compacted results in sampler order.
 
     Args:
@@ -61,6 +61,8 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
         timing (dict | None): filled with `batch_ends` / `batch_sizes` (each batch's end, seconds from the start,
             and its samples; the first batch's end holds the data loader's start, the graph capture and the kernel
             compilation) and `total_s` (the loop's seconds).
+        on_result (callable | None): called as `on_result(dataset index, result)` for each of the first `save_count`
+            results as it comes (val.py's evaluation thread).
     """
     from tqdm import tqdm
 
@@ -81,6 +83,8 @@ def run_inference(model, data_loader, indices, device, data_infos, save_dir=None
             result = compact_result(output)
             if save_dir is not None and position < save_count:
                 save_prediction(osp.join(save_dir, f'{data_infos[indices[position]]["token"]}.npz'), result)
+            if on_result is not None and position < save_count:
+                on_result(indices[position], result)
             results.append(result)
         batch_ends.append(time.perf_counter() - start)
         batch_sizes.append(len(outputs))
@@ -141,12 +145,13 @@ def loader_rate(batch_ends, batch_sizes, skip):
     return sum(batch_sizes[first:]) / (batch_ends[-1] - batch_ends[first - 1])
 
 
-def inference(model, data_loader, dataset, device, rank, world_size, save_dir=None, logger=None):
+def inference(model, data_loader, dataset, device, rank, world_size, save_dir=None, logger=None, on_result=None):
     """Run `model` over the whole `dataset`, each rank on its share; results in dataset order on rank 0.
 
     Args:
         data_loader: batch-1, unshuffled loader of this rank (engine.build.build_test_loader).
         save_dir (str | None): each rank also writes its real samples as `<token>.npz` there.
+        on_result (callable | None): `run_inference`'s, with this rank's real samples.
     Returns:
         list of `len(dataset)` results (`dict(sem_pred uint8 [M], occ_loc [M, 3])`) on rank 0, None elsewhere.
     """
@@ -159,7 +164,7 @@ def inference(model, data_loader, dataset, device, rank, world_size, save_dir=No
     real = real_sample_count(len(indices), len(dataset), rank, world_size)
     timing = {}
     part = run_inference(model, data_loader, indices, device, dataset.data_infos, save_dir, real,
-                         show_progress=rank == 0, timing=timing)
+                         show_progress=rank == 0, timing=timing, on_result=on_result)
     if logger is not None:
         ends, sizes, total = timing['batch_ends'], timing['batch_sizes'], timing['total_s']
         first_s = ends[0] if ends else 0.0

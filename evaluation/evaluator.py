@@ -9,6 +9,8 @@ are dropped (a few samples are kept together only to cast their rays in one batc
 docs/evaluation.md.
 """
 import os.path as osp
+import queue
+import threading
 
 import torch
 
@@ -20,8 +22,8 @@ from .ray_iou import RayIoU
 from .ray_origins import RayOrigins
 from .ssc import SSCMetric
 
-__all__ = ['evaluate_occupancy', 'OccEvaluator', 'occ_gt_path', 'load_occ_gt', 'dense_prediction', 'format_summary',
-           'log_msg', 'protocol_lines']
+__all__ = ['evaluate_occupancy', 'OccEvaluator', 'EvaluationThread', 'occ_gt_path', 'load_occ_gt', 'dense_prediction',
+           'format_summary', 'log_msg', 'protocol_lines']
 
 
 def log_msg(msg, logger=None):
@@ -191,6 +193,45 @@ class OccEvaluator:
             log_msg(f'RayIoU over {self.ray_iou.num_samples} samples:\n{self.ray_iou.table()}', logger)
             out.update(self.ray_iou.summary())
         return out
+
+
+class EvaluationThread:
+    """Feeds an `OccEvaluator` from a background thread while the caller produces results (val.py's inference loop
+    in one process: reading the labels, the mIoU counts and the rays overlap the model's steps).
+
+    `put(index, result)` queues a sample (waiting while `max_pending` are queued); `summary(logger)` waits for the
+    queued samples and returns `OccEvaluator.summary`. An error of the thread is raised by the next `put` or by
+    `summary`, and the thread drops what is queued after it.
+    """
+
+    def __init__(self, evaluator, max_pending=64):
+        self.evaluator = evaluator
+        self.num_samples = 0
+        self._queue = queue.Queue(maxsize=max_pending)
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name='evaluation', daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.evaluator.update(*item)
+                except BaseException as err:   # noqa: BLE001 (re-raised in the caller's thread)
+                    self._error = err
+
+    def put(self, index, result):
+        if self._error is not None:
+            raise self._error
+        self._queue.put((index, result))
+        self.num_samples += 1
+
+    def summary(self, logger=None):
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.evaluator.summary(logger)
 
 
 def evaluate_occupancy(results, data_infos, occ_root, logger=None, device=None, ray_batch=None,

@@ -4,7 +4,14 @@ import pytest
 
 from core.occ3d import FREE_LABEL as F
 from core.occ3d import LabelFileError
-from evaluation.evaluator import dense_prediction, evaluate_occupancy, format_summary, occ_gt_path
+from evaluation.evaluator import (
+    EvaluationThread,
+    OccEvaluator,
+    dense_prediction,
+    evaluate_occupancy,
+    format_summary,
+    occ_gt_path,
+)
 from evaluation.ray_iou import generate_lidar_rays
 from evaluation.ray_origins import RayOrigins
 from occ_world import make_world
@@ -61,6 +68,27 @@ def test_evaluate_matches_independent_recount(tmp_path):
     for key in ('RayIoU', 'RayIoU@1', 'RayIoU@2', 'RayIoU@4'):
         assert got[key] == pytest.approx(expected[key], abs=mean_tol), key
     assert 0 < got['RayIoU@1'] < got['RayIoU@4'] < 1  # the shifted predictions leave room at 1 m
+
+
+def test_the_evaluation_thread_gives_the_same_metrics_in_any_order(tmp_path):
+    infos, gts, preds = make_world(tmp_path)
+    expected = evaluate_occupancy(preds, infos, str(tmp_path), logger='silent', device='cpu', rays=RAYS,
+                                  show_progress=False, ray_batch=2)
+    thread = EvaluationThread(OccEvaluator(infos, str(tmp_path), device='cpu', ray_batch=2, rays=RAYS))
+    for index in reversed(range(len(preds))):
+        thread.put(index, preds[index])
+    assert thread.summary('silent') == expected     # integer counts: the same in any order
+
+
+def test_the_evaluation_thread_raises_the_error_of_a_sample():
+    class MissingLabels:
+        def update(self, index, result):
+            raise FileNotFoundError(f'no labels for sample {index}')
+
+    thread = EvaluationThread(MissingLabels())
+    thread.put(3, {})
+    with pytest.raises(FileNotFoundError, match='sample 3'):
+        thread.summary()
 
 
 def test_perfect_prediction_with_the_protocol_rays(tmp_path, capsys):
