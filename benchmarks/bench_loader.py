@@ -52,6 +52,8 @@ sys.path.insert(0, REPO_ROOT)
 
 import torch  # noqa: E402
 
+from benchmarks.report import print_report  # noqa: E402
+
 SHARED_DATA = osp.normpath(osp.join(REPO_ROOT, '..', 'shared', 'data'))
 CAMERAS = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
 SCENE = 'scene-bench'
@@ -444,11 +446,7 @@ def main(argv=None):
                        f'{mean:.3f} grey levels, 99.9th percentile {p999:.0f}, max {mx}; lidar2img identical: {same}.')
             out.append('')
         out.append(f'Load average at the end: {" ".join(f"{v:.2f}" for v in os.getloadavg())}')
-        text = '\n'.join(out)
-        print(text)
-        if args.out:
-            with open(args.out, 'w') as f:
-                f.write(text + '\n')
+        print_report(out, args.out)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -22,6 +22,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.report import print_report  # noqa: E402
 from core.benchmarks import OCC3D_NUSCENES  # noqa: E402
 from evaluation.miou import OccMIoU  # noqa: E402
 from evaluation.ray_cast_kernel import traverse_triton  # noqa: E402
@@ -116,11 +117,7 @@ def main():
     for mode, values in times.items():
         med = statistics.median(values)
         lines.append(f'| {mode} | {med:.2f} | {min(values):.2f}-{max(values):.2f} | {base_ms / med:.2f}x |')
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+    print_report(lines, args.out)
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_e2e import summarise, table  # noqa: E402
+from benchmarks.report import print_report  # noqa: E402
 
 MODES = ('pytorch', 'onnxruntime')
 NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32}   # of the graph's inputs (img, occ2img)
@@ -155,11 +156,7 @@ def main(argv=None):
              f'({", ".join(wrapper.output_names)}): {", ".join(f"{d:.3g}" for d in agreement)}', '']
     lines += table(f'{args.config}, {image_h}x{image_w}, {wrapper.num_images} images, {args.rounds} rounds of '
                    f'{args.iters} calls', summarise(per_round))
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+    print_report(lines, args.out)
     return summarise(per_round), placement
 
 

@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.cuda_timing import event_times_ms  # noqa: E402
+from benchmarks.report import print_report  # noqa: E402
 
 DEVICE = 'cuda'
 BB, N, C, Q, P = 8, 6, 32, 4800, 32
@@ -232,11 +233,7 @@ def main():
               'output, fp32 locations, weights and accumulation.']
     if not args.no_knn:
         lines += ['', '## knn1_cuda (exact 1-NN for the loss matching)', ''] + knn_table(args.warmup, args.reps)
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+    print_report(lines, args.out)
 
 
 if __name__ == '__main__':

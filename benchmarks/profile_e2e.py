@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_e2e import INFER_MODES, TRAIN_MODES, InferenceStream, TrainBench, build_model, sync  # noqa: E402
+from benchmarks.report import print_report  # noqa: E402
 
 ACTIVITIES = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
 DECODER_PARTS = ('position_encoder', 'sampling', 'mixing', 'self_attn', 'ffn', 'cls_branch', 'reg_branch')
@@ -235,11 +236,7 @@ def main():
             lines += profile_graph_host(cfg, args.mode, state, device)
     if not args.skip_train:
         lines += profile_training(cfg, args.train_mode or args.mode, state, device)
-    text = '\n'.join(lines)
-    print(text, flush=True)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+    print_report(lines, args.out)
 
 
 if __name__ == '__main__':
