@@ -59,7 +59,7 @@ def _build():
         iz = tl.zeros([BLOCK, G_POW2], dtype=tl.int64)
         was_inside = tl.zeros([BLOCK], dtype=tl.int1)
         active = valid
-        it = 0
+        it = tl.zeros([], dtype=tl.int32)
         while (it < max_steps) & (tl.max(active.to(tl.int32), axis=0) > 0):
             inside = (vx >= 0) & (vx < size_x) & (vy >= 0) & (vy < size_y) & (vz >= 0) & (vz < size_z)
             all_hit = tl.min(hit.to(tl.int32), axis=1) > 0
