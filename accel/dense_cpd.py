@@ -17,9 +17,7 @@ limits"). Here every tensor has a size fixed by the grid:
 * U' is the max-pooled occupancy (`dilated_cells`, which the sparse conv's `dilate_sites` lists).
 
 The sums of the convolutions run in another order (cuDNN's), in float32 unless the precision scope allows
-TF32 (accel/precision.py; cuDNN's own default is TF32), or in fp16 with float32 sums where the caller asks for it
-(the fast preset's heads, accel/modules.py: fp16 has TF32's 10-bit mantissa, and the fp16 convolutions take 0.9 of
-the module's 3.2 ms less on an H100, docs/performance.md). The dense grids cost V cells per sample whatever the
+TF32 (accel/precision.py; cuDNN's own default is TF32). The dense grids cost V cells per sample whatever the
 number of points: 640,000 for Occ3D's and Waymo's grids, 10.5 M for nuScenes-Occupancy's, which keeps the
 sparse module (`DENSE_CPD_MAX_CELLS`).
 """
@@ -41,17 +39,15 @@ __all__ = ['DENSE_CPD_MAX_CELLS', 'fits_dense_cpd', 'dense_cpd', 'dense_occ_grid
 DENSE_CPD_MAX_CELLS = 1 << 20
 
 
-def dense_cpd(densifier, pt_feats, points, conv_dtype=None):
+def dense_cpd(densifier, pt_feats, points):
     """`Densifier.forward` (eval mode) on the dense grid.
 
     Args:
         densifier (models.densifier.Densifier): in eval mode (its batch norms use the running statistics).
         pt_feats (Tensor): `[B, Q, P, C_p]` point features.
         points (Tensor): `[B, Q, P, 3]` normalised points.
-        conv_dtype (torch.dtype | None): the dtype of the two convolutions' inputs, weights and outputs (None: the
-            VFE output's, float32 for the model).
     Returns:
-        tuple: logits `[B, K, X, Y, Z]` of `conv_dtype`, valid at the U' sites; bool `[B, X, Y, Z]`, the U' sites.
+        tuple: logits `[B, K, X, Y, Z]` float32, valid at the U' sites; bool `[B, X, Y, Z]`, the U' sites.
     """
     if densifier.training:
         raise ValueError('dense_cpd: the CPD module is in training mode (its batch norms would use per-sample '
@@ -64,15 +60,13 @@ def dense_cpd(densifier, pt_feats, points, conv_dtype=None):
         x = pfn(x, uid, cells, B)                                                  # ends as [B*V, C_v]
     with torch.no_grad():
         active = dilated_cells(uid, B, (X, Y, Z))                                  # the regular conv's sites
-    dtype = conv_dtype or x.dtype
-    grid = x.view(B, X, Y, Z, -1).permute(0, 4, 1, 2, 3).to(dtype)                 # [B, C_v, X, Y, Z]
+    grid = x.view(B, X, Y, Z, -1).permute(0, 4, 1, 2, 3)                            # [B, C_v, X, Y, Z]
     conv, relu, subm = densifier.cls_branch
     # the sparse convs' weights are [C_out, kx, ky, kz, C_in] cross-correlation kernels (models/sparse_conv.py)
-    w1, w2 = (c.weight.permute(0, 4, 1, 2, 3).to(dtype) for c in (conv, subm))
     with cudnn_tf32(torch.get_float32_matmul_precision() != 'highest'):
-        y = F.conv3d(grid, w1, conv.bias.to(dtype), padding=1)
+        y = F.conv3d(grid, conv.weight.permute(0, 4, 1, 2, 3), conv.bias, padding=1)
         y = relu(y) * active[:, None]
-        logits = F.conv3d(y, w2, subm.bias.to(dtype), padding=1)
+        logits = F.conv3d(y, subm.weight.permute(0, 4, 1, 2, 3), subm.bias, padding=1)
     return logits, active
 
 

@@ -7,9 +7,8 @@ type (a subclass of a faithful class keeps its own code), keeping the module's p
 * `FUSED_MODULES` (the policy's kernels='fused', the faithful preset): other kernels on CUDA, the same
   float32 arithmetic (sums in another order); elsewhere the faithful code, bit for bit;
 * `FAST_MODULES` (kernels='fast'): the fused modules, the self-attention in half precision from
-  HALF_MIN_QUERIES queries on, OPUS-V2's dense CPD convolutions in fp16, and the backbone's batch norms folded
-  into its convolutions in eval.
-Each differs from its parent by float32 rounding only, the half-precision modules by fp16's
+  HALF_MIN_QUERIES queries on, and the backbone's batch norms folded into its convolutions in eval.
+Each differs from its parent by float32 rounding only, the half-precision attention by fp16's
 (tests/accel/test_fast_modules.py compares each with its parent).
 """
 import torch
@@ -32,8 +31,8 @@ from .recompute import recompute_when_saved, under_current_settings
 
 __all__ = ['FusedSamplingLocations', 'FusedOPSSampling', 'FusedOPUSV2Sampling', 'FusedAdaptiveMixing',
            'FusedSelfAttention', 'FastSelfAttention', 'FusedOPSHead', 'FusedOPUSV1FusionHead', 'DenseCPDHead',
-           'DenseCPDOPUSV2Head', 'DenseCPDOPUSV2DCDHead', 'HalfDenseCPDOPUSV2Head', 'HalfDenseCPDOPUSV2DCDHead',
-           'FUSED_MODULES', 'FAST_MODULES', 'KERNEL_TABLES', 'MatmulPrecisionScope', 'precision_scoped']
+           'DenseCPDOPUSV2Head', 'DenseCPDOPUSV2DCDHead', 'FUSED_MODULES',
+           'FAST_MODULES', 'KERNEL_TABLES', 'MatmulPrecisionScope', 'precision_scoped']
 
 
 class FusedSamplingLocations:
@@ -114,9 +113,7 @@ class DenseCPDHead:
     layer's CPD module on the dense grid (accel/dense_cpd.py: the same logits at the same voxels, summed in
     another order), so that the test step has static shapes and is captured in a CUDA graph
     (`static_test_step`); elsewhere the faithful sparse module. Its outputs then hold ``dense_cls_scores``
-    `[B, K, X, Y, Z]` and ``dense_active`` `[B, X, Y, Z]` instead of the last layer's voxel logits and voxels.
-    `cpd_conv_dtype`: the dtype of the dense module's convolutions (None: float32, as the model)."""
-    cpd_conv_dtype = None
+    `[B, K, X, Y, Z]` and ``dense_active`` `[B, X, Y, Z]` instead of the last layer's voxel logits and voxels."""
 
     @property
     def static_test_step(self):
@@ -128,8 +125,7 @@ class DenseCPDHead:
         pt_feats = self.layer_point_features(outs)
         if any(f is not None for f in pt_feats[:-1]):
             raise RuntimeError(f'{type(self).__name__}: point features of layers before the last at test time')
-        logits, active = dense_cpd(self.densifiers[-1], pt_feats[-1], outs['all_refine_pts'][-1],
-                                   self.cpd_conv_dtype)
+        logits, active = dense_cpd(self.densifiers[-1], pt_feats[-1], outs['all_refine_pts'][-1])
         none = [None] * len(pt_feats)
         outs.update(all_cls_scores=none, all_voxel_coors=list(none), dense_cls_scores=logits, dense_active=active)
         return outs
@@ -148,16 +144,6 @@ class DenseCPDOPUSV2Head(DenseCPDHead, OPUSV2Head):
 
 class DenseCPDOPUSV2DCDHead(DenseCPDHead, OPUSV2DCDHead):
     """`OPUSV2DCDHead` with the dense CPD module at test time (`DenseCPDHead`)."""
-
-
-class HalfDenseCPDOPUSV2Head(DenseCPDOPUSV2Head):
-    """`DenseCPDOPUSV2Head` whose dense CPD convolutions run in fp16 (float32 sums; accel/dense_cpd.py)."""
-    cpd_conv_dtype = torch.float16
-
-
-class HalfDenseCPDOPUSV2DCDHead(DenseCPDOPUSV2DCDHead):
-    """`DenseCPDOPUSV2DCDHead` whose dense CPD convolutions run in fp16 (float32 sums; accel/dense_cpd.py)."""
-    cpd_conv_dtype = torch.float16
 
 
 class FusedOPUSV1FusionHead(OPUSV1FusionHead):
@@ -181,8 +167,6 @@ FUSED_MODULES = {
 FAST_MODULES = {
     **FUSED_MODULES,
     OPSSelfAttention: FastSelfAttention,
-    OPUSV2Head: HalfDenseCPDOPUSV2Head,
-    OPUSV2DCDHead: HalfDenseCPDOPUSV2DCDHead,
     ResNet: FoldedResNet,            # batch norms folded into the convolutions in eval (accel/folded_backbone.py)
     Bottleneck: FoldedBottleneck,
     BasicBlock: FoldedBasicBlock,

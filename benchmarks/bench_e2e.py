@@ -24,8 +24,6 @@ device->host copy of the result, bracketed by cuda.synchronize):
 * fast: graph, the fast test mode (execution.preset='fast': fp16 NHWC backbone + FPN with the batch norms folded into
   the convolutions, TF32 and fused decoder kernels, float32 in the decoder's per-query layers);
 * fast-unfolded (not run by default): fast with the backbone's faithful classes put back, what folding gains.
-* fast-tf32-cpd (not run by default, OPUS-V2): fast with the dense CPD convolutions in TF32 (the fused head put
-  back), what their fp16 gains.
 Training modes:
 * faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
@@ -63,8 +61,7 @@ from tools.synthetic import calib  # noqa: E402
 NUM_VIEWS = 6
 # each mode's execution policy (accel/policy.py), as val.py / timing.py build it
 INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast'),
-               'fast-unfolded': dict(preset='fast'), 'fast-tf32-cpd': dict(preset='fast'),
-               'reference': dict(kernels='reference'),
+               'fast-unfolded': dict(preset='fast'), 'reference': dict(kernels='reference'),
                'reference-eager': dict(kernels='reference', test_cuda_graph=False)}
 TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference')
 
@@ -145,11 +142,10 @@ def random_occupancy(num_occupied, generator, batch=1):
     return torch.stack(sems), torch.stack(masks)
 
 
-def build_model(cfg, device, execution=None, state=None, unfold_backbone=False, fused_cpd=False):
+def build_model(cfg, device, execution=None, state=None, unfold_backbone=False):
     """The config's detector on `device` with `state` (None: random weights whose points pass the threshold),
     run by the execution policy of the `execution` dict (None: the bare model); `unfold_backbone`: the backbone's
-    batch-norm folding (accel/folded_backbone.py) undone after the policy is applied; `fused_cpd`: an OPUS-V2 head
-    with fp16 dense CPD convolutions (accel/modules.py) put back to the fused head it extends."""
+    batch-norm folding (accel/folded_backbone.py) undone after the policy is applied."""
     from mmdet.models import build_detector
 
     from accel import accelerate, policy_from_config
@@ -172,9 +168,6 @@ def build_model(cfg, device, execution=None, state=None, unfold_backbone=False, 
         for module in model.img_backbone.modules():
             if isinstance(module, BatchNormFolding):
                 module.__class__ = type(module).__bases__[-1]   # the mmdet class the fast one extends
-    head = model.pts_bbox_head
-    if fused_cpd and getattr(head, 'cpd_conv_dtype', None) is not None:
-        head.__class__ = type(head).__bases__[0]
     return model.to(device)
 
 
@@ -323,7 +316,7 @@ def bench_config(path, args, device):
 
     if not args.skip_inference:
         streams = {m: InferenceStream(build_model(cfg, device, INFER_MODES[m], state=state,
-                                              unfold_backbone=m == 'fast-unfolded', fused_cpd=m == 'fast-tf32-cpd'), T)
+                                              unfold_backbone=m == 'fast-unfolded'), T)
                    for m in args.infer_modes}
         for s in streams.values():          # fill the cache with 7 history frames, then warm up (graph capture)
             for _ in range(T + args.warmup):

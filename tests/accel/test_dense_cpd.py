@@ -10,7 +10,7 @@ import torch
 from accel import accelerate, policy_from_config
 from accel.cuda_graph import EAGER, GraphedFunction
 from accel.dense_cpd import dense_cpd, dense_occ_grids, fits_dense_cpd
-from accel.modules import FUSED_MODULES, DenseCPDOPUSV2Head, HalfDenseCPDOPUSV2Head
+from accel.modules import FUSED_MODULES, DenseCPDOPUSV2Head
 from core.benchmarks import NUSCENES_OCCUPANCY, OCC3D_NUSCENES
 from host_tensor_spy import HostTensorSpy
 from models.densifier import Densifier
@@ -63,18 +63,15 @@ def faithful_grids(logits, coords, B):
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 
-@pytest.mark.parametrize('dtype, device, conv_dtype', [
-    (torch.float64, 'cpu', None), (torch.float32, 'cpu', None), pytest.param(torch.float32, 'cuda', None, marks=CUDA),
-    pytest.param(torch.float32, 'cuda', torch.float16, marks=CUDA)])
-def test_the_dense_module_gives_the_sparse_modules_voxels_and_logits(dtype, device, conv_dtype):
-    """On CUDA the convolutions are cuDNN's, in float32 (no TF32 outside a TF32 precision scope), or in fp16 with
-    float32 sums (the fast preset's heads)."""
+@pytest.mark.parametrize('dtype, device', [(torch.float64, 'cpu'), (torch.float32, 'cpu'),
+                                           pytest.param(torch.float32, 'cuda', marks=CUDA)])
+def test_the_dense_module_gives_the_sparse_modules_voxels_and_logits(dtype, device):
+    """On CUDA the convolutions are cuDNN's, in float32 (no TF32 outside a TF32 precision scope)."""
     d = densifier(dtype).to(device)
     feats, points = (t.to(device) for t in inputs(dtype))
     with torch.no_grad():
         sparse_logits, coords = d(feats, points)                                   # [U', K], [U', 4]
-        logits, active = dense_cpd(d, feats, points, conv_dtype)                   # [B, K, X, Y, Z], [B, X, Y, Z]
-    assert logits.dtype == (conv_dtype or dtype)
+        logits, active = dense_cpd(d, feats, points)                               # [B, K, X, Y, Z], [B, X, Y, Z]
     B = points.shape[0]
     assert logits.shape == (B, 17) + GRID and active.shape == (B,) + GRID
     assert 30 < coords.shape[0] < active[0].numel(), 'the test needs a grown set that is neither tiny nor the grid'
@@ -92,11 +89,6 @@ def test_the_dense_module_gives_the_sparse_modules_voxels_and_logits(dtype, devi
             conv.bias.abs_()
         M = dense_cpd(magnitudes, feats.double(), points.double())[0].permute(0, 2, 3, 4, 1)[active]   # [U', K]
     tol = 2 * 432 * (EPS64 if dtype == torch.float64 else EPS32) * M
-    if conv_dtype == torch.float16:
-        # fp16 adds roundings of at most EPS16 / 2 each, first order: the grid's values and the first weights and
-        # bias (a product's two factors: EPS16 of its magnitude), the first output (EPS16 / 2), the second weights
-        # and bias (EPS16 / 2) and the logit (EPS16 / 2), 2.5 EPS16 of M in all; 3 EPS16 covers the second order
-        tol = tol + 3 * torch.finfo(torch.float16).eps * M
     err = (at_sites.double() - sparse_logits.double()).abs()
     assert (err <= tol).all(), f'logits differ by up to {(err / tol).max():.2f}x the rounding bound'
     if dtype != torch.float64:
@@ -169,9 +161,3 @@ def test_the_v2_test_step_on_cuda_is_captured_and_agrees_with_the_sparse_module(
     # float32 sums in another order move a score by ~1e-6 relative: only a score that close to the threshold
     # (or a tie between classes) flips, far fewer than 1 in 1000 of the voxels
     assert either.sum() > 50 and (grid[0][either] == grid[1][either]).mean() >= 0.999
-
-
-def test_the_fast_preset_runs_the_dense_convolutions_in_fp16():
-    model = accelerate(tiny_detector(), policy_from_config(None, fast=True))
-    assert type(model.pts_bbox_head) is HalfDenseCPDOPUSV2Head
-    assert model.pts_bbox_head.cpd_conv_dtype == torch.float16
