@@ -37,7 +37,7 @@ def ground_truth(path):
     for candidate in [path] if path else LABEL_CANDIDATES:
         if candidate and os.path.isfile(candidate):
             labels = OCC3D_NUSCENES.read_labels(candidate, ('semantics', 'mask_camera'))
-            return labels['semantics'], labels['mask_camera'].astype(bool), candidate
+            return labels['semantics'], labels['mask_camera'].astype(bool), os.path.relpath(candidate, ROOT)
     if path:
         raise SystemExit(f'bench_metrics: no label file at {path}')
     rng = np.random.default_rng(0)
