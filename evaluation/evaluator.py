@@ -206,7 +206,6 @@ class EvaluationThread:
 
     def __init__(self, evaluator, max_pending=64):
         self.evaluator = evaluator
-        self.num_samples = 0
         self._queue = queue.Queue(maxsize=max_pending)
         self._error = None
         self._thread = threading.Thread(target=self._run, name='evaluation', daemon=True)
@@ -224,7 +223,6 @@ class EvaluationThread:
         if self._error is not None:
             raise self._error
         self._queue.put((index, result))
-        self.num_samples += 1
 
     def summary(self, logger=None):
         self._queue.put(None)
