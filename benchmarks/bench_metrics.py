@@ -26,7 +26,7 @@ from benchmarks.report import print_report  # noqa: E402
 from core.benchmarks import OCC3D_NUSCENES  # noqa: E402
 from evaluation.miou import OccMIoU  # noqa: E402
 from evaluation.ray_cast_kernel import traverse_triton  # noqa: E402
-from evaluation.ray_iou import RayIoU, _ray_setup, _traverse, rays_to_voxel_frame  # noqa: E402
+from evaluation.ray_iou import RayIoU, _traverse, rays_to_voxel_frame, traversal_state  # noqa: E402
 
 LABEL_CANDIDATES = [os.path.join(ROOT, '.bench_data', 'occ3d-sample', 'labels.npz'),
                     os.path.join(ROOT, '..', 'shared', 'data', 'occ3d-sample', 'labels.npz')]
@@ -76,11 +76,9 @@ def main():
 
     # the traversal's inputs, as `cast_rays` builds them for the batch
     starts, ends = zip(*(rays_to_voxel_frame(o, ray_iou.rays) for o in origins))
-    sample = torch.cat([torch.full((s.shape[0],), i) for i, s in enumerate(starts)]).to(device)
+    sample = torch.cat([torch.full((s.shape[0],), i) for i, s in enumerate(starts)])
     grids = torch.from_numpy(np.stack([np.stack([p, gt]) for p in preds]) != OCC3D_NUSCENES.free_label).to(device)
-    voxel, step, t_max, t_delta = _ray_setup(torch.cat(starts).to(device), torch.cat(ends).to(device))
-    base = sample * (2 * gt.size)
-    state = (grids.reshape(-1), gt.shape, 2, base, voxel, step, t_max, t_delta, 1000)
+    state = traversal_state(grids, torch.cat(starts), torch.cat(ends), sample)
 
     def sync():
         if device.type == 'cuda':
@@ -108,7 +106,7 @@ def main():
             times[name].append((time.perf_counter() - start) * 1000 / args.batch)
     base_name = 'traversal, PyTorch loop'
     base_ms = statistics.median(times[base_name])
-    rays = voxel.shape[0] // args.batch
+    rays = state[4].shape[0] // args.batch
     name = torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'
     lines = [f'# Occ3D metrics per sample on {name}',
              f'ground truth: {source}; {rays:,} rays per sample ({len(origins[0])} origins), {args.batch} samples '

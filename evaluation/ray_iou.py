@@ -19,8 +19,8 @@ from core.occ3d import LABEL_NAMES, POINT_CLOUD_RANGE, VOXEL_SIZE
 from .miou import check_label_grid, nanmean_or_nan
 from .ray_cast_kernel import traverse_triton
 
-__all__ = ['generate_lidar_rays', 'rays_to_voxel_frame', 'cast_rays', 'RayIoU', 'RAY_THRESHOLDS', 'MAX_RAY_STEPS',
-           'RAY_TRAVERSAL_KERNEL']
+__all__ = ['generate_lidar_rays', 'rays_to_voxel_frame', 'cast_rays', 'traversal_state', 'RayIoU', 'RAY_THRESHOLDS',
+           'MAX_RAY_STEPS', 'RAY_TRAVERSAL_KERNEL']
 
 RAY_THRESHOLDS = (1, 2, 4)
 # The ray caster gives up after this many voxel steps (docs/evaluation.md, "The ray caster"); a ray
@@ -122,6 +122,22 @@ def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STE
         dist (Tensor): float64 [R, G] hit (exit) distance in voxel units.
         index (Tensor): int64 [R, G, 3] (x, y, z) of the hit / last voxel.
     """
+    state = traversal_state(occupancy, origins, ends, sample_index, max_steps)
+    occ_flat, num_grids, voxel = state[0], state[2], state[4]
+    if voxel.shape[0] == 0:
+        return (torch.zeros(0, num_grids, dtype=torch.float64, device=occ_flat.device),
+                torch.zeros(0, num_grids, 3, dtype=torch.int64, device=occ_flat.device))
+    if occ_flat.is_cuda:
+        out = RAY_TRAVERSAL_KERNEL(*state)
+        if out is not None:
+            return out
+    return _traverse(*state, compact_every=compact_every)
+
+
+def traversal_state(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STEPS):
+    """`cast_rays`' arguments checked and set up for a traversal (on the occupancy's device): the flat bool occupancy,
+    (X, Y, Z), G, `base` int64 [R] (the first cell of each ray's sample in the flat occupancy), `_ray_setup`'s voxel,
+    step, t_max and t_delta, and max_steps: the arguments of `_traverse` and of the Triton kernel."""
     occupancy = torch.as_tensor(occupancy)
     if occupancy.dim() == 3:
         occupancy = occupancy[None, None]
@@ -139,24 +155,15 @@ def cast_rays(occupancy, origins, ends, sample_index=None, max_steps=MAX_RAY_STE
     sample_index = torch.as_tensor(sample_index).to(device=device, dtype=torch.int64)
     if sample_index.numel() and (sample_index.min() < 0 or sample_index.max() >= num_samples):
         raise ValueError(f'sample_index must lie in [0, {num_samples}), the number of grids given')
-
-    if num_rays == 0:
-        return (torch.zeros(0, num_grids, dtype=torch.float64, device=device),
-                torch.zeros(0, num_grids, 3, dtype=torch.int64, device=device))
     voxel, step, t_max, t_delta = _ray_setup(origins, ends)
-    occ_flat = occupancy.reshape(-1).to(torch.bool)
     base = sample_index * (num_grids * size_x * size_y * size_z)
-    state = (occ_flat, (size_x, size_y, size_z), num_grids, base, voxel, step, t_max, t_delta, max_steps)
-    if device.type == 'cuda':
-        out = RAY_TRAVERSAL_KERNEL(*state)
-        if out is not None:
-            return out
-    return _traverse(*state, compact_every=compact_every)
+    return (occupancy.reshape(-1).to(torch.bool), (size_x, size_y, size_z), num_grids, base, voxel, step, t_max,
+            t_delta, max_steps)
 
 
 def _traverse(occ_flat, spatial_shape, num_grids, base, voxel, step, t_max, t_delta, max_steps, compact_every=8):
-    """The traversal of `cast_rays` in PyTorch, all rays at once (`_ray_setup`'s state; `base`: int64 [R], the
-    first cell of each ray's sample in the flat bool occupancy `occ_flat`); returns `cast_rays`' outputs."""
+    """The traversal of `cast_rays` in PyTorch, all rays at once, from `traversal_state`; returns `cast_rays`'
+    outputs."""
     device = occ_flat.device
     num_rays = voxel.shape[0]
     size_x, size_y, size_z = spatial_shape

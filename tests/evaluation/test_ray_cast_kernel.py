@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from evaluation.ray_cast_kernel import BLOCK
-from evaluation.ray_iou import _ray_setup, _traverse, cast_rays, generate_lidar_rays, rays_to_voxel_frame
+from evaluation.ray_iou import _traverse, cast_rays, generate_lidar_rays, rays_to_voxel_frame, traversal_state
 from test_ray_iou import random_rays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +28,7 @@ NUM_RAYS = 2 * BLOCK + 37          # three blocks, the last partial
 
 
 def cases():
-    """(name, traversal state of `_ray_setup`, max_steps): 1-3 grids for 3 samples. From origins up to 2 voxels
+    """(name, `traversal_state`): 1-3 grids for 3 samples. From origins up to 2 voxels
     outside the 12 x 9 x 5 grid a ray leaves it within 12 + 9 + 5 + 3 * 4 = 38 steps: at 40 every ray ends by
     itself or never enters (those run to the limit); at 7 most are cut by the limit."""
     rng = np.random.default_rng(0)
@@ -37,11 +37,8 @@ def cases():
         occ = torch.from_numpy(rng.random((3, grids) + SIZE) < 0.08)
         origins, ends = random_rays(rng, NUM_RAYS, SIZE)
         sample = torch.from_numpy(rng.integers(0, 3, size=NUM_RAYS))
-        voxel, step, t_max, t_delta = _ray_setup(torch.from_numpy(origins), torch.from_numpy(ends))
-        base = sample * (grids * int(np.prod(SIZE)))
         for max_steps in (40, 7):
-            out.append((f'{grids} grids, {max_steps} steps',
-                        (occ.reshape(-1), SIZE, grids, base, voxel, step, t_max, t_delta, max_steps)))
+            out.append((f'{grids} grids, {max_steps} steps', traversal_state(occ, origins, ends, sample, max_steps)))
     return out
 
 
@@ -95,7 +92,5 @@ def test_cuda_kernel_walks_the_rays_of_the_pytorch_traversal():
     sample = torch.arange(2).repeat_interleave(starts.shape[0] // 2)
     occ = torch.from_numpy(occ).cuda()
     fast = cast_rays(occ, starts, ends, sample)                   # the kernel, on CUDA
-    voxel, step, t_max, t_delta = _ray_setup(starts.cuda(), ends.cuda())
-    base = sample.cuda() * (2 * 200 * 200 * 16)
-    want = _traverse(occ.reshape(-1), (200, 200, 16), 2, base, voxel, step, t_max, t_delta, 1000)
+    want = _traverse(*traversal_state(occ, starts, ends, sample))
     assert torch.equal(want[0], fast[0]) and torch.equal(want[1], fast[1])
