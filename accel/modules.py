@@ -66,12 +66,11 @@ class FusedAdaptiveMixing(AdaptiveMixing):
 
     def recomputing_forward(self, x, query):
         """The faithful forward, whose backward computes the generated weights again (any device)."""
-        args = self.mixing_args(x, query)
-        generator = self.parameter_generator
-        generate = under_current_settings(lambda: F.linear(query, generator.weight, generator.bias))
+        x, query, gen_weight, gen_bias, *rest = self.mixing_args(x, query)
+        generate = under_current_settings(lambda: F.linear(query, gen_weight, gen_bias))
         generated = generate()
         with recompute_when_saved(generated, generate):
-            return mix_with_generated(x, query, generated, *args[4:])
+            return mix_with_generated(x, query, generated, *rest)
 
 
 class FusedSelfAttention(OPSSelfAttention):
