@@ -1,15 +1,19 @@
-"""mmdet's ResNet with its batch norms folded into the convolutions at inference (a fast module).
+"""mmdet's ResNet with its batch norms folded into the convolutions wherever they run in eval mode (a fast module).
 
 In eval a batch norm is an affine map per channel, y = (x - mean) / sqrt(var + eps) * gamma + beta, so a
 convolution followed by it is one convolution: weight W * s, bias beta - mean * s (plus b * s for a conv bias),
 s = gamma / sqrt(var + eps) per output channel. On a GPU the norms are separate passes over the backbone's
-largest activations; folded, they cost nothing. The folds are computed in float64 and rounded once to the
-weights' dtype; under fp16 autocast the folded conv runs in fp16 as the faithful conv did.
+largest activations, forward and backward; folded, they cost nothing (a few small kernels on the weights).
 
-When the folds are used: while the backbone (`FoldedResNet`) is in eval mode, and with autograd on only where
-no folded parameter is trainable (the folds carry no gradient to the weights they come from). In training
-every block runs its faithful forward, frozen stages included (they sit in eval mode while the backbone
-trains), so training's arithmetic is the faithful one bit for bit.
+When the folds are used: wherever a block's norms are in eval mode, which the configs' `norm_eval=True` keeps them
+in while the backbone trains too (gamma and beta train, the running statistics stay fixed); a norm in training
+mode normalises by the batch's own statistics, and its block runs the faithful forward.
+* In eval, without a gradient asked of a folded parameter: the folds of the buffers below, computed in float64
+  and rounded once to the weights' dtype; under fp16 autocast the folded conv runs in fp16 as the faithful conv did.
+* In training (or eval with such a gradient asked): folded at every forward from the current weights, in their
+  dtype, inside autograd: the gradients reach W (s times the folded weight's), gamma and beta. Other float32
+  roundings than the conv then the norm (the fast preset's arithmetic, not the faithful one); under fp16 autocast
+  the folded weights are rounded to fp16 where the faithful conv rounds W.
 
 Where they live: non-persistent buffers of the block that owns the conv (`conv1_folded_weight`,
 `conv1_folded_bias`, ..., `downsample_folded_weight`; the stem's on the ResNet): not in the state dict
@@ -31,29 +35,32 @@ import torch.utils.checkpoint as cp
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-__all__ = ['fold_conv_norm', 'BatchNormFolding', 'FoldedResNet', 'FoldedBottleneck', 'FoldedBasicBlock']
+__all__ = ['fold_conv_norm', 'BatchNormFolding', 'FoldedResNet', 'FoldedBottleneck', 'FoldedBasicBlock',
+           'unfold_batch_norms']
 
 _BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
-def fold_conv_norm(conv, norm):
-    """The convolution equal to `norm(conv(x))` with the norm in eval mode, in float64.
+def fold_conv_norm(conv, norm, dtype=torch.float64):
+    """The convolution equal to `norm(conv(x))` with the norm in eval mode, computed in `dtype` (differentiable in
+    the conv's weight and bias and the norm's gamma and beta; the running statistics are constants).
 
     Args:
         conv (nn.Conv2d): weight [C_out, C_in / groups, kh, kw], optional bias [C_out].
         norm (nn.BatchNorm2d): running_mean, running_var [C_out]; weight (gamma), bias (beta) [C_out] if affine.
+        dtype: float64 for the buffered folds (rounded once to the weights' dtype), the weights' own for the folds
+            computed at every training forward.
     Returns:
-        (weight [C_out, C_in / groups, kh, kw], bias [C_out]), float64 on the weights' device.
+        (weight [C_out, C_in / groups, kh, kw], bias [C_out]) in `dtype` on the weights' device.
     """
-    with torch.no_grad():
-        scale = torch.rsqrt(norm.running_var.double() + norm.eps)                            # [C_out]
-        shift = -norm.running_mean.double() * scale
-        if norm.affine:
-            scale = scale * norm.weight.double()
-            shift = shift * norm.weight.double() + norm.bias.double()
-        if conv.bias is not None:
-            shift = shift + conv.bias.double() * scale
-        return conv.weight.double() * scale.view(-1, 1, 1, 1), shift
+    scale = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)                                  # [C_out]
+    shift = -norm.running_mean.to(dtype) * scale
+    if norm.affine:
+        scale = scale * norm.weight.to(dtype)
+        shift = shift * norm.weight.to(dtype) + norm.bias.to(dtype)
+    if conv.bias is not None:
+        shift = shift + conv.bias.to(dtype) * scale
+    return conv.weight.to(dtype) * scale.view(-1, 1, 1, 1), shift
 
 
 def _foldable(conv, norm):
@@ -74,34 +81,41 @@ def _with_downsample(pairs, downsample):
 
 def _refresh_after_load(module, incompatible_keys):
     """load_state_dict post hook: the folds of the weights just loaded."""
-    if module.fold_batch_norms:
+    if module.folds_fresh:
         module.refresh_folds()
 
 
 class BatchNormFolding:
     """Mixin of a module that owns conv + batch norm pairs (`conv_norm_pairs`) and, while folding, runs each pair
-    as one convolution with the weights of `fold_conv_norm` kept in its non-persistent buffers.
+    as one convolution with the weights of `fold_conv_norm`: from its non-persistent buffers (`folds_fresh`, in
+    eval) or computed from the current weights inside autograd (training).
 
-    `fold_batch_norms`: None until the enclosing `FoldedResNet` decides (`set_folding`), then True / False.
+    `fold_batch_norms`: None until the enclosing `FoldedResNet` decides (`set_folding`), then whether it can fold.
+    `folds_fresh`: the buffers hold the folds of the current weights (set in eval, cleared by training).
     """
     fold_batch_norms = None
+    folds_fresh = False
 
     def conv_norm_pairs(self):
         """{name: (conv, norm)} to fold, or None where the module's configuration is not supported."""
         raise NotImplementedError
 
-    def set_folding(self, on):
-        """Fold from now on (`on`, the folds refreshed) where supported, or run the faithful forward."""
-        self.fold_batch_norms = bool(on) and self.conv_norm_pairs() is not None
-        if self.fold_batch_norms:
+    def set_folding(self, fresh):
+        """Fold from now on where supported (else the faithful forward runs); `fresh`: refresh the buffers and read
+        them while no gradient is asked of a folded parameter (eval), else fold the current weights at every
+        forward (training, where the optimizer changes them)."""
+        self.fold_batch_norms = self.conv_norm_pairs() is not None
+        self.folds_fresh = self.fold_batch_norms and fresh
+        if self.folds_fresh:
             self.refresh_folds()
 
     def refresh_folds(self):
         """Recompute the folded weights from the current ones, in place (their buffers keep their storage, as a
         captured CUDA graph needs); allocated on the first call, or again if the weights' shape, dtype or device
         changed."""
-        # inference_mode(False): buffers made inside an inference-mode test step stay writable after it
-        with torch.no_grad(), torch.inference_mode(False):
+        # inference_mode(False): buffers made inside an inference-mode test step stay writable after it; it turns
+        # autograd back on, so no_grad comes inside it
+        with torch.inference_mode(False), torch.no_grad():
             for name, (conv, norm) in self.conv_norm_pairs().items():
                 weight, bias = fold_conv_norm(conv, norm)
                 target = getattr(self, f'{name}_folded_weight', None)
@@ -118,32 +132,45 @@ class BatchNormFolding:
                 getattr(self, f'{name}_folded_weight').copy_(weight)
                 getattr(self, f'{name}_folded_bias').copy_(bias)
 
-    def folds_now(self):
-        """Whether this forward runs the folds: folding on, and no gradient asked of a folded parameter."""
+    def current_folds(self):
+        """This forward's folds, {name: (conv, weight, bias)}, or None for the faithful forward (folding off, or a
+        norm in training mode, which normalises by the batch's own statistics).
+
+        From the buffers while they are fresh and no gradient is asked of a folded parameter; otherwise folded now
+        in the weights' dtype, inside autograd, so that the gradients reach the convs' weights and the norms' gamma
+        and beta (the fold is differentiable: d/dW = s d/dW', and gamma, beta through s and the bias)."""
         if not self.fold_batch_norms:
-            return False
-        if not torch.is_grad_enabled():
-            return True
-        pairs = self.conv_norm_pairs().values()
-        return not any(p.requires_grad for conv, norm in pairs for p in chain(conv.parameters(), norm.parameters()))
+            return None
+        pairs = self.conv_norm_pairs()
+        if any(norm.training for _, norm in pairs.values()):
+            return None
+        grad_asked = torch.is_grad_enabled() and any(
+            p.requires_grad for conv, norm in pairs.values() for p in chain(conv.parameters(), norm.parameters()))
+        if self.folds_fresh and not grad_asked:
+            return {name: (conv, getattr(self, f'{name}_folded_weight'), getattr(self, f'{name}_folded_bias'))
+                    for name, (conv, _) in pairs.items()}
+        return {name: (conv, *fold_conv_norm(conv, norm, conv.weight.dtype)) for name, (conv, norm) in pairs.items()}
 
-    def folded(self, name, conv, x):
-        """The pair `name` as one convolution (`conv`'s stride, padding, dilation, groups) of x [B, C_in, H, W]."""
-        return conv._conv_forward(x, getattr(self, f'{name}_folded_weight'), getattr(self, f'{name}_folded_bias'))
+    @staticmethod
+    def folded(folds, name, x):
+        """The pair `name` of `folds` as one convolution (its conv's stride, padding, dilation, groups) of x
+        [B, C_in, H, W]."""
+        conv, weight, bias = folds[name]
+        return conv._conv_forward(x, weight, bias)
 
-    def folded_downsample(self, x):
+    def folded_downsample(self, folds, x):
         """The block's downsample, its conv and norm folded: the shortcut [B, C_out, H', W'] of x."""
-        *pools, conv, _ = self.downsample
+        *pools, _, _ = self.downsample
         for pool in pools:
             x = pool(x)
-        return self.folded('downsample', conv, x)
+        return self.folded(folds, 'downsample', x)
 
-    def folded_block(self, x, residual):
+    def folded_block(self, folds, x, residual):
         """The block's forward with `residual(x)` (the folded conv-ReLU chain before the sum) checkpointed as the
         faithful block is: only with `with_cp` and an input that asks for a gradient."""
         def inner(x):
             out = residual(x)
-            out += x if self.downsample is None else self.folded_downsample(x)
+            out += x if self.downsample is None else self.folded_downsample(folds, x)
             return out
         out = cp.checkpoint(inner, x, use_reentrant=False) if self.with_cp and x.requires_grad else inner(x)
         return self.relu(out)
@@ -152,7 +179,7 @@ class BatchNormFolding:
         # to() / cuda() / double(): the folds recomputed from the converted weights (a dtype conversion of the
         # folds themselves would carry the old dtype's rounding)
         module = super()._apply(fn, *args, **kwargs)
-        if self.fold_batch_norms:
+        if self.folds_fresh:
             self.refresh_folds()
         return module
 
@@ -169,14 +196,15 @@ class FoldedBottleneck(BatchNormFolding, Bottleneck):
                                      conv3=(self.conv3, self.norm3)), self.downsample)
 
     def forward(self, x):
-        if not self.folds_now():
+        folds = self.current_folds()
+        if folds is None:
             return super().forward(x)
 
         def residual(x):
-            out = self.relu(self.folded('conv1', self.conv1, x))
-            out = self.relu(self.folded('conv2', self.conv2, out))
-            return self.folded('conv3', self.conv3, out)
-        return self.folded_block(x, residual)
+            out = self.relu(self.folded(folds, 'conv1', x))
+            out = self.relu(self.folded(folds, 'conv2', out))
+            return self.folded(folds, 'conv3', out)
+        return self.folded_block(folds, x, residual)
 
 
 class FoldedBasicBlock(BatchNormFolding, BasicBlock):
@@ -187,17 +215,18 @@ class FoldedBasicBlock(BatchNormFolding, BasicBlock):
                                 self.downsample)
 
     def forward(self, x):
-        if not self.folds_now():
+        folds = self.current_folds()
+        if folds is None:
             return super().forward(x)
 
         def residual(x):
-            return self.folded('conv2', self.conv2, self.relu(self.folded('conv1', self.conv1, x)))
-        return self.folded_block(x, residual)
+            return self.folded(folds, 'conv2', self.relu(self.folded(folds, 'conv1', x)))
+        return self.folded_block(folds, x, residual)
 
 
 class FoldedResNet(BatchNormFolding, ResNet):
-    """mmdet's `ResNet` that folds its batch norms in eval mode: its stem here, its blocks (`FoldedBottleneck`,
-    `FoldedBasicBlock`) told by `train(mode)`."""
+    """mmdet's `ResNet` that folds its batch norms wherever they are in eval mode: its stem here, its blocks
+    (`FoldedBottleneck`, `FoldedBasicBlock`) told by `train(mode)`."""
 
     def conv_norm_pairs(self):
         if self.deep_stem:
@@ -206,25 +235,35 @@ class FoldedResNet(BatchNormFolding, ResNet):
 
     def train(self, mode=True):
         super().train(mode)
-        self.fold_everywhere(not mode)
+        self.fold_everywhere(fresh=not mode)
         return self
 
-    def fold_everywhere(self, on):
-        """`set_folding(on)` on the stem and every block."""
+    def fold_everywhere(self, fresh):
+        """`set_folding(fresh)` on the stem and every block."""
         for module in self.modules():
             if isinstance(module, BatchNormFolding):
-                module.set_folding(on)
+                module.set_folding(fresh)
 
     def forward(self, x):
         """x [B, 3, H, W] -> the out_indices stages' features, as the faithful ResNet's."""
-        if self.fold_batch_norms is None and not self.training:    # swapped in while in eval mode
-            self.fold_everywhere(True)
-        if not self.folds_now():
+        if self.fold_batch_norms is None:                          # swapped in after its last train() / eval()
+            self.fold_everywhere(fresh=not self.training)
+        folds = self.current_folds()
+        if folds is None:
             return super().forward(x)
-        x = self.maxpool(self.relu(self.folded('conv1', self.conv1, x)))
+        x = self.maxpool(self.relu(self.folded(folds, 'conv1', x)))
         outs = []
         for i, layer_name in enumerate(self.res_layers):
             x = getattr(self, layer_name)(x)
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
+
+
+def unfold_batch_norms(module):
+    """`module` (a backbone or a whole model) with the faithful class put back on every folding part: what the
+    folds change, for comparisons. Returns it."""
+    for part in module.modules():
+        if isinstance(part, BatchNormFolding):
+            part.__class__ = type(part).__bases__[-1]       # the mmdet class the folding one extends
+    return module

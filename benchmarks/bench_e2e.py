@@ -38,7 +38,8 @@ Training modes:
   checkpointing, channels-last backbone; in the decoder TF32 products and the self-attention through
   SDPA; the decoder launched from Python (execution.train_cuda_graph=False);
 * fast: fast-eager with the decoder replayed from CUDA graphs (train.py --fast);
-* fast-bf16: fast with the backbone under bf16 autocast (no loss scaling).
+* fast-bf16: fast with the backbone under bf16 autocast (no loss scaling);
+* fast-unfolded (not run by default): fast with the backbone's faithful classes put back (its batch norms run).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
 the ratio against the first mode. Training's "GPU GiB": the memory a mode adds to the process over
@@ -63,7 +64,8 @@ NUM_VIEWS = 6
 INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast'),
                'fast-unfolded': dict(preset='fast'), 'reference': dict(kernels='reference'),
                'reference-eager': dict(kernels='reference', test_cuda_graph=False)}
-TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference')
+TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference',
+               'fast-unfolded')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -149,7 +151,7 @@ def build_model(cfg, device, execution=None, state=None, unfold_backbone=False):
     from mmdet.models import build_detector
 
     from accel import accelerate, policy_from_config
-    from accel.folded_backbone import BatchNormFolding
+    from accel.folded_backbone import unfold_batch_norms
     torch.manual_seed(0)
     model = build_detector(cfg.model)
     if state is None:
@@ -165,9 +167,7 @@ def build_model(cfg, device, execution=None, state=None, unfold_backbone=False):
     if execution is not None:
         accelerate(model, policy_from_config(execution))
     if unfold_backbone:
-        for module in model.img_backbone.modules():
-            if isinstance(module, BatchNormFolding):
-                module.__class__ = type(module).__bases__[-1]   # the mmdet class the fast one extends
+        unfold_batch_norms(model.img_backbone)
     return model.to(device)
 
 
@@ -232,7 +232,7 @@ class TrainBench:
                          **(dict(kernels='reference') if mode.startswith('reference') else {}))
         if fast:
             cfg.optimizer['fused'] = True
-        self.model = build_model(cfg, device, execution, state=state).train()
+        self.model = build_model(cfg, device, execution, state=state, unfold_backbone=mode == 'fast-unfolded').train()
         self.model.fp16_enabled = mode != 'fast-bf16'   # what the fp16 / sync-free hooks' wrap_fp16_model sets
         self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
         if fast:   # as train.py --fast: one fused launch per lr multiplier

@@ -387,26 +387,91 @@ def fold_buffers(net):
     return {name: buf for name, buf in net.named_buffers() if 'folded' in name}
 
 
-def test_training_runs_the_faithful_backbone_bit_for_bit():
-    """In training (the norms in eval, norm_eval; stem and stage 1 frozen in eval mode) the folded backbone runs the
-    faithful forward: equal outputs and gradients."""
-    faithful = resnet(18)
-    fast = folded(faithful).eval().train()
+def gradient_tolerance(net, x, eps):
+    """Normwise relative error bound of a backbone's parameter gradients, both evaluated with machine epsilon `eps`.
+
+    Worst case (Higham's gamma_n = n eps per n-term sum): every gradient passes through at most 2 L sums (L convs,
+    forward and backward), each of at most N terms, N the longest (C_in kh kw of a conv, or the B H W positions a
+    weight gradient sums over: at most those of the stem's output); both sides err, hence twice 2 L N eps."""
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    longest = max(max(m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] for m in convs),
+                  x.shape[0] * (x.shape[2] // 2) * (x.shape[3] // 2))
+    return 2 * 2 * len(convs) * longest * eps
+
+
+def training_gradients(net, x):
+    """{name: gradient} of sum(stage outputs squared) after one training forward and backward of `net`."""
+    net.zero_grad()
+    sum(out.square().sum() for out in net(x)).backward()
+    return {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_training_folds_the_eval_norms_with_their_gradients(depth):
+    """In training with the configs' norm_eval (norms in eval, gamma and beta trainable; stem and stage 1 frozen) the
+    backbone folds at every forward, no norm runs, and the gradients of every trainable weight, gamma and beta are
+    the faithful backbone's: float64 against float64 (the exact same function), float32 outputs within rounding."""
+    faithful = resnet(depth)
     faithful.train()
+    fast = folded(faithful).train()
+    calls = []
+    for norm in fast.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.register_forward_hook(lambda *args: calls.append(1))
     x = backbone_images()
-    for model in (fast, faithful):
-        sum(out.square().sum() for out in model(x)).backward()
-    for (name, a), b in zip(fast.named_parameters(), faithful.parameters()):
-        assert (a.grad is None) == (b.grad is None) and (a.grad is None or torch.equal(a.grad, b.grad)), name
+    got = training_gradients(copy.deepcopy(fast).double(), x.double())
+    expected = training_gradients(copy.deepcopy(faithful).double(), x.double())
+    assert not calls
+    assert list(got) == list(expected)
+    gammas = {f'{name}.weight' for name, m in fast.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert gammas & set(got) and not any(name.startswith(('conv1', 'bn1', 'layer1')) for name in got)
+    tol = gradient_tolerance(faithful, x, EPS64)
+    for name in got:
+        assert relative_error(got[name], expected[name]) < tol, name
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(fast(x), faithful(x)))
-    # eval with autograd on: the frozen stem and stage 1 fold, the blocks with trainable weights run the faithful
-    # forward, whose gradients reach their weights (the folds would carry none)
+        outputs, exact = fast(x), copy.deepcopy(faithful).double()(x.double())
+    # float32 against float64 as test_the_folded_backbone_in_eval_is_the_faithful_one: the folds computed in float32
+    # round a few more times per weight than the float64 ones (sqrt(K + 6) for sqrt(K + 3): inside the factor five)
+    assert normwise(outputs, exact) < backbone_tolerance(faithful, EPS32)
+    # the optimizer's step reaches the next forward: folded again from the new weights
+    with torch.no_grad():
+        fast.layer2[0].norm1.weight.mul_(2.0)
+        faithful.layer2[0].norm1.weight.mul_(2.0)
+        assert normwise(fast(x), faithful(x)) < 2 * backbone_tolerance(faithful, EPS32)
+
+
+def test_norms_that_train_keep_the_faithful_forward():
+    """norm_eval=False: the trained stages' norms normalise by the batch's statistics in training, so their blocks
+    run the faithful forward (outputs, gradients and running statistics bit for bit); the frozen stem and stage 1,
+    whose norms sit in eval, still fold; eval folds everything from the buffers."""
+    faithful = resnet(18, norm_eval=False)
+    faithful.train()
+    fast = folded(faithful).train()
+    assert fast.layer2[0].current_folds() is None
+    assert fast.current_folds() is not None and fast.layer1[0].current_folds() is not None
+    features = torch.randn(2, 16, 16, 24, generator=torch.Generator().manual_seed(3))   # stage 1's output
+    for block in (fast.layer2[0], faithful.layer2[0]):
+        block(features).square().sum().backward()
+    for (name, a), b in zip(fast.layer2[0].named_parameters(), faithful.layer2[0].parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    assert torch.equal(fast.layer2[0].bn1.running_mean, faithful.layer2[0].bn1.running_mean)
     fast.eval()
-    assert fast.folds_now() and fast.layer1[0].folds_now() and not fast.layer2[0].folds_now()
-    fast.zero_grad()
-    sum(out.square().sum() for out in fast(x)).backward()
-    assert fast.layer2[0].conv1.weight.grad.abs().sum() > 0 and fast.layer1[0].conv1.weight.grad is None
+    with torch.no_grad():
+        assert fast.layer2[0].current_folds()['conv1'][1] is fast.layer2[0].conv1_folded_weight
+
+
+def test_eval_with_a_gradient_asked_folds_the_current_weights():
+    """In eval the buffered folds serve where no gradient is asked of their parameters (the frozen stem and stage
+    1); a block whose weights want a gradient folds them at the forward, so its gradients reach them."""
+    fast = folded(resnet(18))
+    fast.eval()
+    frozen, trained = fast.layer1[0], fast.layer2[0]
+    assert frozen.current_folds()['conv1'][1] is frozen.conv1_folded_weight
+    assert trained.current_folds()['conv1'][1] is not trained.conv1_folded_weight
+    with torch.no_grad():
+        assert trained.current_folds()['conv1'][1] is trained.conv1_folded_weight
+    gradients = training_gradients(fast, backbone_images())
+    assert gradients['layer2.0.conv1.weight'].abs().sum() > 0 and 'layer1.0.conv1.weight' not in gradients
 
 
 def test_the_folds_follow_training_and_loading_in_place():
@@ -482,18 +547,19 @@ def test_unsupported_parts_keep_the_faithful_forward(kw, folds):
             assert torch.equal(fast.layer3[0](features), faithful.layer3[0](features))
 
 
-def test_the_fast_detector_folds_its_backbone_in_eval_only():
-    """The fast policy's tiny detector: its ResNet-18 folds in eval (the whole model's results against the faithful
-    policy's: tests/accel/test_accelerate.py); after train() it runs the faithful blocks again."""
+def test_the_fast_detector_folds_its_backbone():
+    """The fast policy's tiny detector: its ResNet-18 folds in eval from the buffers (the whole model's results against
+    the faithful policy's: tests/accel/test_accelerate.py) and in training at every forward."""
     faithful = build()
     fast = accelerate(copy.deepcopy(faithful), policy_from_config(fast=True))
     backbone = fast.img_backbone
     assert type(backbone).__name__ == 'FoldedResNet' and type(backbone.layer2[0]).__name__ == 'FoldedBasicBlock'
     blocks = [m for m in backbone.modules() if hasattr(m, 'fold_batch_norms')]
     fast.eval()
-    assert all(m.fold_batch_norms for m in blocks)
+    assert all(m.fold_batch_norms and m.folds_fresh for m in blocks)
     fast.train()
-    assert not any(m.fold_batch_norms for m in blocks)
+    assert all(m.fold_batch_norms and not m.folds_fresh for m in blocks)
+    assert all(m.current_folds() is not None for m in blocks)          # its config keeps the norms in eval
     fast.eval()
     faithful.eval()
     x = backbone_images()
@@ -539,3 +605,31 @@ def test_folded_backbone_under_fp16_autocast_and_a_cuda_graph():
         exact = copy.deepcopy(trained).double()(x.double())
         expected = step(trained)(x)
         assert normwise(replayed, exact) < 2 * normwise(expected, exact)
+
+
+@CUDA
+def test_folded_backbone_trains_under_fp16_autocast():
+    """The fast training step's backbone: fp16 autocast on NHWC images, the norms folded at every forward; its
+    gradients against float64 are as accurate as the faithful backbone's under the same autocast."""
+    faithful = resnet(50).cuda()
+    faithful.train()
+    fast = folded(faithful).train()
+    x = torch.randn(2, 3, 128, 352, generator=torch.Generator().manual_seed(6)).cuda()
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def gradients(model, images, autocast):
+        model.zero_grad()
+        with torch.autocast('cuda', torch.float16, enabled=autocast):
+            outs = model(images)
+        sum(out.float().square().mean() for out in outs).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    exact = gradients(copy.deepcopy(faithful).double(), x.double(), False)
+    got, expected = gradients(fast, x, True), gradients(faithful, x, True)
+    assert list(got) == list(expected) == list(exact)
+    # as the test above: the same number of fp16 roundings per layer on both paths (the folded one rounds W * s where
+    # the faithful one rounds W and the conv's output before its norm); twice the faithful's error leaves room for
+    # their independent fluctuations. Compared over all the gradients at once (a per-tensor norm of a small gamma
+    # gradient fluctuates more)
+    def stacked(grads):
+        return torch.cat([g.double().flatten() for g in grads.values()])
+    assert relative_error(stacked(got), stacked(exact)) < 2 * relative_error(stacked(expected), stacked(exact))
