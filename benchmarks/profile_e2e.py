@@ -199,11 +199,36 @@ def profile_training(cfg, mode, state, device, reps=3):
         sync()
     fwd_gpu, _ = kernel_table(prof_fwd, reps)
     step_gpu, top = kernel_table(prof_step, reps, rows=25)
+    images_ms = image_features_ms(model, bench.img.shape[1])
     return ([f'### Training, mode {mode}, batch 1', '',
             '| part | wall ms | GPU kernel ms |', '|---|---|---|',
             f'| forward + loss | {fwd_wall:.1f} | {fwd_gpu:.1f} |',
-            f'| whole step | {wall:.1f} | {step_gpu:.1f} |', '', 'forward + loss by stage:', '']
+            f'| whole step | {wall:.1f} | {step_gpu:.1f} |',
+            f'| of which backbone + FPN forward and backward ({bench.img.shape[1]} images, measured alone) | '
+            f'{images_ms:.1f} | |', '', 'forward + loss by stage:', '']
             + stage_table(prof_fwd, reps, fwd_gpu) + ['', 'whole step:'] + top + [''])
+
+
+def image_features_ms(model, views, reps=5):
+    """Median ms (CUDA events) of the training step's image part alone: backbone + FPN forward on `views`
+    normalised 256 x 704 images, with the step's autocast and memory format, and the backward of their features
+    (what the step's backward does there, whatever the decoder's gradients are)."""
+    device = next(model.parameters()).device
+    if device.type != 'cuda':
+        return float('nan')
+    x = torch.randn(views, 3, 256, 704, device=device)
+    times = []
+    for i in range(reps + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        feats = model.extract_img_feat(x, model.train_amp_dtype())
+        sum(f.float().mean() for f in feats).backward()
+        end.record()
+        sync()
+        if i >= 2:                                   # after cuDNN's choices
+            times.append(start.elapsed_time(end))
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times))
 
 
 def main():
