@@ -105,7 +105,7 @@ def train(args, cfg, work_dir, rank, world_size, device):
     from mmdet.apis import set_random_seed
     from mmdet.core import EvalHook
 
-    import engine.train_step  # noqa: F401  (registers SyncFreeOptimizerHook for --fast)
+    import engine.train_step  # registers SyncFreeOptimizerHook (--fast); merge_param_groups
     from engine.build import (
         apply_gpu_decode,
         build_dataset,
@@ -198,9 +198,9 @@ def train(args, cfg, work_dir, rank, world_size, device):
         model = wrap_distributed(model, device, cfg.get('find_unused_parameters', False))
     else:
         model = OPSDataParallel(model, device_ids=[device.index or 0] if device.type == 'cuda' else None)
-    optimizer = build_optimizer(model, cfg.optimizer)
-    if policy.fused_optimizer:   # one fused AdamW launch per lr multiplier instead of one per parameter (same update)
-        optimizer = engine.train_step.merge_param_groups(optimizer)
+    # one parameter group per lr multiplier instead of one per parameter: the same update, a few optimizer launches
+    # per step instead of several per parameter (engine/train_step.py: merge_param_groups)
+    optimizer = engine.train_step.merge_param_groups(build_optimizer(model, cfg.optimizer))
 
     runner = AtomicEpochBasedRunner(model, optimizer=optimizer, work_dir=work_dir, logger=logger,
                                     meta=dict(config=cfg.pretty_text, seed=args.seed, batch=plan.as_meta()),

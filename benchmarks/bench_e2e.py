@@ -234,10 +234,9 @@ class TrainBench:
             cfg.optimizer['fused'] = True
         self.model = build_model(cfg, device, execution, state=state, unfold_backbone=mode == 'fast-unfolded').train()
         self.model.fp16_enabled = mode != 'fast-bf16'   # what the fp16 / sync-free hooks' wrap_fp16_model sets
-        self.optimizer = build_optimizer(self.model, copy.deepcopy(cfg.optimizer))
-        if fast:   # as train.py --fast: one fused launch per lr multiplier
-            from engine.train_step import merge_param_groups
-            self.optimizer = merge_param_groups(self.optimizer)
+        # as train.py: one parameter group per lr multiplier (the same update)
+        from engine.train_step import merge_param_groups
+        self.optimizer = merge_param_groups(build_optimizer(self.model, copy.deepcopy(cfg.optimizer)))
         num_frames = cfg.num_frames
         lidar2img, ego2lidar = lidar2img_rig(num_frames)
         g = torch.Generator().manual_seed(2)

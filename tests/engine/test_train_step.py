@@ -97,7 +97,7 @@ def adamw_steps(model, optimizer, steps, seed=0):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         optimizer.zero_grad()
-        x = torch.randn(5, 3, generator=g)
+        x = torch.randn(5, 3, generator=g).to(next(model.parameters()).device)
         model(x).square().sum().backward()
         optimizer.step()
 
@@ -107,22 +107,28 @@ def three_layers():
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
 
 
-def per_parameter_groups(model, lrs):
+def per_parameter_groups(model, lrs, foreach=False):
     """One group per parameter, as mmcv's constructor builds them with paramwise_cfg."""
     return torch.optim.AdamW([dict(params=[p], lr=lr) for p, lr in zip(model.parameters(), lrs)],
-                             lr=1.0, weight_decay=0.01, foreach=False)
+                             lr=1.0, weight_decay=0.01, foreach=foreach)
 
 
 LRS = [0.1, 0.1, 1.0, 1.0, 0.1, 0.1]     # weight, bias of each layer: runs of equal lr merge, in order
 
 
-def test_merged_param_groups_compute_the_same_adamw_update():
-    a, b = three_layers(), three_layers()
-    opt_a = per_parameter_groups(a, LRS)
-    opt_b = merge_param_groups(per_parameter_groups(b, LRS))
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+
+@pytest.mark.parametrize('device, foreach', [('cpu', False), ('cpu', True), pytest.param('cuda', True, marks=CUDA)])
+def test_merged_param_groups_compute_the_same_adamw_update(device, foreach):
+    """The same bits: the per-parameter loop (foreach=False) and the multi-tensor ops that the faithful step runs on
+    CUDA (foreach=True) compute each element from its own state and its group's hyperparameters."""
+    a, b = three_layers().to(device), three_layers().to(device)
+    opt_a = per_parameter_groups(a, LRS, foreach)
+    opt_b = merge_param_groups(per_parameter_groups(b, LRS, foreach))
     assert [len(g['params']) for g in opt_b.param_groups] == [2, 2, 2]
     assert [g['lr'] for g in opt_b.param_groups] == [0.1, 1.0, 0.1]
-    assert opt_b.defaults['weight_decay'] == 0.01 and opt_b.defaults['foreach'] is False
+    assert opt_b.defaults['weight_decay'] == 0.01 and opt_b.defaults['foreach'] is foreach
     adamw_steps(a, opt_a, 4)
     adamw_steps(b, opt_b, 4)
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -223,7 +229,7 @@ def test_graphed_parameter_gradients_accumulate_over_backward_passes():
     assert torch.equal(accumulated(hooked=False), torch.full((3,), 4.0))    # the buffer added to itself
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@CUDA
 @pytest.mark.parametrize('mode', ['faithful', 'fast'])
 def test_graphed_training_decoder_equals_eager_on_cuda(mode):
     """Training on CUDA replays the decoder's forward and backward from CUDA graphs: the same losses and
