@@ -79,15 +79,18 @@ def self_device_us(evt):
 
 
 def is_kernel(evt):
-    """A GPU-side event (kernel, memcpy, memset); its launching operator reports the same time again."""
-    return evt.device_type != torch.autograd.DeviceType.CPU
+    """A GPU-side event (kernel, memcpy, memset); its launching operator reports the same time again. Not a range's
+    span on the GPU timeline (a user annotation such as the optimizer's `Optimizer.step#AdamW.step`, gaps included),
+    which would count its kernels twice."""
+    return evt.device_type != torch.autograd.DeviceType.CPU and not getattr(evt, 'is_user_annotation', False)
 
 
 def kernel_table(prof, reps, rows=20):
     """Top operators by self GPU time per repetition (ms), and the total of the GPU-side events."""
     total = sum(e.device_time_total if hasattr(e, 'device_time_total') else e.cuda_time_total
                 for e in prof.events() if is_kernel(e) and not e.name.startswith('stage:')) / 1000 / reps
-    events = [e for e in prof.key_averages() if not e.key.startswith(('stage:', 'step:'))]
+    events = [e for e in prof.key_averages()
+              if not e.key.startswith(('stage:', 'step:')) and not getattr(e, 'is_user_annotation', False)]
     events.sort(key=self_device_us, reverse=True)
     lines = [f'GPU kernel time per repetition: {total:.2f} ms', '',
              '| operator | self GPU ms | calls |', '|---|---|---|']
