@@ -87,7 +87,8 @@ class AtomicEpochBasedRunner(EpochBasedRunner):
                 for key in self.optimizer:
                     self.optimizer[key].load_state_dict(checkpoint['optimizer'][key])
             else:
-                # a run resumed with (or without) --fast has other parameter groups (merge_param_groups)
+                # a checkpoint whose optimizer kept mmcv's one group per parameter (the original's layout) has other
+                # groups than this one (merge_param_groups)
                 from engine.train_step import regroup_optimizer_state
                 self.optimizer.load_state_dict(regroup_optimizer_state(checkpoint['optimizer'], self.optimizer))
         self.logger.info('resumed epoch %d, iter %d', self.epoch, self.iter)
