@@ -61,7 +61,7 @@ def stage_table(prof, reps, total):
     """GPU ms per repetition of each `stage:` range (the CPU-side range: the profiler adds a GPU copy)."""
     stages = defaultdict(float)
     for e in prof.events():
-        if e.name.startswith('stage:') and not is_kernel(e):
+        if e.name.startswith('stage:') and e.device_type == torch.autograd.DeviceType.CPU:
             stages[e.name[6:]] += device_us(e) / 1000 / reps
     lines = ['| stage | GPU ms |', '|---|---|']
     for name, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
@@ -87,8 +87,7 @@ def is_kernel(evt):
 
 def kernel_table(prof, reps, rows=20):
     """Top operators by self GPU time per repetition (ms), and the total of the GPU-side events."""
-    total = sum(e.device_time_total if hasattr(e, 'device_time_total') else e.cuda_time_total
-                for e in prof.events() if is_kernel(e) and not e.name.startswith('stage:')) / 1000 / reps
+    total = sum(device_us(e) for e in prof.events() if is_kernel(e) and not e.name.startswith('stage:')) / 1000 / reps
     events = [e for e in prof.key_averages()
               if not e.key.startswith(('stage:', 'step:')) and not getattr(e, 'is_user_annotation', False)]
     events.sort(key=self_device_us, reverse=True)
