@@ -23,7 +23,8 @@ device->host copy of the result, bracketed by cuda.synchronize):
   (execution.kernels='reference'), what the fused kernels gain;
 * fast: graph, the fast test mode (execution.preset='fast': fp16 NHWC backbone + FPN with the batch norms folded into
   the convolutions, TF32 and fused decoder kernels, float32 in the decoder's per-query layers);
-* fast-unfolded (not run by default): fast with the backbone's faithful classes put back, what folding gains.
+* fast-unfolded (not run by default): fast with the backbone's faithful classes put back, what folding gains;
+* faithful-nhwc (not run by default): faithful with channels-last images into the backbone.
 Training modes:
 * faithful-eager: the original's step: fp16 autocast backbone with static loss scale 512, gradient
   checkpointing (backbone and decoder), AdamW (foreach), loss terms, NaN check and grad norm read
@@ -39,7 +40,9 @@ Training modes:
   SDPA; the decoder launched from Python (execution.train_cuda_graph=False);
 * fast: fast-eager with the decoder replayed from CUDA graphs (train.py --fast);
 * fast-bf16: fast with the backbone under bf16 autocast (no loss scaling);
-* fast-unfolded (not run by default): fast with the backbone's faithful classes put back (its batch norms run).
+* fast-unfolded (not run by default): fast with the backbone's faithful classes put back (its batch norms run);
+* faithful-nhwc (not run by default): faithful with channels-last images into the fp16 backbone (the same
+  products in cuDNN's half-precision layout).
 Modes run interleaved (A B C A B C ...) for `--rounds` rounds, so host noise hits all of them; the
 table gives the median over rounds of each round's median, the min-max of the round medians, and
 the ratio against the first mode. Training's "GPU GiB": the memory a mode adds to the process over
@@ -63,9 +66,10 @@ NUM_VIEWS = 6
 # each mode's execution policy (accel/policy.py), as val.py / timing.py build it
 INFER_MODES = {'eager': dict(test_cuda_graph=False), 'faithful': dict(), 'fast': dict(preset='fast'),
                'fast-unfolded': dict(preset='fast'), 'reference': dict(kernels='reference'),
+               'faithful-nhwc': dict(channels_last=True),
                'reference-eager': dict(kernels='reference', test_cuda_graph=False)}
 TRAIN_MODES = ('faithful-eager', 'faithful', 'fast-eager', 'fast', 'fast-bf16', 'reference-eager', 'reference',
-               'fast-unfolded')
+               'fast-unfolded', 'faithful-nhwc')
 
 
 def lidar2img_rig(num_frames, height=256, width=704, metres_per_frame=2.5):
@@ -229,7 +233,8 @@ class TrainBench:
         cfg = copy.deepcopy(cfg)
         execution = dict(preset='fast' if fast else 'faithful', train_cuda_graph=not mode.endswith('-eager'),
                          train_autocast='bf16' if mode == 'fast-bf16' else 'fp16',
-                         **(dict(kernels='reference') if mode.startswith('reference') else {}))
+                         **(dict(kernels='reference') if mode.startswith('reference') else {}),
+                         **(dict(channels_last=True) if mode == 'faithful-nhwc' else {}))
         if fast:
             cfg.optimizer['fused'] = True
         self.model = build_model(cfg, device, execution, state=state, unfold_backbone=mode == 'fast-unfolded').train()
