@@ -118,12 +118,18 @@ def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
     return MSMVSamplingCUDA.apply(loc, weights, *feats)
 
 
-def knn1_cuda(query, ref):
+KNN_METHODS = {'auto': 'knn1', 'brute-force': 'knn1_brute_force', 'grid': 'knn1_grid'}
+
+
+def knn1_cuda(query, ref, method='auto'):
     """Exact nearest neighbour: for each query point, the index of the closest reference point.
 
     Args:
         query (Tensor): ``[M, 3]`` float32 CUDA, points (any common frame and unit, e.g. metres).
         ref (Tensor): ``[K, 3]`` float32 CUDA, K >= 1.
+        method (str): 'brute-force' scans every pair; 'grid' sorts the references into a uniform grid and
+            visits the cells around each query until no farther cell can hold a nearer point; 'auto' the
+            grid from 2^26 pairs on (models/csrc/knn_cuda.cu). The same result, bit for bit.
 
     Returns:
         int64 ``[M]``: argmin_j of ``((dx*dx + dy*dy) + dz*dz)`` in IEEE fp32 (the rounding of
@@ -142,4 +148,6 @@ def knn1_cuda(query, ref):
         raise RuntimeError('knn1_cuda: the reference set is empty; every query needs a reference point')
     if query.device != ref.device:
         raise RuntimeError(f'knn1_cuda: query on {query.device}, ref on {ref.device}; use one GPU')
-    return _ext.knn1(query.contiguous(), ref.contiguous())
+    if method not in KNN_METHODS:
+        raise ValueError(f'knn1_cuda: method must be one of {sorted(KNN_METHODS)}, got {method!r}')
+    return getattr(_ext, KNN_METHODS[method])(query.contiguous(), ref.contiguous())

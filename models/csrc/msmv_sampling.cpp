@@ -14,6 +14,7 @@ std::vector<at::Tensor> msmv_backward_launch(const std::vector<at::Tensor>& feat
                                              const at::Tensor& wts, const at::Tensor& grad_out,
                                              bool feat_grad);
 at::Tensor knn1_launch(const at::Tensor& query, const at::Tensor& ref);
+at::Tensor knn1_grid_launch(const at::Tensor& query, const at::Tensor& ref);
 
 namespace {
 
@@ -94,7 +95,7 @@ std::vector<at::Tensor> msmv_backward(const std::vector<at::Tensor>& feats, cons
   return msmv_backward_launch(feats, loc, wts, grad_out, feat_grad);
 }
 
-at::Tensor knn1(const at::Tensor& query, const at::Tensor& ref) {
+void check_knn_inputs(const at::Tensor& query, const at::Tensor& ref) {
   for (const auto* t : {&query, &ref}) {
     const char* name = t == &query ? "query" : "ref";
     TORCH_CHECK(t->is_cuda(), "knn1_cuda: `", name, "` must be a CUDA tensor, got one on ", t->device(),
@@ -109,7 +110,25 @@ at::Tensor knn1(const at::Tensor& query, const at::Tensor& ref) {
               ref.device());
   TORCH_CHECK(ref.size(0) >= 1, "knn1_cuda: the reference set is empty: a nearest neighbour needs at least "
               "one reference point");
+}
+
+// Brute force below this many (query, reference) pairs, where the grid's set-up (a sort, seven
+// launches) costs more than scanning every pair (benchmarks/bench_knn.py); the same result either way.
+constexpr int64_t kGridMinPairs = int64_t{1} << 26;
+
+at::Tensor knn1(const at::Tensor& query, const at::Tensor& ref) {
+  check_knn_inputs(query, ref);
+  return query.size(0) * ref.size(0) < kGridMinPairs ? knn1_launch(query, ref) : knn1_grid_launch(query, ref);
+}
+
+at::Tensor knn1_brute_force(const at::Tensor& query, const at::Tensor& ref) {
+  check_knn_inputs(query, ref);
   return knn1_launch(query, ref);
+}
+
+at::Tensor knn1_grid(const at::Tensor& query, const at::Tensor& ref) {
+  check_knn_inputs(query, ref);
+  return knn1_grid_launch(query, ref);
 }
 
 }  // namespace
@@ -126,5 +145,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("feat_grad"));
   m.def("knn1", &ops_csrc::knn1, "query [M, 3] fp32, ref [K, 3] fp32 -> int64 [M] nearest reference index",
         py::arg("query"), py::arg("ref"));
+  m.def("knn1_brute_force", &ops_csrc::knn1_brute_force, "knn1 scanning every pair", py::arg("query"),
+        py::arg("ref"));
+  m.def("knn1_grid", &ops_csrc::knn1_grid, "knn1 through a uniform grid of the references", py::arg("query"),
+        py::arg("ref"));
   m.attr("MAX_LEVELS") = ops_csrc::msmv_max_levels();
 }

@@ -475,13 +475,17 @@ def knn_reference(query, ref):
     return d, d.argmin(dim=1)
 
 
+KNN_METHODS = ['brute-force', 'grid', 'auto']
+
+
+@pytest.mark.parametrize('method', KNN_METHODS)
 @pytest.mark.parametrize('M,K', [(1000, 3000), (1, 1), (5, 50_000), (2049, 1024), (333, 7)])
-def test_knn1_matches_brute_force(M, K):
+def test_knn1_matches_brute_force(M, K, method):
     g = torch.Generator().manual_seed(M + K)
     # metre-scale coordinates far from the origin, centimetres apart (where cancellation bites)
     ref = (torch.rand(K, 3, generator=g) * 0.5 + torch.tensor([35.0, -38.0, 4.0])).to(DEVICE)
     query = (torch.rand(M, 3, generator=g) * 0.5 + torch.tensor([35.0, -38.0, 4.0])).to(DEVICE)
-    idx = knn1_cuda(query, ref)
+    idx = knn1_cuda(query, ref, method)
     d, expect = knn_reference(query, ref)
     assert idx.dtype == torch.long and idx.shape == (M,)
     rows = torch.arange(M, device=DEVICE)
@@ -496,32 +500,82 @@ def test_knn1_matches_brute_force(M, K):
     assert torch.all(d64[rows, idx] - best <= 3 * EPS32 * best)
 
 
-def test_knn1_ties_go_to_the_lowest_index():
+@pytest.mark.parametrize('method', KNN_METHODS)
+def test_knn1_ties_go_to_the_lowest_index(method):
     g = torch.Generator().manual_seed(1)
     ref = torch.randint(0, 4, (5000, 3), generator=g).float()        # many exact duplicates
     query = torch.randint(0, 4, (700, 3), generator=g).float() + 0.5  # equidistant neighbours
-    idx = knn1_cuda(query.to(DEVICE), ref.to(DEVICE)).cpu()
+    idx = knn1_cuda(query.to(DEVICE), ref.to(DEVICE), method).cpu()
     d = ((query[:, None] - ref[None]) ** 2).sum(-1)
     best = d.min(dim=1).values
     first = torch.stack([torch.nonzero(d[i] == best[i])[0, 0] for i in range(len(query))])
     assert torch.equal(idx, first)
 
 
-def test_knn1_ties_across_reference_splits():
+@pytest.mark.parametrize('method', KNN_METHODS)
+def test_knn1_ties_across_reference_splits(method):
     """Few queries and many references: the kernel splits the references over blocks, and the
-    lowest index must still win when the equal neighbours sit in different splits."""
+    lowest index must still win when the equal neighbours sit in different splits (the grid: in one
+    cell, in sorted order)."""
     K = 60_000
     ref = torch.full((K, 3), 100.0)
     ref[[40_000, 123, 59_999, 7_000]] = torch.tensor([1.0, 2.0, 3.0])
     query = torch.tensor([[1.0, 2.0, 3.0], [1.5, 2.0, 3.0], [100.0, 100.0, 100.0]])
-    idx = knn1_cuda(query.to(DEVICE), ref.to(DEVICE)).cpu()
+    idx = knn1_cuda(query.to(DEVICE), ref.to(DEVICE), method).cpu()
     assert idx.tolist() == [123, 123, 0]
 
 
-def test_knn1_non_finite_points():
+@pytest.mark.parametrize('method', KNN_METHODS)
+def test_knn1_non_finite_points(method):
     ref = torch.tensor([[float('nan'), 0.0, 0.0], [5.0, 5.0, 5.0], [1.0, 1.0, 1.0]], device=DEVICE)
     query = torch.tensor([[0.0, 0.0, 0.0], [float('nan'), 0.0, 0.0]], device=DEVICE)
-    assert knn1_cuda(query, ref).tolist() == [2, 0]
+    assert knn1_cuda(query, ref, method).tolist() == [2, 0]
+    # no finite reference: every distance is NaN, the first reference is kept
+    assert knn1_cuda(query, torch.full((4, 3), float('inf'), device=DEVICE), method).tolist() == [0, 0]
+
+
+def lattice_scene(seed, num_gt=20_000, num_pred=30_000):
+    """The matching's sets: ground truth at the centres of occupied 0.4 m voxels of the Occ3D grid (metres,
+    pc_range [-40, -40, -1, 40, 40, 5.4]), most near the ground; predictions scattered around them, a quarter
+    exactly on the midpoints between two centres (equidistant: ties) and some outside the range."""
+    g = torch.Generator().manual_seed(seed)
+    cells = torch.randperm(200 * 200 * 16, generator=g)[:num_gt * 4]
+    z = cells % 16
+    cells = cells[z < torch.randint(2, 16, (len(cells),), generator=g)][:num_gt]   # dense low, sparse high
+    ijk = torch.stack([cells // (200 * 16), cells // 16 % 200, cells % 16], 1).float()
+    gt = ijk * 0.4 + torch.tensor([-40.0, -40.0, -1.0]) + 0.2
+    pick = torch.randint(0, len(gt), (num_pred,), generator=g)
+    pred = gt[pick] + torch.randn(num_pred, 3, generator=g) * 0.3
+    mid = num_pred // 4
+    pred[:mid] = gt[pick[:mid]] + torch.tensor([0.2, 0.0, 0.0])             # halfway to the next centre in x
+    pred[-100:] = torch.rand(100, 3, generator=g) * 120 - 60                 # beyond the grid of the gt
+    return gt.to(DEVICE), pred.to(DEVICE)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_knn1_grid_equals_brute_force_on_the_matching_sets(seed):
+    """Both directions of the head's matching, exact equality (the same fp32 keys, ties included)."""
+    gt, pred = lattice_scene(seed)
+    for query, ref in ((gt, pred), (pred, gt), (pred[:600], gt), (gt, pred[:600])):
+        assert torch.equal(knn1_cuda(query, ref, 'grid'), knn1_cuda(query, ref, 'brute-force'))
+
+
+def test_knn1_grid_degenerate_layouts():
+    """Sets the grid's cell size must survive: a far outlier stretching the box, a plane (one thin axis),
+    a line, every point at one place, large coordinates, tiny ones (denormal squared distances, many equal),
+    and queries far outside the references' box."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(5000, 3, generator=g) * 10
+    queries = torch.cat([torch.rand(2000, 3, generator=g) * 12 - 1, torch.tensor([[1e7, -1e7, 3.0]])]).to(DEVICE)
+    outlier = base.clone()
+    outlier[17] = torch.tensor([1e6, 1e6, 1e6])
+    plane, line = base.clone(), base.clone()
+    plane[:, 2] = 2.5
+    line[:, 1:] = 0.0
+    for scale, ref in ((1.0, outlier), (1.0, plane), (1.0, line), (1.0, torch.full((300, 3), 4.0)),
+                       (1e15, base * 1e15), (1e-20, base * 1e-20)):
+        ref, q = ref.to(DEVICE), queries * scale
+        assert torch.equal(knn1_cuda(q, ref, 'grid'), knn1_cuda(q, ref, 'brute-force'))
 
 
 def test_knn1_agrees_with_models_knn():
@@ -537,6 +591,8 @@ def test_knn1_agrees_with_models_knn():
 
 def test_knn1_errors():
     q = torch.rand(4, 3, device=DEVICE)
+    with pytest.raises(ValueError, match='method must be one of'):
+        knn1_cuda(q, q, 'kdtree')
     with pytest.raises(RuntimeError, match='reference set is empty'):
         knn1_cuda(q, torch.zeros(0, 3, device=DEVICE))
     with pytest.raises(RuntimeError, match='CUDA tensor'):
