@@ -4,8 +4,9 @@
         --rounds 5 --out e2e.md
 
 Any OPS-family config: OPS, OPUS-V2 (its voxel classifiers' biases at +0.2 too) and OPUS-Fusion (with random LiDAR
-points: the key sweep's 34,688 and 9 earlier sweeps of as many, the stack its pipeline feeds). OPUS-V2 and Fusion
-are not graph-capturable, so their "faithful" rows run eagerly like "eager".
+points: the key sweep's 34,688 and 9 earlier sweeps of as many, the stack its pipeline feeds). OPUS-Fusion is
+not graph-capturable, so its graphed rows run eagerly; OPUS-V2's test step is graphed through the dense CPD module
+(accel/dense_cpd.py), its training decoder as V1's with the sparse CPD modules eagerly after it.
 
 Rig (what every mode sees): 704x256 crops of the nuScenes camera rig (tools/synthetic/calib.py), 6
 cameras x 8 frames, random uint8 images normalised in the step (speed does not depend on content),

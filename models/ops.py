@@ -70,8 +70,8 @@ class OPS(BaseDetector):
     image features -> the head's outputs). A variant with inputs beyond the images (OPUS-Fusion's points)
     hands them through the test steps as `extra` (`step_inputs`, `decode_outputs`).
     """
-    # the device entry points have static shapes, so that a CUDA graph can capture them (accel/cuda_graph.py)
-    GRAPH_CAPTURABLE = True
+    # the device entry points with static shapes, which a CUDA graph can capture (accel/cuda_graph.py)
+    GRAPH_CAPTURABLE = frozenset({'online_step', 'offline_step', 'train_decoder'})
     # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img
     PROJECTION_KEY = 'lidar2img'
 
@@ -318,15 +318,16 @@ class OPS(BaseDetector):
         occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
         with torch.autocast(img.device.type, enabled=False):
             outs = self.train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w))
-            return head.loss(voxel_semantics, mask_camera, outs)
+            return head.loss(voxel_semantics, mask_camera, head.after_decoder(outs))
 
     def train_decoder(self, *tensors, image_h, image_w):
         """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img
-        `[B, T*N, 4, 4]` (float32) -> the head's outputs (`OPSHead.forward`)."""
+        `[B, T*N, 4, 4]` (float32) -> the decoder's outputs (`OPSHead.forward_decoder`; what the head computes after
+        them, `after_decoder`, runs outside this entry point)."""
         *feats, occ2img = tensors
         head = self.pts_bbox_head
         occ2img = occ2img.to(feats[0].dtype)    # float64 when the model is (the float64 tests)
-        return head.forward_geometry(head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
+        return head.forward_decoder(head.transformer.sampling_layout(feats), occ2img, image_h, image_w)
 
     def forward_test(self, img, img_metas, rescale=True, img_jpeg=None, **kwargs):
         """Test samples come wrapped in one-element lists (a single test-time augmentation)."""

@@ -219,13 +219,26 @@ class OPSHead(BaseModule):
         return self.forward_geometry(self.transformer.sampling_layout(mlvl_feats), occ2img, image_h, image_w)
 
     def forward_geometry(self, feats, occ2img, image_h, image_w):
-        """`forward` with the camera geometry as device tensors (no host work: graph-capturable).
+        """`forward` with the camera geometry as device tensors: the decoder (`forward_decoder`), then what the
+        head computes from its outputs (`after_decoder`)."""
+        return self.after_decoder(self.forward_decoder(feats, occ2img, image_h, image_w))
+
+    def after_decoder(self, outs):
+        """The head's outputs from the decoder's: V1's decoder already gives per-point logits, so `outs` as they are
+        (OPUS-V2's head runs its CPD modules here)."""
+        return outs
+
+    def forward_decoder(self, feats, occ2img, image_h, image_w):
+        """The decoder with the camera geometry as device tensors (no host work, static shapes: graph-capturable).
 
         Args:
             feats (list[Tensor]): FPN levels in the sampling layout ``[B*T*G, N, H_l, W_l, C/G]``
                 (``transformer.sampling_layout`` of ``[B, T*N, C, H_l, W_l]``).
             occ2img (Tensor): ``[B, T*N, 4, 4]`` ego (key frame) -> pixels of the augmented images.
             image_h, image_w (int): augmented image size in pixels.
+        Returns:
+            dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_cls_scores`` list over layers of [B, Q, P_i, C]
+            (V1: logits; OPUS-V2: point features); ``all_refine_pts`` list of [B, Q, P_i, 3] normalised points.
         """
         batch = occ2img.shape[0]
         init_points = self.init_points.weight[None, :, None, :].repeat(batch, 1, 1, 1)

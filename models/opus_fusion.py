@@ -47,7 +47,7 @@ class OPUSV1Fusion(LidarBranchMixin, OPS):
     policy's CUDA graphs do not apply, accel/accelerate.py).
     """
     PROJECTION_KEY = 'ego2img'
-    GRAPH_CAPTURABLE = False
+    GRAPH_CAPTURABLE = frozenset()
 
     def __init__(self, img_backbone, img_neck, pts_bbox_head, pts_voxel_layer, pts_voxel_encoder, pts_middle_encoder,
                  pts_backbone, pts_neck, second_out_dim=512, pts_feat_dim=256, **kwargs):

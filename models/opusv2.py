@@ -18,13 +18,14 @@ __all__ = ['OPUSV2']
 class OPUSV2(OPS):
     """OPUS-V2 detector (config type 'OPUSV2'; same arguments and state-dict prefixes as `OPS`).
 
-    Its device entry points are not graph-capturable as written: the CPD module's sparse voxel sets have
-    data-dependent sizes. The execution policies' heads compute the test step's CPD module on the dense
-    grid instead, with static shapes, and replay that step from a CUDA graph (accel/dense_cpd.py); the
-    training decoder always runs eagerly.
+    Its test steps are not graph-capturable as written: the CPD module's sparse voxel sets have data-dependent
+    sizes. The execution policies' heads compute the test step's CPD module on the dense grid instead, with
+    static shapes, and replay that step from a CUDA graph (accel/dense_cpd.py). The training decoder has static
+    shapes (the CPD modules run after it, `OPUSV2Head.after_decoder`), so its forward and backward are replayed
+    from graphs as V1's.
     """
     PROJECTION_KEY = 'ego2img'
-    GRAPH_CAPTURABLE = False
+    GRAPH_CAPTURABLE = frozenset({'train_decoder'})
 
     def forward_train(self, img, img_metas, voxel_semantics=None, mask_camera=None, **kwargs):
         """As `OPS.forward_train`; without `mask_camera` every voxel counts as camera-visible (as the original)."""

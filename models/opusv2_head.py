@@ -98,19 +98,17 @@ class OPUSV2Head(OPSHead):
             densifier.init_weights()
 
     # ------------------------------------------------------------------ forward
-    def forward_geometry(self, feats, occ2img, image_h, image_w):
-        """Decoder (V1's `forward_geometry`), then the CPD module of every layer that produced point features.
-
-        Args as `OPSHead.forward_geometry` (`forward(mlvl_feats, img_metas)` computes the geometry and
-        the sampling layout, then calls this). Not CUDA-graph capturable: the sparse voxel sets have
-        data-dependent sizes.
+    def after_decoder(self, outs):
+        """The CPD module of every layer that produced point features (`classify_voxels`), on a copy of the decoder's
+        outputs `outs` (`forward_decoder`'s; a training step's come from a CUDA graph). Not CUDA-graph capturable:
+        the sparse voxel sets have data-dependent sizes.
 
         Returns:
             dict: ``init_points`` [B, Q, 1, 3] normalised; ``all_refine_pts`` list of [B, Q, P_i, 3]
             normalised; ``all_cls_scores`` list of [U'_i, K] voxel logits or None (eval mode, layers
             before the last); ``all_voxel_coors`` list of int64 [U'_i, 4] (b, x, y, z) or None.
         """
-        return self.classify_voxels(super().forward_geometry(feats, occ2img, image_h, image_w))
+        return self.classify_voxels(dict(outs))
 
     def layer_point_features(self, outs):
         """Pops the decoder's point features from `outs`: one `[B, Q, P_i, C_p]` or None per layer (CPD module)."""

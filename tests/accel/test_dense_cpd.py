@@ -135,6 +135,29 @@ def test_the_faithful_preset_swaps_the_v2_heads_and_graphs_the_static_test_step(
     np.testing.assert_array_equal(got['sem_pred'], expected['sem_pred'])
 
 
+def test_the_v2_training_decoder_is_graphed_and_the_cpd_modules_run_after_it():
+    """The faithful preset graphs OPUS-V2's training decoder as V1's (not checkpointed inside the graph); the CPD
+    modules take its outputs outside the graph. On the CPU the graphed function runs eagerly: the losses are the bare
+    detector's, bit for bit (the graph against eager on CUDA: tests/engine/test_train_step.py)."""
+    from accel.cuda_graph import GraphedTrainingFunction, without_dropout
+
+    def losses(model):
+        np.random.seed(0)                          # photometric distortion
+        img, metas, sem, mask = tiny_batch(flip=True)
+        return model(img=img, img_metas=metas, voxel_semantics=sem, mask_camera=mask)
+
+    reference = without_dropout(tiny_detector()).train()
+    model = without_dropout(accelerate(tiny_detector(), policy_from_config(None))).train()
+    assert isinstance(model.graphed_steps['train_decoder'], GraphedTrainingFunction)
+    layers = model.pts_bbox_head.transformer.decoder.decoder_layers
+    assert all(layer.with_cp for layer in reference.pts_bbox_head.transformer.decoder.decoder_layers)
+    assert not any(layer.with_cp for layer in layers)
+    got, expected = losses(model), losses(reference)
+    assert list(got) == list(expected) and len(got) == 5       # init points' term, then cls + pts of 2 layers
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
 def predict(model, device='cpu'):
     """The offline prediction of the tiny batch, with the last CPD bias raised from the prior (p = 0.01) to
     p ~ 0.25, so that the scores fall on both sides of the threshold."""

@@ -18,6 +18,8 @@ from engine.train_step import (
     regroup_optimizer_state,
 )
 from tiny_detector import build, gt, images, metas_for
+from tiny_opusv2 import tiny_batch
+from tiny_opusv2 import tiny_detector as tiny_opusv2_detector
 
 OPTIMIZER = dict(type='AdamW', lr=2e-4, weight_decay=0.01,
                  paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=0.1),
@@ -229,9 +231,28 @@ def test_graphed_parameter_gradients_accumulate_over_backward_passes():
     assert torch.equal(accumulated(hooked=False), torch.full((3,), 4.0))    # the buffer added to itself
 
 
+def ops_inputs(seed):
+    """A training batch of the tiny OPS (tiny_detector.py); `seed` picks the images."""
+    sem, mask = gt(1)
+    img = torch.cat([images(1, seed=seed), images(0, seed=seed)])[None]
+    return dict(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem, mask_camera=mask)
+
+
+def opusv2_inputs(seed):
+    """A training batch of the tiny OPUS-V2 (tiny_opusv2.py); `seed` picks the images and the BDA flip."""
+    img, metas, sem, mask = tiny_batch(flip=bool(seed % 2))
+    img = torch.randint(0, 256, img.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return dict(img=img, img_metas=metas, voxel_semantics=sem, mask_camera=mask)
+
+
+# OPUS-V2: the decoder is graphed, its CPD modules (sparse, data-dependent sizes) run eagerly after it
+DETECTORS = {'ops': (build, ops_inputs), 'opusv2': (tiny_opusv2_detector, opusv2_inputs)}
+
+
 @CUDA
+@pytest.mark.parametrize('detector', sorted(DETECTORS))
 @pytest.mark.parametrize('mode', ['faithful', 'fast'])
-def test_graphed_training_decoder_equals_eager_on_cuda(mode):
+def test_graphed_training_decoder_equals_eager_on_cuda(mode, detector):
     """Training on CUDA replays the decoder's forward and backward from CUDA graphs: the same losses and
     gradients as the eager decoder over three steps of two accumulated backward passes each, with new
     images and weights updated in place (without dropout, whose random numbers differ between a graph
@@ -241,22 +262,21 @@ def test_graphed_training_decoder_equals_eager_on_cuda(mode):
     backward runs under TF32 there; and the fast losses stay within TF32 rounding of a faithful model's."""
     from accel.cuda_graph import EAGER
     from accel.precision import tf32_matmuls
+    build_detector, inputs = DETECTORS[detector]
 
     def model(cuda_graph, mode=mode):
-        built = accelerate(build(), policy_from_config(dict(preset=mode, train_cuda_graph=cuda_graph,
-                                                            checkpointing=False)))
+        built = accelerate(build_detector(), policy_from_config(dict(preset=mode, train_cuda_graph=cuda_graph,
+                                                                     checkpointing=False)))
         return without_dropout(built).cuda().train()
 
     eager, eager_again, graphed = model(False), model(False), model(True)
     eager_again.load_state_dict(eager.state_dict())
     graphed.load_state_dict(eager.state_dict())
-    sem, mask = (t.cuda() for t in gt(1))
 
     def log_values(model, seed):
         np.random.seed(seed)                       # photometric distortion
-        img = torch.cat([images(1, seed=seed), images(0, seed=seed)])[None].cuda()
-        return parse_losses_lazy(model(img=img, img_metas=[metas_for([1, 0])], voxel_semantics=sem,
-                                       mask_camera=mask))
+        batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs(seed).items()}
+        return parse_losses_lazy(model(**batch))
 
     if mode == 'fast':
         reference = model(False, mode='faithful')

@@ -313,4 +313,5 @@ def test_tiny_training_step_and_inference_on_the_cpu():
     out = model(img=[img], img_metas=[metas], return_loss=False, rescale=True)
     assert len(out) == 1 and out[0]['occ_loc'].shape[1] == 3 and len(out[0]['sem_pred']) > 0
     assert out[0]['sem_pred'].shape[0] == out[0]['occ_loc'].shape[0]
-    assert model.GRAPH_CAPTURABLE is False                     # sparse voxel sets of data-dependent sizes
+    # the test step's sparse voxel sets have data-dependent sizes; the training decoder before them does not
+    assert model.GRAPH_CAPTURABLE == {'train_decoder'}
