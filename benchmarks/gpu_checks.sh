@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks on a GPU machine, in one run of under 10 minutes:
-#   bash benchmarks/gpu_checks.sh            (reports under $OUT: log.txt, gpu_tests.log, e2e_t.md, e2e_l.md, demo.md)
+#   bash benchmarks/gpu_checks.sh            (reports under $OUT: log.txt, gpu_tests.log, e2e_t.md, e2e_l.md, knn.md, demo.md)
 # The GPU tests run beside two trainings of the demo config (faithful, --fast); then the T and L
 # end-to-end benchmarks alone on the machine; then val.py of both trainings, faithful and --fast, and
 # the voxel agreement of their predictions. Needs beside the working tree: .whl (the wheels,
@@ -25,13 +25,14 @@ done
 timeout $(left 120) python -m pytest -q -rs tests/models/test_ops_cuda_graph.py tests/accel \
   tests/models/test_occ_postprocess.py tests/engine/test_train_step.py tests/models/test_weights.py \
   tests/loaders/test_gpu_decode.py tests/models/test_lidar_voxelize.py tests/engine/test_dist_cuda_graph.py \
-  tests/engine/test_throughput.py tests/engine/test_gpu_decode_policy.py -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
+  tests/engine/test_throughput.py tests/engine/test_gpu_decode_policy.py tests/models/csrc -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
 el "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|SKIPPED" $OUT/gpu_tests.log | tail -12 | tee -a $L
 wait; el trainings; cat /tmp/tr_status | tee -a $L
 timeout $(left 150) python benchmarks/bench_e2e.py --configs configs/ops-t_r50_704x256_8f_12e.py --rounds 5 --samples 20 \
   --train-iters 5 --train-batches 1 8 --out $OUT/e2e_t.md 2>&1 | grep -Ev "$F" > $OUT/bench.log; el "e2e T ${PIPESTATUS[0]}"
 timeout $(left 110) python benchmarks/bench_e2e.py --configs configs/ops-l_r50_704x256_8f_12e.py --rounds 5 --samples 20 \
   --train-iters 4 --out $OUT/e2e_l.md 2>&1 | grep -Ev "$F" >> $OUT/bench.log; el "e2e L ${PIPESTATUS[0]}"
+timeout $(left 60) python benchmarks/bench_knn.py --rounds 3 --out $OUT/knn.md >> $OUT/bench.log 2>&1; el "knn $?"
 echo "# demo config on the H200: faithful vs fast training, faithful vs fast inference" > $D
 cat /tmp/tr_status >> $D
 for m in faithful fast; do echo "## train $m log" >> $D; grep -h "Epoch \[\|training took" /tmp/d_$m/*.log | sed 's/.*Epoch/Epoch/' >> $D; done
@@ -45,4 +46,4 @@ done
 wait; el vals; cat /tmp/v_status >> $D
 python benchmarks/compare_predictions.py /tmp/p_faithful_faithful /tmp/p_faithful_fast >> $D 2>&1
 python benchmarks/compare_predictions.py /tmp/p_faithful_faithful /tmp/p_fast_faithful >> $D 2>&1
-cat $L $D; cat $OUT/e2e_t.md $OUT/e2e_l.md 2>/dev/null | grep "|\|vs"
+cat $L $D; cat $OUT/e2e_t.md $OUT/e2e_l.md $OUT/knn.md 2>/dev/null | grep "|\|vs"

@@ -3,9 +3,8 @@
 The original matches with ``mmcv.ops.knn(k=1)``: brute force over all reference points, squared L2
 in float32, ties to the lowest reference index, CUDA only. Here the same semantics in pure PyTorch,
 tiled so memory stays bounded whatever the set sizes, on CPU and GPU. For CUDA tensors it
-dispatches to a compiled kernel when one is built (this project's ``models/csrc/knn_cuda.cu``: brute
-force for small sets, a uniform grid of the references for large ones, the same result; else
-``mmcv.ops.knn``), which is far faster than the tiled path.
+dispatches to a compiled kernel when one is built (this project's ``models/csrc/knn_cuda.cu``,
+else ``mmcv.ops.knn``), which is far faster than the tiled path.
 
 Distances are formed from explicit coordinate differences, ``(dx*dx + dy*dy) + dz*dz`` with every
 product and sum rounded to float32, never through the ``|a|^2 - 2ab + |b|^2`` expansion: that

@@ -118,18 +118,19 @@ def msmv_sampling_cuda(mlvl_feats, sampling_locations, scale_weights):
     return MSMVSamplingCUDA.apply(loc, weights, *feats)
 
 
-KNN_METHODS = {'auto': 'knn1', 'brute-force': 'knn1_brute_force', 'grid': 'knn1_grid'}
+KNN_METHODS = {'brute-force': 'knn1', 'grid': 'knn1_grid'}
 
 
-def knn1_cuda(query, ref, method='auto'):
+def knn1_cuda(query, ref, method='brute-force'):
     """Exact nearest neighbour: for each query point, the index of the closest reference point.
 
     Args:
         query (Tensor): ``[M, 3]`` float32 CUDA, points (any common frame and unit, e.g. metres).
         ref (Tensor): ``[K, 3]`` float32 CUDA, K >= 1.
         method (str): 'brute-force' scans every pair; 'grid' sorts the references into a uniform grid and
-            visits the cells around each query until no farther cell can hold a nearer point; 'auto' the
-            grid from 2^26 pairs on (models/csrc/knn_cuda.cu). The same result, bit for bit.
+            visits the cells around each query until no farther cell can hold a nearer point
+            (models/csrc/knn_cuda.cu). The same result, bit for bit. The matching keeps the brute force
+            until benchmarks/bench_knn.py has timed the grid on a GPU (docs/performance.md, "Known limits").
 
     Returns:
         int64 ``[M]``: argmin_j of ``((dx*dx + dy*dy) + dz*dz)`` in IEEE fp32 (the rounding of

@@ -112,16 +112,7 @@ void check_knn_inputs(const at::Tensor& query, const at::Tensor& ref) {
               "one reference point");
 }
 
-// Brute force below this many (query, reference) pairs, where the grid's set-up (a sort, seven
-// launches) costs more than scanning every pair (benchmarks/bench_knn.py); the same result either way.
-constexpr int64_t kGridMinPairs = int64_t{1} << 26;
-
 at::Tensor knn1(const at::Tensor& query, const at::Tensor& ref) {
-  check_knn_inputs(query, ref);
-  return query.size(0) * ref.size(0) < kGridMinPairs ? knn1_launch(query, ref) : knn1_grid_launch(query, ref);
-}
-
-at::Tensor knn1_brute_force(const at::Tensor& query, const at::Tensor& ref) {
   check_knn_inputs(query, ref);
   return knn1_launch(query, ref);
 }
@@ -143,10 +134,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "-> [grad_locations, grad_weights, grad_feat_0, ..., grad_feat_{L-1}] (feature grads only if feat_grad)",
         py::arg("mlvl_feats"), py::arg("sampling_locations"), py::arg("scale_weights"), py::arg("grad_output"),
         py::arg("feat_grad"));
-  m.def("knn1", &ops_csrc::knn1, "query [M, 3] fp32, ref [K, 3] fp32 -> int64 [M] nearest reference index",
+  m.def("knn1", &ops_csrc::knn1,
+        "query [M, 3] fp32, ref [K, 3] fp32 -> int64 [M] nearest reference index, scanning every pair",
         py::arg("query"), py::arg("ref"));
-  m.def("knn1_brute_force", &ops_csrc::knn1_brute_force, "knn1 scanning every pair", py::arg("query"),
-        py::arg("ref"));
   m.def("knn1_grid", &ops_csrc::knn1_grid, "knn1 through a uniform grid of the references", py::arg("query"),
         py::arg("ref"));
   m.attr("MAX_LEVELS") = ops_csrc::msmv_max_levels();

@@ -475,7 +475,7 @@ def knn_reference(query, ref):
     return d, d.argmin(dim=1)
 
 
-KNN_METHODS = ['brute-force', 'grid', 'auto']
+KNN_METHODS = ['brute-force', 'grid']
 
 
 @pytest.mark.parametrize('method', KNN_METHODS)
