@@ -306,19 +306,23 @@ class OPS(BaseDetector):
         With the GPU-decode pipeline (loaders/pipelines/gpu_decode.py) `img` is None and `img_jpeg`
         carries the JPEG bytes and each image's resize/crop/flip, decoded here on the model's device.
         """
-        if img is None and img_jpeg is not None:
-            img = decode_and_transform(img_jpeg, device=self.img_mean.device)
         if voxel_semantics is None or mask_camera is None:
             raise ValueError('OPS.forward_train needs voxel_semantics and mask_camera (collect them in the '
                              'train pipeline, as configs/_base_/ops_r50_704x256_8f.py does)')
-        feats = self.extract_feat(img, img_metas)
-        voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
-        mask_camera = torch.as_tensor(mask_camera, device=img.device)
         head = self.pts_bbox_head
+        device = self.img_mean.device
+        voxel_semantics = torch.as_tensor(voxel_semantics, device=device)
+        mask_camera = torch.as_tensor(mask_camera, device=device)
+        # The ground truth's host reads come before the step's kernels are queued: after them, each read would
+        # wait for the whole forward pass, and the GPU would then idle while the loss's kernels are launched.
+        gts = head.gt_points(voxel_semantics, mask_camera, device)
+        if img is None and img_jpeg is not None:
+            img = decode_and_transform(img_jpeg, device=device)
+        feats = self.extract_feat(img, img_metas)
         occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
         with torch.autocast(img.device.type, enabled=False):
             outs = self.train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w))
-            return head.loss(voxel_semantics, mask_camera, head.after_decoder(outs))
+            return head.loss(voxel_semantics, mask_camera, head.after_decoder(outs), gts=gts)
 
     def train_decoder(self, *tensors, image_h, image_w):
         """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img

@@ -252,8 +252,11 @@ class OPSHead(BaseModule):
                     all_refine_pts=list(refine_pts))
 
     # ------------------------------------------------------------------ losses
-    def _gt_points(self, voxel_semantics, mask_camera, device):
+    def gt_points(self, voxel_semantics, mask_camera, device):
         """Per sample: centres of all non-free voxels (metres), labels, camera visibility.
+
+        Reads the device 1 + B times (the batch's label check, each sample's voxel count): the detectors call it
+        before queueing a training step's kernels (`OPS.forward_train`), where a read waits for little.
 
         Returns:
             list of (points [Ng, 3] float32 metres, labels [Ng] long, visible [Ng] bool).
@@ -290,7 +293,7 @@ class OPSHead(BaseModule):
 
         Args:
             points (Tensor): `[B, Np, 3]` predicted points, metres.
-            gts (list): output of ``_gt_points``.
+            gts (list): output of ``gt_points``.
         Returns:
             list: B `PointMatch` (models/matcher.py), None for a sample without ground truth.
         """
@@ -304,7 +307,7 @@ class OPSHead(BaseModule):
             cls_scores (Tensor | None): [B, Q, P, C] logits; None for the initial points, whose
                 classification term the original computes on zero logits and discards.
             pred_points (Tensor): [B, Q, P, 3] normalised points.
-            gts (list): output of ``_gt_points``.
+            gts (list): output of ``gt_points``.
 
         Returns:
             tuple(Tensor | None, Tensor): loss_cls (None when cls_scores is None), loss_pts; each the mean over
@@ -323,13 +326,15 @@ class OPSHead(BaseModule):
                                  f'{points.shape[1]} points per sample')
         return self.criterion(points, logits, gts, self.match(points, gts))
 
-    def loss(self, voxel_semantics, mask_camera, preds_dicts):
+    def loss(self, voxel_semantics, mask_camera, preds_dicts, gts=None):
         """All loss terms (docs/method.md, "Losses").
 
         Args:
             voxel_semantics (Tensor): uint8 [B, X, Y, Z] labels, ``empty_label`` = free.
             mask_camera (Tensor): bool [B, X, Y, Z] camera visibility.
             preds_dicts (dict): output of ``forward``.
+            gts (list | None): ``gt_points(voxel_semantics, mask_camera, device)`` when the caller has it already;
+                None: computed here.
 
         Returns:
             dict: ``init_loss_pts``, ``loss_cls``/``loss_pts`` (last layer) and
@@ -342,7 +347,8 @@ class OPSHead(BaseModule):
         init_points = preds_dicts['init_points']
         all_cls = preds_dicts['all_cls_scores']
         all_pts = preds_dicts['all_refine_pts']
-        gts = self._gt_points(voxel_semantics, mask_camera, init_points.device)
+        if gts is None:
+            gts = self.gt_points(voxel_semantics, mask_camera, init_points.device)
         empty = [b for b, g in enumerate(gts) if g[0].shape[0] == 0]
         if empty:
             warnings.warn(f'OPSHead.loss: samples {empty} of the batch have no occupied voxel; '

@@ -98,23 +98,25 @@ class OPUSV1Fusion(LidarBranchMixin, OPS):
                       **kwargs):
         """As `OPS.forward_train`, with `points` (B float32 `[N_b, 5]` tensors); without `mask_camera` every voxel
         counts as camera-visible (as the original)."""
-        if img is None and img_jpeg is not None:
-            img = decode_and_transform(img_jpeg, device=self.img_mean.device)
         if voxel_semantics is None or points is None:
             raise ValueError('OPUSV1Fusion.forward_train needs points and voxel_semantics (collect them in the train '
                              'pipeline, as configs/_base_/opus-fusion_r50_704x256_8f.py does)')
-        voxel_semantics = torch.as_tensor(voxel_semantics, device=img.device)
+        head = self.pts_bbox_head
+        device = self.img_mean.device
+        voxel_semantics = torch.as_tensor(voxel_semantics, device=device)
         mask_camera = torch.ones_like(voxel_semantics, dtype=torch.bool) if mask_camera is None else \
-            torch.as_tensor(mask_camera, device=img.device)
+            torch.as_tensor(mask_camera, device=device)
+        gts = head.gt_points(voxel_semantics, mask_camera, device)    # host reads first, as `OPS.forward_train`
+        if img is None and img_jpeg is not None:
+            img = decode_and_transform(img_jpeg, device=device)
         feats = self.extract_feat(img, img_metas)
         bev, init_points = self.lidar_inputs(points, self.train_amp_dtype())
-        head = self.pts_bbox_head
         occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
         occ2points = self.lidar_geometry(img_metas, img.device)
         with torch.autocast(img.device.type, enabled=False):
             outs = self.train_decoder(*feats, bev, init_points, occ2points, occ2img, image_h=int(image_h),
                                       image_w=int(image_w))
-            return head.loss(voxel_semantics, mask_camera, outs)
+            return head.loss(voxel_semantics, mask_camera, outs, gts=gts)
 
     def train_decoder(self, *tensors, image_h, image_w):
         """The training decoder: the L FPN levels `[B, T*N, C, H_l, W_l]`, the map `[B*G, C_g, H_b, W_b]`, the

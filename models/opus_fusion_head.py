@@ -159,10 +159,10 @@ class OPUSV1FusionHead(OPSHead):
             return None, None
         return super().loss_single(cls_scores, pred_points, gts)
 
-    def loss(self, voxel_semantics, mask_camera, preds_dicts):
+    def loss(self, voxel_semantics, mask_camera, preds_dicts, gts=None):
         """V1's loss dict (`OPSHead.loss`); without `init_loss_pts` when the initial points come from the LiDAR
         points (the authors skip it: nothing there is learned)."""
-        losses = super().loss(voxel_semantics, mask_camera, preds_dicts)
+        losses = super().loss(voxel_semantics, mask_camera, preds_dicts, gts=gts)
         if self.init_pos_lidar:
             del losses['init_loss_pts']
         return losses

@@ -155,13 +155,14 @@ class OPUSV2Head(OPSHead):
         """
         return self.criterion.voxel_class_loss(logits, coors, voxel_semantics)
 
-    def loss(self, voxel_semantics, mask_camera, preds_dicts):
+    def loss(self, voxel_semantics, mask_camera, preds_dicts, gts=None):
         """All loss terms (11 for 5 layers).
 
         Args:
             voxel_semantics (Tensor): uint8 [B, X, Y, Z] labels, ``empty_label`` = free.
             mask_camera (Tensor): bool [B, X, Y, Z] camera visibility (point-loss weights only).
             preds_dicts (dict): output of ``forward`` in training mode (CPD outputs of every layer).
+            gts (list | None): as `OPSHead.loss`.
         Returns:
             dict: ``init_loss_pts``, ``loss_cls``/``loss_pts`` (last layer), ``d{i}.loss_cls``/``d{i}.loss_pts``
             (earlier layers), in this order (the runner sums them in it).
@@ -173,7 +174,8 @@ class OPUSV2Head(OPSHead):
             raise ValueError(f'{type(self).__name__}.loss needs the CPD output of every layer: run the head in '
                              f'training mode (eval mode computes only the last layer)')
         device = init_points.device
-        gts = self._gt_points(voxel_semantics, mask_camera, device)
+        if gts is None:
+            gts = self.gt_points(voxel_semantics, mask_camera, device)
         empty = [b for b, g in enumerate(gts) if g[0].shape[0] == 0]
         if empty:
             warnings.warn(f'{type(self).__name__}.loss: samples {empty} of the batch have no occupied voxel; '

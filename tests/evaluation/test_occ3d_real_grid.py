@@ -215,7 +215,7 @@ def test_loss_ground_truth_points_are_the_occupied_voxel_centres(real_occ3d):
     cfg = Config.fromfile(f'{real_data.REPO_ROOT}/configs/ops-t_r50_704x256_8f_12e.py')
     head = build_head(dict(cfg.model.pts_bbox_head, train_cfg=cfg.model.train_cfg.pts, test_cfg=cfg.model.test_cfg.pts))
     sem, mask = real_occ3d['semantics'], real_occ3d['mask_camera']
-    (points, labels, visible), = head._gt_points(torch.from_numpy(sem[None]), torch.from_numpy(mask[None]), 'cpu')
+    (points, labels, visible), = head.gt_points(torch.from_numpy(sem[None]), torch.from_numpy(mask[None]), 'cpu')
     idx = np.argwhere(sem != FREE)
     assert points.shape == (len(idx), 3) == (39092, 3) and points.dtype == torch.float32
     centres = (idx.astype(np.float64) + 0.5) * VOXEL + PC_MIN  # float64 reference

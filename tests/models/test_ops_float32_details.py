@@ -25,7 +25,7 @@ def test_ground_truth_voxel_centres_follow_the_original_formula():
     ii = torch.arange(200)
     sem[0, ii, ii, ii % 16] = 1
     sem[0, ii, 199 - ii, (ii * 7) % 16] = 2
-    points, labels, _ = make_head()._gt_points(sem, torch.ones_like(sem, dtype=torch.bool), 'cpu')[0]
+    points, labels, _ = make_head().gt_points(sem, torch.ones_like(sem, dtype=torch.bool), 'cpu')[0]
     idx = np.argwhere(sem[0].numpy() != 17)                       # same (x, y, z) order as torch.nonzero
     lo = np.array(PC_RANGE[:3], np.float32)
     size = (np.array(PC_RANGE[3:], np.float32) - lo).astype(np.float32)

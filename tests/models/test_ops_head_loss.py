@@ -10,6 +10,7 @@ import torch.nn as nn
 from mmcv.runner import BaseModule
 from mmdet.models.utils.builder import TRANSFORMER
 
+from models.matcher import build_matcher
 from models.ops_head import OPSHead
 
 PC_RANGE = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
@@ -263,7 +264,7 @@ def test_bad_ground_truth_raises_clear_errors():
 def test_gradcheck_float64():
     sem, vis, gts, init, layers = make_scene(4, num_layers=2, refines=(2, 2))
     head = make_head()
-    gt_list = head._gt_points(torch.from_numpy(sem), torch.from_numpy(vis), 'cpu')
+    gt_list = head.gt_points(torch.from_numpy(sem), torch.from_numpy(vis), 'cpu')
     logits = torch.tensor(layers[1][0][:1, :3], dtype=torch.float64, requires_grad=True)
     points = torch.tensor(layers[1][1][:1, :3], dtype=torch.float64, requires_grad=True)
 
@@ -301,43 +302,84 @@ def test_a_batch_is_the_mean_of_its_samples():
     assert single[0]['loss_pts'].item() != pytest.approx(single[1]['loss_pts'].item(), rel=1e-3)
 
 
+class HostReads:
+    """Records, at the dispatcher, each host read of a device value (`.item()`, a boolean index, `nonzero`) whose
+    innermost caller outside torch and this test is in one of `own_files` (mmdet's CPU focal loss reads the host
+    itself; on CUDA it runs mmcv's kernel), and where the first convolution was dispatched."""
+
+    def __init__(self, own_files):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        spy = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                spy.record(func, args)
+                return func(*args, **(kwargs or {}))
+
+        self.own_files, self.mode = own_files, Mode()
+        self.reads, self.ops, self.first_convolution = [], 0, None
+
+    def record(self, func, args):
+        import traceback
+
+        name = func._schema.name
+        self.ops += 1
+        if self.first_convolution is None and name in ('aten::convolution', 'aten::_convolution', 'aten::conv2d'):
+            self.first_convolution = self.ops
+        bool_index = name in ('aten::index.Tensor', 'aten::index_put_', 'aten::index_put') and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if name in ('aten::_local_scalar_dense', 'aten::nonzero', 'aten::masked_select') or bool_index:
+            caller = next(f for f in reversed(traceback.extract_stack())
+                          if '/torch/' not in f.filename and f.filename != __file__)
+            if caller.filename.endswith(self.own_files):
+                self.reads.append((self.ops, f'{name} at {caller.filename}:{caller.lineno}'))
+
+    def names(self):
+        return sorted(r.split(' at')[0] for _, r in self.reads)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
 def test_the_loss_reads_the_device_once_per_batch_and_once_per_sample():
-    """Each host read of a device value (`.item()`, a boolean index, `nonzero`) stalls the host until the GPU
-    has caught up, so the fast training step runs ahead of the GPU only between them. The head's own code
-    reads the label check once per batch and each sample's ground-truth count (nonzero); nothing per layer,
-    neither in the matcher nor in the criterion. Counted on the CPU at the dispatcher, for the operators inside
-    models/ops_head.py, models/matcher.py and models/criterion.py."""
-    import traceback
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    own_files = ('models/ops_head.py', 'models/matcher.py', 'models/criterion.py')
-
-    class HostReads(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.reads = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func._schema.name
-            bool_index = name in ('aten::index.Tensor', 'aten::index_put_', 'aten::index_put') and any(
-                i is not None and i.dtype == torch.bool for i in args[1])
-            if name in ('aten::_local_scalar_dense', 'aten::nonzero', 'aten::masked_select') or bool_index:
-                # the innermost caller outside torch and this test (mmdet's CPU focal loss reads the host
-                # itself; on CUDA it runs mmcv's kernel)
-                caller = next(f for f in reversed(traceback.extract_stack())
-                              if '/torch/' not in f.filename and f.filename != __file__)
-                if caller.filename.endswith(own_files):
-                    self.reads.append(f'{name} at {caller.filename}:{caller.lineno}')
-            return func(*args, **(kwargs or {}))
-
+    """Each host read of a device value stalls the host until the GPU has caught up, so the fast training step
+    runs ahead of the GPU only between them. The head's own code reads the label check once per batch and each
+    sample's ground-truth count (nonzero); nothing per layer, neither in the matcher nor in the criterion. Counted
+    on the CPU at the dispatcher, for the operators inside models/ops_head.py, models/matcher.py and
+    models/criterion.py."""
     # the CPU's KD-tree matching reads the host itself; the CUDA kernel and the tiled PyTorch path do not
     sem, vis, gts, init, layers = make_scene(0)
     head = make_head(matcher=dict(type='NearestPointMatcher', backend='torch'))
     preds = to_preds(init, layers)
-    with HostReads() as spy:
+    with HostReads(('models/ops_head.py', 'models/matcher.py', 'models/criterion.py')) as spy:
         head.loss(torch.from_numpy(sem), torch.from_numpy(vis), preds)
     batch = sem.shape[0]
     assert len(layers) >= 2 and batch == 2
-    assert sorted(r.split(' at')[0] for r in spy.reads) == ['aten::_local_scalar_dense'] + ['aten::nonzero'] * batch, \
-        spy.reads
+    assert spy.names() == ['aten::_local_scalar_dense'] + ['aten::nonzero'] * batch, spy.reads
+
+
+def test_a_training_step_reads_the_device_before_its_first_convolution():
+    """The detector takes the ground truth (and its 1 + B host reads) before it queues the backbone, so that the
+    reads wait for the batch's copy only, not for the forward pass, and the loss's kernels are queued while the
+    GPU still runs it. The head's loss then reads nothing more (the test above); here the whole step's reads by
+    the detector's, head's, matcher's and criterion's own code, counted on the CPU with the tiled PyTorch matching
+    (the CPU's KD-tree reads the host itself)."""
+    from tiny_detector import build, gt, images, metas_for
+
+    model = build().train()
+    model.pts_bbox_head.matcher = build_matcher(dict(type='NearestPointMatcher', backend='torch'))
+    batch = 2
+    sem, mask = gt(batch)
+    img = torch.stack([torch.cat([images(1, seed=b), images(0, seed=b)]) for b in range(batch)])
+    own = ('models/ops.py', 'models/ops_head.py', 'models/matcher.py', 'models/criterion.py')
+    with HostReads(own) as spy:
+        losses = model(img=img, img_metas=[metas_for([1, 0])] * batch, voxel_semantics=sem, mask_camera=mask)
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    assert spy.names() == ['aten::_local_scalar_dense'] + ['aten::nonzero'] * batch, spy.reads
+    assert spy.first_convolution is not None
+    assert all(at < spy.first_convolution for at, _ in spy.reads), (spy.first_convolution, spy.reads)

@@ -121,7 +121,7 @@ def encode(pred):
 def test_chamfer_point_loss_against_a_hand_computation():
     head = make_head()
     sem, vis, gt, pred = point_scene()
-    gts = head._gt_points(sem, vis, 'cpu')
+    gts = head.gt_points(sem, vis, 'cpu')
     ys = [centre(*ijk) for ijk, _, _ in gt]
     # nearest neighbours by hand (distances in the scene above are well separated)
     a = [int(np.argmin([np.linalg.norm(y - p) for p in pred])) for y in ys]
@@ -144,7 +144,7 @@ def test_chamfer_point_loss_against_a_hand_computation():
 def test_dcd_point_loss_against_a_hand_computation():
     head = make_head(OPUSV2DCDHead, loss_pts=dict(type='SmoothL1Loss', beta=0.2, loss_weight=0.25))
     sem, vis, gt, pred = point_scene()
-    gts = head._gt_points(sem, vis, 'cpu')
+    gts = head.gt_points(sem, vis, 'cpu')
     ys = [centre(*ijk) for ijk, _, _ in gt]
     a, b = [0, 2, 3], [0, 0, 1, 2]          # as in the Chamfer test
     n = [a.count(j) for j in a]             # GT points sharing the nearest prediction: [1, 1, 1]
@@ -182,7 +182,7 @@ def test_loss_dict_has_eleven_terms_for_five_layers_in_the_original_order():
     losses = head.loss(sem, vis, preds)
     assert list(losses) == ['init_loss_pts', 'loss_cls', 'loss_pts'] + \
         [f'd{i}.{k}' for i in range(4) for k in ('loss_cls', 'loss_pts')]
-    gts = head._gt_points(sem, vis, 'cpu')
+    gts = head.gt_points(sem, vis, 'cpu')
     assert losses['loss_cls'] == head.voxel_cls_loss(logits[4], coors, sem)
     assert losses['d1.loss_cls'] == head.voxel_cls_loss(logits[1], coors, sem)
     assert losses['init_loss_pts'] == head.point_loss(points[:, :, :1], gts)
