@@ -152,7 +152,7 @@ def accelerate(model, policy):
     model.__class__ = _accelerated_class(faithful)
     model.execution = policy
     # a swapped head may make the test step static (OPUS-V2's dense CPD module, accel/dense_cpd.py)
-    test_graphs = policy.test_cuda_graph and ({'online_step', 'offline_step'} <= model.GRAPH_CAPTURABLE
+    test_graphs = policy.test_cuda_graph and (model.TEST_STEPS <= model.GRAPH_CAPTURABLE
                                               or getattr(model.pts_bbox_head, 'static_test_step', False))
     steps = {name: functools.partial(getattr(faithful, name), model)
              for name in ('online_step', 'offline_step', 'train_decoder')}

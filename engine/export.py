@@ -52,7 +52,7 @@ def exportable_model_type(type_name):
     name = cls.__name__
     if not issubclass(cls, OPS):
         raise ExportError(f'model type {name} is not covered: the ONNX export covers OPS (V1) configs')
-    if not {'online_step', 'offline_step'} <= cls.GRAPH_CAPTURABLE:
+    if not cls.TEST_STEPS <= cls.GRAPH_CAPTURABLE:
         reason = ("OPUS-V2's CPD module has data-dependent shapes" if name == 'OPUSV2'
                   else 'its test step has data-dependent shapes')
         raise ExportError(f'model type {name} is not covered: {reason}; the ONNX export covers OPS (V1) configs, '

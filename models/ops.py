@@ -70,8 +70,9 @@ class OPS(BaseDetector):
     image features -> the head's outputs). A variant with inputs beyond the images (OPUS-Fusion's points)
     hands them through the test steps as `extra` (`step_inputs`, `decode_outputs`).
     """
+    TEST_STEPS = frozenset({'online_step', 'offline_step'})   # the test steps' device entry points
     # the device entry points with static shapes, which a CUDA graph can capture (accel/cuda_graph.py)
-    GRAPH_CAPTURABLE = frozenset({'online_step', 'offline_step', 'train_decoder'})
+    GRAPH_CAPTURABLE = TEST_STEPS | {'train_decoder'}
     # meta key with one projection matrix per view of every frame (T*N entries, also online); OPUS-V2: ego2img
     PROJECTION_KEY = 'lidar2img'
 
@@ -309,20 +310,26 @@ class OPS(BaseDetector):
         if voxel_semantics is None or mask_camera is None:
             raise ValueError('OPS.forward_train needs voxel_semantics and mask_camera (collect them in the '
                              'train pipeline, as configs/_base_/ops_r50_704x256_8f.py does)')
-        head = self.pts_bbox_head
-        device = self.img_mean.device
-        voxel_semantics = torch.as_tensor(voxel_semantics, device=device)
-        mask_camera = torch.as_tensor(mask_camera, device=device)
-        # The ground truth's host reads come before the step's kernels are queued: after them, each read would
-        # wait for the whole forward pass, and the GPU would then idle while the loss's kernels are launched.
-        gts = head.gt_points(voxel_semantics, mask_camera, device)
+        voxel_semantics, mask_camera, gts = self.training_ground_truth(voxel_semantics, mask_camera)
         if img is None and img_jpeg is not None:
-            img = decode_and_transform(img_jpeg, device=device)
+            img = decode_and_transform(img_jpeg, device=self.img_mean.device)
         feats = self.extract_feat(img, img_metas)
+        head = self.pts_bbox_head
         occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
         with torch.autocast(img.device.type, enabled=False):
             outs = self.train_decoder(*feats, occ2img, image_h=int(image_h), image_w=int(image_w))
             return head.loss(voxel_semantics, mask_camera, head.after_decoder(outs), gts=gts)
+
+    def training_ground_truth(self, voxel_semantics, mask_camera):
+        """voxel_semantics and mask_camera `[B, X, Y, Z]` on the model's device (mask_camera None: every voxel
+        visible), and the head's ground-truth points (`OPSHead.gt_points`). Called before a training step queues
+        any kernel: the points' host reads would otherwise wait for the whole forward pass, and the GPU would then
+        idle while the loss's kernels are launched."""
+        device = self.img_mean.device
+        voxel_semantics = torch.as_tensor(voxel_semantics, device=device)
+        mask_camera = torch.ones_like(voxel_semantics, dtype=torch.bool) if mask_camera is None else \
+            torch.as_tensor(mask_camera, device=device)
+        return voxel_semantics, mask_camera, self.pts_bbox_head.gt_points(voxel_semantics, mask_camera, device)
 
     def train_decoder(self, *tensors, image_h, image_w):
         """The training decoder on device tensors: the L FPN levels `[B, T*N, C, H_l, W_l]` and occ2img

@@ -256,7 +256,7 @@ class OPSHead(BaseModule):
         """Per sample: centres of all non-free voxels (metres), labels, camera visibility.
 
         Reads the device 1 + B times (the batch's label check, each sample's voxel count): the detectors call it
-        before queueing a training step's kernels (`OPS.forward_train`), where a read waits for little.
+        before queueing a training step's kernels (`OPS.training_ground_truth`), where a read waits for little.
 
         Returns:
             list of (points [Ng, 3] float32 metres, labels [Ng] long, visible [Ng] bool).

@@ -101,16 +101,12 @@ class OPUSV1Fusion(LidarBranchMixin, OPS):
         if voxel_semantics is None or points is None:
             raise ValueError('OPUSV1Fusion.forward_train needs points and voxel_semantics (collect them in the train '
                              'pipeline, as configs/_base_/opus-fusion_r50_704x256_8f.py does)')
-        head = self.pts_bbox_head
-        device = self.img_mean.device
-        voxel_semantics = torch.as_tensor(voxel_semantics, device=device)
-        mask_camera = torch.ones_like(voxel_semantics, dtype=torch.bool) if mask_camera is None else \
-            torch.as_tensor(mask_camera, device=device)
-        gts = head.gt_points(voxel_semantics, mask_camera, device)    # host reads first, as `OPS.forward_train`
+        voxel_semantics, mask_camera, gts = self.training_ground_truth(voxel_semantics, mask_camera)
         if img is None and img_jpeg is not None:
-            img = decode_and_transform(img_jpeg, device=device)
+            img = decode_and_transform(img_jpeg, device=self.img_mean.device)
         feats = self.extract_feat(img, img_metas)
         bev, init_points = self.lidar_inputs(points, self.train_amp_dtype())
+        head = self.pts_bbox_head
         occ2img, (image_h, image_w) = head.transformer.image_geometry(img_metas, img.device)
         occ2points = self.lidar_geometry(img_metas, img.device)
         with torch.autocast(img.device.type, enabled=False):

@@ -1,6 +1,7 @@
 """OPSHead.loss against an independent float64 re-computation of docs/method.md, "Losses"
 (hand-built scenes)."""
 import math
+import traceback
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 from mmcv.runner import BaseModule
 from mmdet.models.utils.builder import TRANSFORMER
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.matcher import build_matcher
 from models.ops_head import OPSHead
@@ -302,27 +304,18 @@ def test_a_batch_is_the_mean_of_its_samples():
     assert single[0]['loss_pts'].item() != pytest.approx(single[1]['loss_pts'].item(), rel=1e-3)
 
 
-class HostReads:
+class HostReads(TorchDispatchMode):
     """Records, at the dispatcher, each host read of a device value (`.item()`, a boolean index, `nonzero`) whose
     innermost caller outside torch and this test is in one of `own_files` (mmdet's CPU focal loss reads the host
-    itself; on CUDA it runs mmcv's kernel), and where the first convolution was dispatched."""
+    itself; on CUDA it runs mmcv's kernel): `reads` = (position among the dispatched operators, name, caller); and
+    `first_convolution`, the position of the first convolution."""
 
     def __init__(self, own_files):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        spy = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                spy.record(func, args)
-                return func(*args, **(kwargs or {}))
-
-        self.own_files, self.mode = own_files, Mode()
+        super().__init__()
+        self.own_files = own_files
         self.reads, self.ops, self.first_convolution = [], 0, None
 
-    def record(self, func, args):
-        import traceback
-
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
         self.ops += 1
         if self.first_convolution is None and name in ('aten::convolution', 'aten::_convolution', 'aten::conv2d'):
@@ -333,17 +326,11 @@ class HostReads:
             caller = next(f for f in reversed(traceback.extract_stack())
                           if '/torch/' not in f.filename and f.filename != __file__)
             if caller.filename.endswith(self.own_files):
-                self.reads.append((self.ops, f'{name} at {caller.filename}:{caller.lineno}'))
+                self.reads.append((self.ops, name, f'{caller.filename}:{caller.lineno}'))
+        return func(*args, **(kwargs or {}))
 
     def names(self):
-        return sorted(r.split(' at')[0] for _, r in self.reads)
-
-    def __enter__(self):
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.mode.__exit__(*exc)
+        return sorted(name for _, name, _ in self.reads)
 
 
 def test_the_loss_reads_the_device_once_per_batch_and_once_per_sample():
@@ -382,4 +369,4 @@ def test_a_training_step_reads_the_device_before_its_first_convolution():
     assert all(torch.isfinite(v).all() for v in losses.values())
     assert spy.names() == ['aten::_local_scalar_dense'] + ['aten::nonzero'] * batch, spy.reads
     assert spy.first_convolution is not None
-    assert all(at < spy.first_convolution for at, _ in spy.reads), (spy.first_convolution, spy.reads)
+    assert all(at < spy.first_convolution for at, _, _ in spy.reads), (spy.first_convolution, spy.reads)
