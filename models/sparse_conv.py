@@ -70,12 +70,12 @@ def _check_coords(coords, batch_size, spatial_shape):
     if coords.dtype not in (torch.int32, torch.int64):
         raise TypeError(f'sparse sites must be an integer tensor, got {coords.dtype}')
     if coords.numel():
-        lo = coords.min(dim=0).values
-        hi = coords.max(dim=0).values
+        # one host read per call: in OPUS-V2's eager training step each read waits for the queued kernels
+        lo, hi = torch.stack(torch.aminmax(coords, dim=0)).tolist()
         limits = [batch_size] + list(spatial_shape)
-        if (lo < 0).any() or any(int(h) >= n for h, n in zip(hi.tolist(), limits)):
+        if min(lo) < 0 or any(h >= n for h, n in zip(hi, limits)):
             raise ValueError(f'sparse sites outside batch {batch_size} x grid {tuple(spatial_shape)}: '
-                             f'min {lo.tolist()}, max {hi.tolist()}')
+                             f'min {lo}, max {hi}')
 
 
 def linear_index(coords, spatial_shape):
