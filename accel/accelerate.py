@@ -25,6 +25,7 @@ from .precision import matmul_precision
 __all__ = ['accelerate', 'AcceleratedDetector', 'parse_losses_lazy']
 
 _LAYER_PART = 'decoder_layer.'
+_CPD_PART = 'cpd'
 
 
 def parse_losses_lazy(losses):
@@ -137,16 +138,21 @@ def accelerate(model, policy):
         if swapped is not None:
             module.__class__ = swapped
 
-    scopes = {}
+    scopes, cpd_scope = {}, {}
     for (phase, part), precision in policy.precision_table.items():
         if part.startswith(_LAYER_PART):
             scopes.setdefault(part[len(_LAYER_PART):], {})[phase] = precision
+        elif part == _CPD_PART:
+            cpd_scope[phase] = precision
     for layer in layers:
         for child, precisions in scopes.items():
             if not hasattr(layer, child):
                 raise ValueError(f'precision table {policy.precision!r}: decoder layer {type(layer).__name__} has '
                                  f'no child {child!r} (accel/precision.py)')
             precision_scoped(getattr(layer, child), precisions)
+    if cpd_scope:
+        for densifier in getattr(model.pts_bbox_head, 'densifiers', ()):   # OPUS-V2's CPD modules; V1 has none
+            precision_scoped(densifier, cpd_scope)
 
     faithful = type(model)
     model.__class__ = _accelerated_class(faithful)

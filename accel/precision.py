@@ -5,7 +5,9 @@
 'train' or 'test'; a part not listed runs under what encloses it (float32 by default). Parts:
 * 'decoder': the decoder and the post-processing of a test step (`OPS.decode`), the training decoder's
   forward and, when graphed, its backward (`OPS.train_decoder`);
-* 'decoder_layer.<child>': that child module of every decoder layer (its forward).
+* 'decoder_layer.<child>': that child module of every decoder layer (its forward);
+* 'cpd': OPUS-V2's CPD modules (the head's `densifiers`, their forward), which a training step runs after the
+  decoder, outside its scope (`OPUSV2Head.after_decoder`); at test time they run inside the decoder's.
 The execution policy names a table (accel/policy.py, `precision`); changing a precision is a one-line
 edit here. A CUDA graph captured inside a scope keeps the kernels it recorded.
 """
@@ -24,6 +26,7 @@ PRECISION_TABLES = {
     # (docs/performance.md, "Where the fast test mode loses voxels"). Training keeps TF32 throughout.
     'tf32-decoder': {
         ('train', 'decoder'): 'high',
+        ('train', 'cpd'): 'high',
         ('test', 'decoder'): 'high',
         ('test', 'decoder_layer.position_encoder'): 'highest',
         ('test', 'decoder_layer.self_attn'): 'highest',

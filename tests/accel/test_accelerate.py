@@ -161,3 +161,24 @@ def test_the_faithful_policy_computes_what_the_bare_model_computes_on_the_cpu():
     # leaves a factor 10 for the loss sums' rounding
     for key, value in logs[0].items():
         assert logs[2][key].item() == pytest.approx(value, rel=1e-6)   # ~1e-7 reordering x 10 (see above)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_the_fast_table_scopes_the_cpd_modules_in_training(training):
+    """OPUS-V2's CPD modules run after the training decoder, outside its scope: the 'cpd' part gives them the
+    decoder's TF32 in training; at test time they run inside the decoder's scope and keep what encloses them. The
+    faithful table scopes nothing."""
+    from tiny_opusv2 import tiny_detector
+    faithful = accelerate(tiny_detector(), policy_from_config())
+    assert not any(isinstance(d, MatmulPrecisionScope) for d in faithful.pts_bbox_head.densifiers)
+    model = accelerate(tiny_detector(), policy_from_config(fast=True))
+    densifier = model.pts_bbox_head.densifiers[0].train(training)
+    assert isinstance(densifier, MatmulPrecisionScope) and densifier.matmul_precisions == {'train': 'high'}
+    seen = []
+    # the first VFE layer runs inside the CPD module's forward, so its pre-hook sees the module's scope
+    densifier.pfn_layers[0].register_forward_pre_hook(lambda m, a: seen.append(torch.get_float32_matmul_precision()))
+    g = torch.Generator().manual_seed(3)
+    before = torch.get_float32_matmul_precision()
+    with torch.no_grad():
+        densifier(torch.randn(1, 4, 2, densifier.in_channels, generator=g), torch.rand(1, 4, 2, 3, generator=g))
+    assert seen == ['high' if training else before] and torch.get_float32_matmul_precision() == before
