@@ -47,13 +47,17 @@ def annotate(module, name, handles):
 
 
 def annotate_stages(model):
-    """Profiler ranges around the backbone, the FPN and each decoder part; returns the hook handles."""
+    """Profiler ranges around the backbone, the FPN, each decoder part and OPUS-V2's sparse CPD modules (their
+    eager forward: a training step's, and the test step's outside the faithful and fast presets, whose test step
+    computes the last one on the dense grid); returns the hook handles."""
     handles = []
     annotate(model.img_backbone, 'backbone', handles)
     annotate(model.img_neck, 'FPN', handles)
     for layer in model.pts_bbox_head.transformer.decoder.decoder_layers:
         for part in DECODER_PARTS:
             annotate(getattr(layer, part), f'decoder.{part}', handles)
+    for densifier in getattr(model.pts_bbox_head, 'densifiers', ()):
+        annotate(densifier, 'CPD modules (sparse)', handles)
     return handles
 
 
