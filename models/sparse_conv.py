@@ -154,6 +154,11 @@ def spconv_init_(weight, bias):
         bias.uniform_(-bound, bound)
 
 
+# elements of the gathered columns `[m, K, C]` of one chunk (~64 MB of fp32): the conv's transient memory, and the
+# number of chunks (a gather and a GEMM each) that a large active set takes (benchmarks/bench_cpd.py times it)
+CHUNK_ELEMENTS = 1 << 24
+
+
 def _gather_matmul(rows, table, weight2d, chunk):
     """sum_k rows_pad[table[:, k]] @ W_k for a `[M, K]` table: one GEMM per chunk of M, no scatter.
 
@@ -189,7 +194,7 @@ class _SparseConvFunction(torch.autograd.Function):
     def forward(ctx, features, weight, bias, table):
         c_out, c_in = weight.shape[0], weight.shape[-1]
         num_taps = table.shape[1]
-        chunk = max(1024, (1 << 24) // (num_taps * max(c_in, c_out)))   # ~64 MB of fp32 columns
+        chunk = max(1024, CHUNK_ELEMENTS // (num_taps * max(c_in, c_out)))
         # [C_out, k0, k1, k2, C_in] -> [K * C_in, C_out], row k * C_in + c
         out = _gather_matmul(features, table, weight.reshape(c_out, -1).t(), chunk)
         if bias is not None:

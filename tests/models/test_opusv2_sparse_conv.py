@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models import sparse_conv
 from models.sparse_conv import (
     KERNEL_OFFSETS,
     SparseConv3d,
@@ -40,11 +41,11 @@ def at_sites(grid, coords):
     return grid[coords[:, 0], :, coords[:, 1], coords[:, 2], coords[:, 3]]
 
 
-def magnitudes(feats, coords, w, b, batch, out_coords, grad=None):
+def magnitudes(feats, coords, w, b, batch, out_coords, grad=None, shape=SHAPE):
     """The dense reference on |feats|, |w|, |b|: per output site the sum of its terms' magnitudes; with `grad`,
     also those of the gradients of feats, w, b (back-propagating |grad|)."""
     leaves = [t.detach().abs().requires_grad_(grad is not None) for t in (feats, w, b)]
-    out = at_sites(F.conv3d(dense_grid(leaves[0], coords, batch, SHAPE), leaves[1].permute(0, 4, 1, 2, 3), leaves[2],
+    out = at_sites(F.conv3d(dense_grid(leaves[0], coords, batch, shape), leaves[1].permute(0, 4, 1, 2, 3), leaves[2],
                             padding=1), out_coords)
     if grad is None:
         return out.detach()
@@ -77,6 +78,29 @@ def test_conv_matches_dense_conv3d_at_output_sites(subm):
     got = torch.autograd.grad(out, (feats, w, b), grad)
     want = torch.autograd.grad(ref, (feats, w, b), grad)
     # gradient sums: 27 * c_out terms per feature, one term per output site for a weight or the bias
+    for g1, g2, m, terms in zip(got, want, grad_mags, (27 * c_out, len(out), len(out))):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=terms * EPS64 * m.max().item())
+
+
+def test_a_conv_in_several_chunks_matches_dense_conv3d(monkeypatch):
+    """More output sites than one chunk holds (`CHUNK_ELEMENTS` small: chunks of the 1,024-row minimum): the chunked
+    gathers, GEMMs and the weight gradient's sum over chunks give the dense reference's values."""
+    monkeypatch.setattr(sparse_conv, 'CHUNK_ELEMENTS', 1)
+    B, shape, c_in, c_out = 1, (24, 24, 8), 2, 3
+    g = torch.Generator().manual_seed(4)
+    coords = torch.nonzero(torch.rand((B,) + shape, generator=g) < 0.08)
+    feats = torch.randn(coords.shape[0], c_in, generator=g, dtype=torch.float64, requires_grad=True)
+    w, b = params(c_in, c_out, seed=5)
+    out, out_coords = sparse_conv3d(feats, coords, w, b, B, shape, subm=False)
+    assert len(out) > 2 * 1024          # at least three chunks
+    ref = at_sites(F.conv3d(dense_grid(feats, coords, B, shape), w.permute(0, 4, 1, 2, 3), b, padding=1), out_coords)
+    grad = torch.randn_like(out)
+    mag, grad_mags = magnitudes(feats, coords, w, b, B, out_coords, grad, shape=shape)
+    # float64 sums of at most 27 * c_in + 1 terms per output (as above)
+    torch.testing.assert_close(out, ref, rtol=0, atol=(27 * c_in + 1) * EPS64 * mag.max().item())
+    got = torch.autograd.grad(out, (feats, w, b), grad)
+    want = torch.autograd.grad(ref, (feats, w, b), grad)
+    # 27 * c_out terms per feature gradient, one per output site for a weight or the bias, in any grouping
     for g1, g2, m, terms in zip(got, want, grad_mags, (27 * c_out, len(out), len(out))):
         torch.testing.assert_close(g1, g2, rtol=0, atol=terms * EPS64 * m.max().item())
 

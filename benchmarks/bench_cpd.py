@@ -1,0 +1,115 @@
+"""Speed of OPUS-V2's sparse CPD modules in a training step: forward + backward of every layer's module.
+
+    python benchmarks/bench_cpd.py [--config configs/opusv2-t_r50_704x256_8f_50e.py] [--rounds 5] [--out cpd.md]
+
+The CPD modules (models/densifier.py: VFE, one regular and one submanifold sparse conv of models/sparse_conv.py) run
+eagerly after the graphed training decoder, one per decoder layer, on num_query x num_refines[l] points. Points are
+placed as a trained model places them: around the non-free voxels of the Occ3D sample of `--labels` (Gaussian, sigma
+0.3 m; the benchmark rig's 91,198 random voxels without it), a tenth uniform over the range; point features random.
+One step = every layer's module forward, a scalar of their logits, its backward.
+
+Variants, interleaved per round (CUDA events around each step, so the host reads inside the modules count):
+* the matrix-product precision: float32 (the faithful preset) or TF32 (the fast preset's 'cpd' part,
+  accel/precision.py);
+* `sparse_conv.CHUNK_ELEMENTS`, the elements of the gathered columns of one chunk of a sparse conv: larger chunks
+  launch fewer gathers and GEMMs and hold more transient memory.
+The table gives the median of the round medians, their min-max, the ratio against the first variant and the peak
+memory allocated during a step.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from mmcv import Config
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from accel.precision import matmul_precision  # noqa: E402
+from benchmarks.bench_knn import FREE, ground_truths  # noqa: E402
+from benchmarks.cuda_timing import event_times_ms  # noqa: E402
+from benchmarks.report import print_report  # noqa: E402
+from models import sparse_conv  # noqa: E402
+from models.densifier import Densifier  # noqa: E402
+
+PC_MIN, PC_MAX = torch.tensor([-40.0, -40.0, -1.0]), torch.tensor([40.0, 40.0, 5.4])
+
+
+def layer_inputs(gt, num_query, num_points, channels, device, generator):
+    """Normalised points `[1, Q, P, 3]` (around `gt`'s metres, a tenth uniform) and features `[1, Q, P, C]`."""
+    n = num_query * num_points
+    pts = gt[torch.randint(0, len(gt), (n,), generator=generator)] + torch.randn(n, 3, generator=generator) * 0.3
+    pts[:n // 10] = PC_MIN + torch.rand(n // 10, 3, generator=generator) * (PC_MAX - PC_MIN)
+    pts = ((pts - PC_MIN) / (PC_MAX - PC_MIN)).clamp(0, 1).view(1, num_query, num_points, 3)
+    feats = torch.randn(1, num_query, num_points, channels, generator=generator)
+    return pts.to(device).requires_grad_(), feats.to(device).requires_grad_()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', default='configs/opusv2-t_r50_704x256_8f_50e.py')
+    parser.add_argument('--labels', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
+                                                         'occ3d-sample', 'labels.npz'))
+    parser.add_argument('--precisions', nargs='+', default=['highest', 'high'], choices=('highest', 'high'),
+                        help="torch's float32 matmul precision: 'highest' float32, 'high' TF32")
+    parser.add_argument('--chunk-elements', nargs='+', type=int, default=[1 << 24, 1 << 26, 1 << 28])
+    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--reps', type=int, default=3, help='timed steps per variant and round')
+    parser.add_argument('--out', help='also write the markdown table here')
+    parser.add_argument('--cpu-smoke', action='store_true', help='a few queries on the CPU (checks the script)')
+    args = parser.parse_args()
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        sys.exit('bench_cpd.py needs a CUDA GPU (--cpu-smoke runs it on the CPU to check the script)')
+    device = torch.device('cpu' if args.cpu_smoke else 'cuda')
+    head = Config.fromfile(args.config).model.pts_bbox_head
+    num_query = 6 if args.cpu_smoke else head.num_query
+    refines = head.transformer.num_refines
+    channels = head.transformer.get('num_pt_channels', 32)
+    gen = torch.Generator().manual_seed(0)
+    name, gt = next(iter(ground_truths(args.labels).items()))
+    torch.manual_seed(0)
+    modules = [Densifier(channels, head.get('pfn_channels', (64, 64))).to(device).train() for _ in refines]
+    inputs = [layer_inputs(gt, num_query, p, channels, device, gen) for p in refines]
+
+    def step():
+        total = 0
+        for module, (pts, feats) in zip(modules, inputs):
+            logits, _ = module(feats, pts)
+            total = total + logits.square().mean()
+        total.backward()
+
+    variants = [(p, c) for p in args.precisions for c in args.chunk_elements]
+    times = {v: [] for v in variants}
+    peaks = {}
+    for _ in range(args.rounds):
+        for precision, chunk in variants:
+            sparse_conv.CHUNK_ELEMENTS = chunk
+            with matmul_precision(precision):
+                if device.type == 'cuda':
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                    times[(precision, chunk)].append(float(np.median(event_times_ms(step, warmup=1, reps=args.reps))))
+                    peaks[(precision, chunk)] = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
+                else:
+                    step()
+                    times[(precision, chunk)].append(float('nan'))
+    with torch.no_grad():
+        sites = [m(f, p)[1].shape[0] for m, (p, f) in zip(modules, inputs)]
+    gpu = torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU (smoke run)'
+    base = float(np.median(times[variants[0]]))
+    lines = [f'# OPUS-V2 CPD modules, training forward + backward, on {gpu}', '',
+             f'torch {torch.__version__}; `python {" ".join(sys.argv)}`; {num_query} queries x {list(refines)} points '
+             f'around the {name} ground truth (free label {FREE} excluded); output sites per layer {sites}; '
+             f'{args.rounds} rounds of {args.reps} steps', '',
+             '| matmul precision | CHUNK_ELEMENTS | step ms, median (min-max) | vs first | peak GiB above the inputs |',
+             '|---|---|---|---|---|']
+    for v in variants:
+        med = float(np.median(times[v]))
+        lines.append(f'| {v[0]} | 2^{int(np.log2(v[1]))} | {med:.2f} ({min(times[v]):.2f}-{max(times[v]):.2f}) | '
+                     f'{base / med:.2f}x | {peaks.get(v, float("nan")):.2f} |')
+    print_report(lines, args.out)
+
+
+if __name__ == '__main__':
+    main()
