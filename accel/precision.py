@@ -6,7 +6,8 @@
 * 'decoder': the decoder and the post-processing of a test step (`OPS.decode`), the training decoder's
   forward and, when graphed, its backward (`OPS.train_decoder`);
 * 'decoder_layer.<child>': that child module of every decoder layer (its forward);
-* 'cpd': OPUS-V2's CPD modules (the head's `densifiers`, their forward), which a training step runs after the
+* 'cpd': OPUS-V2's CPD modules (the head's `densifiers`, their forward; the sparse convolutions' backward runs at its
+  forward's precision, models/sparse_conv.py), which a training step runs after the
   decoder, outside its scope (`OPUSV2Head.after_decoder`); at test time they run inside the decoder's.
 The execution policy names a table (accel/policy.py, `precision`); changing a precision is a one-line
 edit here. A CUDA graph captured inside a scope keeps the kernels it recorded.

@@ -201,10 +201,22 @@ class _SparseConvFunction(torch.autograd.Function):
             out += bias
         ctx.save_for_backward(features, weight, table)
         ctx.geometry = (chunk, bias is not None)
+        # the backward's products at the forward's float32 precision, as autocast's custom_bwd keeps its state: a
+        # precision scope around a module's forward ends before autograd runs the backward (accel/precision.py)
+        ctx.matmul_precision = torch.get_float32_matmul_precision()
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(ctx.matmul_precision)
+        try:
+            return _SparseConvFunction._backward(ctx, grad_out)
+        finally:
+            torch.set_float32_matmul_precision(before)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         features, weight, table = ctx.saved_tensors
         chunk, has_bias = ctx.geometry
         c_out, c_in = weight.shape[0], weight.shape[-1]

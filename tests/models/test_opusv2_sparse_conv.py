@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import sparse_conv
 from models.sparse_conv import (
@@ -103,6 +104,40 @@ def test_a_conv_in_several_chunks_matches_dense_conv3d(monkeypatch):
     # 27 * c_out terms per feature gradient, one per output site for a weight or the bias, in any grouping
     for g1, g2, m, terms in zip(got, want, grad_mags, (27 * c_out, len(out), len(out))):
         torch.testing.assert_close(g1, g2, rtol=0, atol=terms * EPS64 * m.max().item())
+
+
+class MatmulPrecisions(TorchDispatchMode):
+    """Records torch's float32 matmul precision at every matrix product dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ('mm', 'addmm', 'bmm'):
+            self.seen.append(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_backward_runs_at_its_forwards_matmul_precision():
+    """A precision scope (accel/precision.py: the fast preset's TF32 'cpd' part) encloses a module's forward and has
+    ended when autograd runs the backward: the conv's gradient GEMMs take the forward's precision from the conv
+    itself, and the caller's precision is what it was afterwards. (On the CPU the precision does not change the
+    products; the dispatcher sees the setting each one runs under.)"""
+    B = 1
+    coords = random_sites(B, SHAPE, 0.3, seed=6)
+    feats = torch.randn(coords.shape[0], 2, requires_grad=True)
+    w = torch.randn(3, 3, 3, 3, 2, requires_grad=True)
+    assert torch.get_float32_matmul_precision() == 'highest'
+    torch.set_float32_matmul_precision('high')
+    try:
+        out, _ = sparse_conv3d(feats, coords, w, None, B, SHAPE, subm=False)
+    finally:
+        torch.set_float32_matmul_precision('highest')
+    with MatmulPrecisions() as spy:
+        out.square().sum().backward()
+    assert len(spy.seen) >= 2 and set(spy.seen) == {'high'}, spy.seen   # the feature and the weight gradients
+    assert torch.get_float32_matmul_precision() == 'highest'
 
 
 def test_active_set_is_the_input_dilated_by_one_voxel_clipped_and_sorted():
