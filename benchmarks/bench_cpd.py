@@ -8,17 +8,23 @@ placed as a trained model places them: around the non-free voxels of the Occ3D s
 0.3 m; the benchmark rig's 91,198 random voxels without it), a tenth uniform over the range; point features random.
 One step = every layer's module forward, a scalar of their logits, its backward.
 
-Variants, interleaved per round (CUDA events around each step, so the host reads inside the modules count):
+Variants, interleaved per round (CUDA events around each step, so the host reads inside the modules count; on the
+CPU, `--device cpu`, wall time):
+* the formulation of the sparse convs (models/sparse_conv.py): 'chosen', what `_apply_conv` picks per conv (the
+  smaller intermediate); 'gathered-inputs', every conv as gathered inputs x `[K * C_in, C_out]` GEMMs
+  (`_SparseConvFunction`); 'products-per-tap', every conv as per-tap products summed per output
+  (`_InputStationaryConvFunction`);
 * the matrix-product precision: float32 (the faithful preset) or TF32 (the fast preset's 'cpd' part,
-  accel/precision.py);
-* `sparse_conv.CHUNK_ELEMENTS`, the elements of the gathered columns of one chunk of a sparse conv: larger chunks
-  launch fewer gathers and GEMMs and hold more transient memory.
+  accel/precision.py; forward and backward);
+* `sparse_conv.CHUNK_ELEMENTS`, the elements of one chunk's gathered columns or products: larger chunks launch
+  fewer gathers and GEMMs and hold more transient memory.
 The table gives the median of the round medians, their min-max, the ratio against the first variant and the peak
 memory allocated during a step.
 """
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -36,6 +42,21 @@ from models.densifier import Densifier  # noqa: E402
 PC_MIN, PC_MAX = torch.tensor([-40.0, -40.0, -1.0]), torch.tensor([40.0, 40.0, 5.4])
 
 
+FORMULATIONS = {'chosen': None, 'gathered-inputs': sparse_conv._SparseConvFunction,
+                'products-per-tap': sparse_conv._InputStationaryConvFunction}
+
+
+def wall_times_ms(fn, reps):
+    """Wall milliseconds of each of `reps` calls of fn() after one warm-up call (the CPU's timing)."""
+    fn()
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
 def layer_inputs(gt, num_query, num_points, channels, device, generator):
     """Normalised points `[1, Q, P, 3]` (around `gt`'s metres, a tenth uniform) and features `[1, Q, P, C]`."""
     n = num_query * num_points
@@ -51,17 +72,19 @@ def main():
     parser.add_argument('--config', default='configs/opusv2-t_r50_704x256_8f_50e.py')
     parser.add_argument('--labels', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
                                                          'occ3d-sample', 'labels.npz'))
+    parser.add_argument('--formulations', nargs='+', default=['chosen', 'gathered-inputs'], choices=list(FORMULATIONS))
     parser.add_argument('--precisions', nargs='+', default=['highest', 'high'], choices=('highest', 'high'),
                         help="torch's float32 matmul precision: 'highest' float32, 'high' TF32")
     parser.add_argument('--chunk-elements', nargs='+', type=int, default=[1 << 24, 1 << 26, 1 << 28])
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--reps', type=int, default=3, help='timed steps per variant and round')
     parser.add_argument('--out', help='also write the markdown table here')
+    parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
     parser.add_argument('--cpu-smoke', action='store_true', help='a few queries on the CPU (checks the script)')
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.cpu_smoke:
-        sys.exit('bench_cpd.py needs a CUDA GPU (--cpu-smoke runs it on the CPU to check the script)')
-    device = torch.device('cpu' if args.cpu_smoke else 'cuda')
+    device = torch.device('cpu' if args.cpu_smoke else args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit('bench_cpd.py: no CUDA GPU here (--device cpu times the CPU; --cpu-smoke checks the script)')
     head = Config.fromfile(args.config).model.pts_bbox_head
     num_query = 6 if args.cpu_smoke else head.num_query
     refines = head.transformer.num_refines
@@ -79,35 +102,39 @@ def main():
             total = total + logits.square().mean()
         total.backward()
 
-    variants = [(p, c) for p in args.precisions for c in args.chunk_elements]
+    variants = [(f, p, c) for f in args.formulations for p in args.precisions for c in args.chunk_elements]
     times = {v: [] for v in variants}
     peaks = {}
+    chosen = sparse_conv._apply_conv
     for _ in range(args.rounds):
-        for precision, chunk in variants:
-            sparse_conv.CHUNK_ELEMENTS = chunk
+        for v in variants:
+            formulation, precision, sparse_conv.CHUNK_ELEMENTS = v
+            function = FORMULATIONS[formulation]
+            sparse_conv._apply_conv = chosen if function is None else function.apply
             with matmul_precision(precision):
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats()
                     before = torch.cuda.memory_allocated()
-                    times[(precision, chunk)].append(float(np.median(event_times_ms(step, warmup=1, reps=args.reps))))
-                    peaks[(precision, chunk)] = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
+                    times[v].append(float(np.median(event_times_ms(step, warmup=1, reps=args.reps))))
+                    peaks[v] = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
                 else:
-                    step()
-                    times[(precision, chunk)].append(float('nan'))
+                    times[v].append(float(np.median(wall_times_ms(step, reps=args.reps))))
+    sparse_conv._apply_conv = chosen
     with torch.no_grad():
         sites = [m(f, p)[1].shape[0] for m, (p, f) in zip(modules, inputs)]
-    gpu = torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU (smoke run)'
+    gpu = torch.cuda.get_device_name() if device.type == 'cuda' else f'the CPU ({torch.get_num_threads()} threads)'
     base = float(np.median(times[variants[0]]))
     lines = [f'# OPUS-V2 CPD modules, training forward + backward, on {gpu}', '',
              f'torch {torch.__version__}; `python {" ".join(sys.argv)}`; {num_query} queries x {list(refines)} points '
              f'around the {name} ground truth (free label {FREE} excluded); output sites per layer {sites}; '
              f'{args.rounds} rounds of {args.reps} steps', '',
-             '| matmul precision | CHUNK_ELEMENTS | step ms, median (min-max) | vs first | peak GiB above the inputs |',
-             '|---|---|---|---|---|']
+             '| formulation | matmul precision | CHUNK_ELEMENTS | step ms, median (min-max) | vs first | '
+             'peak GiB above the inputs |',
+             '|---|---|---|---|---|---|']
     for v in variants:
-        med = float(np.median(times[v]))
-        lines.append(f'| {v[0]} | 2^{int(np.log2(v[1]))} | {med:.2f} ({min(times[v]):.2f}-{max(times[v]):.2f}) | '
-                     f'{base / med:.2f}x | {peaks.get(v, float("nan")):.2f} |')
+        med, lo, hi = float(np.median(times[v])), min(times[v]), max(times[v])
+        lines.append(f'| {v[0]} | {v[1]} | 2^{int(np.log2(v[2]))} | {med:.2f} ({lo:.2f}-{hi:.2f}) | {base / med:.2f}x '
+                     f'| {peaks.get(v, float("nan")):.2f} |')
     print_report(lines, args.out)
 
 

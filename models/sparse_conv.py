@@ -15,12 +15,14 @@ OPUS-V2's CPD module (models/densifier.py) runs spconv's `SparseConv3d(k=3, s=1,
 
 Implementation: a dense int64 lookup grid `[B*X*Y*Z]` (site -> row; 5 MB per sample for 200x200x16)
 gives a neighbour table `[U', 27]`: for each output site and kernel offset the input row, or a zero
-pad row where the neighbour is inactive or outside the grid. The convolution gathers the 27 input
-rows of a chunk of output sites and multiplies them with the kernel reshaped to `[27*C_in, C_out]`
-(one GEMM per chunk; no scatter, which is slow on the CPU and non-deterministic on the GPU). The
-backward pass does the same with the reversed table (the outputs an input feeds) and the transposed
-kernel. A custom autograd Function keeps only the features, the weights and the tables, so memory
-grows with the number of active sites, not with 27 gathered copies.
+pad row where the neighbour is inactive or outside the grid. A conv then takes the formulation with the
+smaller intermediate (`_apply_conv`): gathered inputs, the 27 input rows of a chunk of output sites times
+the kernel reshaped to `[27*C_in, C_out]` (`_SparseConvFunction`), or products per tap, every input times
+every tap's kernel and each output's sum of the products addressed to it (`_InputStationaryConvFunction`;
+the regular conv's outputs outnumber its inputs and most of their table entries are pads). Neither
+scatters (slow on the CPU, non-deterministic on the GPU); both backward passes use the reversed table
+(the outputs an input feeds). The autograd Functions keep only the features, the weights and the tables,
+so memory grows with the number of active sites, not with 27 gathered copies.
 
 The LiDAR encoder of OPUS-Fusion (models/lidar/, docs/method.md, "OPUS-Fusion: the LiDAR branch") needs
 spconv's convolutions with any kernel, stride and padding, on grids far too large for a dense lookup grid
@@ -47,6 +49,7 @@ Symbol legend:
              k = (t0 * k1 + t1) * k2 + t2 for the tap (t0, t1, t2) of a (k0, k1, k2) kernel
     N        rows (points) pooled by `scatter_max`
 """
+import contextlib
 import itertools
 import math
 
@@ -187,6 +190,19 @@ def invert_table(table, num_in):
     return reverse[:num_in]
 
 
+@contextlib.contextmanager
+def _forward_precision(ctx):
+    """A backward's products at the float32 matmul precision its forward recorded (`ctx.matmul_precision`), as
+    autocast's custom_bwd keeps the autocast state: a precision scope around a module's forward has ended when
+    autograd runs the backward (accel/precision.py). The caller's precision is restored after."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(ctx.matmul_precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 class _SparseConvFunction(torch.autograd.Function):
     """y[o] = bias + sum_k W_k x[table[o, k]]: gathers and GEMMs both ways (a scatter-free backward)."""
 
@@ -201,19 +217,13 @@ class _SparseConvFunction(torch.autograd.Function):
             out += bias
         ctx.save_for_backward(features, weight, table)
         ctx.geometry = (chunk, bias is not None)
-        # the backward's products at the forward's float32 precision, as autocast's custom_bwd keeps its state: a
-        # precision scope around a module's forward ends before autograd runs the backward (accel/precision.py)
         ctx.matmul_precision = torch.get_float32_matmul_precision()
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        before = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(ctx.matmul_precision)
-        try:
+        with _forward_precision(ctx):
             return _SparseConvFunction._backward(ctx, grad_out)
-        finally:
-            torch.set_float32_matmul_precision(before)
 
     @staticmethod
     def _backward(ctx, grad_out):
@@ -241,6 +251,81 @@ class _SparseConvFunction(torch.autograd.Function):
         return grad_feat, grad_w, grad_bias, None
 
 
+def _tap_chunks(num_rows, num_taps, channels):
+    """Tap ranges [t0, t1) whose products `[num_rows, t1 - t0, channels]` hold at most ~CHUNK_ELEMENTS elements."""
+    step = max(1, min(num_taps, CHUNK_ELEMENTS // max(1, num_rows * channels)))
+    return [(t0, min(t0 + step, num_taps)) for t0 in range(0, num_taps, step)]
+
+
+class _InputStationaryConvFunction(torch.autograd.Function):
+    """y[o] = bias + sum_k P[table[o, k], k], P[i, k] = W_k x[i]: every input's products with the K taps, then each
+    output sums the at most K products addressed to it (`F.embedding_bag`, bags of K rows, pad rows skipped).
+
+    The same values as `_SparseConvFunction` (float32 sums in another order), with `[U, K, C_out]` products instead
+    of `[U', K, C_in]` gathered inputs: a regular conv's outputs outnumber its inputs (OPUS-V2's dilated sites:
+    U' = 5.6 U), and most of their neighbours are inactive pad rows, which the gather-GEMM multiplies and this skips.
+    Backward: each product feeds at most one output (`invert_table`), so its gradient is a gather of the output
+    gradients, `[U, K, C_out]`, and the input and weight gradients are GEMMs with it.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, table):
+        num_in, c_in = features.shape
+        c_out, num_taps = weight.shape[0], table.shape[1]
+        w = weight.reshape(c_out, num_taps, c_in)
+        out = features.new_zeros(table.shape[0], c_out)
+        for t0, t1 in _tap_chunks(num_in, num_taps, c_out):
+            taps = t1 - t0
+            # [U, taps * C_out], column (k - t0) * C_out + c: the products of every input with taps t0..t1-1
+            products = features @ w[:, t0:t1].permute(2, 1, 0).reshape(c_in, taps * c_out)
+            rows = torch.cat([products.reshape(num_in * taps, c_out), products.new_zeros(1, c_out)])
+            sub = table[:, t0:t1]
+            pad = num_in * taps
+            index = torch.where(sub < num_in, sub * taps + torch.arange(taps, device=sub.device), pad)
+            out += F.embedding_bag(index, rows, mode='sum', padding_idx=pad)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(features, weight, table)
+        ctx.has_bias = bias is not None
+        ctx.matmul_precision = torch.get_float32_matmul_precision()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with _forward_precision(ctx):
+            return _InputStationaryConvFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
+        features, weight, table = ctx.saved_tensors
+        num_in, c_in = features.shape
+        c_out, num_taps = weight.shape[0], table.shape[1]
+        w = weight.reshape(c_out, num_taps, c_in)
+        padded = torch.cat([grad_out.contiguous(), grad_out.new_zeros(1, c_out)])
+        reverse = invert_table(table, num_in)                         # [U, K]: the output each product feeds, or U'
+        need_feat, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_feat = features.new_zeros(num_in, c_in) if need_feat else None
+        grad_w = weight.new_empty(c_out, num_taps, c_in) if need_w else None
+        for t0, t1 in _tap_chunks(num_in, num_taps, c_out):
+            taps = t1 - t0
+            grad_products = padded[reverse[:, t0:t1]].reshape(num_in, taps * c_out)      # [U, taps * C_out]
+            if need_feat:
+                grad_feat += grad_products @ w[:, t0:t1].transpose(0, 1).reshape(taps * c_out, c_in)
+            if need_w:
+                grad_w[:, t0:t1] = (grad_products.t() @ features).reshape(taps, c_out, c_in).transpose(0, 1)
+        grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_feat, grad_w.reshape(weight.shape) if need_w else None, grad_bias, None
+
+
+def _apply_conv(features, weight, bias, table):
+    """The conv of a `[U', K]` table, by the formulation with the smaller intermediate: an input's products with
+    every tap `[U, K, C_out]` (`_InputStationaryConvFunction`) or an output's gathered inputs `[U', K, C_in]`
+    (`_SparseConvFunction`)."""
+    if features.shape[0] * weight.shape[0] < table.shape[0] * weight.shape[-1]:
+        return _InputStationaryConvFunction.apply(features, weight, bias, table)
+    return _SparseConvFunction.apply(features, weight, bias, table)
+
+
 def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, subm):
     """Functional 3x3x3 sparse conv, stride 1, padding 1.
 
@@ -261,7 +346,7 @@ def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, sub
     coords = coords.long()
     out_coords = coords if subm else dilate_sites(coords, batch_size, spatial_shape)
     table = neighbour_table(coords, out_coords, batch_size, spatial_shape)
-    out = _SparseConvFunction.apply(features, weight, bias, table)
+    out = _apply_conv(features, weight, bias, table)
     return out, out_coords
 
 
@@ -507,7 +592,7 @@ def sparse_convolution(features, coords, weight, bias, batch_size, spatial_shape
     else:
         out_coords, out_shape = regular_output_sites(coords, batch_size, spatial_shape, kernel, stride, padding)
     table = rulebook(coords, out_coords, spatial_shape, kernel, stride, padding, subm)
-    out = _SparseConvFunction.apply(features, weight, bias, table)
+    out = _apply_conv(features, weight, bias, table)
     return out, out_coords, out_shape
 
 

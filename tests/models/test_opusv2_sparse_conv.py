@@ -60,8 +60,20 @@ def params(c_in, c_out, seed):
     return w, b
 
 
+# the two formulations of a conv (`sparse_conv._apply_conv` picks the one with the smaller intermediate)
+FORMULATIONS = {'gathered inputs': sparse_conv._SparseConvFunction,
+                'products per tap': sparse_conv._InputStationaryConvFunction}
+
+
+@pytest.fixture(params=list(FORMULATIONS))
+def formulation(request, monkeypatch):
+    function = FORMULATIONS[request.param]
+    monkeypatch.setattr(sparse_conv, '_apply_conv', lambda *args: function.apply(*args))
+    return request.param
+
+
 @pytest.mark.parametrize('subm', [False, True])
-def test_conv_matches_dense_conv3d_at_output_sites(subm):
+def test_conv_matches_dense_conv3d_at_output_sites(subm, formulation):
     B, c_in, c_out = 2, 3, 4
     coords = random_sites(B, SHAPE, 0.12, seed=1)
     feats = torch.randn(coords.shape[0], c_in, dtype=torch.float64, requires_grad=True)
@@ -83,9 +95,10 @@ def test_conv_matches_dense_conv3d_at_output_sites(subm):
         torch.testing.assert_close(g1, g2, rtol=0, atol=terms * EPS64 * m.max().item())
 
 
-def test_a_conv_in_several_chunks_matches_dense_conv3d(monkeypatch):
-    """More output sites than one chunk holds (`CHUNK_ELEMENTS` small: chunks of the 1,024-row minimum): the chunked
-    gathers, GEMMs and the weight gradient's sum over chunks give the dense reference's values."""
+def test_a_conv_in_several_chunks_matches_dense_conv3d(monkeypatch, formulation):
+    """More output sites than one chunk holds (`CHUNK_ELEMENTS` small: chunks of the 1,024-row minimum, or of one
+    tap): the chunked gathers, GEMMs, the products' sums over tap chunks and the weight gradient's sum over chunks
+    give the dense reference's values."""
     monkeypatch.setattr(sparse_conv, 'CHUNK_ELEMENTS', 1)
     B, shape, c_in, c_out = 1, (24, 24, 8), 2, 3
     g = torch.Generator().manual_seed(4)
@@ -119,7 +132,7 @@ class MatmulPrecisions(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_backward_runs_at_its_forwards_matmul_precision():
+def test_the_backward_runs_at_its_forwards_matmul_precision(formulation):
     """A precision scope (accel/precision.py: the fast preset's TF32 'cpd' part) encloses a module's forward and has
     ended when autograd runs the backward: the conv's gradient GEMMs take the forward's precision from the conv
     itself, and the caller's precision is what it was afterwards. (On the CPU the precision does not change the
@@ -190,7 +203,7 @@ def test_cpd_stack_matches_dense_with_the_inactive_sites_zeroed():
     torch.testing.assert_close(z, at_sites(dense, grown), rtol=0, atol=2 * (27 * c + 1) * EPS64 * mag2.max().item())
 
 
-def test_gradcheck_and_empty_input():
+def test_gradcheck_and_empty_input(formulation):
     B, shape = 1, (3, 3, 2)
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 2, 1], [0, 2, 1, 0]])
     feats = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
