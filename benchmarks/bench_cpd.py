@@ -12,8 +12,7 @@ Variants, interleaved per round (CUDA events around each step, so the host reads
 CPU, `--device cpu`, wall time):
 * the formulation of the sparse convs (models/sparse_conv.py): 'chosen', what `_apply_conv` picks per conv (the
   smaller intermediate); 'gathered-inputs', every conv as gathered inputs x `[K * C_in, C_out]` GEMMs
-  (`_SparseConvFunction`); 'products-per-tap', every conv as per-tap products summed per output
-  (`_InputStationaryConvFunction`);
+  (`GatheredInputs`); 'products-per-tap', every conv as per-tap products summed per output (`ProductsPerTap`);
 * the matrix-product precision: float32 (the faithful preset) or TF32 (the fast preset's 'cpd' part,
   accel/precision.py; forward and backward);
 * `sparse_conv.CHUNK_ELEMENTS`, the elements of one chunk's gathered columns or products: larger chunks launch
@@ -42,8 +41,8 @@ from models.densifier import Densifier  # noqa: E402
 PC_MIN, PC_MAX = torch.tensor([-40.0, -40.0, -1.0]), torch.tensor([40.0, 40.0, 5.4])
 
 
-FORMULATIONS = {'chosen': None, 'gathered-inputs': sparse_conv._SparseConvFunction,
-                'products-per-tap': sparse_conv._InputStationaryConvFunction}
+FORMULATIONS = {'chosen': None, 'gathered-inputs': sparse_conv.GatheredInputs,
+                'products-per-tap': sparse_conv.ProductsPerTap}
 
 
 def wall_times_ms(fn, reps):
@@ -109,8 +108,9 @@ def main():
     for _ in range(args.rounds):
         for v in variants:
             formulation, precision, sparse_conv.CHUNK_ELEMENTS = v
-            function = FORMULATIONS[formulation]
-            sparse_conv._apply_conv = chosen if function is None else function.apply
+            forced = FORMULATIONS[formulation]
+            sparse_conv._apply_conv = chosen if forced is None else (
+                lambda *conv, forced=forced: sparse_conv._SparseConvFunction.apply(*conv, forced))
             with matmul_precision(precision):
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats()

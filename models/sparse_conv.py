@@ -17,11 +17,11 @@ Implementation: a dense int64 lookup grid `[B*X*Y*Z]` (site -> row; 5 MB per sam
 gives a neighbour table `[U', 27]`: for each output site and kernel offset the input row, or a zero
 pad row where the neighbour is inactive or outside the grid. A conv then takes the formulation with the
 smaller intermediate (`_apply_conv`): gathered inputs, the 27 input rows of a chunk of output sites times
-the kernel reshaped to `[27*C_in, C_out]` (`_SparseConvFunction`), or products per tap, every input times
-every tap's kernel and each output's sum of the products addressed to it (`_InputStationaryConvFunction`;
+the kernel reshaped to `[27*C_in, C_out]` (`GatheredInputs`), or products per tap, every input times
+every tap's kernel and each output's sum of the products addressed to it (`ProductsPerTap`;
 the regular conv's outputs outnumber its inputs and most of their table entries are pads). Neither
 scatters (slow on the CPU, non-deterministic on the GPU); both backward passes use the reversed table
-(the outputs an input feeds). The autograd Functions keep only the features, the weights and the tables,
+(the outputs an input feeds). The autograd Function keeps only the features, the weights and the tables,
 so memory grows with the number of active sites, not with 27 gathered copies.
 
 The LiDAR encoder of OPUS-Fusion (models/lidar/, docs/method.md, "OPUS-Fusion: the LiDAR branch") needs
@@ -49,7 +49,6 @@ Symbol legend:
              k = (t0 * k1 + t1) * k2 + t2 for the tap (t0, t1, t2) of a (k0, k1, k2) kernel
     N        rows (points) pooled by `scatter_max`
 """
-import contextlib
 import itertools
 import math
 
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 from .device_constants import device_vector
 
 __all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilated_cells', 'dilate_sites', 'neighbour_table', 'sparse_conv3d',
+           'GatheredInputs', 'ProductsPerTap',
            'SparseConv3d', 'SubMConv3d', 'scatter_max', 'SparseTensor', 'conv_output_shape', 'regular_output_sites',
            'rulebook', 'sparse_convolution', 'SparseConvolution3d', 'SubMConvolution3d', 'SparseSequential']
 
@@ -190,65 +190,41 @@ def invert_table(table, num_in):
     return reverse[:num_in]
 
 
-@contextlib.contextmanager
-def _forward_precision(ctx):
-    """A backward's products at the float32 matmul precision its forward recorded (`ctx.matmul_precision`), as
-    autocast's custom_bwd keeps the autocast state: a precision scope around a module's forward has ended when
-    autograd runs the backward (accel/precision.py). The caller's precision is restored after."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(ctx.matmul_precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-class _SparseConvFunction(torch.autograd.Function):
-    """y[o] = bias + sum_k W_k x[table[o, k]]: gathers and GEMMs both ways (a scatter-free backward)."""
+class GatheredInputs:
+    """A conv as gathered inputs: the K input rows of a chunk of output sites times the kernel as `[K * C_in, C_out]`
+    (intermediate `[U', K, C_in]`); the backward the same on the reversed table with the transposed kernel, and the
+    weight gradient a GEMM of the output gradients with the gathered inputs."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, table):
-        c_out, c_in = weight.shape[0], weight.shape[-1]
-        num_taps = table.shape[1]
-        chunk = max(1024, CHUNK_ELEMENTS // (num_taps * max(c_in, c_out)))
+    def _chunk(weight, table):
+        return max(1024, CHUNK_ELEMENTS // (table.shape[1] * max(weight.shape[0], weight.shape[-1])))
+
+    @staticmethod
+    def forward(features, weight, table):
         # [C_out, k0, k1, k2, C_in] -> [K * C_in, C_out], row k * C_in + c
-        out = _gather_matmul(features, table, weight.reshape(c_out, -1).t(), chunk)
-        if bias is not None:
-            out += bias
-        ctx.save_for_backward(features, weight, table)
-        ctx.geometry = (chunk, bias is not None)
-        ctx.matmul_precision = torch.get_float32_matmul_precision()
-        return out
+        return _gather_matmul(features, table, weight.reshape(weight.shape[0], -1).t(),
+                              GatheredInputs._chunk(weight, table))
 
     @staticmethod
-    def backward(ctx, grad_out):
-        with _forward_precision(ctx):
-            return _SparseConvFunction._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        features, weight, table = ctx.saved_tensors
-        chunk, has_bias = ctx.geometry
+    def backward(features, weight, table, grad_out, need_feat, need_w):
+        chunk = GatheredInputs._chunk(weight, table)
         c_out, c_in = weight.shape[0], weight.shape[-1]
         num_taps = table.shape[1]
-        grad_out = grad_out.contiguous()
-        grad_feat = grad_w = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        grad_feat = grad_w = None
+        if need_feat:
             # input j feeds output o = reverse[j, k] through W_k: the same gather-GEMM on the reversed table
             reverse = invert_table(table, features.shape[0])
             # row k * C_out + o
             w_t = weight.reshape(c_out, num_taps, c_in).transpose(0, 1).reshape(num_taps * c_out, c_in)
             grad_feat = _gather_matmul(grad_out, reverse, w_t, chunk)
-        if ctx.needs_input_grad[1]:
+        if need_w:
             padded = torch.cat([features, features.new_zeros(1, c_in)])
             grad_w = features.new_zeros(c_out, num_taps * c_in)
             for i in range(0, table.shape[0], chunk):
                 cols = padded[table[i:i + chunk]]
                 grad_w += grad_out[i:i + chunk].t() @ cols.reshape(cols.shape[0], -1)
             grad_w = grad_w.reshape(weight.shape)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum(0)
-        return grad_feat, grad_w, grad_bias, None
+        return grad_feat, grad_w
 
 
 def _tap_chunks(num_rows, num_taps, channels):
@@ -257,19 +233,19 @@ def _tap_chunks(num_rows, num_taps, channels):
     return [(t0, min(t0 + step, num_taps)) for t0 in range(0, num_taps, step)]
 
 
-class _InputStationaryConvFunction(torch.autograd.Function):
-    """y[o] = bias + sum_k P[table[o, k], k], P[i, k] = W_k x[i]: every input's products with the K taps, then each
-    output sums the at most K products addressed to it (`F.embedding_bag`, bags of K rows, pad rows skipped).
+class ProductsPerTap:
+    """A conv as products per tap: P[i, k] = W_k x[i] for every input and tap (one GEMM with the kernel as
+    `[C_in, K * C_out]`, intermediate `[U, K, C_out]`), then y[o] = sum_k P[table[o, k], k], each output's sum of the
+    at most K products addressed to it (`F.embedding_bag`, bags of K rows, pad entries skipped).
 
-    The same values as `_SparseConvFunction` (float32 sums in another order), with `[U, K, C_out]` products instead
-    of `[U', K, C_in]` gathered inputs: a regular conv's outputs outnumber its inputs (OPUS-V2's dilated sites:
-    U' = 5.6 U), and most of their neighbours are inactive pad rows, which the gather-GEMM multiplies and this skips.
-    Backward: each product feeds at most one output (`invert_table`), so its gradient is a gather of the output
-    gradients, `[U, K, C_out]`, and the input and weight gradients are GEMMs with it.
+    Fewer operations than gathered inputs where outputs outnumber inputs: OPUS-V2's regular conv outputs at its inputs
+    dilated by one voxel (U' = 5.6 to 17 U), and most of those outputs' table entries are pads, which gathered inputs
+    multiply and this skips. Backward: each product feeds at most one output (`invert_table`), so its gradient is a
+    gather of the output gradients, `[U, K, C_out]`, and the input and weight gradients are GEMMs with it.
     """
 
     @staticmethod
-    def forward(ctx, features, weight, bias, table):
+    def forward(features, weight, table):
         num_in, c_in = features.shape
         c_out, num_taps = weight.shape[0], table.shape[1]
         w = weight.reshape(c_out, num_taps, c_in)
@@ -283,27 +259,15 @@ class _InputStationaryConvFunction(torch.autograd.Function):
             pad = num_in * taps
             index = torch.where(sub < num_in, sub * taps + torch.arange(taps, device=sub.device), pad)
             out += F.embedding_bag(index, rows, mode='sum', padding_idx=pad)
-        if bias is not None:
-            out += bias
-        ctx.save_for_backward(features, weight, table)
-        ctx.has_bias = bias is not None
-        ctx.matmul_precision = torch.get_float32_matmul_precision()
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
-        with _forward_precision(ctx):
-            return _InputStationaryConvFunction._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        features, weight, table = ctx.saved_tensors
+    def backward(features, weight, table, grad_out, need_feat, need_w):
         num_in, c_in = features.shape
         c_out, num_taps = weight.shape[0], table.shape[1]
         w = weight.reshape(c_out, num_taps, c_in)
-        padded = torch.cat([grad_out.contiguous(), grad_out.new_zeros(1, c_out)])
+        padded = torch.cat([grad_out, grad_out.new_zeros(1, c_out)])
         reverse = invert_table(table, num_in)                         # [U, K]: the output each product feeds, or U'
-        need_feat, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_feat = features.new_zeros(num_in, c_in) if need_feat else None
         grad_w = weight.new_empty(c_out, num_taps, c_in) if need_w else None
         for t0, t1 in _tap_chunks(num_in, num_taps, c_out):
@@ -313,17 +277,46 @@ class _InputStationaryConvFunction(torch.autograd.Function):
                 grad_feat += grad_products @ w[:, t0:t1].transpose(0, 1).reshape(taps * c_out, c_in)
             if need_w:
                 grad_w[:, t0:t1] = (grad_products.t() @ features).reshape(taps, c_out, c_in).transpose(0, 1)
+        return grad_feat, grad_w.reshape(weight.shape) if need_w else None
+
+
+class _SparseConvFunction(torch.autograd.Function):
+    """y[o] = bias + sum_k W_k x[table[o, k]] for a `[U', K]` neighbour table, in the given formulation
+    (`GatheredInputs`, `ProductsPerTap`); no scatter either way. The backward runs at the float32 matmul precision of
+    the forward, as autocast's custom_bwd keeps the autocast state: a precision scope around a module's forward has
+    ended when autograd runs the backward (accel/precision.py)."""
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, table, formulation):
+        out = formulation.forward(features, weight, table)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(features, weight, table)
+        ctx.formulation, ctx.has_bias = formulation, bias is not None
+        ctx.matmul_precision = torch.get_float32_matmul_precision()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        features, weight, table = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(ctx.matmul_precision)
+        try:
+            grad_feat, grad_w = ctx.formulation.backward(features, weight, table, grad_out,
+                                                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        finally:
+            torch.set_float32_matmul_precision(before)
         grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_feat, grad_w.reshape(weight.shape) if need_w else None, grad_bias, None
+        return grad_feat, grad_w, grad_bias, None, None
 
 
 def _apply_conv(features, weight, bias, table):
-    """The conv of a `[U', K]` table, by the formulation with the smaller intermediate: an input's products with
-    every tap `[U, K, C_out]` (`_InputStationaryConvFunction`) or an output's gathered inputs `[U', K, C_in]`
-    (`_SparseConvFunction`)."""
-    if features.shape[0] * weight.shape[0] < table.shape[0] * weight.shape[-1]:
-        return _InputStationaryConvFunction.apply(features, weight, bias, table)
-    return _SparseConvFunction.apply(features, weight, bias, table)
+    """The conv of a `[U', K]` table in the formulation with the smaller intermediate: an input's products with every
+    tap `[U, K, C_out]` (`ProductsPerTap`) or an output's gathered inputs `[U', K, C_in]` (`GatheredInputs`)."""
+    smaller = ProductsPerTap if features.shape[0] * weight.shape[0] < table.shape[0] * weight.shape[-1] \
+        else GatheredInputs
+    return _SparseConvFunction.apply(features, weight, bias, table, smaller)
 
 
 def sparse_conv3d(features, coords, weight, bias, batch_size, spatial_shape, subm):

@@ -61,14 +61,13 @@ def params(c_in, c_out, seed):
 
 
 # the two formulations of a conv (`sparse_conv._apply_conv` picks the one with the smaller intermediate)
-FORMULATIONS = {'gathered inputs': sparse_conv._SparseConvFunction,
-                'products per tap': sparse_conv._InputStationaryConvFunction}
+FORMULATIONS = {'gathered inputs': sparse_conv.GatheredInputs, 'products per tap': sparse_conv.ProductsPerTap}
 
 
 @pytest.fixture(params=list(FORMULATIONS))
 def formulation(request, monkeypatch):
-    function = FORMULATIONS[request.param]
-    monkeypatch.setattr(sparse_conv, '_apply_conv', lambda *args: function.apply(*args))
+    chosen = FORMULATIONS[request.param]
+    monkeypatch.setattr(sparse_conv, '_apply_conv', lambda *args: sparse_conv._SparseConvFunction.apply(*args, chosen))
     return request.param
 
 
