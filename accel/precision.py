@@ -16,6 +16,8 @@ import contextlib
 
 import torch
 
+from core.matmul_precision import matmul_precision
+
 __all__ = ['PRECISION_TABLES', 'matmul_precision', 'tf32_matmuls', 'float32_matmuls', 'cudnn_tf32', 'HALF_MIN_QUERIES']
 
 PRECISION_TABLES = {
@@ -42,20 +44,6 @@ PRECISION_TABLES = {
 # inside the kernel; fp16 q/k/v and bias in training's SDPA, whose bias is a tensor of magnitudes up to ~100
 # (accel/fused_attention.py).
 HALF_MIN_QUERIES = 2048
-
-
-@contextlib.contextmanager
-def matmul_precision(precision):
-    """`torch.set_float32_matmul_precision(precision)` inside the block, restored after (None: unchanged)."""
-    if precision is None:
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def tf32_matmuls(enabled):

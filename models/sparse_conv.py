@@ -56,6 +56,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.matmul_precision import matmul_precision
+
 from .device_constants import device_vector
 
 __all__ = ['KERNEL_OFFSETS', 'linear_index', 'dilated_cells', 'dilate_sites', 'neighbour_table', 'sparse_conv3d',
@@ -300,13 +302,9 @@ class _SparseConvFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         features, weight, table = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        before = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(ctx.matmul_precision)
-        try:
+        with matmul_precision(ctx.matmul_precision):
             grad_feat, grad_w = ctx.formulation.backward(features, weight, table, grad_out,
                                                          ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        finally:
-            torch.set_float32_matmul_precision(before)
         grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_feat, grad_w, grad_bias, None, None
 

@@ -109,11 +109,14 @@ def test_a_conv_in_several_chunks_matches_dense_conv3d(monkeypatch, formulation)
     ref = at_sites(F.conv3d(dense_grid(feats, coords, B, shape), w.permute(0, 4, 1, 2, 3), b, padding=1), out_coords)
     grad = torch.randn_like(out)
     mag, grad_mags = magnitudes(feats, coords, w, b, B, out_coords, grad, shape=shape)
-    # float64 sums of at most 27 * c_in + 1 terms per output (as above)
+    # each output is a float64 sum of at most 27 * c_in + 1 terms (taps x channels, and the bias), in another order
+    # and grouping (chunks, taps) than conv3d's: two such sums differ by at most that many float64 epsilons times the
+    # sum of the terms' magnitudes, `mag` (the same conv on |inputs|); hardware-independent, IEEE float64
     torch.testing.assert_close(out, ref, rtol=0, atol=(27 * c_in + 1) * EPS64 * mag.max().item())
     got = torch.autograd.grad(out, (feats, w, b), grad)
     want = torch.autograd.grad(ref, (feats, w, b), grad)
-    # 27 * c_out terms per feature gradient, one per output site for a weight or the bias, in any grouping
+    # the same bound per gradient entry, by its number of float64 terms: 27 * c_out for a feature (the outputs it
+    # feeds), one per output site for a weight or the bias (summed over chunks here); magnitudes from |grad|
     for g1, g2, m, terms in zip(got, want, grad_mags, (27 * c_out, len(out), len(out))):
         torch.testing.assert_close(g1, g2, rtol=0, atol=terms * EPS64 * m.max().item())
 
