@@ -56,6 +56,36 @@ def wall_times_ms(fn, reps):
     return out
 
 
+def conv_work(module, pts, feats):
+    """One CPD module's sparse convs on its points, from hooks on the convs (one forward without gradient): active
+    voxels U, output sites U', the share of pad entries in the regular conv's neighbour table, and per formulation the
+    forward GFLOP of both convs (2 x sites x 27 x C_in x C_out: U' sites for gathered inputs, U for products per
+    tap) and the largest float32 gathered columns `[U', 27, C_in]`, GB."""
+    seen = []
+
+    def record(conv, args, output):
+        features, coords, batch_size, spatial_shape = args
+        seen.append((conv, features.shape[0], coords.long(), output[1], batch_size, spatial_shape))
+
+    handles = [conv.register_forward_hook(record) for conv in (module.cls_branch[0], module.cls_branch[2])]
+    try:
+        with torch.no_grad():
+            module(feats, pts)
+    finally:
+        for handle in handles:
+            handle.remove()
+    (_, num_in, coords, out_coords, batch_size, shape), _ = seen
+    table = sparse_conv.neighbour_table(coords, out_coords, batch_size, shape)
+    gathered = products = columns = 0
+    for conv, rows_in, _, out, _, _ in seen:
+        taps_channels = conv.weight[0].numel() * conv.out_channels            # 27 x C_in x C_out
+        gathered += 2 * len(out) * taps_channels / 1e9
+        products += 2 * rows_in * taps_channels / 1e9
+        columns = max(columns, len(out) * conv.weight[0].numel() * 4 / 1e9)
+    return dict(voxels=num_in, sites=len(out_coords), pads=(table == num_in).float().mean().item(),
+                gathered=gathered, products=products, columns=columns)
+
+
 def layer_inputs(gt, num_query, num_points, channels, device, generator):
     """Normalised points `[1, Q, P, 3]` (around `gt`'s metres, a tenth uniform) and features `[1, Q, P, C]`."""
     n = num_query * num_points
@@ -120,17 +150,24 @@ def main():
                 else:
                     times[v].append(float(np.median(wall_times_ms(step, reps=args.reps))))
     sparse_conv._apply_conv = chosen
-    with torch.no_grad():
-        sites = [m(f, p)[1].shape[0] for m, (p, f) in zip(modules, inputs)]
+    work = [conv_work(m, p, f) for m, (p, f) in zip(modules, inputs)]
     gpu = torch.cuda.get_device_name() if device.type == 'cuda' else f'the CPU ({torch.get_num_threads()} threads)'
     base = float(np.median(times[variants[0]]))
     lines = [f'# OPUS-V2 CPD modules, training forward + backward, on {gpu}', '',
              f'torch {torch.__version__}; `python {" ".join(sys.argv)}`; {num_query} queries x {list(refines)} points '
-             f'around the {name} ground truth (free label {FREE} excluded); output sites per layer {sites}; '
-             f'{args.rounds} rounds of {args.reps} steps', '',
-             '| formulation | matmul precision | CHUNK_ELEMENTS | step ms, median (min-max) | vs first | '
-             'peak GiB above the inputs |',
-             '|---|---|---|---|---|---|']
+             f'around the {name} ground truth (free label {FREE} excluded); {args.rounds} rounds of {args.reps} '
+             'steps', '',
+             '| points per query | active voxels U | output sites U\' | pad entries, regular conv | forward GFLOP, '
+             'gathered inputs | forward GFLOP, products per tap | largest gathered columns, GB |',
+             '|---|---|---|---|---|---|---|']
+    for p, w in zip(refines, work):
+        lines.append(f'| {p} | {w["voxels"]} | {w["sites"]} | {w["pads"]:.1%} | {w["gathered"]:.1f} | '
+                     f'{w["products"]:.1f} | {w["columns"]:.2f} |')
+    lines += [f'| all | | | | {sum(w["gathered"] for w in work):.1f} | {sum(w["products"] for w in work):.1f} | |',
+              '',
+              '| formulation | matmul precision | CHUNK_ELEMENTS | step ms, median (min-max) | vs first | '
+              'peak GiB above the inputs |',
+              '|---|---|---|---|---|---|']
     for v in variants:
         med, lo, hi = float(np.median(times[v])), min(times[v]), max(times[v])
         lines.append(f'| {v[0]} | {v[1]} | 2^{int(np.log2(v[2]))} | {med:.2f} ({lo:.2f}-{hi:.2f}) | {base / med:.2f}x '
